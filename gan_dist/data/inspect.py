@@ -1,0 +1,171 @@
+"""Read packed shards back and say what is in them.
+
+The counts come from reading every shard, not from the manifest, and each shard's sha256 is
+checked against it: inspect is how a user verifies that a pack (or a copy of it on a
+cluster filesystem) is whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gan_dist.data.images import decode_png, to_bit_depth, to_channels, write_png_atomic
+from gan_dist.data.pack import SPLITS, read_manifest
+from gan_dist.errors import GanDistError
+
+
+@dataclass
+class SplitReport:
+    samples: int = 0
+    shards: int = 0
+    coverage_sum: float = 0.0
+    sizes: set[tuple[int, int]] = field(default_factory=set)
+    channels: set[int] = field(default_factory=set)
+    bit_depths: set[int] = field(default_factory=set)
+
+    @property
+    def mean_coverage(self) -> float | None:
+        return self.coverage_sum / self.samples if self.samples else None
+
+
+@dataclass
+class InspectReport:
+    folder: Path
+    manifest: dict[str, Any]
+    splits: dict[str, SplitReport]
+    problems: list[str]
+    grid: Path | None = None
+
+
+def inspect_shards(folder: Path, grid: Path | None = None, grid_samples: int = 8) -> InspectReport:
+    manifest = read_manifest(folder)
+    splits = {split: SplitReport() for split in SPLITS}
+    problems: list[str] = []
+    examples: list[dict[str, np.ndarray]] = []
+    has_val = any(s["split"] == "val" for s in manifest["shards"])
+    grid_split = "val" if has_val else "train"  # show held-out samples when there are some
+    for shard in manifest["shards"]:
+        path = folder / shard["name"]
+        report = splits[shard["split"]]
+        report.shards += 1
+        if not path.is_file():
+            problems.append(f"{shard['name']}: listed in the manifest but missing")
+            continue
+        if _sha256(path) != shard["sha256"]:
+            problems.append(f"{shard['name']}: sha256 differs from the manifest (corrupt copy?)")
+        try:
+            found = 0
+            for sample in _samples(path):
+                found += 1
+                report.samples += 1
+                mask = decode_png(sample["mask.png"])
+                clean = decode_png(sample["clean.png"])
+                report.coverage_sum += float(np.mean(mask > 0))
+                report.sizes.add((clean.shape[1], clean.shape[0]))
+                report.channels.add(clean.shape[2])
+                report.bit_depths.add(clean.dtype.itemsize * 8)
+                if grid and shard["split"] == grid_split and len(examples) < grid_samples:
+                    examples.append(
+                        {"damaged": decode_png(sample["damaged.png"]), "mask": mask, "clean": clean}
+                    )
+        except (tarfile.TarError, OSError, KeyError, ValueError, RuntimeError) as exc:
+            problems.append(f"{shard['name']}: unreadable after {found} samples ({exc})")
+        if found != shard["samples"]:
+            problems.append(
+                f"{shard['name']}: {found} samples, the manifest says {shard['samples']}"
+            )
+    for split in SPLITS:
+        if splits[split].samples != manifest["counts"][split]:
+            problems.append(
+                f"{split}: {splits[split].samples} samples read, the manifest says "
+                f"{manifest['counts'][split]}"
+            )
+    written = None
+    if grid is not None:
+        if not examples:
+            raise GanDistError(f"{folder}: no readable samples to draw a grid from")
+        write_png_atomic(grid, _grid(examples))
+        written = grid
+    return InspectReport(folder, manifest, splits, problems, written)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _samples(path: Path):
+    """Group tar members by key (the part of the name before the first dot)."""
+    current: dict[str, Any] = {}
+    key = None
+    with tarfile.open(path, "r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            base, _, ext = member.name.partition(".")
+            if key is not None and base != key:
+                yield current
+                current = {}
+            key = base
+            current[ext] = tar.extractfile(member).read()
+    if current:
+        yield current
+
+
+def _grid(examples: list[dict[str, np.ndarray]], gap: int = 4) -> np.ndarray:
+    """Rows of damaged | mask | clean as an 8-bit RGB picture for people to look at."""
+
+    def show(arr: np.ndarray) -> np.ndarray:
+        return to_channels(to_bit_depth(arr, 8), 3)
+
+    rows = []
+    for ex in examples:
+        tiles = [show(ex["damaged"]), show(ex["mask"]), show(ex["clean"])]
+        height = tiles[0].shape[0]
+        spacer = np.full((height, gap, 3), 255, np.uint8)
+        rows.append(np.concatenate([tiles[0], spacer, tiles[1], spacer, tiles[2]], axis=1))
+    width = rows[0].shape[1]
+    spacer = np.full((gap, width, 3), 255, np.uint8)
+    out = [rows[0]]
+    for row in rows[1:]:
+        out += [spacer, row]
+    return np.concatenate(out, axis=0)
+
+
+def describe(report: InspectReport) -> dict[str, Any]:
+    """A JSON-ready summary, also what `data inspect --json` prints."""
+    m = report.manifest
+    return {
+        "folder": str(report.folder),
+        "image_size": m["image_size"],
+        "channels": m["channels"],
+        "bit_depth": m["bit_depth"],
+        "damage_source": m.get("damage_source"),
+        "splits": {
+            split: {
+                "samples": r.samples,
+                "shards": r.shards,
+                "source_images": m["source_images"][split],
+                "mean_mask_coverage": None
+                if r.mean_coverage is None
+                else round(r.mean_coverage, 5),
+                "sizes": sorted(f"{w}x{h}" for w, h in r.sizes),
+                "channels": sorted(r.channels),
+                "bit_depths": sorted(r.bit_depths),
+            }
+            for split, r in report.splits.items()
+        },
+        "problems": report.problems,
+        "grid": str(report.grid) if report.grid else None,
+        "packed_by": m["gan_dist_version"],
+        "created": m["created"],
+    }

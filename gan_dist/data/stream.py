@@ -1,0 +1,201 @@
+"""Per-rank streaming of packed shards into batches of float tensors.
+
+Training reads *resampled* shards (an endless stream, stopped by step count), because
+splitting a finite shard list over ranks gives ranks different numbers of batches and DDP
+then hangs at the epoch end. Validation reads a finite pass, each rank its own shards.
+The loader is deliberately not handed to `accelerator.prepare()`, which would re-shard it.
+
+A batch is a dict: `damaged` and `clean` (B, C, H, W) in [-1, 1], `mask` (B, 1, H, W) with
+1 = missing pixel, and `key` (list of sample keys). Broken samples or shards are skipped
+with a warning naming the shard, and counted (`ShardStream.skipped`), also across workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from gan_dist.data.images import decode_png
+from gan_dist.data.pack import read_manifest
+from gan_dist.errors import GanDistError
+
+log = logging.getLogger("gan_dist.data")
+
+
+def shard_urls(spec: str, split: str = "train") -> list[str]:
+    """A packed folder (its manifest lists the split's shards), or a brace pattern / list
+    of local paths or pipe: URLs as WebDataset understands them."""
+    path = Path(spec)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        urls = [str(path / s["name"]) for s in manifest["shards"] if s["split"] == split]
+        if not urls:
+            raise GanDistError(f"{path}: the manifest lists no {split} shards")
+        return urls
+    urls = list(wds.shardlists.expand_urls(spec))
+    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    missing = [u for u in local if not Path(u).is_file()]
+    if missing:
+        raise GanDistError(
+            f"{len(missing)} of {len(urls)} shards in {spec!r} do not exist (first: {missing[0]})"
+        )
+    return urls
+
+
+@dataclass
+class StreamConfig:
+    batch_size: int
+    channels: int
+    train: bool = True
+    workers: int = 0
+    shuffle_buffer: int = 1000
+    seed: int = 0
+    partial_batches: bool | None = None  # default: finite passes keep the last short batch
+
+
+class _SkipLog:
+    """webdataset's exception handler: warn with the shard's name, count, carry on."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._last: tuple[str, str] | None = None
+
+    def __call__(self, exn: Exception) -> bool:
+        event = (_shard_of(exn), _reason_of(exn))
+        if event != self._last:  # a broken tar stream is handed over at two levels
+            self.count += 1
+            log.warning("skipped broken data in %s: %s", *event)
+        self._last = event
+        return True
+
+
+def _shard_of(exn: Exception) -> str:
+    for arg in reversed(exn.args):
+        if isinstance(arg, str) and (arg.endswith(".tar") or "://" in arg or "pipe:" in arg):
+            return arg
+        name = getattr(arg, "name", None)
+        if isinstance(name, str):
+            return name
+    text = str(exn.args[0]) if exn.args else ""
+    named = re.search(r"name='([^']+)'", text)
+    if named:
+        return named.group(1)
+    return text.rsplit(" @ ", 1)[-1] if " @ " in text else "an unknown shard"
+
+
+def _reason_of(exn: Exception) -> str:
+    first = str(exn.args[0]) if exn.args else type(exn).__name__
+    return f"{type(exn).__name__}: {first.split(' @ ')[0]}"
+
+
+def _to_tensor(data: bytes, channels: int | None) -> torch.Tensor:
+    arr = decode_png(data)
+    if channels is not None and arr.shape[2] != channels:
+        raise ValueError(f"image has {arr.shape[2]} channels, the recipe expects {channels}")
+    scale = 2.0 / float(np.iinfo(arr.dtype).max)
+    out = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)).astype(np.float32))
+    return out.mul_(scale).sub_(1.0)
+
+
+class _Decode:
+    def __init__(self, channels: int, skips: _SkipLog) -> None:
+        self.channels, self.skips = channels, skips
+
+    def __call__(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for sample in samples:
+            try:
+                damaged = _to_tensor(sample["damaged.png"], self.channels)
+                clean = _to_tensor(sample["clean.png"], self.channels)
+                mask = (_to_tensor(sample["mask.png"], 1) > 0).float()
+                if damaged.shape != clean.shape or mask.shape[1:] != clean.shape[1:]:
+                    raise ValueError(f"sizes differ: {damaged.shape} {clean.shape} {mask.shape}")
+            except Exception as exn:
+                what = f"missing {exn.args[0]}" if isinstance(exn, KeyError) else str(exn)
+                exn.args = (f"sample {sample.get('__key__')}: {what}", sample.get("__url__"))
+                self.skips(exn)
+                continue
+            yield {
+                "damaged": damaged,
+                "clean": clean,
+                "mask": mask,
+                "key": sample["__key__"],
+                "skipped": self.skips.count,
+                "worker": _worker_id(),
+            }
+
+
+def _worker_id() -> int:
+    info = torch.utils.data.get_worker_info()
+    return info.id if info is not None else -1
+
+
+def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "damaged": torch.stack([s["damaged"] for s in samples]),
+        "clean": torch.stack([s["clean"] for s in samples]),
+        "mask": torch.stack([s["mask"] for s in samples]),
+        "key": [s["key"] for s in samples],
+        "skipped": {samples[-1]["worker"]: samples[-1]["skipped"]},
+    }
+
+
+class ShardStream:
+    """Iterable of batches for this rank; `skipped` sums the counts of every worker."""
+
+    def __init__(self, urls: list[str], config: StreamConfig) -> None:
+        self.urls, self.config = urls, config
+        self._skips = _SkipLog()
+        self._per_worker: dict[int, int] = {}
+        self.pipeline = self._build()
+        self.loader = wds.WebLoader(
+            self.pipeline,
+            batch_size=None,
+            num_workers=config.workers,
+            persistent_workers=config.workers > 0,
+            prefetch_factor=4 if config.workers > 0 else None,
+        )
+
+    @property
+    def skipped(self) -> int:
+        """Exact without workers; with workers, counts arrive with each worker's batches, so
+        a break after a worker's last sample is logged but not counted here."""
+        if self.config.workers == 0:
+            return self._skips.count
+        return sum(self._per_worker.values())
+
+    def _build(self) -> wds.DataPipeline:
+        cfg = self.config
+        if cfg.train:
+            # every rank and worker draws its own reproducible shard sequence
+            source = [wds.ResampledShards(self.urls, seed=cfg.seed, deterministic=True)]
+        else:
+            source = [wds.SimpleShardList(self.urls), wds.split_by_node, wds.split_by_worker]
+        stages = [
+            *source,
+            wds.tarfile_to_samples(handler=self._skips),
+            _Decode(cfg.channels, self._skips),
+        ]
+        if cfg.train and cfg.shuffle_buffer > 1:
+            # reproducible: the shard order already differs per rank and worker
+            stages.append(wds.detshuffle(cfg.shuffle_buffer, cfg.shuffle_buffer // 4, cfg.seed))
+        partial = (not cfg.train) if cfg.partial_batches is None else cfg.partial_batches
+        stages.append(wds.batched(cfg.batch_size, collation_fn=_collate, partial=partial))
+        return wds.DataPipeline(*stages)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.loader:
+            self._per_worker.update(batch.pop("skipped"))
+            yield batch
+
+
+def make_stream(spec: str, config: StreamConfig, split: str | None = None) -> ShardStream:
+    split = split or ("train" if config.train else "val")
+    return ShardStream(shard_urls(spec, split), config)

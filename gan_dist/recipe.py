@@ -1,0 +1,562 @@
+"""Typed recipes: the one config object a run is described by.
+
+A recipe is YAML validated against pydantic models that reject unknown keys, so a typo such as
+`bach_size` is an error with a hint instead of a silently ignored setting. Every section a
+later stage needs (nets, objective, launch...) is declared here now, so recipes written today
+keep validating as the engine grows behind them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gan_dist.errors import RecipeError
+
+# ---------------------------------------------------------------------------------------------
+# YAML: YAML 1.1 (PyYAML's default) reads `no`, `off`, `y` as booleans and `1e-4` as a string.
+# `mixed_precision: no` would then become False. Recipes follow YAML 1.2 instead: only
+# true/false are booleans, and exponent floats need no dot.
+# ---------------------------------------------------------------------------------------------
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    pass
+
+
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str, source: str = "<string>") -> Any:
+    try:
+        return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}: line {mark.line + 1}, column {mark.column + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError([f"{where}: invalid YAML: {problem}"]) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------------------------
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _ordered(value: tuple[float, float]) -> tuple[float, float]:
+    if value[0] > value[1]:
+        raise ValueError(f"range must be [low, high] with low <= high, got {list(value)}")
+    return value
+
+
+Range = Annotated[tuple[NonNegativeFloat, NonNegativeFloat], Field()]
+
+
+class _DamageStep(Section):
+    p: float = Field(1.0, ge=0.0, le=1.0, description="probability that this step is applied")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _ranges_ordered(cls, value: Any) -> Any:
+        if isinstance(value, tuple) and len(value) == 2:
+            _ordered(value)
+        return value
+
+
+class MaskDamage(_DamageStep):
+    """Pixels removed for inpainting; the only step that writes the stored mask."""
+
+    type: Literal["mask"] = "mask"
+    shape: Literal["strokes", "boxes", "mixed"] = "mixed"
+    coverage: Range = (0.1, 0.4)
+    fill: float = Field(0.0, ge=0.0, le=1.0, description="value written into holes, 0..1")
+
+    @field_validator("coverage")
+    @classmethod
+    def _coverage_fraction(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[1] > 0.95:
+            raise ValueError("coverage is a fraction of the image and must stay <= 0.95")
+        return value
+
+
+class GaussianNoise(_DamageStep):
+    type: Literal["gaussian_noise"] = "gaussian_noise"
+    sigma: Range = Field((0.01, 0.1), description="standard deviation, image scaled to 0..1")
+
+
+class PoissonNoise(_DamageStep):
+    """Shot noise as in low-dose imaging: fewer photons at white means more noise."""
+
+    type: Literal["poisson_noise"] = "poisson_noise"
+    peak: Range = Field((10.0, 200.0), description="photon count at full intensity")
+
+    @field_validator("peak")
+    @classmethod
+    def _positive_peak(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] <= 0:
+            raise ValueError("peak photon count must be > 0")
+        return value
+
+
+class Blur(_DamageStep):
+    type: Literal["blur"] = "blur"
+    sigma: Range = Field((0.5, 2.0), description="Gaussian sigma in pixels")
+
+
+class Jpeg(_DamageStep):
+    type: Literal["jpeg"] = "jpeg"
+    quality: tuple[int, int] = (10, 60)
+
+    @field_validator("quality")
+    @classmethod
+    def _quality_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not (1 <= value[0] <= value[1] <= 100):
+            raise ValueError("quality must be [low, high] within 1..100")
+        return value
+
+
+class Downscale(_DamageStep):
+    """Down- then up-scaling, the degradation super-resolution models undo."""
+
+    type: Literal["downscale"] = "downscale"
+    factor: Range = (2.0, 4.0)
+
+    @field_validator("factor")
+    @classmethod
+    def _factor_above_one(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] < 1.0:
+            raise ValueError("factor must be >= 1")
+        return value
+
+
+DamageStep = Annotated[
+    Union[MaskDamage, GaussianNoise, PoissonNoise, Blur, Jpeg, Downscale],  # noqa: UP007
+    Field(discriminator="type"),
+]
+
+DAMAGE_PRESETS: dict[str, tuple[str, list[dict[str, Any]]]] = {
+    "inpaint": ("free-form strokes and boxes covering 10-40%", [{"type": "mask"}]),
+    "inpaint-strokes": (
+        "free-form brush strokes only (DeepFill/LaMa style)",
+        [{"type": "mask", "shape": "strokes"}],
+    ),
+    "inpaint-boxes": ("rectangular holes only", [{"type": "mask", "shape": "boxes"}]),
+    "denoise": ("additive Gaussian noise, sigma 0.01-0.1", [{"type": "gaussian_noise"}]),
+    "low-dose": ("Poisson shot noise as in low-dose scans", [{"type": "poisson_noise"}]),
+    "deblur": ("Gaussian blur, sigma 0.5-2 px", [{"type": "blur"}]),
+    "jpeg": ("JPEG compression artefacts, quality 10-60", [{"type": "jpeg"}]),
+    "superres": ("down- then up-scaling by 2-4x", [{"type": "downscale"}]),
+    "old-photo": (
+        "blur, noise and JPEG together, plus scratches as small holes",
+        [
+            {"type": "blur", "sigma": [0.3, 1.5], "p": 0.7},
+            {"type": "gaussian_noise", "sigma": [0.01, 0.06], "p": 0.8},
+            {"type": "jpeg", "quality": [30, 80], "p": 0.5},
+            {"type": "mask", "shape": "strokes", "coverage": [0.01, 0.08]},
+        ],
+    ),
+}
+
+
+def damage_preset(name: str) -> list[dict[str, Any]]:
+    if name not in DAMAGE_PRESETS:
+        hint = _did_you_mean(name, DAMAGE_PRESETS)
+        raise ValueError(
+            f"unknown damage preset {name!r}{hint}; presets: {', '.join(DAMAGE_PRESETS)}"
+        )
+    return [dict(step) for step in DAMAGE_PRESETS[name][1]]
+
+
+class DataConfig(Section):
+    train: str = Field(
+        description="training shards: a packed directory, or a brace pattern such as "
+        "shards/train-{000000..000031}.tar (local path or pipe: URL)"
+    )
+    val: str | None = None
+    channels: Literal[1, 3] = 3
+    image_size: PositiveInt = 256
+    batch_size: PositiveInt = Field(16, description="per device")
+    workers: NonNegativeInt = 4
+    shuffle_buffer: NonNegativeInt = 1000
+    damage: list[DamageStep] = Field(
+        default_factory=lambda: damage_preset("inpaint"),
+        description="a preset name or a list of steps; used by `data pack --damage RECIPE`",
+    )
+
+    @field_validator("damage", mode="before")
+    @classmethod
+    def _expand_preset(cls, value: Any) -> Any:
+        return damage_preset(value) if isinstance(value, str) else value
+
+    @field_validator("train", "val")
+    @classmethod
+    def _non_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must name shards (a directory or a pattern), not be empty")
+        return value
+
+
+Norm = Literal["batch", "instance", "layer", "none"]
+
+
+class GeneratorConfig(Section):
+    name: Literal["unet", "dcgan", "resnet"] = "unet"
+    base_channels: PositiveInt = 64
+    norm: Norm = "batch"
+    depth: PositiveInt | None = Field(None, description="down-sampling steps; None: from size")
+    blocks: PositiveInt = Field(9, description="residual blocks (resnet)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class DiscriminatorConfig(Section):
+    name: Literal["patchgan", "dcgan"] = "patchgan"
+    base_channels: PositiveInt = 64
+    layers: PositiveInt = Field(3, description="strided conv layers (patchgan)")
+    norm: Norm = "batch"
+    spectral_norm: bool = False
+
+
+class ModelConfig(Section):
+    generator: GeneratorConfig = GeneratorConfig()
+    discriminator: DiscriminatorConfig = DiscriminatorConfig()
+    composite: bool = Field(
+        True, description="paste known pixels back over the output (inpainting); off for noise"
+    )
+
+
+class ObjectiveConfig(Section):
+    adversarial: Literal["bce", "lsgan", "hinge", "wgan-gp"] = "hinge"
+    adversarial_weight: NonNegativeFloat = 1.0
+    l1_weight: NonNegativeFloat = 100.0
+    hole_l1_weight: NonNegativeFloat = Field(0.0, description="extra L1 weight inside the mask")
+    feature_matching_weight: NonNegativeFloat = 0.0
+    gp_weight: NonNegativeFloat = 0.0
+    n_critic: PositiveInt = Field(1, description="discriminator steps per generator step")
+
+
+class OptimizerConfig(Section):
+    name: Literal["adam", "adamw"] = "adam"
+    lr: PositiveFloat = 2.0e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: NonNegativeFloat = 0.0
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError("betas must lie in [0, 1)")
+        return value
+
+
+class ScheduleConfig(Section):
+    kind: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: NonNegativeInt = 0
+
+
+class OptimConfig(Section):
+    generator: OptimizerConfig = OptimizerConfig()
+    discriminator: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    grad_clip: PositiveFloat | None = None
+
+
+class TrainConfig(Section):
+    max_steps: PositiveInt = 10_000
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    grad_accum: PositiveInt = 1
+    ema: float = Field(0.999, ge=0.0, lt=1.0, description="0 disables the EMA generator")
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    log_every: PositiveInt = 50
+    checkpoint_every: PositiveInt = 1000
+    keep_checkpoints: PositiveInt = 3
+    sample_every: PositiveInt = 500
+    eval_every: PositiveInt = 2000
+    eval_batches: PositiveInt | None = Field(None, description="None: the whole val split")
+
+
+class TrackingConfig(Section):
+    uri: str | None = Field(None, description="None: $MLFLOW_TRACKING_URI or ./mlflow.db")
+    experiment: str | None = Field(None, description="None: the recipe name")
+    register_as: str | None = None
+    sample_count: PositiveInt = 8
+
+
+class SlurmConfig(Section):
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str = "24:00:00"
+    constraint: str | None = None
+    cpus_per_task: PositiveInt | None = None
+    mem: str | None = None
+    extra: list[str] = Field(default_factory=list, description="extra #SBATCH lines")
+
+
+class LaunchConfig(Section):
+    nodes: PositiveInt = 1
+    gpus_per_node: PositiveInt | None = Field(None, description="None: every local GPU")
+    cpu_procs: PositiveInt = Field(1, description="processes on a machine without GPUs")
+    slurm: SlurmConfig | None = None
+
+
+class Recipe(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    seed: NonNegativeInt = 0
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    launch: LaunchConfig = LaunchConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        wgan = self.objective.adversarial == "wgan-gp"
+        if wgan and self.model.discriminator.norm == "batch":
+            raise ValueError(
+                "model.discriminator.norm: batch norm breaks the WGAN-GP gradient penalty "
+                "(it mixes samples in a batch); use layer, instance or none"
+            )
+        if wgan and self.objective.gp_weight == 0:
+            raise ValueError("objective.gp_weight: wgan-gp needs a gradient penalty weight > 0")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overrides, errors
+# ---------------------------------------------------------------------------------------------
+
+
+def builtin_recipes_dir() -> Path:
+    """Recipes ship inside the wheel; from a source checkout they live at the repo root."""
+    packaged = Path(__file__).parent / "recipes"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "recipes"
+
+
+def builtin_recipes() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(builtin_recipes_dir().glob("*.yaml"))}
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    builtins = builtin_recipes()
+    if name_or_path in builtins:
+        return builtins[name_or_path]
+    hint = _did_you_mean(name_or_path, builtins)
+    raise RecipeError(
+        [
+            f"{name_or_path}: no such file and no built-in recipe of that name{hint} "
+            f"(built-in: {', '.join(builtins)})"
+        ]
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=c` -> (["a", "b"], typed c); the value is read as YAML so 32, 1e-4, true, [1, 2]
+    arrive typed and a quoted value stays a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise RecipeError([f"--set {text}: expected dotted.key=value, e.g. data.batch_size=8"])
+    return key.strip().split("."), parse_yaml(raw, f"--set {key}")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise RecipeError([f"--set {text}: {where} is {child!r}, not a section"])
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load_recipe(source: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate; every problem is reported at once as `dotted.path: msg`."""
+    path = resolve_recipe_path(str(source))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError([f"{path}: cannot read: {exc.strerror}"]) from None
+    raw = parse_yaml(text, str(path))
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError([f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}"])
+    return validate_recipe(apply_overrides(raw, overrides or []), source=str(path))
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError([_format_error(err) for err in exc.errors()], source=source) from None
+
+
+def resolve_damage(spec: str) -> tuple[list[DamageStep], str]:
+    """`--damage`: a preset name, or a YAML file holding a recipe (its data.damage), a
+    `damage:` key, or a bare list of steps. Returns the steps and a label for the manifest."""
+    from pydantic import TypeAdapter
+
+    path = Path(spec)
+    if not path.is_file():
+        try:
+            raw: Any = damage_preset(spec)
+        except ValueError as exc:
+            raise RecipeError([f"--damage {spec}: {exc} (or give a YAML file)"]) from None
+        label = f"preset:{spec}"
+    else:
+        doc = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+        if isinstance(doc, dict) and isinstance(doc.get("data"), dict):
+            raw = doc["data"].get("damage", "inpaint")
+        elif isinstance(doc, dict) and "damage" in doc:
+            raw = doc["damage"]
+        else:
+            raw = doc
+        if isinstance(raw, str):
+            raw = damage_preset(raw)
+        label = f"file:{path}"
+    try:
+        steps = TypeAdapter(list[DamageStep]).validate_python(raw)
+    except ValidationError as exc:
+        problems = [_format_error(e) for e in exc.errors()]
+        raise RecipeError(
+            [f"damage{p if p.startswith('[') else '.' + p}" for p in problems],
+            source=str(path) if path.is_file() else spec,
+        ) from None
+    if not steps:
+        raise RecipeError([f"--damage {spec}: no damage steps"])
+    return steps, label
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(recipe)"
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        fields = _fields_at(loc[:-1])
+        hint = _did_you_mean(str(loc[-1]), fields) if fields else ""
+        return f"{_format_loc(_strip_tags(loc))}: unknown key{hint}"
+    msg = err["msg"]
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        if not loc:  # cross-field checks name their own dotted path
+            return msg
+    if (
+        kind not in ("missing", "value_error")
+        and "input" in err
+        and not isinstance(err["input"], dict)
+    ):
+        msg += f" (got {err['input']!r})"
+    return f"{_format_loc(_strip_tags(loc))}: {msg}"
+
+
+_TAGS = {"mask", "gaussian_noise", "poisson_noise", "blur", "jpeg", "downscale"}
+
+
+def _strip_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Pydantic puts the union member's tag into the path (`damage[0].mask.coverage`)."""
+    out: list[Any] = []
+    for i, part in enumerate(loc):
+        if part in _TAGS and i > 0 and isinstance(loc[i - 1], int):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the section at `loc`, for "did you mean" on an unknown key."""
+    model: Any = Recipe
+    for part in loc:
+        model = _unwrap(model)
+        if isinstance(part, int):
+            args = typing.get_args(model)
+            model = args[0] if args else None
+        elif isinstance(model, list):  # members of a tagged union
+            model = next((m for m in model if m.model_fields["type"].default == part), None)
+        elif (
+            isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields
+        ):
+            model = model.model_fields[part].annotation
+        else:
+            return []
+    model = _unwrap(model)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _unwrap(tp: Any) -> Any:
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (Union, types.UnionType):
+            members = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(members) == 1:
+                tp = members[0]
+            else:
+                return members
+        else:
+            return tp
+
+
+def _did_you_mean(word: str, options: Any) -> str:
+    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""

@@ -1,0 +1,74 @@
+"""Shared fixtures: real images written to disk, including the broken ones users have."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gan_dist.data.images import write_png_atomic
+
+
+def save_pil(path: Path, arr: np.ndarray, mode: str | None = None, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(arr) if mode is None else Image.fromarray(arr).convert(mode)
+    im.save(path, **kw)
+    return path
+
+
+def gradient16(height: int = 64, width: int = 64, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """16-bit data that an 8-bit path cannot represent (odd values, full range)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 65536, size=(height, width, channels), dtype=np.uint16)
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory) -> Path:
+    """A few real photos (scikit-image's bundled ones), downsized to keep tests quick."""
+    import skimage.data
+
+    folder = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut", "camera", "chelsea", "coffee", "coins", "moon"):
+        arr = np.asarray(getattr(skimage.data, name)())
+        im = Image.fromarray(arr)
+        im.thumbnail((160, 160))
+        im.save(folder / f"{name}.png")
+    return folder
+
+
+@pytest.fixture()
+def messy_dir(tmp_path: Path) -> Path:
+    """Every bad input the issue lists, beside the files that must still be packed."""
+    folder = tmp_path / "messy"
+    folder.mkdir()
+    rgb = np.random.default_rng(1).integers(0, 256, (80, 96, 3), dtype=np.uint8)
+    (folder / "empty.png").write_bytes(b"")
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
+    (folder / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (folder / "notes-really.jpg").write_text("this is text, not a JPEG\n")
+    save_pil(folder / "cmyk.jpg", rgb, mode="CMYK")
+    write_png_atomic(folder / "deep16.png", gradient16(72, 72))
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])
+    save_pil(folder / "alpha.png", rgba)
+    save_pil(folder / "tiny.png", np.zeros((1, 1, 3), np.uint8))
+    Image.new("1", (10_001, 10_001)).save(folder / "huge.png")
+    (folder / "readme.txt").write_text("not an image")
+    save_pil(folder / "sub" / "good.png", rgb)
+    return folder
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    """The real console script in its own process, as a user runs it."""
+    exe = Path(sys.executable).with_name("gan-dist")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "gan_dist"]
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )

@@ -1,0 +1,76 @@
+"""The installed `gan-dist` command, run as a user runs it (separate processes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_cli
+from gan_dist import __version__
+
+
+def test_cli_start_up_imports_no_heavy_module():
+    code = (
+        "import sys, gan_dist.cli; heavy = {'torch', 'mlflow', 'numpy', 'webdataset', "
+        "'accelerate', 'PIL'} & set(sys.modules); print(sorted(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.integration
+def test_help_and_version():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for group in ("recipes", "data", "demo"):
+        assert group in result.stdout
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"gan-dist {__version__}"
+
+
+@pytest.mark.integration
+def test_pack_then_inspect_real_photos(photo_dir, tmp_path):
+    out = tmp_path / "shards"
+    packed = run_cli(
+        "data",
+        "pack",
+        str(photo_dir),
+        str(out),
+        "--size",
+        "64",
+        "--crops-per-image",
+        "2",
+        "--damage",
+        "old-photo",
+        "--shard-samples",
+        "5",
+    )
+    assert packed.returncode == 0, packed.stderr
+    assert "packed 6 images" in packed.stdout
+    inspected = run_cli("data", "inspect", str(out), "--json", "--grid", str(tmp_path / "g.png"))
+    assert inspected.returncode == 0, inspected.stderr
+    report = json.loads(inspected.stdout)
+    assert report["splits"]["train"]["samples"] + report["splits"]["val"]["samples"] == 12
+    assert (tmp_path / "g.png").stat().st_size > 1000
+
+
+@pytest.mark.integration
+def test_demo_runs_on_a_fresh_directory(tmp_path):
+    result = run_cli("demo", "--workdir", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    assert "demo done" in result.stdout
+    manifest = json.loads((tmp_path / "demo" / "shards" / "manifest.json").read_text())
+    assert manifest["counts"]["train"] > 0 and manifest["counts"]["val"] > 0
+    assert (tmp_path / "demo" / "shards-grid.png").exists()
+
+
+@pytest.mark.integration
+def test_errors_exit_non_zero_without_traceback(tmp_path):
+    result = run_cli("data", "pack", str(tmp_path / "nope"), str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("recipes", "validate", str(tmp_path / "none.yaml"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr

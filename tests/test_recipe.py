@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from gan_dist.cli import app
+from gan_dist.errors import RecipeError
+from gan_dist.recipe import (
+    builtin_recipes,
+    load_recipe,
+    parse_yaml,
+    recipe_to_yaml,
+    resolve_damage,
+    validate_recipe,
+)
+
+runner = CliRunner()
+EXPECTED = {"quickstart", "medical", "photo", "dcgan", "sngan", "wgan-gp"}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_every_builtin_recipe_validates_and_has_a_description():
+    found = builtin_recipes()
+    assert set(found) >= EXPECTED
+    for name, path in found.items():
+        recipe = load_recipe(path)
+        assert recipe.name == name
+        assert recipe.description
+
+
+def test_overrides_arrive_typed():
+    r = load_recipe(
+        "quickstart",
+        [
+            "model.generator.base_channels=32",
+            "optim.generator.lr=1e-4",
+            "train.channels_last=true",
+            "optim.discriminator.betas=[0.0, 0.9]",
+            "tracking.register_as=my-model",
+        ],
+    )
+    assert r.model.generator.base_channels == 32
+    assert r.optim.generator.lr == pytest.approx(1e-4)
+    assert r.train.channels_last is True
+    assert r.optim.discriminator.betas == (0.0, 0.9)
+    assert r.tracking.register_as == "my-model"
+
+
+def test_yaml_no_stays_a_string_and_exponents_are_floats():
+    assert parse_yaml("a: no\nb: off\nc: 1e-4\nd: true") == {
+        "a": "no",
+        "b": "off",
+        "c": 1e-4,
+        "d": True,
+    }
+    r = load_recipe("quickstart", ["train.mixed_precision=no"])
+    assert r.train.mixed_precision == "no"
+
+
+def test_unknown_keys_get_did_you_mean_hints(tmp_path):
+    path = write(
+        tmp_path,
+        """
+name: x
+data: {train: s/, bach_size: 4, damage: [{type: mask, coverge: [0.1, 0.2]}]}
+model: {generator: {nme: unet}}
+trian: {}
+""",
+    )
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    problems = info.value.problems
+    assert "data.bach_size: unknown key (did you mean 'batch_size'?)" in problems
+    assert "data.damage[0].coverge: unknown key (did you mean 'coverage'?)" in problems
+    assert "model.generator.nme: unknown key (did you mean 'name'?)" in problems
+    assert "trian: unknown key (did you mean 'train'?)" in problems
+
+
+def test_validate_prints_every_error_with_its_path_and_exits_2(tmp_path):
+    # wrong type, unknown key, missing required field, negative batch size: all at once
+    path = write(
+        tmp_path,
+        """
+data: {train: s/, batch_size: -4, workers: many, shufle_buffer: 3}
+""",
+    )
+    result = runner.invoke(app, ["recipes", "validate", str(path)])
+    assert result.exit_code == 2
+    text = result.output
+    assert "name: Field required" in text
+    assert "data.batch_size: Input should be greater than 0 (got -4)" in text
+    assert "data.workers: Input should be a valid integer" in text
+    assert "data.shufle_buffer: unknown key (did you mean 'shuffle_buffer'?)" in text
+
+
+def test_validate_accepts_a_good_recipe_with_overrides():
+    result = runner.invoke(
+        app, ["recipes", "validate", "recipes/quickstart.yaml", "--set", "data.batch_size=2"]
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_cross_field_rules(tmp_path):
+    with pytest.raises(RecipeError, match="batch norm breaks the WGAN-GP"):
+        load_recipe("wgan-gp", ["model.discriminator.norm=batch"])
+    with pytest.raises(RecipeError, match="gp_weight"):
+        load_recipe("wgan-gp", ["objective.gp_weight=0"])
+
+
+def test_damage_preset_expands_and_bad_presets_name_the_choices():
+    r = load_recipe("photo")
+    assert [s.type for s in r.data.damage] == ["blur", "gaussian_noise", "jpeg", "mask"]
+    with pytest.raises(RecipeError) as info:
+        load_recipe("photo", ["data.damage=inpant"])
+    assert "did you mean 'inpaint'" in str(info.value)
+
+
+def test_show_round_trips_through_validation():
+    result = runner.invoke(app, ["recipes", "show", "medical", "--set", "seed=7"])
+    assert result.exit_code == 0
+    shown = yaml.safe_load(result.stdout)
+    assert shown["seed"] == 7 and shown["train"]["mixed_precision"] == "bf16"
+    assert validate_recipe(shown) == load_recipe("medical", ["seed=7"])
+    assert recipe_to_yaml(validate_recipe(shown)) == result.stdout
+
+
+def test_list_names_every_builtin():
+    result = runner.invoke(app, ["recipes", "list"])
+    assert result.exit_code == 0
+    for name in EXPECTED:
+        assert name in result.output
+
+
+def test_bad_override_syntax_and_scalar_parent():
+    with pytest.raises(RecipeError, match="expected dotted.key=value"):
+        load_recipe("quickstart", ["data.batch_size"])
+    with pytest.raises(RecipeError, match="data.batch_size is 8, not a section"):
+        load_recipe("quickstart", ["data.batch_size.x=1"])
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = write(tmp_path, "name: x\ndata: [1,\n")
+    result = runner.invoke(app, ["recipes", "validate", str(path)])
+    assert result.exit_code == 2
+    assert "line 3" in result.output and "invalid YAML" in result.output
+
+
+def test_resolve_damage_from_preset_recipe_and_list(tmp_path):
+    steps, label = resolve_damage("denoise")
+    assert label == "preset:denoise" and steps[0].type == "gaussian_noise"
+    steps, label = resolve_damage("recipes/medical.yaml")
+    assert [s.type for s in steps] == ["poisson_noise", "mask"]
+    path = tmp_path / "d.yaml"
+    path.write_text("- {type: blur, sigma: [1, 2]}\n- {type: jpeg, quality: [5, 500]}\n")
+    with pytest.raises(RecipeError) as info:
+        resolve_damage(str(path))
+    assert any(p.startswith("damage[1].quality") for p in info.value.problems)

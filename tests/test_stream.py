@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import logging
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import gradient16
+from gan_dist.data.images import write_png_atomic
+from gan_dist.data.pack import PackOptions, pack_folder
+from gan_dist.data.stream import StreamConfig, make_stream, shard_urls
+from gan_dist.errors import GanDistError
+from gan_dist.recipe import resolve_damage
+
+
+@pytest.fixture(scope="module")
+def packed(photo_dir, tmp_path_factory) -> Path:
+    """6 photos x 4 crops: 16 train samples in 4 shards, 8 val samples in 2."""
+    out = tmp_path_factory.mktemp("packed")
+    steps, label = resolve_damage("inpaint")
+    pack_folder(
+        photo_dir,
+        out,
+        PackOptions(
+            size=32,
+            crops_per_image=4,
+            damage=steps,
+            damage_source=label,
+            val_fraction=0.34,
+            shard_samples=4,
+        ),
+    )
+    return out
+
+
+def keys_of(stream) -> list[str]:
+    return [k for batch in stream for k in batch["key"]]
+
+
+def test_finite_pass_yields_every_sample_once_as_normalised_tensors(packed):
+    stream = make_stream(
+        str(packed), StreamConfig(batch_size=3, channels=3, train=False), split="train"
+    )
+    batches = list(stream)
+    keys = [k for b in batches for k in b["key"]]
+    assert len(keys) == 16 == len(set(keys))
+    assert [len(b["key"]) for b in batches][-1] == 1  # the last short batch is kept
+    b = batches[0]
+    assert b["damaged"].shape == (3, 3, 32, 32) and b["clean"].shape == (3, 3, 32, 32)
+    assert b["mask"].shape == (3, 1, 32, 32) and b["damaged"].dtype == torch.float32
+    assert b["clean"].min() >= -1 and b["clean"].max() <= 1 and b["clean"].min() < -0.5
+    assert set(torch.unique(b["mask"]).tolist()) <= {0.0, 1.0} and b["mask"].sum() > 0
+    holes = b["mask"].bool().expand_as(b["damaged"])
+    assert torch.all(b["damaged"][holes] == -1.0)  # holes filled with 0 -> -1 in [-1, 1]
+    assert stream.skipped == 0
+
+
+def test_16bit_values_keep_their_precision(tmp_path):
+    src = tmp_path / "src"
+    arr = gradient16(32, 32, 1)
+    write_png_atomic(src / "a.png", arr)
+    write_png_atomic(src / "b.png", arr[::-1].copy())
+    steps, label = resolve_damage("denoise")
+    pack_folder(
+        src,
+        tmp_path / "out",
+        PackOptions(size=32, crops_per_image=1, damage=steps, damage_source=label, val_fraction=0),
+    )
+    stream = make_stream(
+        str(tmp_path / "out"), StreamConfig(2, channels=1, train=False), split="train"
+    )
+    clean = next(iter(stream))["clean"]
+    expected = torch.from_numpy(arr[:, :, 0].astype(np.float32)) / 65535 * 2 - 1
+    got = clean[0, 0] if torch.allclose(clean[0, 0], expected, atol=1e-6) else clean[1, 0]
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_ranks_read_disjoint_shards_that_cover_the_split(packed, monkeypatch):
+    seen = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        stream = make_stream(str(packed), StreamConfig(4, channels=3, train=False), "train")
+        seen.append(set(keys_of(stream)))
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+    assert len(seen[0] | seen[1]) == 16
+
+
+@pytest.mark.integration
+def test_worker_processes_split_shards_without_repeats(packed):
+    stream = make_stream(
+        str(packed), StreamConfig(2, channels=3, train=False, workers=2), split="train"
+    )
+    keys = keys_of(stream)
+    assert len(keys) == 16 == len(set(keys))
+
+
+def test_training_stream_is_endless_and_reproducible(packed):
+    def first_keys(seed: int) -> list[str]:
+        stream = make_stream(
+            str(packed), StreamConfig(4, channels=3, train=True, shuffle_buffer=8, seed=seed)
+        )
+        return [k for b in itertools.islice(iter(stream), 10) for k in b["key"]]
+
+    a, b, c = first_keys(1), first_keys(1), first_keys(2)
+    assert len(a) == 40 > 16  # more batches than one pass holds
+    assert a == b and a != c
+
+
+def test_wrong_channel_count_is_skipped_and_counted(packed, caplog):
+    stream = make_stream(str(packed), StreamConfig(4, channels=1, train=False), "val")
+    with caplog.at_level(logging.WARNING, logger="gan_dist.data"):
+        assert keys_of(stream) == []
+    assert stream.skipped == 8
+    assert "val-000000.tar" in caplog.text and "3 channels" in caplog.text
+
+
+def _copy_shards(packed: Path, dest: Path) -> list[Path]:
+    dest.mkdir()
+    manifest = json.loads((packed / "manifest.json").read_text())
+    paths = []
+    for shard in manifest["shards"]:
+        if shard["split"] == "train":
+            (dest / shard["name"]).write_bytes((packed / shard["name"]).read_bytes())
+            paths.append(dest / shard["name"])
+    return paths
+
+
+def test_truncated_and_corrupt_shards_are_skipped_by_name(packed, tmp_path, caplog):
+    shards = _copy_shards(packed, tmp_path / "s")
+    data = shards[0].read_bytes()
+    shards[0].write_bytes(data[: len(data) // 2 + 100])  # truncated mid-member
+    buf = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(shards[1].read_bytes())) as src,
+        tarfile.open(fileobj=buf, mode="w") as dst,
+    ):
+        for member in src.getmembers():
+            payload = src.extractfile(member).read()
+            if member.name.endswith("clean.png"):
+                payload = payload[:40]  # a PNG cut short inside an intact tar
+            member.size = len(payload)
+            dst.addfile(member, io.BytesIO(payload))
+    shards[1].write_bytes(buf.getvalue())
+
+    pattern = str(tmp_path / "s" / "train-{000000..000003}.tar")
+    stream = make_stream(pattern, StreamConfig(4, channels=3, train=False))
+    with caplog.at_level(logging.WARNING, logger="gan_dist.data"):
+        keys = keys_of(stream)
+    assert 8 <= len(keys) < 16  # the two intact shards stream fully
+    assert stream.skipped >= 5  # 4 corrupt samples + the truncation
+    assert "train-000000.tar" in caplog.text and "train-000001.tar" in caplog.text
+
+
+def test_missing_shards_are_reported_up_front(tmp_path):
+    with pytest.raises(GanDistError, match="2 of 2 shards"):
+        shard_urls(str(tmp_path / "x-{0..1}.tar"))
+    with pytest.raises(GanDistError, match="no manifest.json"):
+        shard_urls(str(tmp_path))
