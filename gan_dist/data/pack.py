@@ -263,17 +263,17 @@ def _samples(
         else:
             mask = np.zeros((*clean.shape[:2], 1), dtype=np.uint8)
 
-    for crop, box in enumerate(_boxes(clean.shape, source.key, options)):
+    for crop, box in enumerate(sample_boxes(clean.shape, source.key, options)):
         sample_key = f"{source.key}#{crop}"
-        clean_crop = _crop_resize(clean, box, options.size)
+        clean_crop = crop_resize(clean, box, options.size)
         if damaged is None:
             damaged_crop, mask_crop, applied = apply_damage(
                 clean_crop, options.damage, sample_rng(options.seed, sample_key)
             )
             mask_crop = mask_crop[:, :, None]
         else:
-            damaged_crop = _crop_resize(damaged, box, options.size)
-            mask_crop = _crop_resize(mask, box, options.size)
+            damaged_crop = crop_resize(damaged, box, options.size)
+            mask_crop = crop_resize(mask, box, options.size)
             mask_crop = np.where(mask_crop > 127, 255, 0).astype(np.uint8)
             applied = []
         meta = {
@@ -315,7 +315,7 @@ def _load(
     return pic
 
 
-def _boxes(
+def sample_boxes(
     shape: tuple[int, ...], key: str, options: PackOptions
 ) -> list[tuple[int, int, int, int]]:
     """Source rectangles (x, y, w, h): one centred square (resized to `size` later), or
@@ -341,7 +341,7 @@ def _boxes(
     ]
 
 
-def _crop_resize(arr: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+def crop_resize(arr: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
     from gan_dist.data.images import resize
 
     x, y, w, h = box

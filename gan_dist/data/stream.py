@@ -58,7 +58,6 @@ class StreamConfig:
     workers: int = 0
     shuffle_buffer: int = 1000
     seed: int = 0
-    partial_batches: bool | None = None  # default: finite passes keep the last short batch
 
 
 class _SkipLog:
@@ -178,16 +177,15 @@ class ShardStream:
             source = [wds.ResampledShards(self.urls, seed=cfg.seed, deterministic=True)]
         else:
             source = [wds.SimpleShardList(self.urls), wds.split_by_node, wds.split_by_worker]
-        stages = [
-            *source,
-            wds.tarfile_to_samples(handler=self._skips),
-            _Decode(cfg.channels, self._skips),
-        ]
+        stages = [*source, wds.tarfile_to_samples(handler=self._skips)]
         if cfg.train and cfg.shuffle_buffer > 1:
-            # reproducible: the shard order already differs per rank and worker
+            # Shuffle the compressed samples: the buffer then costs ~0.1 MB a sample instead
+            # of megabytes of float tensors, and nothing is decoded only to wait in it.
+            # Reproducible; the shard order already differs per rank and worker.
             stages.append(wds.detshuffle(cfg.shuffle_buffer, cfg.shuffle_buffer // 4, cfg.seed))
-        partial = (not cfg.train) if cfg.partial_batches is None else cfg.partial_batches
-        stages.append(wds.batched(cfg.batch_size, collation_fn=_collate, partial=partial))
+        stages.append(_Decode(cfg.channels, self._skips))
+        # a finite pass keeps its last short batch so every sample is seen
+        stages.append(wds.batched(cfg.batch_size, collation_fn=_collate, partial=not cfg.train))
         return wds.DataPipeline(*stages)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
