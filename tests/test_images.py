@@ -62,6 +62,15 @@ def test_conversions_are_reported(tmp_path):
     np.testing.assert_array_equal(read_image(rgba).pixels, rgb)
 
 
+@pytest.mark.parametrize(("suffix", "fmt"), [(".webp", "WEBP"), (".bmp", "BMP")])
+def test_webp_and_bmp_are_read(tmp_path, suffix, fmt):
+    rgb = np.random.default_rng(0).integers(0, 256, (24, 36, 3), dtype=np.uint8)
+    path = save_pil(
+        tmp_path / f"x{suffix}", rgb, format=fmt, **({"lossless": True} if fmt == "WEBP" else {})
+    )
+    np.testing.assert_array_equal(read_image(path).pixels, rgb)
+
+
 def test_exif_orientation_is_applied(tmp_path):
     arr = np.zeros((20, 40, 3), np.uint8)
     arr[:, :20] = 255  # left half white

@@ -138,6 +138,25 @@ def test_16bit_pixels_survive_pack_bit_exact(tmp_path, channels):
         assert clean.dtype == np.uint16
         np.testing.assert_array_equal(clean, originals[source])
         assert decode_png(sample["damaged.png"]).dtype == np.uint16
+    report = inspect_shards(out)
+    assert report.problems == [] and report.splits["train"].samples == 3
+    assert report.splits["train"].bit_depths == {16}
+
+
+def test_dicom_folder_packs_to_16bit_greyscale(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    src = tmp_path / "dicom"
+    src.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        (src / name).write_bytes(Path(pydicom.data.get_testdata_file(name)).read_bytes())
+    out = tmp_path / "out"
+    result = pack_folder(src, out, options(size=64, val_fraction=0))
+    m = result.manifest
+    assert (m["channels"], m["bit_depth"], m["counts"]["train"]) == (1, 16, 2)
+    report = inspect_shards(out)
+    assert report.problems == [] and report.splits["train"].samples == 2
+    meta = json.loads(read_samples(out)[0]["json"])
+    assert "dicom_min" in meta and "dicom_max" in meta
 
 
 def test_packing_is_deterministic(photo_dir, tmp_path):
@@ -229,6 +248,29 @@ def test_paired_mode_matches_by_relative_path(tmp_path):
     mask = decode_png(samples[0]["mask.png"])
     assert set(np.unique(mask)) == {0, 255} and (mask > 0).sum() == 200
     assert result.manifest["mode"] == "paired" and result.manifest["damage"] is None
+
+
+def test_out_inside_src_is_not_read_as_input(photo_dir, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in photo_dir.iterdir():
+        (src / p.name).write_bytes(p.read_bytes())
+    pack_folder(src, src / "shards", options(size=32))
+    again = pack_folder(src, src / "shards", options(size=32, overwrite=True))
+    assert again.skipped == [] and again.packed_images == 6
+
+
+def test_paired_mode_refuses_damage(tmp_path):
+    result = pack_cli(
+        "--clean",
+        str(tmp_path),
+        "--damaged",
+        str(tmp_path),
+        "--damage",
+        "denoise",
+        str(tmp_path / "out"),
+    )
+    assert result.exit_code == 1 and "--damage applies to clean images" in result.output
 
 
 def test_paired_mode_needs_both_folders(tmp_path):

@@ -39,7 +39,7 @@ def pack(
         "8 with 16-bit sources reduces them (said in the notices).",
     ),
     damage: str = typer.Option(
-        "inpaint",
+        None,
         help="A damage preset or a YAML file (a recipe, or a "
         "list of steps). Presets: see `gan-dist data presets`.",
     ),
@@ -63,7 +63,12 @@ def pack(
             raise GanDistError(f"with --clean/--damaged give only OUT (got {len(paths)} paths)")
         if not paired and len(paths) != 2:
             raise GanDistError("give SRC and OUT, or --clean DIR --damaged DIR OUT")
-        steps, label = (None, None) if paired else resolve_damage(damage)
+        if paired and damage is not None:
+            raise GanDistError(
+                "--damage applies to clean images; paired mode packs the "
+                "damaged images you give it as they are"
+            )
+        steps, label = (None, None) if paired else resolve_damage(damage or "inpaint")
         options = PackOptions(
             size=size,
             crops_per_image=crops_per_image,

@@ -101,7 +101,10 @@ def pack_folder(
     _check_source_dir(src, "SRC")
     skipped: list[Skipped] = []
     sources = []
+    inside = out.resolve()
     for path in _walk(src):
+        if path.resolve().is_relative_to(inside):  # OUT inside SRC: its shards are not input
+            continue
         rel = path.relative_to(src).as_posix()
         if is_image_path(path):
             sources.append(_Source(rel, path))
