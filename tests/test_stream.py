@@ -163,3 +163,19 @@ def test_missing_shards_are_reported_up_front(tmp_path):
         shard_urls(str(tmp_path / "x-{0..1}.tar"))
     with pytest.raises(GanDistError, match="no manifest.json"):
         shard_urls(str(tmp_path))
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.integration)])
+def test_a_resumed_stream_continues_exactly(packed, workers):
+    def stream(skip=None):
+        cfg = StreamConfig(
+            3, channels=3, train=True, workers=workers, shuffle_buffer=8, seed=5, skip=skip
+        )
+        return make_stream(str(packed), cfg)
+
+    straight = [b["key"] for b in itertools.islice(iter(stream()), 14)]
+    first = stream()
+    it = iter(first)
+    head = [next(it)["key"] for _ in range(6)]
+    tail = [b["key"] for b in itertools.islice(iter(stream(first.position)), 8)]
+    assert head + tail == straight

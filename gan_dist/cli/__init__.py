@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from gan_dist import __version__
-from gan_dist.cli import data, demo, recipes
+from gan_dist.cli import data, demo, recipes, train
 
 app = typer.Typer(
     name="gan-dist",
@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 app.add_typer(recipes.app, name="recipes")
 app.add_typer(data.app, name="data")
+app.command("train")(train.train)
 app.command("demo")(demo.demo)
 
 

@@ -50,6 +50,42 @@ def shard_urls(spec: str, split: str = "train") -> list[str]:
     return urls
 
 
+def check_shards(
+    spec: str, channels: int, image_size: int, field: str, split: str = "train"
+) -> None:
+    """Fail before training if the shards do not match the recipe: a mismatch would make
+    every sample undecodable and an endless stream skip forever."""
+    path = Path(spec)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        found = (manifest["channels"], manifest["image_size"])
+    else:
+        local = [u for u in shard_urls(spec, split) if "://" not in u and not u.startswith("pipe:")]
+        if not local:
+            return
+        found = _first_sample_shape(Path(local[0]))
+    if found != (channels, image_size):
+        raise GanDistError(
+            f"{field}: {spec} holds {found[1]} px, {found[0]}-channel samples but the recipe "
+            f"says data.image_size={image_size}, data.channels={channels}; re-pack the images "
+            "or change the recipe"
+        )
+
+
+def _first_sample_shape(path: Path) -> tuple[int, int]:
+    import tarfile
+
+    try:
+        with tarfile.open(path, "r|") as tar:
+            for member in tar:
+                if member.name.endswith(".clean.png"):
+                    arr = decode_png(tar.extractfile(member).read())
+                    return arr.shape[2], arr.shape[0]
+    except (tarfile.TarError, OSError) as exc:
+        raise GanDistError(f"{path}: unreadable shard ({exc})") from None
+    raise GanDistError(f"{path}: no clean.png in the shard; is it a gan-dist shard?")
+
+
 @dataclass
 class StreamConfig:
     batch_size: int
@@ -58,6 +94,8 @@ class StreamConfig:
     workers: int = 0
     shuffle_buffer: int = 1000
     seed: int = 0
+    # resume: samples each DataLoader worker already handed out (see ShardStream.position)
+    skip: dict[int, int] | None = None
 
 
 class _SkipLog:
@@ -105,11 +143,20 @@ def _to_tensor(data: bytes, channels: int | None) -> torch.Tensor:
 
 
 class _Decode:
-    def __init__(self, channels: int, skips: _SkipLog) -> None:
-        self.channels, self.skips = channels, skips
+    """Decode to tensors, counting every sample pulled (decodable or not) so a resumed run
+    can skip exactly those, still compressed, and continue where the last one stopped."""
+
+    def __init__(self, channels: int, skips: _SkipLog, skip: dict[int, int] | None) -> None:
+        self.channels, self.skips, self.skip = channels, skips, skip or {}
 
     def __call__(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        worker = _worker_id()
+        to_skip = self.skip.get(worker, 0)
+        pulled = 0
         for sample in samples:
+            pulled += 1
+            if pulled <= to_skip:
+                continue
             try:
                 damaged = _to_tensor(sample["damaged.png"], self.channels)
                 clean = _to_tensor(sample["clean.png"], self.channels)
@@ -127,13 +174,24 @@ class _Decode:
                 "mask": mask,
                 "key": sample["__key__"],
                 "skipped": self.skips.count,
-                "worker": _worker_id(),
+                "worker": worker,
+                "pulled": pulled,
             }
 
 
 def _worker_id() -> int:
     info = torch.utils.data.get_worker_info()
-    return info.id if info is not None else -1
+    return info.id if info is not None else 0
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Schedulers signal every process of a job. A worker killed by SIGTERM makes PyTorch
+    abort the main process mid-step; ignoring it lets the trainer finish the step, write
+    its checkpoint and shut the workers down itself."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -143,6 +201,7 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "mask": torch.stack([s["mask"] for s in samples]),
         "key": [s["key"] for s in samples],
         "skipped": {samples[-1]["worker"]: samples[-1]["skipped"]},
+        "pulled": {samples[-1]["worker"]: samples[-1]["pulled"]},
     }
 
 
@@ -153,12 +212,14 @@ class ShardStream:
         self.urls, self.config = urls, config
         self._skips = _SkipLog()
         self._per_worker: dict[int, int] = {}
+        self._pulled: dict[int, int] = dict(config.skip or {})
         self.pipeline = self._build()
-        self.loader = wds.WebLoader(
+        self.loader = torch.utils.data.DataLoader(
             self.pipeline,
             batch_size=None,
             num_workers=config.workers,
             persistent_workers=config.workers > 0,
+            worker_init_fn=_ignore_stop_signals,
             prefetch_factor=4 if config.workers > 0 else None,
         )
 
@@ -183,14 +244,27 @@ class ShardStream:
             # of megabytes of float tensors, and nothing is decoded only to wait in it.
             # Reproducible; the shard order already differs per rank and worker.
             stages.append(wds.detshuffle(cfg.shuffle_buffer, cfg.shuffle_buffer // 4, cfg.seed))
-        stages.append(_Decode(cfg.channels, self._skips))
+        stages.append(_Decode(cfg.channels, self._skips, cfg.skip))
         # a finite pass keeps its last short batch so every sample is seen
         stages.append(wds.batched(cfg.batch_size, collation_fn=_collate, partial=not cfg.train))
         return wds.DataPipeline(*stages)
 
+    @property
+    def position(self) -> dict[int, int]:
+        """Samples each worker has handed out in the batches consumed so far: give it back as
+        `StreamConfig.skip` (same seed, workers and world size) to continue exactly here."""
+        return dict(self._pulled)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for batch in self.loader:
+        # Not a generator: the DataLoader iterator (which draws its base seed from torch's
+        # RNG) is created now, at iter(), not at the first next(), so a caller can put the
+        # RNG state back after it and resume bit-exactly.
+        return self._batches(iter(self.loader))
+
+    def _batches(self, batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for batch in batches:
             self._per_worker.update(batch.pop("skipped"))
+            self._pulled.update(batch.pop("pulled"))
             yield batch
 
 

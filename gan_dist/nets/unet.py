@@ -1,0 +1,56 @@
+"""pix2pix's skip U-Net, with nearest-neighbour upsampling instead of transposed convs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gan_dist.nets import GENERATORS, register
+from gan_dist.nets.layers import downsamplings, norm_layer, upsample_conv
+
+
+class UNet(nn.Module):
+    def __init__(
+        self, in_ch: int, out_ch: int, base: int, depth: int, norm: str, dropout: float
+    ) -> None:
+        super().__init__()
+        widths = [min(base * 2**i, base * 8) for i in range(depth)]
+        self.downs = nn.ModuleList()
+        prev = in_ch
+        for i, width in enumerate(widths):
+            layers: list[nn.Module] = [nn.Conv2d(prev, width, 4, stride=2, padding=1, bias=False)]
+            if i > 0:
+                layers.append(norm_layer(norm, width))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            self.downs.append(nn.Sequential(*layers))
+            prev = width
+        self.ups = nn.ModuleList()
+        for i in reversed(range(depth)):
+            skip = widths[i - 1] if i > 0 else 0
+            width = widths[i - 1] if i > 0 else base
+            layers = [upsample_conv(prev, width), norm_layer(norm, width), nn.ReLU(inplace=True)]
+            if dropout and i >= depth - 3 and i > 0:
+                layers.append(nn.Dropout(dropout))
+            self.ups.append(nn.Sequential(*layers))
+            prev = width + skip
+        self.out = nn.Sequential(nn.Conv2d(prev, out_ch, 3, padding=1), nn.Tanh())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for down in self.downs:
+            x = down(x)
+            skips.append(x)
+        skips.pop()  # the bottleneck has no partner
+        for up in self.ups:
+            x = up(x)
+            if skips:
+                x = torch.cat([x, skips.pop()], dim=1)
+        return self.out(x)
+
+
+@register(GENERATORS, "unet")
+def build(cfg, in_channels: int, out_channels: int, image_size: int) -> nn.Module:
+    depth = cfg.depth or downsamplings(image_size)
+    if image_size % 2**depth:
+        raise ValueError(f"unet depth {depth} needs an image size divisible by {2**depth}")
+    return UNet(in_channels, out_channels, cfg.base_channels, depth, cfg.norm, cfg.dropout)

@@ -1,0 +1,322 @@
+"""The trainer as users run it: real processes, real Accelerate DDP (gloo on CPU), real
+signals, on real photos packed small. Nets are tiny so the suite stays quick."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from gan_dist.data.pack import PackOptions, pack_folder
+from gan_dist.recipe import load_recipe, resolve_damage
+from gan_dist.train import checkpoint
+from gan_dist.train.signals import EXIT_NONFINITE, EXIT_PREEMPTED
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def shards(photo_dir, tmp_path_factory) -> Path:
+    """6 photos x 4 crops of 32 px: 16 train samples (4 shards), 8 val samples (2 shards)."""
+    out = tmp_path_factory.mktemp("train-shards")
+    steps, label = resolve_damage("inpaint")
+    pack_folder(
+        photo_dir,
+        out,
+        PackOptions(
+            size=32,
+            crops_per_image=4,
+            damage=steps,
+            damage_source=label,
+            val_fraction=0.34,
+            shard_samples=4,
+        ),
+    )
+    return out
+
+
+def tiny(shards: Path, steps: int, **extra: object) -> list[str]:
+    settings = {
+        "data.train": str(shards),
+        "data.val": str(shards),
+        "data.image_size": 32,
+        "data.batch_size": 4,
+        "data.workers": 0,
+        "data.shuffle_buffer": 8,
+        "model.generator.base_channels": 8,
+        "model.discriminator.base_channels": 8,
+        "train.max_steps": steps,
+        "train.log_every": 1,
+        "train.eval_every": 1000,
+        "train.checkpoint_every": 1000,
+        "train.deterministic": "true",
+        **extra,
+    }
+    return [arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")]
+
+
+def weights(run_dir: Path, step: int, net: str = "generator") -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "checkpoints" / f"step-{step:08d}" / f"{net}.safetensors"))
+
+
+def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("recipe", ["dcgan", "sngan", "wgan-gp", "quickstart"])
+def test_recipes_train_stably_on_real_photos(shards, tmp_path, recipe):
+    run = tmp_path / "run"
+    extra = {"train.eval_every": 6} if recipe == "quickstart" else {}
+    result = run_cli("train", recipe, *tiny(shards, 6, **extra), "--run-dir", str(run))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("step 6/6")]
+    assert lines, result.stdout
+    assert "nan" not in lines[0] and "inf" not in lines[0]
+    if recipe == "wgan-gp":
+        assert "d_gp" in lines[0]
+    if recipe == "quickstart":
+        assert "step 6 validation: val_samples 8, psnr" in result.stdout
+    ckpt = checkpoint.read(run / "checkpoints" / "step-00000006")
+    assert ckpt.state["recipe"]["name"] == recipe
+    assert (run / "recipe.yaml").exists()
+
+
+def start_train(args: list[str], cwd: Path | None = None, launcher: list[str] | None = None):
+    cmd = [*launcher, "-m", "gan_dist"] if launcher else [sys.executable, "-m", "gan_dist"]
+    return subprocess.Popen(
+        [*cmd, "train", "quickstart", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=cwd,
+        start_new_session=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def interrupt_after(proc: subprocess.Popen, marker: str, timeout: float = 240) -> str:
+    """Read output until `marker`, then SIGTERM the whole process group (as SLURM does)."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(marker):
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+        assert time.monotonic() < deadline, "".join(seen)
+    seen.append(proc.stdout.read())
+    proc.wait(timeout=120)
+    return "".join(seen)
+
+
+ACCELERATE = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_preempted_and_resumed_run_is_bit_identical(shards, tmp_path, processes):
+    # dropout and 1 data worker: the RNG state and the worker's stream position must resume
+    args = tiny(shards, 10, **{"model.generator.dropout": 0.5, "data.workers": 1})
+    launcher = None
+    if processes == 2:
+        port = str(29500 + os.getpid() % 500)
+        launcher = [*ACCELERATE, "--main_process_port", port]
+        os.environ["ACCELERATE_USE_CPU"] = "1"
+    try:
+        straight = start_train(
+            [*args, "--run-dir", str(tmp_path / "a"), "--resume", "none"], launcher=launcher
+        )
+        out = straight.communicate(timeout=300)[0]
+        assert straight.returncode == 0, out
+
+        first = start_train([*args, "--run-dir", str(tmp_path / "b")], launcher=launcher)
+        out = interrupt_after(first, "step 4/10")
+        if processes == 1:
+            assert first.returncode == EXIT_PREEMPTED, out
+        assert "preempted (SIGTERM)" in out
+        saved = checkpoint.list_checkpoints(tmp_path / "b")
+        assert len(saved) == 1, out
+        ckpt = checkpoint.read(saved[0])  # loadable
+        assert 4 <= ckpt.step < 10 and ckpt.state["world_size"] == processes
+
+        resumed = start_train([*args, "--run-dir", str(tmp_path / "b")], launcher=launcher)
+        out = resumed.communicate(timeout=300)[0]
+        assert resumed.returncode == 0, out
+        assert f"resumed from {saved[0]} at step {ckpt.step}" in out
+    finally:
+        os.environ.pop("ACCELERATE_USE_CPU", None)
+
+    for net in ("generator", "discriminator", "ema"):
+        assert_identical(weights(tmp_path / "a", 10, net), weights(tmp_path / "b", 10, net))
+    if processes == 2:  # both ranks held the same weights at every checkpoint
+        final = tmp_path / "b" / "checkpoints" / "step-00000010"
+        digests = {
+            json.loads((final / f"rank-{r}.json").read_text())["generator_sha256"] for r in (0, 1)
+        }
+        assert len(digests) == 1
+
+
+def test_two_ranks_stream_disjoint_shards_and_see_every_val_sample(shards, tmp_path):
+    args = tiny(shards, 2, **{"train.eval_every": 2})
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "COLUMNS": "200"}
+    port = str(30000 + os.getpid() % 500)
+    result = subprocess.run(
+        [
+            *ACCELERATE,
+            "--main_process_port",
+            port,
+            "-m",
+            "gan_dist",
+            "train",
+            "quickstart",
+            *args,
+            "--run-dir",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "val_samples 8," in result.stdout  # 4 on each rank: every sample exactly once
+    assert result.stderr.count("done: step 2") == 1  # only rank 0 reports
+    ckpt = tmp_path / "r" / "checkpoints" / "step-00000002"
+    positions = [json.loads((ckpt / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert all(p["data_position"] for p in positions)
+
+
+def test_nan_stops_with_a_message_and_keeps_the_last_good_checkpoint(shards, tmp_path):
+    run = tmp_path / "run"
+    ok = run_cli(
+        "train",
+        "quickstart",
+        *tiny(shards, 4, **{"train.checkpoint_every": 2}),
+        "--run-dir",
+        str(run),
+    )
+    assert ok.returncode == 0, ok.stderr
+    good = weights(run, 4)
+    blown = run_cli(
+        "train",
+        "quickstart",
+        *tiny(
+            shards,
+            8,
+            **{
+                "train.checkpoint_every": 1,
+                "optim.generator.lr": 1e30,
+                "optim.discriminator.lr": 1e30,
+            },
+        ),
+        "--run-dir",
+        str(run),
+    )
+    assert blown.returncode == EXIT_NONFINITE, blown.stdout + blown.stderr
+    assert "non-finite loss at step 5" in blown.stderr
+    assert "last good checkpoint" in blown.stderr and "step-00000004" in blown.stderr
+    assert [p.name for p in checkpoint.list_checkpoints(run)] == ["step-00000004", "step-00000002"]
+    assert_identical(weights(run, 4), good)
+
+
+def test_a_damaged_newest_checkpoint_is_skipped(shards, tmp_path, caplog):
+    run = tmp_path / "run"
+    result = run_cli(
+        "train",
+        "quickstart",
+        *tiny(shards, 4, **{"train.checkpoint_every": 2}),
+        "--run-dir",
+        str(run),
+    )
+    assert result.returncode == 0, result.stderr
+    newest = run / "checkpoints" / "step-00000004" / "generator.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])
+    ckpt = checkpoint.resolve(run, "auto")
+    assert ckpt is not None and ckpt.step == 2
+    assert "step-00000004 is unusable" in caplog.text
+
+
+def test_fresh_start_refuses_a_run_dir_with_checkpoints(shards, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", "quickstart", *tiny(shards, 2), "--run-dir", str(run)).returncode == 0
+    again = run_cli(
+        "train", "quickstart", *tiny(shards, 2), "--run-dir", str(run), "--resume", "none"
+    )
+    assert again.returncode == 1 and "already holds checkpoints" in again.stderr
+
+
+def test_recipe_and_shards_must_agree(shards, tmp_path):
+    result = run_cli(
+        "train",
+        "quickstart",
+        *tiny(shards, 2, **{"data.channels": 1}),
+        "--run-dir",
+        str(tmp_path / "r"),
+    )
+    assert result.returncode == 1
+    assert "data.train" in result.stderr and "data.channels=1" in result.stderr
+
+
+def test_checkpoints_never_unpickle(shards, tmp_path):
+    """A pickle planted in place of the optimiser state is refused, not executed."""
+    run = tmp_path / "run"
+    assert run_cli("train", "quickstart", *tiny(shards, 2), "--run-dir", str(run)).returncode == 0
+    ckpt = run / "checkpoints" / "step-00000002"
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"generator": Evil()}, ckpt / "optimizers.pt")
+    with pytest.raises(Exception, match="unusable"):
+        checkpoint.read(ckpt)
+    assert not marker.exists()
+
+
+def test_recipe_nets_build_for_every_builtin():
+    from gan_dist.nets import build_discriminator, build_generator
+
+    for name in ("quickstart", "medical", "photo", "dcgan", "sngan", "wgan-gp"):
+        r = load_recipe(
+            name,
+            [
+                "data.image_size=32",
+                "model.generator.base_channels=4",
+                "model.discriminator.base_channels=4",
+            ],
+        )
+        G = build_generator(r.model.generator, r.data.channels, 32, r.model.composite)
+        D = build_discriminator(r.model.discriminator, r.data.channels, 32)
+        x = torch.rand(2, r.data.channels, 32, 32) * 2 - 1
+        m = (torch.rand(2, 1, 32, 32) > 0.5).float()
+        y = G(x, m)
+        assert y.shape == x.shape and y.abs().max() <= 1
+        if r.model.composite:
+            assert torch.equal(y[m.expand_as(y) == 0], x[m.expand_as(x) == 0])
+        assert D(torch.cat([x, m, y], 1)).shape[:2] == (2, 1)
+        has_sn = any("parametrizations" in k for k in D.state_dict())
+        assert has_sn == r.model.discriminator.spectral_norm
