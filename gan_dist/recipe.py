@@ -294,6 +294,9 @@ class OptimConfig(Section):
 
 class TrainConfig(Section):
     max_steps: PositiveInt = 10_000
+    max_minutes: PositiveFloat | None = Field(
+        None, description="also stop (with a checkpoint) after this much training time"
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     grad_accum: PositiveInt = 1
     ema: float = Field(0.999, ge=0.0, lt=1.0, description="0 disables the EMA generator")

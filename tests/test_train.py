@@ -242,6 +242,22 @@ def test_nan_stops_with_a_message_and_keeps_the_last_good_checkpoint(shards, tmp
     assert_identical(weights(run, 4), good)
 
 
+def test_time_budget_stops_with_a_checkpoint(shards, tmp_path):
+    run = tmp_path / "run"
+    result = run_cli(
+        "train",
+        "quickstart",
+        *tiny(shards, 100000, **{"train.max_minutes": 0.05, "train.log_every": 1000}),
+        "--run-dir",
+        str(run),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "time budget of 0.05 min spent at step" in result.stdout
+    (saved,) = checkpoint.list_checkpoints(run)
+    assert 0 < checkpoint.read(saved).step < 100000
+    assert "val_samples 8" in result.stdout  # the final step also validates
+
+
 def test_a_damaged_newest_checkpoint_is_skipped(shards, tmp_path, caplog):
     run = tmp_path / "run"
     result = run_cli(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,6 +162,7 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
     logged: dict[str, float] = {}
     metrics: dict[str, float] = {}
     status = "completed"
+    deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
     with StopFlag() as stop:
         while step < cfg.max_steps:
             update_g = (step + 1) % recipe.objective.n_critic == 0
@@ -178,12 +180,14 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
                 sums[k] = sums[k] + v if k in sums else v
                 counts[k] = counts.get(k, 0) + 1
 
-            # one collective and one sync a step: a signal, or a non-finite loss, anywhere?
+            # one collective and one sync a step: a signal, a non-finite loss, or the time
+            # budget spent, on any rank? (ranks must agree to stop at the same step)
             finite = torch.stack([torch.isfinite(v) for v in losses.values()]).all()
-            flags = torch.stack(
-                [torch.tensor(float(stop.requested), device=finite.device), (~finite).float()]
+            local = [float(stop.requested), float(time.monotonic() > deadline)]
+            flags = torch.cat(
+                [torch.tensor(local, device=finite.device), (~finite).float().reshape(1)]
             )
-            preempt, nonfinite = accelerator.reduce(flags, reduction="sum").tolist()
+            preempt, out_of_time, nonfinite = accelerator.reduce(flags, reduction="sum").tolist()
             if nonfinite:
                 bad = [k for k, v in losses.items() if not math.isfinite(v.item())]
                 where = f"rank {rank}: {', '.join(bad)}" if bad else "another rank"
@@ -193,11 +197,12 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
                     "enable grad clipping (optim.grad_clip) or use bf16 instead of fp16."
                 )
 
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            last = step == cfg.max_steps or bool(out_of_time)
+            if step % cfg.log_every == 0 or last:
                 logged = _mean_over_ranks(sums, counts, accelerator)
                 sums, counts = {}, {}
-            progress.update(step, logged if step % cfg.log_every == 0 else None)
-            if data.val and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            progress.update(step, logged if step % cfg.log_every == 0 or last else None)
+            if data.val and (step % cfg.eval_every == 0 or last):
                 metrics = _validate(ema.module, recipe, accelerator)
                 progress.message(
                     f"step {step} validation: "
@@ -211,8 +216,11 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
                 )
                 status = "preempted"
                 break
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            if step % cfg.checkpoint_every == 0 or last:
                 last_ckpt = save_checkpoint()
+            if out_of_time:
+                progress.message(f"time budget of {cfg.max_minutes} min spent at step {step}")
+                break
     progress.close()
     accelerator.end_training()
     return Outcome(status, step, last_ckpt, metrics, logged, accelerator.is_main_process)

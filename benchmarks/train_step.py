@@ -1,0 +1,238 @@
+"""Framework overhead and data-parallel scaling of the training step.
+
+1. For each recipe: images/s of gan-dist's `train_step` (Accelerate-prepared nets and
+   optimisers, accumulate context, loss bookkeeping) against a plain PyTorch loop written
+   out below with the same nets, batch, losses and optimisers, on synthetic batches.
+   Alternating runs, medians; target trainer / plain >= 0.97.
+2. Aggregate images/s of `gan-dist train` (quickstart, real shards) with 2 processes
+   against 1, one thread each (`OMP_NUM_THREADS=1`); target >= 1.8x.
+
+    python benchmarks/train_step.py [--size 128] [--steps 12] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from gan_dist.nets import build_discriminator, build_generator
+from gan_dist.objectives import ADVERSARIAL, reconstruction
+from gan_dist.recipe import load_recipe
+
+
+def synthetic(recipe, device) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    b, c, s = recipe.data.batch_size, recipe.data.channels, recipe.data.image_size
+    mask = (torch.rand(b, 1, s, s, generator=g) > 0.7).float()
+    clean = torch.rand(b, c, s, s, generator=g) * 2 - 1
+    return {
+        "damaged": (clean * (1 - mask)).to(device),
+        "clean": clean.to(device),
+        "mask": mask.to(device),
+    }
+
+
+def nets(recipe, device):
+    torch.manual_seed(0)
+    G = build_generator(
+        recipe.model.generator, recipe.data.channels, recipe.data.image_size, recipe.model.composite
+    ).to(device)
+    D = build_discriminator(
+        recipe.model.discriminator, recipe.data.channels, recipe.data.image_size
+    ).to(device)
+    return G, D
+
+
+def adam(net, cfg):
+    return torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
+
+
+def time_trainer(recipe, steps: int) -> float:
+    from accelerate import Accelerator
+
+    from gan_dist.train.trainer import train_step
+
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
+    G, D = nets(recipe, acc.device)
+    opt_g, opt_d = adam(G, recipe.optim.generator), adam(D, recipe.optim.discriminator)
+    G, D, opt_g, opt_d = acc.prepare(G, D, opt_g, opt_d)
+    batch = synthetic(recipe, acc.device)
+    train_step(batch, G, D, opt_g, opt_d, recipe, acc, True)  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        losses = train_step(batch, G, D, opt_g, opt_d, recipe, acc, True)
+        # the trainer's once-a-step check, so both loops sync the same number of times
+        torch.stack([torch.isfinite(v) for v in losses.values()]).all().item()
+    return steps * recipe.data.batch_size / (time.perf_counter() - start)
+
+
+def time_plain(recipe, steps: int) -> float:
+    """The same step with nothing but PyTorch: the reference for overhead."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    G, D = nets(recipe, device)
+    opt_g, opt_d = adam(G, recipe.optim.generator), adam(D, recipe.optim.discriminator)
+    adv, obj = ADVERSARIAL[recipe.objective.adversarial], recipe.objective
+    b = synthetic(recipe, device)
+    damaged, clean, mask = b["damaged"], b["clean"], b["mask"]
+
+    def step() -> torch.Tensor:
+        fake = G(damaged, mask)
+        real_in = torch.cat([damaged, mask, clean], 1)
+        fake_in = torch.cat([damaged, mask, fake.detach()], 1)
+        real_l, fake_l = D(torch.cat([real_in, fake_in])).chunk(2)
+        loss_d = adv.d(real_l, fake_l)
+        loss_d.backward()
+        opt_d.step()
+        opt_d.zero_grad(set_to_none=True)
+        D.requires_grad_(False)
+        g_l = D(torch.cat([damaged, mask, fake], 1))
+        loss_g = obj.adversarial_weight * adv.g(g_l) + reconstruction(
+            fake, clean, mask, obj.l1_weight, obj.hole_l1_weight
+        )
+        loss_g.backward()
+        D.requires_grad_(True)
+        opt_g.step()
+        opt_g.zero_grad(set_to_none=True)
+        return torch.isfinite(loss_d + loss_g).item()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * recipe.data.batch_size / (time.perf_counter() - start)
+
+
+def overhead(name: str, size: int, steps: int, repeats: int) -> dict:
+    recipe = load_recipe(name, [f"data.image_size={size}", "train.mixed_precision=no"])
+    runs: dict[str, list[float]] = {"trainer": [], "plain": []}
+    for _ in range(repeats):
+        runs["trainer"].append(time_trainer(recipe, steps))
+        runs["plain"].append(time_plain(recipe, steps))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return {
+        "image_size": size,
+        "batch": recipe.data.batch_size,
+        "trainer_images_per_s": round(med["trainer"], 2),
+        "plain_images_per_s": round(med["plain"], 2),
+        "ratio_trainer_over_plain": round(med["trainer"] / med["plain"], 3),
+        "runs": {k: [round(x, 2) for x in v] for k, v in runs.items()},
+    }
+
+
+def scaling(steps: int, repeats: int) -> dict:
+    """`gan-dist train` itself, 1 process vs 2 (gloo on CPU), one thread each."""
+    from gan_dist.data.pack import PackOptions, pack_folder
+    from gan_dist.demo import export_sample_photos
+    from gan_dist.recipe import resolve_damage
+
+    work = Path(tempfile.mkdtemp())
+    export_sample_photos(work / "photos")
+    steps_, label = resolve_damage("inpaint")
+    pack_folder(
+        work / "photos",
+        work / "shards",
+        PackOptions(
+            size=128,
+            crops_per_image=8,
+            damage=steps_,
+            damage_source=label,
+            val_fraction=0,
+            shard_samples=13,
+        ),
+    )
+    common = [
+        "-m",
+        "gan_dist",
+        "train",
+        "quickstart",
+        "--set",
+        f"data.train={work / 'shards'}",
+        "--set",
+        "data.val=null",
+        "--set",
+        f"train.max_steps={steps}",
+        "--set",
+        f"train.log_every={steps}",
+        "--set",
+        "train.checkpoint_every=100000",
+        "--set",
+        "data.workers=1",
+        "--resume",
+        "none",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29777",
+    ]
+    runs: dict[str, list[float]] = {"1": [], "2": []}
+    for i in range(repeats):
+        for procs, prefix in (("1", [sys.executable]), ("2", launch)):
+            run_dir = work / f"run-{procs}-{i}"
+            out = subprocess.run(
+                [*prefix, *common, "--run-dir", str(run_dir)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            runs[procs].append(float(re.findall(r"([\d.]+) img/s", out)[-1]))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return {
+        "recipe": "quickstart",
+        "image_size": 128,
+        "steps": steps,
+        "images_per_s_1_process": round(med["1"], 2),
+        "images_per_s_2_processes": round(med["2"], 2),
+        "speedup": round(med["2"] / med["1"], 3),
+        "runs": {k: [round(x, 2) for x in v] for k, v in runs.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--recipes", default="quickstart,medical")
+    parser.add_argument("--scaling-steps", type=int, default=60)
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    report = {
+        "benchmark": "train_step",
+        "device": device,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "overhead": {},
+    }
+    for name in args.recipes.split(","):
+        report["overhead"][name] = overhead(name, args.size, args.steps, args.repeats)
+    if device == "cpu":
+        report["scaling"] = scaling(args.scaling_steps, max(1, args.repeats // 2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
