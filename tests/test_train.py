@@ -284,6 +284,20 @@ def test_fresh_start_refuses_a_run_dir_with_checkpoints(shards, tmp_path):
     assert again.returncode == 1 and "already holds checkpoints" in again.stderr
 
 
+def test_resuming_with_other_nets_is_a_clear_error(shards, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", "quickstart", *tiny(shards, 2), "--run-dir", str(run)).returncode == 0
+    wider = run_cli(
+        "train",
+        "quickstart",
+        *tiny(shards, 4, **{"model.generator.base_channels": 12}),
+        "--run-dir",
+        str(run),
+    )
+    assert wider.returncode == 1
+    assert "does not fit the recipe's model" in wider.stderr and "Traceback" not in wider.stderr
+
+
 def test_recipe_and_shards_must_agree(shards, tmp_path):
     result = run_cli(
         "train",

@@ -192,7 +192,14 @@ def resolve(run_dir: Path, resume: str) -> Checkpoint | None:
 
 def load_nets(ckpt: Checkpoint, nets: dict[str, torch.nn.Module]) -> None:
     for key, net in nets.items():
-        net.load_state_dict(load_file(str(ckpt.path / f"{key}.safetensors")))
+        try:
+            net.load_state_dict(load_file(str(ckpt.path / f"{key}.safetensors")))
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise GanDistError(
+                f"{ckpt.path}: the saved {key} does not fit the recipe's model ({first}); "
+                "model settings must match the run being resumed"
+            ) from None
 
 
 def load_optimizers(ckpt: Checkpoint) -> dict[str, Any]:

@@ -16,6 +16,28 @@ from torchmetrics.functional.image import (
 )
 
 
+def repair_metrics(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per-image metrics for images in [0, 1]: psnr and ssim over the image, hole_psnr and
+    hole_l1 over the masked pixels (NaN for an image without a hole)."""
+    psnr = peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    ssim = structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")
+    hole = mask.expand_as(pred)
+    hole_px = hole.sum(dim=(1, 2, 3))
+    err = (pred - target) * hole
+    hole_mse = (err**2).sum(dim=(1, 2, 3)) / hole_px.clamp(min=1)
+    hole_l1 = err.abs().sum(dim=(1, 2, 3)) / hole_px.clamp(min=1)
+    no_hole = hole_px == 0
+    nan = torch.full_like(hole_mse, float("nan"))
+    return {
+        "psnr": psnr,
+        "ssim": ssim,
+        "hole_psnr": torch.where(no_hole, nan, 10 * torch.log10(1.0 / hole_mse.clamp(min=1e-10))),
+        "hole_l1": torch.where(no_hole, nan, hole_l1),
+    }
+
+
 @torch.no_grad()
 def evaluate(
     generator: torch.nn.Module, batches: Iterable[dict], accelerator, max_batches: int | None = None
@@ -29,26 +51,16 @@ def evaluate(
         with accelerator.autocast():
             repaired = generator(damaged, mask)
         pred = ((repaired.float() + 1) / 2).clamp(0, 1)
-        target = (clean.float() + 1) / 2
-        psnr = peak_signal_noise_ratio(
-            pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3)
-        )
-        ssim = structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")
-        hole = mask.expand_as(pred)
-        hole_px = hole.sum(dim=(1, 2, 3))
-        has_hole = hole_px > 0
-        err = (pred - target) * hole
-        hole_mse = (err**2).sum(dim=(1, 2, 3)) / hole_px.clamp(min=1)
-        hole_l1 = err.abs().sum(dim=(1, 2, 3)) / hole_px.clamp(min=1)
-        hole_psnr = 10 * torch.log10(1.0 / hole_mse.clamp(min=1e-10))
+        m = repair_metrics(pred, (clean.float() + 1) / 2, mask)
+        has_hole = ~torch.isnan(m["hole_psnr"])
         sums += torch.stack(
             [
                 torch.tensor(float(len(pred)), device=device),
-                psnr.sum(),
-                ssim.sum(),
+                m["psnr"].sum(),
+                m["ssim"].sum(),
                 has_hole.sum(),
-                hole_psnr[has_hole].sum(),
-                hole_l1[has_hole].sum(),
+                m["hole_psnr"][has_hole].sum(),
+                m["hole_l1"][has_hole].sum(),
             ]
         ).to(torch.float64)
     sums = accelerator.reduce(sums, reduction="sum")

@@ -71,29 +71,13 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
     ema = EMA(G, cfg.ema)
     opt_g, opt_d = _optimizer(G, recipe.optim.generator), _optimizer(D, recipe.optim.discriminator)
     sched_g, sched_d = _scheduler(opt_g, recipe), _scheduler(opt_d, recipe)
-    step = 0
-    if ckpt is not None:
-        checkpoint.load_nets(ckpt, {"generator": G, "discriminator": D, "ema": ema.module})
-        saved = checkpoint.load_optimizers(ckpt)
-        opt_g.load_state_dict(saved["generator"])
-        opt_d.load_state_dict(saved["discriminator"])
-        sched_g.load_state_dict(ckpt.state["schedulers"]["generator"])
-        sched_d.load_state_dict(ckpt.state["schedulers"]["discriminator"])
-        saved_optim = ckpt.state["recipe"]["optim"]
-        _apply_recipe(opt_g, sched_g, recipe.optim.generator, saved_optim["generator"], "generator")
-        _apply_recipe(
-            opt_d,
-            sched_d,
-            recipe.optim.discriminator,
-            saved_optim["discriminator"],
-            "discriminator",
-        )
-        step = ckpt.step
+    saved = _load(ckpt, recipe, G, D, ema, opt_g, opt_d, sched_g, sched_d) if ckpt else {}
+    step = ckpt.step if ckpt else 0
     ema.module.to(accelerator.device)
     if cfg.compile:
         G, D = torch.compile(G), torch.compile(D)
     G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
-    if ckpt is not None and saved.get("scaler") and accelerator.scaler is not None:
+    if saved.get("scaler") and accelerator.scaler is not None:
         accelerator.scaler.load_state_dict(saved["scaler"])
     set_seed(recipe.seed + 1 + rank)
     rank_state = checkpoint.load_rank_state(ckpt, rank) if _same_shape(ckpt, world, data) else {}
@@ -324,6 +308,22 @@ def _scheduler(opt: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_sch
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _load(ckpt, recipe: Recipe, G, D, ema, opt_g, opt_d, sched_g, sched_d) -> dict:
+    """Weights, optimiser moments and schedules from a checkpoint; returns the saved
+    optimiser file (it also holds the grad scaler, restored after `prepare`)."""
+    checkpoint.load_nets(ckpt, {"generator": G, "discriminator": D, "ema": ema.module})
+    saved = checkpoint.load_optimizers(ckpt)
+    previous = ckpt.state["recipe"]["optim"]
+    for name, opt, sched, cfg in (
+        ("generator", opt_g, sched_g, recipe.optim.generator),
+        ("discriminator", opt_d, sched_d, recipe.optim.discriminator),
+    ):
+        opt.load_state_dict(saved[name])
+        sched.load_state_dict(ckpt.state["schedulers"][name])
+        _apply_recipe(opt, sched, cfg, previous[name], name)
+    return saved
 
 
 def _apply_recipe(opt, sched, cfg: OptimizerConfig, saved: dict, name: str) -> None:
