@@ -42,6 +42,27 @@ def photo_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def packed(photo_dir, tmp_path_factory) -> Path:
+    """The photos as 4 crops of 32 px each: 16 train samples in 4 shards, 8 val samples in 2
+    (two val shards, so two ranks each get one)."""
+    from gan_dist.data.pack import PackOptions, pack_folder
+    from gan_dist.recipe import resolve_damage
+
+    out = tmp_path_factory.mktemp("packed")
+    steps, label = resolve_damage("inpaint")
+    options = PackOptions(
+        size=32,
+        crops_per_image=4,
+        damage=steps,
+        damage_source=label,
+        val_fraction=0.34,
+        shard_samples=4,
+    )
+    pack_folder(photo_dir, out, options)
+    return out
+
+
 @pytest.fixture()
 def messy_dir(tmp_path: Path) -> Path:
     """Every bad input the issue lists, beside the files that must still be packed."""

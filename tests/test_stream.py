@@ -19,26 +19,6 @@ from gan_dist.errors import GanDistError
 from gan_dist.recipe import resolve_damage
 
 
-@pytest.fixture(scope="module")
-def packed(photo_dir, tmp_path_factory) -> Path:
-    """6 photos x 4 crops: 16 train samples in 4 shards, 8 val samples in 2."""
-    out = tmp_path_factory.mktemp("packed")
-    steps, label = resolve_damage("inpaint")
-    pack_folder(
-        photo_dir,
-        out,
-        PackOptions(
-            size=32,
-            crops_per_image=4,
-            damage=steps,
-            damage_source=label,
-            val_fraction=0.34,
-            shard_samples=4,
-        ),
-    )
-    return out
-
-
 def keys_of(stream) -> list[str]:
     return [k for batch in stream for k in batch["key"]]
 

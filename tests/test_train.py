@@ -16,8 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_cli
-from gan_dist.data.pack import PackOptions, pack_folder
-from gan_dist.recipe import load_recipe, resolve_damage
+from gan_dist.recipe import load_recipe
 from gan_dist.train import checkpoint
 from gan_dist.train.signals import EXIT_NONFINITE, EXIT_PREEMPTED
 
@@ -25,23 +24,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def shards(photo_dir, tmp_path_factory) -> Path:
-    """6 photos x 4 crops of 32 px: 16 train samples (4 shards), 8 val samples (2 shards)."""
-    out = tmp_path_factory.mktemp("train-shards")
-    steps, label = resolve_damage("inpaint")
-    pack_folder(
-        photo_dir,
-        out,
-        PackOptions(
-            size=32,
-            crops_per_image=4,
-            damage=steps,
-            damage_source=label,
-            val_fraction=0.34,
-            shard_samples=4,
-        ),
-    )
-    return out
+def shards(packed) -> Path:
+    return packed
 
 
 def tiny(shards: Path, steps: int, **extra: object) -> list[str]:
