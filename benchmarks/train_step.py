@@ -193,18 +193,26 @@ def scaling(steps: int, repeats: int) -> dict:
         "--main_process_port",
         "29777",
     ]
-    runs: dict[str, list[float]] = {"1": [], "2": []}
+
+    def rate(out: str) -> float:
+        return float(re.findall(r"([\d.]+) img/s", out)[-1])
+
+    def start(prefix: list[str], run_dir: Path) -> subprocess.Popen:
+        return subprocess.Popen(
+            [*prefix, *common, "--run-dir", str(run_dir)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+
+    runs: dict[str, list[float]] = {"1": [], "2": [], "2_independent": []}
     for i in range(repeats):
-        for procs, prefix in (("1", [sys.executable]), ("2", launch)):
-            run_dir = work / f"run-{procs}-{i}"
-            out = subprocess.run(
-                [*prefix, *common, "--run-dir", str(run_dir)],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            runs[procs].append(float(re.findall(r"([\d.]+) img/s", out)[-1]))
+        runs["1"].append(rate(start([sys.executable], work / f"one-{i}").communicate()[0]))
+        runs["2"].append(rate(start(launch, work / f"ddp-{i}").communicate()[0]))
+        # the machine's own ceiling: two single-process runs at once, no communication
+        pair = [start([sys.executable], work / f"pair-{i}-{j}") for j in range(2)]
+        runs["2_independent"].append(sum(rate(p.communicate()[0]) for p in pair))
     med = {k: statistics.median(v) for k, v in runs.items()}
     return {
         "recipe": "quickstart",
@@ -213,6 +221,8 @@ def scaling(steps: int, repeats: int) -> dict:
         "images_per_s_1_process": round(med["1"], 2),
         "images_per_s_2_processes": round(med["2"], 2),
         "speedup": round(med["2"] / med["1"], 3),
+        "images_per_s_2_independent_processes": round(med["2_independent"], 2),
+        "ceiling_speedup_without_communication": round(med["2_independent"] / med["1"], 3),
         "runs": {k: [round(x, 2) for x in v] for k, v in runs.items()},
     }
 
@@ -233,7 +243,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "overhead": {},
     }
-    for name in args.recipes.split(","):
+    for name in filter(None, args.recipes.split(",")):
         steps = args.steps if name == "quickstart" else max(8, args.steps // 3)
         report["overhead"][name] = overhead(name, args.size, steps)
     if device == "cpu":

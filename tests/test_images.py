@@ -141,6 +141,8 @@ def test_dicom_rescale_and_monochrome1(tmp_path):
 def test_png_codec_round_trip_and_16bit_resize(tmp_path):
     arr = gradient16(33, 47, 3)
     np.testing.assert_array_equal(decode_png(encode_png(arr)), arr)
+    view = arr[:, :, 1:2]  # a non-contiguous slice encodes too
+    np.testing.assert_array_equal(decode_png(encode_png(view)), view)
     small = resize(arr, 20, 10)
     assert small.shape == (10, 20, 3) and small.dtype == np.uint16
     # not quantised to 8-bit steps

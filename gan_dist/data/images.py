@@ -367,8 +367,10 @@ def resize(arr: np.ndarray, width: int, height: int) -> np.ndarray:
 def encode_png(arr: np.ndarray) -> bytes:
     """Lossless PNG of any depth. Level 1: 3x faster than the default and ~4% larger."""
     import imagecodecs
+    import numpy as np
 
-    return imagecodecs.png_encode(arr[:, :, 0] if arr.shape[2] == 1 else arr, level=1)
+    plane = arr[:, :, 0] if arr.shape[2] == 1 else arr
+    return imagecodecs.png_encode(np.ascontiguousarray(plane), level=1)  # views, e.g. a slice
 
 
 def decode_png(data: bytes) -> np.ndarray:
