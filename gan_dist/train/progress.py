@@ -23,12 +23,13 @@ class Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
             from rich.progress import Progress as Bar
 
+            # counter and ETA before the losses, so a narrow terminal cuts only the losses
             self.live = Bar(
                 TextColumn("train"),
-                BarColumn(),
+                BarColumn(bar_width=20),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
                 TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
             )
             self.task = self.live.add_task("", total=total, completed=start, info="")
             self.live.start()
@@ -43,7 +44,7 @@ class Progress:
             return
         rate = self.images_per_s(step)
         if self.live is not None:
-            info = self._losses(losses) + f" {rate:.1f} img/s" if losses else None
+            info = f"{rate:.1f} img/s " + self._brief(losses) if losses else None
             self.live.update(
                 self.task, completed=step, **({"info": info} if info is not None else {})
             )
@@ -67,6 +68,11 @@ class Progress:
     def close(self) -> None:
         if self.live is not None:
             self.live.stop()
+
+    @staticmethod
+    def _brief(losses: dict[str, float]) -> str:
+        keys = ("d_loss", "g_adv", "g_rec")
+        return " ".join(f"{k} {losses[k]:.3g}" for k in keys if k in losses)
 
     @staticmethod
     def _losses(losses: dict[str, float]) -> str:
