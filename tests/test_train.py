@@ -48,6 +48,13 @@ def tiny(shards: Path, steps: int, **extra: object) -> list[str]:
     return [arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")]
 
 
+def train_quickstart(shards: Path, steps: int, run_dir: Path, *args: str, **extra: object):
+    """`gan-dist train quickstart` on the tiny settings, as a user runs it."""
+    return run_cli(
+        "train", "quickstart", *tiny(shards, steps, **extra), "--run-dir", str(run_dir), *args
+    )
+
+
 def weights(run_dir: Path, step: int, net: str = "generator") -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "checkpoints" / f"step-{step:08d}" / f"{net}.safetensors"))
 
@@ -195,29 +202,14 @@ def test_two_ranks_stream_disjoint_shards_and_see_every_val_sample(shards, tmp_p
 
 def test_nan_stops_with_a_message_and_keeps_the_last_good_checkpoint(shards, tmp_path):
     run = tmp_path / "run"
-    ok = run_cli(
-        "train",
-        "quickstart",
-        *tiny(shards, 4, **{"train.checkpoint_every": 2}),
-        "--run-dir",
-        str(run),
-    )
+    ok = train_quickstart(shards, 4, run, **{"train.checkpoint_every": 2})
     assert ok.returncode == 0, ok.stderr
     good = weights(run, 4)
-    blown = run_cli(
-        "train",
-        "quickstart",
-        *tiny(
-            shards,
-            8,
-            **{
-                "train.checkpoint_every": 1,
-                "optim.generator.lr": 1e30,
-                "optim.discriminator.lr": 1e30,
-            },
-        ),
-        "--run-dir",
-        str(run),
+    blown = train_quickstart(
+        shards,
+        8,
+        run,
+        **{"train.checkpoint_every": 1, "optim.generator.lr": 1e30, "optim.discriminator.lr": 1e30},
     )
     assert blown.returncode == EXIT_NONFINITE, blown.stdout + blown.stderr
     assert "non-finite loss at step 5" in blown.stderr
@@ -228,12 +220,8 @@ def test_nan_stops_with_a_message_and_keeps_the_last_good_checkpoint(shards, tmp
 
 def test_time_budget_stops_with_a_checkpoint(shards, tmp_path):
     run = tmp_path / "run"
-    result = run_cli(
-        "train",
-        "quickstart",
-        *tiny(shards, 100000, **{"train.max_minutes": 0.05, "train.log_every": 1000}),
-        "--run-dir",
-        str(run),
+    result = train_quickstart(
+        shards, 100000, run, **{"train.max_minutes": 0.05, "train.log_every": 1000}
     )
     assert result.returncode == 0, result.stderr
     assert "time budget of 0.05 min spent at step" in result.stdout
@@ -244,13 +232,7 @@ def test_time_budget_stops_with_a_checkpoint(shards, tmp_path):
 
 def test_a_damaged_newest_checkpoint_is_skipped(shards, tmp_path, caplog):
     run = tmp_path / "run"
-    result = run_cli(
-        "train",
-        "quickstart",
-        *tiny(shards, 4, **{"train.checkpoint_every": 2}),
-        "--run-dir",
-        str(run),
-    )
+    result = train_quickstart(shards, 4, run, **{"train.checkpoint_every": 2})
     assert result.returncode == 0, result.stderr
     newest = run / "checkpoints" / "step-00000004" / "generator.safetensors"
     newest.write_bytes(newest.read_bytes()[:100])
@@ -261,35 +243,21 @@ def test_a_damaged_newest_checkpoint_is_skipped(shards, tmp_path, caplog):
 
 def test_fresh_start_refuses_a_run_dir_with_checkpoints(shards, tmp_path):
     run = tmp_path / "run"
-    assert run_cli("train", "quickstart", *tiny(shards, 2), "--run-dir", str(run)).returncode == 0
-    again = run_cli(
-        "train", "quickstart", *tiny(shards, 2), "--run-dir", str(run), "--resume", "none"
-    )
+    assert train_quickstart(shards, 2, run).returncode == 0
+    again = train_quickstart(shards, 2, run, "--resume", "none")
     assert again.returncode == 1 and "already holds checkpoints" in again.stderr
 
 
 def test_resuming_with_other_nets_is_a_clear_error(shards, tmp_path):
     run = tmp_path / "run"
-    assert run_cli("train", "quickstart", *tiny(shards, 2), "--run-dir", str(run)).returncode == 0
-    wider = run_cli(
-        "train",
-        "quickstart",
-        *tiny(shards, 4, **{"model.generator.base_channels": 12}),
-        "--run-dir",
-        str(run),
-    )
+    assert train_quickstart(shards, 2, run).returncode == 0
+    wider = train_quickstart(shards, 4, run, **{"model.generator.base_channels": 12})
     assert wider.returncode == 1
     assert "does not fit the recipe's model" in wider.stderr and "Traceback" not in wider.stderr
 
 
 def test_recipe_and_shards_must_agree(shards, tmp_path):
-    result = run_cli(
-        "train",
-        "quickstart",
-        *tiny(shards, 2, **{"data.channels": 1}),
-        "--run-dir",
-        str(tmp_path / "r"),
-    )
+    result = train_quickstart(shards, 2, tmp_path / "r", **{"data.channels": 1})
     assert result.returncode == 1
     assert "data.train" in result.stderr and "data.channels=1" in result.stderr
 
@@ -297,7 +265,7 @@ def test_recipe_and_shards_must_agree(shards, tmp_path):
 def test_checkpoints_never_unpickle(shards, tmp_path):
     """A pickle planted in place of the optimiser state is refused, not executed."""
     run = tmp_path / "run"
-    assert run_cli("train", "quickstart", *tiny(shards, 2), "--run-dir", str(run)).returncode == 0
+    assert train_quickstart(shards, 2, run).returncode == 0
     ckpt = run / "checkpoints" / "step-00000002"
     marker = tmp_path / "pwned"
 
