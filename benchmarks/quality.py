@@ -38,6 +38,7 @@ from gan_dist.data.pack import PackOptions, pack_folder
 from gan_dist.data.stream import StreamConfig, make_stream
 from gan_dist.demo import export_sample_photos
 from gan_dist.nets import build_generator
+from gan_dist.nets.prefill import harmonic_fill
 from gan_dist.recipe import Recipe, resolve_damage
 from gan_dist.train import checkpoint
 from gan_dist.train.evaluate import repair_metrics
@@ -154,6 +155,11 @@ def classical(method: str):
     return repair
 
 
+def prefill_only(batch) -> torch.Tensor:
+    """What the generators start from (model.prefill: harmonic), with no net at all."""
+    return (harmonic_fill(batch["damaged"], 1 - batch["mask"]) + 1) / 2
+
+
 def train_variant(
     name: str,
     recipe: str,
@@ -175,6 +181,7 @@ def train_variant(
         "train.log_every=50",
         "train.checkpoint_every=1000000",
         "train.mixed_precision=no",
+        "tracking.enabled=false",
         *extra,
     ]
     cmd = [
@@ -210,9 +217,7 @@ def model_repair(run_dir: Path):
     (path,) = checkpoint.list_checkpoints(run_dir)[:1]
     ckpt = checkpoint.read(path)
     recipe = Recipe.model_validate(ckpt.state["recipe"])
-    G = build_generator(
-        recipe.model.generator, recipe.data.channels, recipe.data.image_size, recipe.model.composite
-    )
+    G = build_generator(recipe.model, recipe.data.channels, recipe.data.image_size)
     checkpoint.load_nets(ckpt, {"ema": G})
     G.eval()
 
@@ -230,12 +235,16 @@ def main() -> None:
     parser.add_argument("--mri-held", type=int, default=48)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--datasets", default="photos,mri")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="for every variant"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     report: dict = {
         "benchmark": "quality",
         "minutes_per_model": args.minutes,
         "image_size": SIZE,
+        "overrides": args.set,
         "datasets": {},
     }
     work = Path(tempfile.mkdtemp(prefix="gan-dist-quality-"))
@@ -256,11 +265,14 @@ def main() -> None:
             "held_out_images": len(list(held.iterdir())),
             "telea": score(batches, classical("telea")),
             "biharmonic": score(batches, classical("biharmonic")),
+            "harmonic-prefill": score(batches, prefill_only),
         }
         for name in args.variants.split(","):
             recipe, extra = VARIANTS[name]
             run_dir = work / f"run-{dataset}-{name}"
-            info = train_variant(name, recipe, extra, train_shards, channels, args.minutes, run_dir)
+            info = train_variant(
+                name, recipe, extra + args.set, train_shards, channels, args.minutes, run_dir
+            )
             if info["exit_code"] == 0:
                 info.update(score(batches, model_repair(run_dir)))
             result[name] = info

@@ -44,9 +44,7 @@ def synthetic(recipe, device) -> dict[str, torch.Tensor]:
 
 def nets(recipe, device):
     torch.manual_seed(0)
-    G = build_generator(
-        recipe.model.generator, recipe.data.channels, recipe.data.image_size, recipe.model.composite
-    ).to(device)
+    G = build_generator(recipe.model, recipe.data.channels, recipe.data.image_size).to(device)
     D = build_discriminator(
         recipe.model.discriminator, recipe.data.channels, recipe.data.image_size
     ).to(device)
@@ -173,6 +171,8 @@ def scaling(steps: int, repeats: int) -> dict:
         "train.checkpoint_every=100000",
         "--set",
         "data.workers=1",
+        "--set",
+        "tracking.enabled=false",
         "--resume",
         "none",
     ]

@@ -254,6 +254,11 @@ class ModelConfig(Section):
     composite: bool = Field(
         True, description="paste known pixels back over the output (inpainting); off for noise"
     )
+    prefill: Literal["harmonic", "none"] = Field(
+        "harmonic",
+        description="harmonic: diffuse known pixels into the holes first and train the "
+        "generator to correct that fill; none: the generator paints holes from scratch",
+    )
 
 
 class ObjectiveConfig(Section):
@@ -312,10 +317,14 @@ class TrainConfig(Section):
 
 
 class TrackingConfig(Section):
+    enabled: bool = True
     uri: str | None = Field(None, description="None: $MLFLOW_TRACKING_URI or ./mlflow.db")
     experiment: str | None = Field(None, description="None: the recipe name")
     register_as: str | None = None
     sample_count: PositiveInt = 8
+    flush_timeout_s: NonNegativeFloat = Field(
+        60.0, description="at the end, wait this long for MLflow to take what is queued"
+    )
 
 
 class SlurmConfig(Section):

@@ -28,6 +28,20 @@ def gradient16(height: int = 64, width: int = 64, channels: int = 1, seed: int =
     return rng.integers(0, 65536, size=(height, width, channels), dtype=np.uint16)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory) -> str:
+    """Every run the tests start tracks into one embedded store of their own, never into
+    ./mlflow.db; tests that need a server start one (see test_tracking.py)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
 @pytest.fixture(scope="session")
 def photo_dir(tmp_path_factory) -> Path:
     """A few real photos (scikit-image's bundled ones), downsized to keep tests quick."""
@@ -92,4 +106,32 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 240) -> subproce
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run(
         [*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def tiny(shards: Path, steps: int, **extra: object) -> list[str]:
+    settings = {
+        "data.train": str(shards),
+        "data.val": str(shards),
+        "data.image_size": 32,
+        "data.batch_size": 4,
+        "data.workers": 0,
+        "data.shuffle_buffer": 8,
+        "model.generator.base_channels": 8,
+        "model.discriminator.base_channels": 8,
+        "train.max_steps": steps,
+        "train.log_every": 1,
+        "train.eval_every": 1000,
+        "train.checkpoint_every": 1000,
+        "train.deterministic": "true",
+        "tracking.register_as": "null",  # registering costs seconds; tests that need it ask
+        **extra,
+    }
+    return [arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")]
+
+
+def train_quickstart(shards: Path, steps: int, run_dir: Path, *args: str, **extra: object):
+    """`gan-dist train quickstart` on the tiny settings, as a user runs it."""
+    return run_cli(
+        "train", "quickstart", *tiny(shards, steps, **extra), "--run-dir", str(run_dir), *args
     )

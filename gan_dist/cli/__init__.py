@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from gan_dist import __version__
-from gan_dist.cli import data, demo, recipes, train
+from gan_dist.cli import data, demo, eval, models, recipes, repair, train
 
 app = typer.Typer(
     name="gan-dist",
@@ -18,7 +18,10 @@ app = typer.Typer(
 )
 app.add_typer(recipes.app, name="recipes")
 app.add_typer(data.app, name="data")
+app.add_typer(models.app, name="models")
 app.command("train")(train.train)
+app.command("repair")(repair.repair)
+app.command("eval")(eval.eval_)
 app.command("demo")(demo.demo)
 
 

@@ -137,10 +137,9 @@ def _pillow_picture(path: Path) -> Picture:
         if fmt == "PNG" and _png_is_deep_colour(path):
             return _deep_png_picture(path)
         im.load()
-        transposed = ImageOps.exif_transpose(im)
-        if transposed is not im:
+        if im.getexif().get(0x0112, 1) != 1:  # exif_transpose copies even when it is 1
+            im = ImageOps.exif_transpose(im)
             notes.append("EXIF orientation applied")
-            im = transposed
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"corrupt or truncated {fmt or 'image'} data ({exc})") from None
     mode = im.mode
@@ -359,6 +358,20 @@ def resize(arr: np.ndarray, width: int, height: int) -> np.ndarray:
         planes.append(np.asarray(im.resize((width, height), Image.Resampling.LANCZOS)))
     out = np.clip(np.round(np.stack(planes, axis=2)), 0, 65535)
     return out.astype(np.uint16)
+
+
+def picture_grid(rows: list[list[np.ndarray]], gap: int = 4) -> np.ndarray:
+    """Rows of same-sized pictures (any depth, 1 or 3 channels) as one 8-bit RGB picture
+    for people to look at, with white gaps."""
+    import numpy as np
+
+    lines = []
+    for row in rows:
+        tiles = [to_channels(to_bit_depth(arr, 8), 3) for arr in row]
+        spacer = np.full((tiles[0].shape[0], gap, 3), 255, np.uint8)
+        lines.append(np.concatenate([t for tile in tiles for t in (spacer, tile)][1:], axis=1))
+    spacer = np.full((gap, lines[0].shape[1], 3), 255, np.uint8)
+    return np.concatenate([t for line in lines for t in (spacer, line)][1:], axis=0)
 
 
 # --- PNG bytes (shards) and files ----------------------------------------------------------

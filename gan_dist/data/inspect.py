@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from gan_dist.data.images import decode_png, to_bit_depth, to_channels, write_png_atomic
+from gan_dist.data.images import decode_png, picture_grid, write_png_atomic
 from gan_dist.data.pack import SPLITS, read_manifest
 from gan_dist.errors import GanDistError
 
@@ -90,7 +90,9 @@ def inspect_shards(folder: Path, grid: Path | None = None, grid_samples: int = 8
     if grid is not None:
         if not examples:
             raise GanDistError(f"{folder}: no readable samples to draw a grid from")
-        write_png_atomic(grid, _grid(examples))
+        write_png_atomic(
+            grid, picture_grid([[e["damaged"], e["mask"], e["clean"]] for e in examples])
+        )
         written = grid
     return InspectReport(folder, manifest, splits, problems, written)
 
@@ -119,26 +121,6 @@ def _samples(path: Path):
             current[ext] = tar.extractfile(member).read()
     if current:
         yield current
-
-
-def _grid(examples: list[dict[str, np.ndarray]], gap: int = 4) -> np.ndarray:
-    """Rows of damaged | mask | clean as an 8-bit RGB picture for people to look at."""
-
-    def show(arr: np.ndarray) -> np.ndarray:
-        return to_channels(to_bit_depth(arr, 8), 3)
-
-    rows = []
-    for ex in examples:
-        tiles = [show(ex["damaged"]), show(ex["mask"]), show(ex["clean"])]
-        height = tiles[0].shape[0]
-        spacer = np.full((height, gap, 3), 255, np.uint8)
-        rows.append(np.concatenate([tiles[0], spacer, tiles[1], spacer, tiles[2]], axis=1))
-    width = rows[0].shape[1]
-    spacer = np.full((gap, width, 3), 255, np.uint8)
-    out = [rows[0]]
-    for row in rows[1:]:
-        out += [spacer, row]
-    return np.concatenate(out, axis=0)
 
 
 def describe(report: InspectReport) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 A family registers itself in its own module; recipes name it (`model.generator.name`). Every
 generator is wrapped in `RepairNet`, which feeds it the damaged image plus the mask and, for
 inpainting, pastes the known pixels back over its output, so that what is trained, evaluated
-and exported is the same function.
+and exported is the same function. With `model.prefill: harmonic` the holes are first filled
+by diffusion (see `prefill.py`) and the generator's output is a correction added to that.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from gan_dist.recipe import DiscriminatorConfig, GeneratorConfig
+    from gan_dist.recipe import DiscriminatorConfig, ModelConfig
 
 GENERATORS: dict[str, Callable[..., nn.Module]] = {}
 DISCRIMINATORS: dict[str, Callable[..., nn.Module]] = {}
@@ -32,25 +33,36 @@ def register(table: dict[str, Callable[..., nn.Module]], name: str):
 class RepairNet(nn.Module):
     """(damaged, mask) -> repaired image in [-1, 1]."""
 
-    def __init__(self, body: nn.Module, composite: bool) -> None:
+    def __init__(self, body: nn.Module, composite: bool, prefill: str = "none") -> None:
         super().__init__()
-        self.body, self.composite = body, composite
+        self.body, self.composite, self.prefill = body, composite, prefill
+        if prefill != "none":
+            # The correction starts at zero, so an untrained net returns the classical fill.
+            last = [m for m in body.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+            nn.init.zeros_(last[-1].weight)
+            if last[-1].bias is not None:
+                nn.init.zeros_(last[-1].bias)
 
     def forward(self, damaged: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = self.body(torch.cat([damaged, mask], dim=1))
+        if self.prefill == "harmonic":
+            from gan_dist.nets.prefill import harmonic_fill
+
+            start = harmonic_fill(damaged, 1 - mask)
+            out = (start + self.body(torch.cat([start, mask], dim=1))).clamp(-1, 1)
+        else:
+            out = self.body(torch.cat([damaged, mask], dim=1))
         if self.composite:
             out = mask * out + (1 - mask) * damaged
         return out
 
 
-def build_generator(
-    cfg: GeneratorConfig, channels: int, image_size: int, composite: bool
-) -> RepairNet:
+def build_generator(model: ModelConfig, channels: int, image_size: int) -> RepairNet:
     _load_families()
+    cfg = model.generator
     body = GENERATORS[cfg.name](
         cfg, in_channels=channels + 1, out_channels=channels, image_size=image_size
     )
-    return RepairNet(body, composite)
+    return RepairNet(body, model.composite, model.prefill)
 
 
 def build_discriminator(cfg: DiscriminatorConfig, channels: int, image_size: int) -> nn.Module:

@@ -226,5 +226,7 @@ def restore_rng(doc: dict[str, Any]) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def write_recipe(run_dir: Path, text: str) -> None:
-    write_bytes_atomic(run_dir / "recipe.yaml", text.encode())
+def write_recipe(run_dir: Path, text: str) -> Path:
+    path = run_dir / "recipe.yaml"
+    write_bytes_atomic(path, text.encode())
+    return path

@@ -7,7 +7,8 @@ ranks with different numbers of batches never wait on each other mid-pass.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torchmetrics.functional.image import (
@@ -40,15 +41,20 @@ def repair_metrics(
 
 @torch.no_grad()
 def evaluate(
-    generator: torch.nn.Module, batches: Iterable[dict], accelerator, max_batches: int | None = None
+    generator: torch.nn.Module,
+    batches: Iterable[dict],
+    device: torch.device | str,
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+    max_batches: int | None = None,
 ) -> dict[str, float]:
-    device = accelerator.device
+    """reduce_sum adds the sums of all ranks (in training); alone, nothing to add."""
     sums = torch.zeros(6, dtype=torch.float64, device=device)
     for i, batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
         damaged, clean, mask = (batch[k].to(device) for k in ("damaged", "clean", "mask"))
-        with accelerator.autocast():
+        with autocast():
             repaired = generator(damaged, mask)
         pred = ((repaired.float() + 1) / 2).clamp(0, 1)
         m = repair_metrics(pred, (clean.float() + 1) / 2, mask)
@@ -63,9 +69,9 @@ def evaluate(
                 m["hole_l1"][has_hole].sum(),
             ]
         ).to(torch.float64)
-    sums = accelerator.reduce(sums, reduction="sum")
+    sums = reduce_sum(sums)
     n, psnr, ssim, n_hole, hole_psnr, hole_l1 = sums.tolist()
-    out = {"val_samples": int(n)}
+    out = {"samples": int(n)}
     if n:
         out.update({"psnr": psnr / n, "ssim": ssim / n})
     if n_hole:

@@ -15,11 +15,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gan_dist.data.images import picture_grid
+from gan_dist.data.pack import MANIFEST
 from gan_dist.data.stream import StreamConfig, check_shards, make_stream
 from gan_dist.errors import GanDistError
 from gan_dist.nets import build_discriminator, build_generator
 from gan_dist.objectives import ADVERSARIAL, feature_matching, gradient_penalty, reconstruction
 from gan_dist.recipe import OptimizerConfig, Recipe, recipe_to_yaml
+from gan_dist.track import Tracker
 from gan_dist.train import checkpoint
 from gan_dist.train.ema import EMA
 from gan_dist.train.evaluate import evaluate
@@ -62,9 +65,7 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
 
     # nets: identical initial weights on every rank, then per-rank randomness
     set_seed(recipe.seed)
-    G = build_generator(
-        recipe.model.generator, data.channels, data.image_size, recipe.model.composite
-    )
+    G = build_generator(recipe.model, data.channels, data.image_size)
     D = build_discriminator(recipe.model.discriminator, data.channels, data.image_size)
     if cfg.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
@@ -97,9 +98,20 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
     if rank_state:
         checkpoint.restore_rng(rank_state)
 
+    tracker = Tracker(
+        recipe,
+        run_dir,
+        ckpt.state.get("tracking_run_id") if ckpt else None,
+        enabled=accelerator.is_main_process,
+        context={"world_size": world, "device": str(accelerator.device)},
+    )
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_recipe(run_dir, recipe_to_yaml(recipe))
+        tracker.log_artifact(checkpoint.write_recipe(run_dir, recipe_to_yaml(recipe)))
+        for split, shards in (("train", data.train), ("val", data.val)):
+            if shards and (Path(shards) / MANIFEST).is_file():
+                tracker.log_artifact(Path(shards) / MANIFEST, f"data/{split}")
+    samples = _fixed_samples(recipe) if tracker.enabled else None
     progress = Progress(
         accelerator.is_main_process, step, cfg.max_steps, data.batch_size * world * cfg.grad_accum
     )
@@ -135,7 +147,8 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
                     "discriminator": sched_d.state_dict(),
                 },
                 "recipe": recipe.model_dump(mode="json"),
-                "tracking_run_id": None,
+                "tracking_run_id": tracker.wait_for_run_id(timeout=10),
+                "metrics": metrics,
             },
             cfg.keep_checkpoints,
         )
@@ -147,7 +160,7 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
     metrics: dict[str, float] = {}
     status = "completed"
     deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
-    with StopFlag() as stop:
+    with tracker, StopFlag() as stop:
         while step < cfg.max_steps:
             update_g = (step + 1) % recipe.objective.n_critic == 0
             for _ in range(cfg.grad_accum):
@@ -185,13 +198,21 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
             if step % cfg.log_every == 0 or last:
                 logged = _mean_over_ranks(sums, counts, accelerator)
                 sums, counts = {}, {}
+                tracker.log_metrics(
+                    {f"train/{k}": v for k, v in logged.items()}
+                    | _rates(progress.images_per_s(step), sched_g, sched_d),
+                    step,
+                )
             progress.update(step, logged if step % cfg.log_every == 0 or last else None)
             if data.val and (step % cfg.eval_every == 0 or last):
                 metrics = _validate(ema.module, recipe, accelerator)
+                tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step)
                 progress.message(
                     f"step {step} validation: "
                     + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
                 )
+            if samples is not None and (step % cfg.sample_every == 0 or last or preempt):
+                tracker.log_image(_sample_grid(ema.module, samples), "samples", step)
             if preempt:
                 last_ckpt = save_checkpoint()
                 progress.message(
@@ -199,6 +220,7 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
                     f"step {step}; checkpoint {last_ckpt}"
                 )
                 status = "preempted"
+                tracker.status = "KILLED"  # ended for now; a resumed job reopens the run
                 break
             if step % cfg.checkpoint_every == 0 or last:
                 last_ckpt = save_checkpoint()
@@ -206,6 +228,8 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
                 progress.message(f"time budget of {cfg.max_minutes} min spent at step {step}")
                 break
     progress.close()
+    if status == "completed" and tracker.enabled and recipe.tracking.register_as and last_ckpt:
+        _register(last_ckpt, recipe.tracking.register_as, tracker.uri, progress)
     accelerator.end_training()
     return Outcome(status, step, last_ckpt, metrics, logged, accelerator.is_main_process)
 
@@ -383,4 +407,75 @@ def _validate(generator: nn.Module, recipe: Recipe, accelerator) -> dict[str, fl
         data.val, StreamConfig(data.batch_size, data.channels, train=False, workers=0), split="val"
     )
     generator.eval()
-    return evaluate(generator, stream, accelerator, recipe.train.eval_batches)
+    return evaluate(
+        generator,
+        stream,
+        accelerator.device,
+        lambda t: accelerator.reduce(t, reduction="sum"),
+        accelerator.autocast,
+        recipe.train.eval_batches,
+    )
+
+
+def _register(ckpt: Path, name: str, uri: str, progress: Progress) -> None:
+    """The finished run's EMA generator becomes a model version. Training is done and its
+    checkpoint safe, so a registry failure is a warning with the command to retry."""
+    from gan_dist.models import register
+
+    try:
+        reg = register(ckpt, name, uri)
+    except Exception as exc:  # the store's failure must not turn a finished run into an error
+        import logging
+
+        logging.getLogger("gan_dist.train").warning(
+            "could not register %s as %s (%s); retry with: gan-dist models register %s --name %s",
+            ckpt,
+            name,
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            ckpt,
+            name,
+        )
+        return
+    progress.message(f"registered {reg.uri} (model {name}, version {reg.version})")
+
+
+def _rates(images_per_s: float, sched_g, sched_d) -> dict[str, float]:
+    out = {
+        "images_per_s": images_per_s,
+        "lr/generator": sched_g.get_last_lr()[0],
+        "lr/discriminator": sched_d.get_last_lr()[0],
+    }
+    if torch.cuda.is_available():
+        out["gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def _fixed_samples(recipe: Recipe) -> dict[str, torch.Tensor] | None:
+    """The same held-out samples every time, so the grids over steps show one repair
+    improving. Validation samples when there are any, else the first training samples."""
+    data = recipe.data
+    split = "val" if data.val else "train"
+    stream = make_stream(
+        data.val or data.train,
+        StreamConfig(recipe.tracking.sample_count, data.channels, train=False, workers=0),
+        split=split,
+    )
+    return next(iter(stream), None)
+
+
+@torch.no_grad()
+def _sample_grid(generator: nn.Module, batch: dict[str, torch.Tensor]):
+    """damaged | repaired | clean, one sample a row, 8-bit (what the MLflow UI shows)."""
+    device = next(generator.parameters()).device
+    generator.eval()
+    repaired = generator(batch["damaged"].to(device), batch["mask"].to(device)).float().cpu()
+
+    def picture(t: torch.Tensor):
+        return (((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0)).numpy()
+
+    return picture_grid(
+        [
+            [picture(d), picture(r), picture(c)]
+            for d, r, c in zip(batch["damaged"], repaired, batch["clean"], strict=True)
+        ]
+    )

@@ -1,0 +1,36 @@
+"""`gan-dist eval`: a model's repair quality on shards or a folder of clean images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from gan_dist.cli._common import out, user_errors
+from gan_dist.cli.repair import MODEL_HELP
+
+
+def eval_(
+    model: str = typer.Option(..., "--model", help=MODEL_HELP),
+    data: Path = typer.Option(..., "--data", help="Packed shards, or a folder of clean images."),
+    batch: int = typer.Option(16, min=1, help="Images per forward pass."),
+    json_: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    tracking_uri: str = typer.Option(None, help="Default: $MLFLOW_TRACKING_URI or ./mlflow.db."),
+) -> None:
+    """PSNR and SSIM over the image, PSNR and L1 inside the hole."""
+    import json
+
+    from rich.table import Table
+
+    from gan_dist.models import evaluate_model, load_model
+
+    with user_errors():
+        loaded = load_model(model, tracking_uri=tracking_uri)
+        metrics = evaluate_model(loaded, data, batch)
+    if json_:
+        out.print_json(json.dumps({"model": model, "data": str(data)} | metrics))
+        return
+    table = Table("metric", "value", title=f"{model} on {data} ({metrics.pop('split')} split)")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    out.print(table)

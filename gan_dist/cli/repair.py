@@ -1,0 +1,72 @@
+"""`gan-dist repair`: run a registered (or local) model over images of any size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from gan_dist.cli._common import err, out, user_errors
+
+MODEL_HELP = (
+    "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH, or a run, checkpoint or "
+    "model directory."
+)
+
+
+def repair(
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="An image or a folder."),
+    output: Path = typer.Argument(..., help="Output file or folder (relative paths kept)."),
+    model: str = typer.Option(..., "--model", help=MODEL_HELP),
+    mask: Path = typer.Option(
+        None, help="A mask file, or a folder of masks matched by relative path (white = repair)."
+    ),
+    tile: int = typer.Option(256, min=16, help="Tile size: bounds memory, not the image size."),
+    overlap: int = typer.Option(32, min=0, help="Pixels tiles share, blended smoothly."),
+    batch: int = typer.Option(4, min=1, help="Tiles per forward pass."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    overwrite: bool = typer.Option(False, help="Replace output files that already exist."),
+    tracking_uri: str = typer.Option(None, help="Default: $MLFLOW_TRACKING_URI or ./mlflow.db."),
+) -> None:
+    """Repair images; exits 1 if any file failed (the others are still written)."""
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from gan_dist.errors import GanDistError
+    from gan_dist.models import load_model
+    from gan_dist.repair import plan, repair_files
+
+    with user_errors():
+        planned = plan(input_path, output, mask)
+        if not planned:
+            raise GanDistError(f"{input_path}: no images found")
+        loaded = load_model(model, _device(device), tracking_uri)
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("repair", total=len(planned))
+        results = repair_files(
+            loaded, planned, tile, overlap, batch, overwrite, lambda r: bar.advance(task)
+        )
+    table = Table("file", "size", "status", "seconds", "detail")
+    for r in results:
+        style = {"repaired": "green", "failed": "red"}.get(r.status, "yellow")
+        table.add_row(
+            str(r.source), r.size, f"[{style}]{r.status}[/]", f"{r.seconds:.2f}", r.detail
+        )
+    out.print(table)
+    failed = sum(r.status == "failed" for r in results)
+    done = sum(r.status == "repaired" for r in results)
+    out.print(f"{done} repaired, {failed} failed, {len(results) - done - failed} skipped")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _device(choice: str) -> str:
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        from gan_dist.errors import GanDistError
+
+        raise GanDistError("--device cuda: no CUDA device visible; use --device cpu")
+    return choice

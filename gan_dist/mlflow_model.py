@@ -1,0 +1,43 @@
+"""The registry's pyfunc entry point (MLflow "models from code"): MLflow runs this file when
+someone calls `mlflow.pyfunc.load_model(uri)`. It only hands the model's two files to
+gan-dist's own loader, which reads JSON and safetensors.
+
+    model = mlflow.pyfunc.load_model("models:/quickstart-repair@champion")
+    repaired = model.predict({"image": pixels, "mask": mask})   # HxWxC uint8/uint16, HxW
+
+`predict` also takes a list of such dicts and then returns a list.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+
+
+class RepairPyfunc(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from gan_dist.models import load_files
+
+        folder = Path(context.artifacts["spec"]).parent
+        self.model = load_files(folder, f"pyfunc model at {folder}")
+
+    def predict(self, context, model_input, params=None):  # no hints: MLflow would validate
+        from gan_dist.repair import repair_array
+
+        params = params or {}
+        items = model_input if isinstance(model_input, list) else [model_input]
+        out = [
+            repair_array(
+                self.model,
+                item["image"],
+                item.get("mask"),
+                tile=int(params.get("tile", self.model.spec["tile_size"])),
+                overlap=int(params.get("overlap", 32)),
+            )
+            for item in items
+        ]
+        return out if isinstance(model_input, list) else out[0]
+
+
+mlflow.models.set_model(RepairPyfunc())

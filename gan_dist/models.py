@@ -1,0 +1,313 @@
+"""Repair models as files, and in the MLflow model registry.
+
+A repair model is two files: `weights.safetensors` (the EMA generator) and `spec.json` (the
+model section of the recipe, and the input/output contract: channels, value range, mask
+convention, tile size). Loading reads only those two, JSON and safetensors, so a tampered
+registry or checkpoint cannot run code in `gan-dist repair`.
+
+In the registry the two files are the artifacts of an MLflow pyfunc model, so MLflow's own
+tools (`mlflow.pyfunc.load_model(uri).predict(...)`, `mlflow models serve`) work too,
+through `mlflow_model.py`, a thin wrapper over the same loader. (Any pyfunc load runs that
+wrapper's code, as MLflow does for every pyfunc model; `gan-dist` itself never does.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gan_dist.errors import GanDistError
+
+if TYPE_CHECKING:
+    import torch
+
+    from gan_dist.recipe import Recipe
+
+log = logging.getLogger("gan_dist.models")
+
+SPEC_FORMAT = "gan-dist-repair-model"
+WEIGHTS, SPEC = "weights.safetensors", "spec.json"
+ARTIFACT_NAME = "repair-model"  # the model's name inside its MLflow run
+
+
+@dataclass
+class RepairModel:
+    """A generator ready for inference, and what it expects."""
+
+    net: torch.nn.Module
+    spec: dict[str, Any]
+    source: str
+
+    @property
+    def channels(self) -> int:
+        return int(self.spec["channels"])
+
+
+def spec_for(recipe: Recipe, step: int, metrics: dict[str, float]) -> dict[str, Any]:
+    data = recipe.data
+    return {
+        "format": SPEC_FORMAT,
+        "format_version": 1,
+        "recipe_name": recipe.name,
+        "model": recipe.model.model_dump(mode="json"),
+        "channels": data.channels,
+        "train_image_size": data.image_size,
+        "damage": [step.model_dump(mode="json") for step in data.damage],
+        "input": "image scaled to [-1, 1]; pixels inside the mask are ignored",
+        "output": "repaired image in [-1, 1], same size",
+        "value_range": [-1.0, 1.0],
+        "mask": "1 channel, 1 (white) = pixel to repair, 0 = keep"
+        if recipe.model.composite
+        else "none: every pixel is restored",
+        "tile_size": max(256, data.image_size),
+        "step": step,
+        "metrics": metrics,
+    }
+
+
+def export_checkpoint(ckpt_path: Path, folder: Path) -> dict[str, Any]:
+    """Write the EMA generator of a checkpoint as a repair model (weights + spec)."""
+    from gan_dist.recipe import Recipe
+    from gan_dist.train import checkpoint
+
+    ckpt = checkpoint.read(ckpt_path)
+    recipe = Recipe.model_validate(ckpt.state["recipe"])
+    spec = spec_for(recipe, ckpt.step, ckpt.state.get("metrics") or {})
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ckpt.path / "ema.safetensors", folder / WEIGHTS)
+    (folder / SPEC).write_text(json.dumps(spec, indent=2))
+    return spec
+
+
+def load_files(folder: Path, source: str, device: str = "cpu") -> RepairModel:
+    """The safe loader: JSON and safetensors only, every failure a GanDistError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from gan_dist.nets import build_generator
+    from gan_dist.recipe import ModelConfig
+
+    try:
+        spec = json.loads((folder / SPEC).read_text())
+    except (OSError, ValueError) as exc:
+        raise GanDistError(f"{source}: no readable {SPEC} ({exc}); not a gan-dist model") from None
+    if spec.get("format") != SPEC_FORMAT:
+        raise GanDistError(f"{source}: {SPEC} is not a gan-dist repair model spec")
+    try:
+        state = load_file(str(folder / WEIGHTS), device="cpu")
+    except (OSError, SafetensorError) as exc:
+        raise GanDistError(
+            f"{source}: {WEIGHTS} is not a valid safetensors file ({exc}); refusing to load it. "
+            "Weights are never unpickled: re-register the model from its run."
+        ) from None
+    model = ModelConfig.model_validate(spec["model"])
+    net = build_generator(model, int(spec["channels"]), int(spec["train_image_size"]))
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise GanDistError(f"{source}: weights do not fit the spec's model ({first})") from None
+    return RepairModel(net.to(device).eval().requires_grad_(False), spec, source)
+
+
+def load_model(uri: str, device: str = "cpu", tracking_uri: str | None = None) -> RepairModel:
+    """`models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/RUN_ID/PATH`, or a local run
+    directory (its newest usable checkpoint), checkpoint directory or model folder."""
+    if uri.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        from gan_dist.track import quiet_mlflow
+        from gan_dist.track import tracking_uri as default_uri
+
+        quiet_mlflow()
+        mlflow.set_tracking_uri(tracking_uri or default_uri())
+        with tempfile.TemporaryDirectory(prefix="gan-dist-model-") as tmp:
+            return load_files(_download(uri, Path(tmp)), uri, device)
+    path = Path(uri)
+    if (path / SPEC).is_file():
+        return load_files(path, uri, device)
+    ckpt = _checkpoint_of(path)
+    with tempfile.TemporaryDirectory(prefix="gan-dist-model-") as tmp:
+        export_checkpoint(ckpt, Path(tmp))
+        return load_files(Path(tmp), f"{ckpt}", device)
+
+
+def _checkpoint_of(path: Path) -> Path:
+    from gan_dist.train import checkpoint
+
+    if (path / "state.json").is_file():
+        return path
+    if path.is_dir():
+        found = checkpoint.resolve(path, "auto")
+        if found is not None:
+            return found.path
+        raise GanDistError(f"{path}: no usable checkpoint in this run directory")
+    raise GanDistError(
+        f"{path}: not found. --model takes models:/NAME@ALIAS, models:/NAME/VERSION, "
+        "runs:/RUN_ID/PATH, or a run, checkpoint or model directory"
+    )
+
+
+def _download(uri: str, dst: Path) -> Path:
+    """Fetch a registered model's files; return the folder holding spec.json."""
+    import mlflow
+    import yaml
+    from mlflow.exceptions import MlflowException
+
+    try:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    except MlflowException as exc:
+        where = mlflow.get_tracking_uri()
+        raise GanDistError(f"{uri}: {exc.message} (tracking URI {where})") from None
+    if (root / SPEC).is_file():
+        return root
+    try:
+        flavor = yaml.safe_load((root / "MLmodel").read_text())["flavors"]["python_function"]
+        spec = root / flavor["artifacts"]["spec"]["path"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        raise GanDistError(f"{uri}: not a gan-dist repair model (no {SPEC})") from None
+    if (spec.parent / WEIGHTS).is_file():
+        return spec.parent
+    raise GanDistError(f"{uri}: the model's {WEIGHTS} is missing")
+
+
+# --- registry ------------------------------------------------------------------------------
+
+
+@dataclass
+class Registered:
+    name: str
+    version: str
+    run_id: str | None
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def register(source: Path, name: str, tracking_uri: str) -> Registered:
+    """Log a checkpoint's EMA generator into its MLflow run (a new run if the checkpoint
+    has none) and register it as a new version of `name`, with its validation metrics as
+    version tags."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    import gan_dist
+    from gan_dist.recipe import Recipe
+    from gan_dist.track import experiment_id, run_exists
+    from gan_dist.train import checkpoint
+
+    ckpt_path = _checkpoint_of(source)
+    ckpt = checkpoint.read(ckpt_path)
+    recipe = Recipe.model_validate(ckpt.state["recipe"])
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    run_id = ckpt.state.get("tracking_run_id")
+    if run_id is not None and not run_exists(client, run_id):
+        log.warning("run %s of %s is not in %s; logging to a new run", run_id, source, tracking_uri)
+        run_id = None
+    if run_id is None:
+        mlflow.set_experiment(
+            experiment_id=experiment_id(client, recipe.tracking.experiment or recipe.name)
+        )
+    previous = client.get_run(run_id).info.status if run_id else None
+    code = Path(gan_dist.__file__).with_name("mlflow_model.py")
+    with tempfile.TemporaryDirectory(prefix="gan-dist-register-") as tmp:
+        spec = export_checkpoint(ckpt_path, Path(tmp))
+        with mlflow.start_run(run_id=run_id) as run:
+            info = mlflow.pyfunc.log_model(
+                name=ARTIFACT_NAME,
+                python_model=str(code),
+                artifacts={"spec": str(Path(tmp) / SPEC), "weights": str(Path(tmp) / WEIGHTS)},
+                registered_model_name=name,
+                pip_requirements=[f"gan-dist=={gan_dist.__version__}"],
+            )
+            run_id = run.info.run_id
+    if previous and previous != "FINISHED":
+        client.set_terminated(run_id, previous)  # registering does not end a running job
+    version = str(info.registered_model_version)
+    tags = {f"val.{k}": f"{v:.6g}" for k, v in spec["metrics"].items()}
+    tags |= {"step": str(ckpt.step), "recipe": recipe.name, "checkpoint": str(ckpt_path)}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    return Registered(name, version, run_id)
+
+
+def promote(name: str, version: str, alias: str, tracking_uri: str) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version)
+    except MlflowException as exc:
+        raise GanDistError(f"models:/{name}/{version}: {exc.message}") from None
+
+
+def list_versions(name: str | None, tracking_uri: str) -> list[dict[str, Any]]:
+    """One row per version (newest first), of one model or of all."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    names = [name] if name else [m.name for m in client.search_registered_models()]
+    rows = []
+    for model_name in names:
+        found = client.search_model_versions(f"name='{_quote(model_name)}'")
+        if name and not found:
+            raise GanDistError(f"no registered model named {name!r} in {tracking_uri}")
+        aliases = client.get_registered_model(model_name).aliases  # search omits them
+        for mv in sorted(found, key=lambda v: -int(v.version)):
+            rows.append(
+                {
+                    "name": mv.name,
+                    "version": str(mv.version),
+                    "aliases": sorted(a for a, v in aliases.items() if str(v) == str(mv.version)),
+                    "metrics": {k[4:]: v for k, v in mv.tags.items() if k.startswith("val.")},
+                    "step": mv.tags.get("step"),
+                    "run_id": mv.run_id,
+                    "created": mv.creation_timestamp,
+                }
+            )
+    return rows
+
+
+def _quote(name: str) -> str:
+    return name.replace("'", "\\'")
+
+
+def evaluate_model(model: RepairModel, data: Path, batch_size: int = 16) -> dict[str, float]:
+    """PSNR, SSIM, hole PSNR and hole L1 of a model on packed shards (their val split, or
+    train when there is none) or on a folder of clean images, which are first damaged the
+    way the model was trained (the spec's damage preset, a fixed seed)."""
+    from pydantic import TypeAdapter
+
+    from gan_dist.data.pack import MANIFEST, PackOptions, pack_folder, read_manifest
+    from gan_dist.data.stream import StreamConfig, make_stream
+    from gan_dist.recipe import DamageStep
+    from gan_dist.train.evaluate import evaluate
+
+    if not data.is_dir():
+        raise GanDistError(f"{data}: not a folder of packed shards or of images")
+    device = next(model.net.parameters()).device
+    with tempfile.TemporaryDirectory(prefix="gan-dist-eval-") as tmp:
+        if not (data / MANIFEST).is_file():
+            steps = TypeAdapter(list[DamageStep]).validate_python(model.spec["damage"])
+            options = PackOptions(
+                size=int(model.spec["train_image_size"]),
+                channels=model.channels,
+                damage=steps,
+                damage_source=f"model {model.source}",
+                val_fraction=0.0,
+                seed=12345,
+            )
+            data = pack_folder(data, Path(tmp) / "shards", options).out
+        counts = read_manifest(data)["counts"]
+        split = "val" if counts.get("val") else "train"
+        stream = make_stream(
+            str(data), StreamConfig(batch_size, model.channels, train=False), split=split
+        )
+        return evaluate(model.net, stream, device) | {"split": split}

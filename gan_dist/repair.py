@@ -1,0 +1,327 @@
+"""Repairing images of any size with a trained model: tiles, blending, files in and out.
+
+Whole-image inference runs out of memory on real scans and photos, so the image is cut into
+overlapping tiles, run in batches, and blended with weights that ramp down towards each tile's
+edge (no seams: every output pixel is a weighted mean of the tiles covering it, dominated by
+the tile whose centre is nearest). Tiles are processed one row of tiles at a time into a band
+buffer as wide as the image and one tile high, so peak memory grows with the image only
+through the 8- or 16-bit input and output arrays, never through float copies of the image.
+
+Known pixels of an inpainting model are copied from the input unchanged (bit-exact, also at
+16 bits); only the hole pixels come from the net.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gan_dist.data.images import (
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    from_float,
+    read_image,
+    to_channels,
+    write_bytes_atomic,
+)
+from gan_dist.errors import GanDistError
+from gan_dist.models import RepairModel
+
+
+def repair_array(
+    model: RepairModel,
+    pixels: np.ndarray,
+    mask: np.ndarray | None,
+    tile: int = 256,
+    overlap: int = 32,
+    batch: int = 4,
+) -> np.ndarray:
+    """pixels (H, W, C) uint8/uint16, mask (H, W) bool or None -> repaired, same shape and
+    dtype. Without a mask an inpainting model has nothing to do; a global-restoration model
+    (denoise, deblur) restores every pixel."""
+    if pixels.ndim == 2:
+        return repair_array(model, pixels[:, :, None], mask, tile, overlap, batch)[:, :, 0]
+    composite = bool(model.spec["model"]["composite"])
+    height, width, channels = pixels.shape
+    if mask is not None and mask.shape != (height, width):
+        raise GanDistError(f"mask is {mask.shape[1]}x{mask.shape[0]}, image {width}x{height}")
+    if composite and (mask is None or not mask.any()):
+        return pixels.copy()
+    if channels != model.channels and not (channels == 1 and model.channels == 3):
+        raise GanDistError(
+            f"the model repairs {model.channels}-channel images, this one has {channels}"
+            + ("; convert it to greyscale first" if model.channels == 1 else "")
+        )
+    if mask is None:
+        mask = np.zeros((height, width), dtype=bool)
+    divisor = _size_divisor(model)
+    tile = max(divisor, tile // divisor * divisor)
+    overlap = min(overlap, tile // 2)
+    th, tw = min(tile, _round_up(height, divisor)), min(tile, _round_up(width, divisor))
+    out = pixels.copy()
+    device = next(model.net.parameters()).device
+    band = _Band(width, th, model.channels)
+    window = _window(th, tw, overlap)
+    rows = _starts(height, th, th - overlap)
+    for i, y in enumerate(rows):
+        band.move_to(y)
+        xs = _starts(width, tw, tw - overlap)
+        for chunk in _chunks(xs, batch):
+            images, masks = zip(
+                *(_tile(pixels, mask, y, x, th, tw, model.channels) for x in chunk), strict=True
+            )
+            with torch.no_grad():
+                pred = model.net(
+                    torch.from_numpy(np.stack(images)).to(device),
+                    torch.from_numpy(np.stack(masks)).to(device),
+                )
+            pred = pred.float().cpu().numpy().transpose(0, 2, 3, 1)
+            for x, p in zip(chunk, pred, strict=True):
+                band.add(p, x, window)
+        done_until = rows[i + 1] if i + 1 < len(rows) else height
+        _finish(out, band.take(y, done_until), mask, y, composite)
+    return out
+
+
+@dataclass
+class _Band:
+    """Weighted sums for the image rows [top, top + height) over the full width."""
+
+    width: int
+    height: int
+    channels: int
+    top: int = 0
+    sums: np.ndarray = field(init=False)
+    weights: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sums = np.zeros((self.height, self.width, self.channels), np.float32)
+        self.weights = np.zeros((self.height, self.width, 1), np.float32)
+
+    def move_to(self, top: int) -> None:
+        """Shift the band down, keeping the rows the new position still covers."""
+        shift = top - self.top
+        if shift:
+            keep = max(self.height - shift, 0)
+            self.sums[:keep], self.weights[:keep] = self.sums[shift:], self.weights[shift:]
+            self.sums[keep:], self.weights[keep:] = 0, 0
+            self.top = top
+
+    def add(self, pred: np.ndarray, x: int, window: np.ndarray) -> None:
+        h, w = min(self.height, pred.shape[0]), min(self.width - x, pred.shape[1])
+        self.sums[:h, x : x + w] += pred[:h, :w] * window[:h, :w]
+        self.weights[:h, x : x + w] += window[:h, :w]
+
+    def take(self, top: int, bottom: int) -> np.ndarray:
+        n = bottom - top
+        return self.sums[:n] / np.maximum(self.weights[:n], 1e-8)
+
+
+def _finish(out: np.ndarray, rows: np.ndarray, mask: np.ndarray, top: int, composite: bool):
+    """Blended rows in [-1, 1] -> the output's dtype and channels; holes only if compositing."""
+    n = min(len(rows), out.shape[0] - top)
+    values = from_float((rows[:n] + 1) / 2, out.dtype)
+    values = to_channels(values, out.shape[2])
+    if composite:
+        hole = mask[top : top + n]
+        out[top : top + n][hole] = values[hole]
+    else:
+        out[top : top + n] = values
+
+
+def _tile(pixels, mask, y, x, th, tw, channels) -> tuple[np.ndarray, np.ndarray]:
+    """One tile as the net's input: (C, th, tw) in [-1, 1] with holes black, as in
+    training; tiles of an image smaller than the tile are padded by edge replication."""
+    img = pixels[y : y + th, x : x + tw]
+    hole = mask[y : y + th, x : x + tw]
+    pad = ((0, th - img.shape[0]), (0, tw - img.shape[1]))
+    if pad[0][1] or pad[1][1]:
+        img = np.pad(img, (*pad, (0, 0)), mode="edge")
+        hole = np.pad(hole, pad, mode="edge")
+    top = float(np.iinfo(img.dtype).max)
+    value = to_channels(img, channels).astype(np.float32) * (2 / top) - 1
+    value[hole] = -1.0
+    return value.transpose(2, 0, 1).copy(), hole[None].astype(np.float32)
+
+
+def _window(th: int, tw: int, overlap: int) -> np.ndarray:
+    """Linear ramps over `overlap` pixels at every edge; never zero, so border pixels that
+    only one tile covers keep their value after normalisation."""
+
+    def ramp(n: int) -> np.ndarray:
+        r = np.minimum(1.0, (np.arange(n) + 0.5) / max(overlap, 1))
+        return np.minimum(r, r[::-1])
+
+    return (ramp(th)[:, None] * ramp(tw)[None, :])[:, :, None].astype(np.float32)
+
+
+def _starts(length: int, size: int, stride: int) -> list[int]:
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size, max(stride, 1)))
+    return [*starts, length - size]
+
+
+def _chunks(items: list[int], n: int) -> Iterator[list[int]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def _size_divisor(model: RepairModel) -> int:
+    """Tiles must pass the net's down-samplings evenly."""
+    from gan_dist.nets.layers import downsamplings
+
+    gen = model.spec["model"]["generator"]
+    depth = gen.get("depth") or downsamplings(int(model.spec["train_image_size"]))
+    if gen["name"] == "resnet":
+        depth = 2
+    return 2**depth
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+@dataclass
+class FileResult:
+    source: Path
+    output: Path | None
+    status: str  # "repaired" | "unchanged" | "failed" | "skipped"
+    detail: str = ""
+    seconds: float = 0.0
+    size: str = ""
+
+
+def plan(
+    input_path: Path, output: Path, masks: Path | None
+) -> list[tuple[Path, Path, Path | None]]:
+    """(image, output file, mask or None) for every image, refusing any plan that could
+    overwrite an input."""
+    input_path, output = input_path.resolve(), output.resolve()
+    if not input_path.exists():
+        raise GanDistError(f"{input_path}: no such file or folder")
+    if output == input_path:
+        raise GanDistError("OUTPUT is INPUT: repaired images never overwrite the originals")
+    if input_path.is_dir():
+        if output.is_relative_to(input_path):
+            raise GanDistError(f"OUTPUT {output} lies inside INPUT {input_path}; choose another")
+        images = sorted(p for p in input_path.rglob("*") if p.is_file() and _is_image(p))
+        pairs = [(p, output / _output_name(p.relative_to(input_path))) for p in images]
+    else:
+        target = output / _output_name(Path(input_path.name)) if output.is_dir() else output
+        pairs = [(input_path, target)]
+    planned = []
+    for image, target in pairs:
+        rel = image.relative_to(input_path) if input_path.is_dir() else Path(image.name)
+        planned.append((image, target, _mask_for(masks, rel) if masks else None))
+    return planned
+
+
+def repair_files(
+    model: RepairModel,
+    planned: list[tuple[Path, Path, Path | None]],
+    tile: int,
+    overlap: int,
+    batch: int,
+    overwrite: bool,
+    on_done: Callable[[FileResult], None] = lambda r: None,
+) -> list[FileResult]:
+    """Repair every planned file; a file that fails is reported and skipped, never fatal."""
+    results = []
+    for image, target, mask_path in planned:
+        start = time.perf_counter()
+        try:
+            if target.exists() and not overwrite:
+                raise _Skip(f"{target} exists (use --overwrite to replace it)")
+            result = _repair_one(model, image, target, mask_path, tile, overlap, batch)
+        except _Skip as exc:
+            result = FileResult(image, None, "skipped", str(exc))
+        except (GanDistError, OSError, ValueError) as exc:
+            result = FileResult(image, None, "failed", str(exc))
+        result.seconds = time.perf_counter() - start
+        results.append(result)
+        on_done(result)
+    return results
+
+
+class _Skip(Exception):
+    pass
+
+
+def _repair_one(model, image, target, mask_path, tile, overlap, batch) -> FileResult:
+    picture = read_image(image)
+    pixels = picture.pixels
+    mask = None
+    composite = bool(model.spec["model"]["composite"])
+    if mask_path is not None:
+        mask_pixels = read_image(mask_path).pixels
+        if mask_pixels.shape[:2] != pixels.shape[:2]:
+            raise GanDistError(
+                f"mask {mask_path} is {mask_pixels.shape[1]}x{mask_pixels.shape[0]}, "
+                f"the image {pixels.shape[1]}x{pixels.shape[0]}"
+            )
+        top = np.iinfo(mask_pixels.dtype).max
+        mask = to_channels(mask_pixels, 1)[:, :, 0] > top // 2
+    elif composite:
+        raise GanDistError("no mask found (an inpainting model needs one: --mask FILE|DIR)")
+    repaired = repair_array(model, pixels, mask, tile, overlap, batch)
+    write_bytes_atomic(target, encode_image(repaired, target.suffix.lower()))
+    notes = "; ".join(picture.notes)
+    holes = f"{mask.mean():.1%} of pixels" if mask is not None else "all pixels"
+    size = f"{pixels.shape[1]}x{pixels.shape[0]} {pixels.dtype.itemsize * 8}-bit"
+    return FileResult(image, target, "repaired", holes + (f"; {notes}" if notes else ""), 0, size)
+
+
+def encode_image(arr: np.ndarray, suffix: str) -> bytes:
+    """Bytes of the format the suffix names, at the array's depth (16-bit stays 16-bit)."""
+    import io
+
+    from PIL import Image
+
+    from gan_dist.data.images import encode_png
+
+    if suffix == ".png":
+        return encode_png(arr)
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, arr[:, :, 0] if arr.shape[2] == 1 else arr, compression="zlib")
+        return buf.getvalue()
+    if arr.dtype != np.uint8:
+        raise GanDistError(f"{suffix} cannot hold 16-bit pixels; write .png or .tif")
+    buf = io.BytesIO()
+    im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}[suffix]
+    im.save(buf, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+    return buf.getvalue()
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _output_name(rel: Path) -> Path:
+    """Same relative path and format; DICOM becomes 16-bit PNG (we do not write DICOM)."""
+    return rel.with_suffix(".png") if rel.suffix.lower() in (".dcm", ".dicom") else rel
+
+
+def _mask_for(masks: Path, rel: Path) -> Path | None:
+    """A mask file, or the mask with the image's relative path (any image extension)."""
+    if masks.is_file():
+        return masks
+    for candidate in [masks / rel, *sorted((masks / rel.parent).glob(rel.stem + ".*"))]:
+        if candidate.is_file() and _is_image(candidate):
+            return candidate
+    return None
+
+
+__all__ = ["FileResult", "ImageReadError", "plan", "repair_array", "repair_files"]

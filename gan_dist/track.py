@@ -1,0 +1,358 @@
+"""MLflow tracking from rank 0, off the training thread, never fatal.
+
+Every call only queues work; one background thread talks to MLflow. When the store is
+unreachable (server down, network timeout) the thread keeps the unsent work and retries with
+back-off, so metrics logged during an outage arrive once the server is back; training never
+waits on it. At the end, `close` waits a bounded time and reports what could not be sent.
+
+Other ranks get a `Tracker` with `enabled=False`, whose calls do nothing: every rank that
+starts an MLflow run makes its own run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from gan_dist.recipe import Recipe
+
+log = logging.getLogger("gan_dist.track")
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+MAX_QUEUED_IMAGES = 32  # sample grids are large; metrics are small and always kept
+BACKOFF_S = (1, 2, 5, 10, 30)
+
+
+def tracking_uri(recipe: Recipe | None = None) -> str:
+    """$MLFLOW_TRACKING_URI wins (a cluster sets it once for everyone), then the recipe,
+    then the embedded store in the working directory."""
+    from_recipe = recipe.tracking.uri if recipe is not None else None
+    return os.environ.get("MLFLOW_TRACKING_URI") or from_recipe or DEFAULT_URI
+
+
+def quiet_mlflow() -> None:
+    """MLflow's INFO lines (database migrations, download bars) are noise in our output."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested recipe -> {"optim.generator.lr": "0.0002", ...}, the form MLflow params take."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+@dataclass
+class _Job:
+    kind: str  # "metrics" | "image" | "other"
+    run: Callable[[], None]
+    what: str
+
+
+@dataclass
+class Dropped:
+    metrics: int = 0
+    images: int = 0
+    other: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.metrics or self.images or self.other)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.metrics:
+            parts.append(f"{self.metrics} metric batches")
+        if self.images:
+            parts.append(f"{self.images} sample grids")
+        parts += self.other
+        return ", ".join(parts)
+
+
+class Tracker:
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir: Path,
+        run_id: str | None,
+        enabled: bool,
+        context: dict[str, Any] | None = None,
+    ) -> None:
+        self.enabled = enabled and recipe.tracking.enabled
+        self.run_id = run_id
+        self.status = "FINISHED"  # what the run is marked when the tracker closes
+        self.flush_timeout = recipe.tracking.flush_timeout_s
+        self.uri = tracking_uri(recipe)
+        self.dropped = Dropped()
+        self._failing_since: float | None = None
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._images_queued = 0
+        if not self.enabled:
+            return
+        quiet_mlflow()
+        # MLflow's own HTTP retries wait minutes by default; ours are in the worker instead.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        self._client = None
+        self._thread = threading.Thread(target=self._work, name="mlflow-tracker", daemon=True)
+        self._thread.start()
+        self._submit("other", lambda: self._start(recipe, run_dir, context or {}), "run start")
+
+    # --- what the trainer calls ----------------------------------------------------------
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled or not metrics:
+            return
+        stamp = int(time.time() * 1000)
+
+        def send() -> None:
+            from mlflow.entities import Metric
+
+            batch = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+            self._mlflow().log_batch(self.run_id, metrics=batch, synchronous=True)
+
+        self._submit("metrics", send, f"metrics at step {step}")
+
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        """An 8-bit picture shown in the run's image panel with a step slider."""
+        if not self.enabled:
+            return
+        with self._lock:
+            if self._images_queued >= MAX_QUEUED_IMAGES:
+                self.dropped.images += 1
+                return
+            self._images_queued += 1
+
+        def send() -> None:
+            self._mlflow().log_image(self.run_id, image, key=key, step=step, synchronous=True)
+
+        self._submit("image", send, f"{key} at step {step}")
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        if not self.enabled:
+            return
+        self._submit(
+            "other",
+            lambda: self._mlflow().log_artifact(self.run_id, str(path), folder),
+            f"artifact {path.name}",
+        )
+
+    def wait_for_run_id(self, timeout: float) -> str | None:
+        """The run id once the run exists (checkpoints carry it so a resumed job continues
+        the same run); None if the store did not answer in time."""
+        deadline = time.monotonic() + timeout
+        while self.enabled and self.run_id is None and time.monotonic() < deadline:
+            if not self._thread.is_alive():
+                break
+            time.sleep(0.05)
+        return self.run_id
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        self.close("FAILED" if kind is not None else self.status, self.flush_timeout)
+
+    def close(self, status: str, timeout: float) -> Dropped:
+        """Flush what is queued (at most `timeout` seconds), end the run with `status`
+        (FINISHED, KILLED for a preempted job that will be resumed, FAILED) and say what
+        was lost."""
+        if not self.enabled:
+            return self.dropped
+        self._submit(
+            "other",
+            lambda: self._mlflow().set_terminated(self.run_id, status),
+            "run status",
+        )
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._stopping = True
+            for job in [self._pending, *self._drain()]:
+                if job is not None:
+                    self._count_dropped(job)
+        if self.dropped:
+            log.warning(
+                "MLflow (%s) did not receive: %s. Training itself was not affected.",
+                self.uri,
+                self.dropped,
+            )
+        return self.dropped
+
+    # --- the worker ------------------------------------------------------------------------
+
+    _stopping = False
+    _pending: _Job | None = None
+
+    def _submit(self, kind: str, run: Callable[[], None], what: str) -> None:
+        self._queue.put(_Job(kind, run, what))
+
+    def _work(self) -> None:
+        """Jobs in order; a failing job is retried (the run start first of all, so every
+        later job has a run id) and everything behind it waits."""
+        tries = 0
+        while not self._stopping:
+            if self._pending is None:
+                self._pending = self._queue.get()
+                if self._pending is None:
+                    return
+                tries = 0
+            pending = self._pending
+            try:
+                pending.run()
+            except Exception as exc:  # whatever the store does, training goes on
+                if _refused(exc):  # the store answered "no": sending again will not help
+                    log.warning("MLflow refused %s: %s", pending.what, str(exc)[:300])
+                    self._count_dropped(pending)
+                    self._done(pending)
+                    continue
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                    log.warning(
+                        "MLflow at %s failed (%s: %s); keeping unsent logs and retrying",
+                        self.uri,
+                        type(exc).__name__,
+                        str(exc).splitlines()[0][:200] if str(exc) else "",
+                    )
+                time.sleep(BACKOFF_S[min(tries, len(BACKOFF_S) - 1)])
+                tries += 1
+                continue
+            if self._failing_since is not None:
+                log.warning(
+                    "MLflow at %s reachable again after %.0f s; sending what was kept",
+                    self.uri,
+                    time.monotonic() - self._failing_since,
+                )
+                self._failing_since = None
+            self._done(pending)
+
+    def _done(self, job: _Job) -> None:
+        if job.kind == "image":
+            with self._lock:
+                self._images_queued -= 1
+        self._pending = None
+
+    def _drain(self) -> list[_Job]:
+        jobs = []
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return jobs
+            if job is not None:
+                jobs.append(job)
+
+    def _count_dropped(self, job: _Job) -> None:
+        if job.kind == "metrics":
+            self.dropped.metrics += 1
+        elif job.kind == "image":
+            self.dropped.images += 1
+        else:
+            self.dropped.other.append(job.what)
+
+    def _mlflow(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    def _start(self, recipe: Recipe, run_dir: Path, context: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        client = self._mlflow()
+        if self.run_id is not None and not run_exists(client, self.run_id):
+            log.warning(
+                "MLflow run %s (from the checkpoint) is not in %s; starting a new run",
+                self.run_id,
+                self.uri,
+            )
+            self.run_id = None
+        if self.run_id is not None:  # a resumed job: the same run, running again
+            client.update_run(self.run_id, status="RUNNING")
+            known = client.get_run(self.run_id).data.params
+        else:
+            experiment = experiment_id(client, recipe.tracking.experiment or recipe.name)
+            run = client.create_run(
+                experiment,
+                run_name=run_dir.name,
+                tags={"gan_dist.run_dir": str(run_dir.resolve())},
+            )
+            self.run_id, known = run.info.run_id, {}
+        params = flatten(recipe.model_dump(mode="json")) | {
+            k: str(v) for k, v in (context | _versions()).items()
+        }
+        fresh = [Param(k, v) for k, v in params.items() if k not in known]
+        for i in range(0, len(fresh), 100):  # MLflow takes at most 100 params per call
+            client.log_batch(self.run_id, params=fresh[i : i + 100], synchronous=True)
+        changed = {k: v for k, v in params.items() if k in known and known[k] != v}
+        for key, value in changed.items():  # params are immutable: record the change
+            client.set_tag(self.run_id, f"changed_on_resume.{key}", f"{known[key]} -> {value}")
+
+
+def experiment_id(client, name: str) -> str:
+    """The experiment's id, created if needed. In an embedded sqlite store its artifacts
+    go beside the database file, not into whatever directory the first run started in."""
+    found = client.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    uri = client.tracking_uri
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def run_exists(client, run_id: str) -> bool:
+    """False when the store says it has no such run; an unreachable store raises."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException as exc:
+        if _refused(exc):
+            return False
+        raise
+    return True
+
+
+def _refused(exc: Exception) -> bool:
+    """A 4xx answer (bad value, unknown run) as opposed to an unreachable or failing store."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and 400 <= exc.get_http_status_code() < 500
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    from gan_dist import __version__
+
+    out = {"version.gan_dist": __version__, "version.torch": torch.__version__}
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode == 0:
+            out["git_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return out

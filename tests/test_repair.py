@@ -1,0 +1,173 @@
+"""Tiled repair and its files: sizes, depths, blending, and never losing an input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from conftest import gradient16, run_cli
+from gan_dist.data.images import decode_png, encode_png, read_image
+from gan_dist.models import SPEC, WEIGHTS, load_model, spec_for
+from gan_dist.nets import build_generator
+from gan_dist.recipe import load_recipe
+from gan_dist.repair import repair_array
+
+
+def make_model(folder: Path, *settings: str, train: bool = True) -> Path:
+    """A real model folder (weights + spec) as `models register` stores it. `train` nudges
+    the weights off their zero-initialised correction so the net's output matters."""
+    recipe = load_recipe(
+        "quickstart",
+        ["data.image_size=32", "model.generator.base_channels=4", *settings],
+    )
+    torch.manual_seed(0)
+    net = build_generator(recipe.model, recipe.data.channels, 32)
+    if train:
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / WEIGHTS))
+    (folder / SPEC).write_text(json.dumps(spec_for(recipe, 0, {})))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def inpaint(tmp_path_factory) -> Path:
+    return make_model(tmp_path_factory.mktemp("inpaint"))
+
+
+def hole(h: int, w: int) -> np.ndarray:
+    mask = np.zeros((h, w), bool)
+    mask[h // 4 : h // 2, w // 3 : w // 3 + max(w // 4, 3)] = True
+    return mask
+
+
+@pytest.mark.parametrize("shape", [(37, 53, 3), (300, 17, 3), (64, 64, 3), (130, 97, 1)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_any_size_and_depth_keeps_known_pixels_bit_exact(inpaint, shape, dtype):
+    model = load_model(str(inpaint))
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, np.iinfo(dtype).max, shape, dtype=dtype, endpoint=True)
+    mask = hole(*shape[:2])
+    out = repair_array(model, img, mask, tile=32, overlap=8)
+    assert out.shape == img.shape and out.dtype == img.dtype
+    assert np.array_equal(out[~mask], img[~mask])
+    assert not np.array_equal(out[mask], img[mask])
+
+
+def test_tiles_blend_to_the_identity_of_an_identity_model(tmp_path):
+    """A restoration model whose correction is still zero returns its input; tiled, any
+    band, edge or blending mistake would show as changed pixels."""
+    folder = make_model(tmp_path / "id", "model.composite=false", train=False)
+    model = load_model(str(folder))
+    img = np.random.default_rng(2).integers(0, 65536, (203, 141, 3), dtype=np.uint16)
+    out = repair_array(model, img, None, tile=48, overlap=12, batch=3)
+    assert np.abs(out.astype(int) - img.astype(int)).max() <= 1  # float32 rounding
+
+
+def test_tiled_and_untiled_agree_away_from_nothing(inpaint):
+    """With tiles as large as the image, one tile does it all; smaller tiles must give a
+    result close to it (the net sees less context, blending hides the borders)."""
+    model = load_model(str(inpaint))
+    img = np.asarray(Image.open(_photo()).convert("RGB").resize((96, 96)))
+    mask = hole(96, 96)
+    whole = repair_array(model, img, mask, tile=96, overlap=0).astype(float)
+    tiled = repair_array(model, img, mask, tile=48, overlap=16).astype(float)
+    assert np.abs(whole - tiled)[mask].mean() < 12  # of 255
+
+
+def test_grey_images_through_an_rgb_model_stay_grey(inpaint):
+    model = load_model(str(inpaint))
+    img = gradient16(40, 40, channels=1)
+    mask = hole(40, 40)
+    out = repair_array(model, img, mask, tile=32, overlap=8)
+    assert out.shape == (40, 40, 1) and out.dtype == np.uint16
+    assert np.array_equal(out[~mask], img[~mask])
+
+
+def test_rgb_into_a_grey_model_is_refused(tmp_path):
+    model = load_model(str(make_model(tmp_path / "grey", "data.channels=1")))
+    from gan_dist.errors import GanDistError
+
+    with pytest.raises(GanDistError, match="1-channel"):
+        repair_array(model, np.zeros((32, 32, 3), np.uint8), hole(32, 32))
+
+
+def _photo() -> Path:
+    import skimage.data
+
+    return Path(skimage.data.__file__).parent / "astronaut.png"
+
+
+def test_cli_folder_repair_keeps_paths_depth_and_never_overwrites(inpaint, tmp_path):
+    src, masks, out = tmp_path / "scans", tmp_path / "masks", tmp_path / "repaired"
+    deep = gradient16(48, 40)
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "a" / "b" / "deep.png").write_bytes(encode_png(deep))
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8) + 90).save(src / "flat.jpg")
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(src / "no-mask.png")
+    for rel, (h, w) in {"a/b/deep.png": (48, 40), "flat.png": (40, 40)}.items():
+        (masks / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(hole(h, w).astype(np.uint8) * 255).save(masks / rel)
+    (masks / "broken.png").write_bytes(encode_png(np.zeros((8, 8, 1), np.uint8)))
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+
+    args = ["repair", str(src), str(out), "--model", str(inpaint), "--mask", str(masks)]
+    result = run_cli(*args, "--tile", "32", "--overlap", "8")
+    assert result.returncode == 1, result.stdout + result.stderr  # two files failed
+    assert "2 repaired, 2 failed" in result.stdout
+    assert "no mask found" in result.stdout
+    repaired = decode_png((out / "a" / "b" / "deep.png").read_bytes())
+    assert repaired.dtype == np.uint16 and repaired.shape == deep.shape
+    m = hole(48, 40)
+    assert np.array_equal(repaired[~m], deep[~m])
+    assert read_image(out / "flat.jpg").pixels.shape == (40, 40, 3)
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["deep.png", "flat.jpg"]
+    assert before == {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+
+    again = run_cli(*args)
+    assert "exists (use --overwrite" in again.stdout
+    assert run_cli("repair", str(src), str(src), "--model", str(inpaint)).returncode == 1
+    inside = run_cli("repair", str(src), str(src / "out"), "--model", str(inpaint))
+    assert inside.returncode == 1 and "inside INPUT" in inside.stderr
+    assert before == {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+
+
+def test_dicom_in_gives_16_bit_png_out(inpaint, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(tmp_path / "x.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+    pixels = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4000) + 7
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(tmp_path / "scan.dcm", enforce_file_format=True)
+    assert pydicom.dcmread(tmp_path / "scan.dcm").pixel_array.shape == (64, 64)
+    Image.fromarray(hole(64, 64).astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    result = run_cli(
+        "repair",
+        str(tmp_path / "scan.dcm"),
+        str(tmp_path / "out.png"),
+        "--model",
+        str(inpaint),
+        "--mask",
+        str(tmp_path / "mask.png"),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = decode_png((tmp_path / "out.png").read_bytes())
+    assert out.dtype == np.uint16 and out.shape == (64, 64, 1)
