@@ -38,7 +38,7 @@ from gan_dist.data.pack import PackOptions, pack_folder
 from gan_dist.data.stream import StreamConfig, make_stream
 from gan_dist.demo import export_sample_photos
 from gan_dist.nets import build_generator
-from gan_dist.nets.prefill import harmonic_fill
+from gan_dist.nets.prefill import fill_holes
 from gan_dist.recipe import Recipe, resolve_damage
 from gan_dist.train import checkpoint
 from gan_dist.train.evaluate import repair_metrics
@@ -156,8 +156,8 @@ def classical(method: str):
 
 
 def prefill_only(batch) -> torch.Tensor:
-    """What the generators start from (model.prefill: harmonic), with no net at all."""
-    return (harmonic_fill(batch["damaged"], 1 - batch["mask"]) + 1) / 2
+    """What the generators start from (model.prefill: biharmonic), with no net at all."""
+    return (fill_holes(batch["damaged"], 1 - batch["mask"], "biharmonic") + 1) / 2
 
 
 def train_variant(
@@ -265,7 +265,7 @@ def main() -> None:
             "held_out_images": len(list(held.iterdir())),
             "telea": score(batches, classical("telea")),
             "biharmonic": score(batches, classical("biharmonic")),
-            "harmonic-prefill": score(batches, prefill_only),
+            "biharmonic-prefill": score(batches, prefill_only),
         }
         for name in args.variants.split(","):
             recipe, extra = VARIANTS[name]

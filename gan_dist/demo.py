@@ -29,9 +29,11 @@ SAMPLE_PHOTOS = (
 
 @dataclass
 class DemoResult:
-    images: Path
     shards: Path
+    run_dir: Path
+    model_uri: str
     grid: Path
+    tracking_uri: str
 
 
 def export_sample_photos(folder: Path, names: tuple[str, ...] = SAMPLE_PHOTOS) -> list[Path]:
@@ -53,32 +55,82 @@ def export_sample_photos(folder: Path, names: tuple[str, ...] = SAMPLE_PHOTOS) -
     return written
 
 
-def run_demo(workdir: Path, log: Callable[[str], None] = print) -> DemoResult:
+def run_demo(workdir: Path, minutes: float = 2.0, log: Callable[[str], None] = print) -> DemoResult:
+    """Pack -> train quickstart -> register and promote -> repair held-out photos -> grid."""
+    import time
+
     from gan_dist.data.inspect import inspect_shards
     from gan_dist.data.pack import PackOptions, pack_folder
     from gan_dist.errors import GanDistError
-    from gan_dist.recipe import resolve_damage
+    from gan_dist.models import promote
+    from gan_dist.recipe import load_recipe, resolve_damage
+    from gan_dist.track import tracking_uri
+    from gan_dist.train.trainer import train
 
-    images = workdir / "images"
-    shards = workdir / "shards"
-    grid = workdir / "shards-grid.png"
+    images, shards = workdir / "images", workdir / "shards"
     export_sample_photos(images)
-    log(f"sample photos: {images}")
     steps, label = resolve_damage("inpaint")
     options = PackOptions(
         size=128,
-        crops_per_image=4,
+        crops_per_image=24,
         damage=steps,
         damage_source=label,
         val_fraction=0.2,
-        shard_samples=16,
+        shard_samples=64,
         overwrite=True,
     )
-    result = pack_folder(images, shards, options)
-    counts = result.manifest["counts"]
-    log(f"packed {counts['train']} train + {counts['val']} val samples into {shards}")
-    report = inspect_shards(shards, grid)
+    counts = pack_folder(images, shards, options).manifest["counts"]
+    report = inspect_shards(shards)
     if report.problems:
         raise GanDistError("demo shards failed inspection: " + "; ".join(report.problems))
-    log(f"checked every shard; sample grid (damaged | mask | clean): {grid}")
-    return DemoResult(images, shards, grid)
+    log(
+        f"packed {counts['train']} training and {counts['val']} held-out crops of "
+        f"scikit-image's sample photos into {shards} (checked)"
+    )
+
+    recipe = load_recipe(
+        "quickstart",
+        [f"data.train={shards}", f"data.val={shards}", f"train.max_minutes={minutes}"],
+    )
+    run_dir = workdir / "runs" / time.strftime("quickstart-%Y%m%d-%H%M%S")
+    log(f"training {recipe.name} for at most {minutes:g} min into {run_dir}")
+    outcome = train(recipe, run_dir, resume="none")
+    if outcome.registered is None:
+        raise GanDistError(
+            f"training finished ({outcome.checkpoint}) but the model was not registered; "
+            f"see the warning above, then: gan-dist models register {run_dir} --name "
+            f"{recipe.tracking.register_as}"
+        )
+    uri = tracking_uri(recipe)
+    name, version = outcome.registered.removeprefix("models:/").split("/")
+    promote(name, version, "champion", uri)
+    model_uri = f"models:/{name}@champion"
+    log(f"registered {outcome.registered} and promoted it: {model_uri}")
+
+    grid = workdir / "repairs.png"
+    _repair_grid(model_uri, shards, grid, uri)
+    log(f"repaired held-out photos (damaged | repaired | original): {grid}")
+    return DemoResult(shards, run_dir, model_uri, grid, uri)
+
+
+def _repair_grid(model_uri: str, shards: Path, grid: Path, uri: str, rows: int = 6) -> None:
+    """Held-out samples through the registered model, loaded by its alias as a user would."""
+    from gan_dist.data.images import picture_grid, write_png_atomic
+    from gan_dist.data.pack import read_manifest
+    from gan_dist.data.stream import StreamConfig, make_stream
+    from gan_dist.models import load_model
+    from gan_dist.repair import repair_array
+
+    model = load_model(model_uri, tracking_uri=uri)
+    split = "val" if read_manifest(shards)["counts"]["val"] else "train"
+    batch = next(iter(make_stream(str(shards), StreamConfig(rows, 3, train=False), split=split)))
+
+    def pixels(t):
+        return ((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+
+    lines = []
+    for damaged, mask, clean in zip(batch["damaged"], batch["mask"], batch["clean"], strict=True):
+        before = pixels(damaged)
+        after = repair_array(model, before, mask[0].numpy() > 0)
+        lines.append([before, after, pixels(clean)])
+    write_png_atomic(grid, picture_grid(lines))

@@ -254,10 +254,11 @@ class ModelConfig(Section):
     composite: bool = Field(
         True, description="paste known pixels back over the output (inpainting); off for noise"
     )
-    prefill: Literal["harmonic", "none"] = Field(
-        "harmonic",
-        description="harmonic: diffuse known pixels into the holes first and train the "
-        "generator to correct that fill; none: the generator paints holes from scratch",
+    prefill: Literal["biharmonic", "harmonic", "none"] = Field(
+        "biharmonic",
+        description="fill holes by diffusion first and train the generator to correct that "
+        "fill (biharmonic carries gradients in, harmonic only values); none: the generator "
+        "paints holes from scratch, as pix2pix does",
     )
 
 

@@ -25,7 +25,7 @@ def test_cli_start_up_imports_no_heavy_module():
 def test_help_and_version():
     result = run_cli("--help")
     assert result.returncode == 0
-    for group in ("recipes", "data", "demo"):
+    for group in ("recipes", "data", "train", "models", "repair", "eval", "demo"):
         assert group in result.stdout
     version = run_cli("--version")
     assert version.returncode == 0 and version.stdout.strip() == f"gan-dist {__version__}"
@@ -58,13 +58,36 @@ def test_pack_then_inspect_real_photos(photo_dir, tmp_path):
 
 
 @pytest.mark.integration
-def test_demo_runs_on_a_fresh_directory(tmp_path):
-    result = run_cli("demo", "--workdir", str(tmp_path / "demo"))
-    assert result.returncode == 0, result.stderr
-    assert "demo done" in result.stdout
+def test_demo_trains_registers_and_its_model_repairs_by_alias(tmp_path):
+    """The README's main job, in a fresh directory (no ./mlflow.db: the test store)."""
+    import numpy as np
+    from PIL import Image
+
+    result = run_cli("demo", "--workdir", str(tmp_path / "demo"), "--minutes", "0.25", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "models:/quickstart-repair@champion" in result.stdout
+    assert "mlflow ui --backend-store-uri" in result.stdout
     manifest = json.loads((tmp_path / "demo" / "shards" / "manifest.json").read_text())
     assert manifest["counts"]["train"] > 0 and manifest["counts"]["val"] > 0
-    assert (tmp_path / "demo" / "shards-grid.png").exists()
+    grid = np.asarray(Image.open(tmp_path / "demo" / "repairs.png"))
+    assert grid.shape[0] > 6 * 128 and grid.shape[1] > 3 * 128
+
+    photo = np.asarray(Image.open(tmp_path / "demo" / "images" / "coffee.png"))[:200, :260]
+    Image.fromarray(photo).save(tmp_path / "coffee.png")
+    mask = np.zeros(photo.shape[:2], np.uint8)
+    mask[50:90, 100:180] = 255
+    Image.fromarray(mask).save(tmp_path / "coffee-mask.png")
+    repaired = run_cli(
+        "repair",
+        str(tmp_path / "coffee.png"),
+        str(tmp_path / "fixed.png"),
+        "--model",
+        "models:/quickstart-repair@champion",
+        "--mask",
+        str(tmp_path / "coffee-mask.png"),
+    )
+    assert repaired.returncode == 0, repaired.stderr
+    assert np.asarray(Image.open(tmp_path / "fixed.png")).shape == photo.shape
 
 
 @pytest.mark.integration

@@ -1,4 +1,4 @@
-"""Nets and the harmonic prefill: shapes, compositing, and that the fill is a real fill."""
+"""Nets and the hole prefill: shapes, compositing, and that the fill is a real fill."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gan_dist.nets import build_discriminator, build_generator
-from gan_dist.nets.prefill import harmonic_fill
+from gan_dist.nets.prefill import fill_holes
 from gan_dist.recipe import load_recipe
 
 
@@ -17,44 +17,58 @@ def _hole(h: int, w: int, box: tuple[int, int, int, int]) -> torch.Tensor:
     return mask
 
 
-def test_fill_keeps_known_pixels_and_reproduces_a_ramp():
-    # A linear ramp is harmonic: the exact solution of Laplace's equation the fill solves.
+@pytest.mark.parametrize("kind", ["harmonic", "biharmonic"])
+def test_fill_keeps_known_pixels_and_reproduces_a_ramp(kind):
+    # A linear ramp solves both Laplace's and the biharmonic equation exactly.
     h, w = 48, 40
     ramp = torch.linspace(-1, 1, w).expand(1, 2, h, w).clone()
     ramp[:, 1] *= -0.5
     mask = _hole(h, w, (10, 38, 8, 30))
     damaged = ramp * (1 - mask) - mask  # holes arrive black, as packed
-    filled = harmonic_fill(damaged, 1 - mask)
-    assert torch.equal(
-        filled[(1 - mask).expand_as(filled) > 0], ramp[(1 - mask).expand_as(ramp) > 0]
-    )
+    filled = fill_holes(damaged, 1 - mask, kind)
+    known = (1 - mask).expand_as(filled) > 0
+    assert torch.equal(filled[known], ramp[known])
     assert (filled - ramp).abs().max() < 0.05
     # the black hole content did not leak in: a zero-filled guess would be off by ~1
-    assert (filled - ramp)[mask.expand_as(ramp) > 0].abs().mean() < 0.02
+    assert (filled - ramp)[~known].abs().mean() < 0.02
+
+
+def test_biharmonic_fill_carries_curvature_that_harmonic_flattens():
+    h, w = 64, 64
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    bowl = (xx**2 + yy**2 - 1).expand(1, 1, h, w)  # biharmonic, not harmonic
+    mask = _hole(h, w, (16, 48, 16, 48))
+    hole = mask > 0
+    errors = {
+        kind: (fill_holes(bowl * (1 - mask), 1 - mask, kind) - bowl)[hole].abs().mean()
+        for kind in ("harmonic", "biharmonic")
+    }
+    assert errors["biharmonic"] < 0.6 * errors["harmonic"], errors
 
 
 def test_fill_of_odd_sizes_and_empty_images_is_finite():
     img = torch.rand(3, 1, 37, 23)
     nothing_known = torch.zeros(3, 1, 37, 23)
-    assert torch.equal(harmonic_fill(img, nothing_known), torch.zeros_like(img))
+    assert torch.equal(fill_holes(img, nothing_known), torch.zeros_like(img))
     one_known = nothing_known.clone()
     one_known[..., 5, 7] = 1
-    filled = harmonic_fill(img, one_known)
+    filled = fill_holes(img, one_known)
     assert torch.allclose(filled, img[..., 5:6, 7:8].expand_as(img), atol=1e-5)
 
 
 def test_untrained_generator_returns_the_classical_fill():
     r = load_recipe("quickstart", ["data.image_size=32", "model.generator.base_channels=4"])
-    assert r.model.prefill == "harmonic"
+    assert r.model.prefill == "biharmonic"
     G = build_generator(r.model, 3, 32).eval()
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     m = _hole(32, 32, (4, 20, 6, 26)).expand(2, 1, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(G(x, m), harmonic_fill(x, 1 - m), atol=1e-6)
+        start = fill_holes(x, 1 - m, "biharmonic").clamp(-1, 1)  # biharmonic can overshoot
+        assert torch.allclose(G(x, m), start, atol=1e-6)
     none = load_recipe("quickstart", ["data.image_size=32", "model.prefill=none"])
     G = build_generator(none.model, 3, 32).eval()
     with torch.no_grad():
-        assert not torch.allclose(G(x, m), harmonic_fill(x, 1 - m), atol=1e-3)
+        assert not torch.allclose(G(x, m), fill_holes(x, 1 - m, "biharmonic"), atol=1e-3)
 
 
 @pytest.mark.parametrize("name", ["quickstart", "medical", "photo", "dcgan", "sngan", "wgan-gp"])

@@ -3,8 +3,9 @@
 A family registers itself in its own module; recipes name it (`model.generator.name`). Every
 generator is wrapped in `RepairNet`, which feeds it the damaged image plus the mask and, for
 inpainting, pastes the known pixels back over its output, so that what is trained, evaluated
-and exported is the same function. With `model.prefill: harmonic` the holes are first filled
-by diffusion (see `prefill.py`) and the generator's output is a correction added to that.
+and exported is the same function. With `model.prefill` (biharmonic by default) the holes
+are first filled by diffusion (see `prefill.py`) and the generator's output is a correction
+added to that fill.
 """
 
 from __future__ import annotations
@@ -44,10 +45,10 @@ class RepairNet(nn.Module):
                 nn.init.zeros_(last[-1].bias)
 
     def forward(self, damaged: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.prefill == "harmonic":
-            from gan_dist.nets.prefill import harmonic_fill
+        if self.prefill != "none":
+            from gan_dist.nets.prefill import fill_holes
 
-            start = harmonic_fill(damaged, 1 - mask)
+            start = fill_holes(damaged, 1 - mask, self.prefill)
             out = (start + self.body(torch.cat([start, mask], dim=1))).clamp(-1, 1)
         else:
             out = self.body(torch.cat([damaged, mask], dim=1))

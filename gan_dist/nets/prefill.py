@@ -2,15 +2,18 @@
 
 A small net trained for minutes paints holes worse than plain diffusion does (our quality
 benchmark measured it: several dB below OpenCV's Telea inside the hole), because it must
-first learn to carry colour inward across the whole hole. A smooth harmonic fill does that
-part exactly and for free; the generator then only adds what diffusion cannot (edges,
-texture), like the coarse stage of coarse-to-fine inpainting nets or the interpolation
-that VDSR-style super-resolution nets refine.
+first learn to carry colour inward across the whole hole. A smooth fill does that part
+exactly and for free; the generator then only adds what diffusion cannot (edges, texture),
+like the coarse stage of coarse-to-fine inpainting nets or the interpolation that VDSR-style
+super-resolution nets refine.
 
-The fill is multigrid: pull (mask-weighted means down a pyramid) gives every hole pixel a
-value from the nearest known pixels, then push (coarse to fine) smooths each level with a few
-Jacobi steps of Laplace's equation, known pixels held fixed. Cost is O(pixels) whatever the
-hole size; no gradients flow through it (it only sees the input).
+Both fills are multigrid. Pull (mask-weighted means down a pyramid) gives every hole pixel a
+value from the nearest known pixels; push (coarse to fine) smooths each level with a few
+Jacobi steps of Laplace's equation (`harmonic`: flat across the hole), then for `biharmonic`
+with damped steps of the biharmonic equation, which carries gradients, not just values, into
+the hole (scikit-image's `inpaint_biharmonic` solves the same equation exactly, much slower).
+Known pixels are held fixed. Cost is O(pixels) whatever the hole size; no gradients flow
+through it (it only sees the input).
 """
 
 from __future__ import annotations
@@ -18,9 +21,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+PREFILLS = ("biharmonic", "harmonic", "none")
+HARMONIC_STEPS = 10  # per level
+BIHARMONIC_STEPS = 40  # per level; the quality benchmark's held-out photos gain ~0.5 dB
+BIHARMONIC_DAMPING = 0.6 / 20  # stable below 2 / 64, the largest eigenvalue of the stencil
+
 
 @torch.no_grad()
-def harmonic_fill(image: torch.Tensor, known: torch.Tensor, iters: int = 10) -> torch.Tensor:
+def fill_holes(image: torch.Tensor, known: torch.Tensor, kind: str = "biharmonic") -> torch.Tensor:
     """image (B, C, H, W), known (B, 1, H, W) with 1 where the pixel is kept. Returns the
     image with unknown pixels replaced; an image with nothing known becomes 0 (mid-grey)."""
     if bool(known.all()):  # global damage (noise, blur): nothing to fill
@@ -34,19 +42,24 @@ def harmonic_fill(image: torch.Tensor, known: torch.Tensor, iters: int = 10) -> 
     fill = x / w.clamp_min(1e-8)
     for x, w in reversed(pyramid[:-1]):
         mean = x / w.clamp_min(1e-8)
-        fixed = (w > 0).float()
+        free = (w == 0).float()
         coarse = F.interpolate(fill, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        fill = _relax(fixed * mean + (1 - fixed) * coarse, mean, fixed, iters)
+        fill = mean * (1 - free) + coarse * free
+        for _ in range(HARMONIC_STEPS):
+            fill = fill + free * (_neighbour_mean(fill) - fill)
+        if kind == "biharmonic":
+            step = free * BIHARMONIC_DAMPING
+            for _ in range(BIHARMONIC_STEPS):
+                fill = fill - step * _laplacian(_laplacian(fill))
     return fill.to(dtype)
 
 
-def _relax(fill: torch.Tensor, target: torch.Tensor, fixed: torch.Tensor, iters: int):
-    """Jacobi steps of the discrete Laplace equation: each free pixel becomes the mean of its
-    four neighbours; replicate padding makes the border a no-flux boundary."""
-    channels = fill.shape[1]
-    kernel = fill.new_tensor([[0.0, 0.25, 0.0], [0.25, 0.0, 0.25], [0.0, 0.25, 0.0]])
-    kernel = kernel.expand(channels, 1, 3, 3)
-    for _ in range(iters):
-        neighbours = F.conv2d(F.pad(fill, (1, 1, 1, 1), mode="replicate"), kernel, groups=channels)
-        fill = fixed * target + (1 - fixed) * neighbours
-    return fill
+def _neighbour_mean(u: torch.Tensor) -> torch.Tensor:
+    """Mean of the four neighbours; replicate padding makes the border a no-flux boundary.
+    Slicing rather than a grouped convolution: several times faster on CPU."""
+    p = F.pad(u, (1, 1, 1, 1), mode="replicate")
+    return (p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]) / 4
+
+
+def _laplacian(u: torch.Tensor) -> torch.Tensor:
+    return 4 * (_neighbour_mean(u) - u)

@@ -42,6 +42,7 @@ class Outcome:
     metrics: dict[str, float] = field(default_factory=dict)
     losses: dict[str, float] = field(default_factory=dict)
     main_process: bool = True
+    registered: str | None = None  # models:/NAME/VERSION when the run was registered
 
 
 def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
@@ -228,10 +229,13 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
                 progress.message(f"time budget of {cfg.max_minutes} min spent at step {step}")
                 break
     progress.close()
+    registered = None
     if status == "completed" and tracker.enabled and recipe.tracking.register_as and last_ckpt:
-        _register(last_ckpt, recipe.tracking.register_as, tracker.uri, progress)
+        registered = _register(last_ckpt, recipe.tracking.register_as, tracker.uri, progress)
     accelerator.end_training()
-    return Outcome(status, step, last_ckpt, metrics, logged, accelerator.is_main_process)
+    return Outcome(
+        status, step, last_ckpt, metrics, logged, accelerator.is_main_process, registered
+    )
 
 
 def train_step(
@@ -417,7 +421,7 @@ def _validate(generator: nn.Module, recipe: Recipe, accelerator) -> dict[str, fl
     )
 
 
-def _register(ckpt: Path, name: str, uri: str, progress: Progress) -> None:
+def _register(ckpt: Path, name: str, uri: str, progress: Progress) -> str | None:
     """The finished run's EMA generator becomes a model version. Training is done and its
     checkpoint safe, so a registry failure is a warning with the command to retry."""
     from gan_dist.models import register
@@ -435,8 +439,9 @@ def _register(ckpt: Path, name: str, uri: str, progress: Progress) -> None:
             ckpt,
             name,
         )
-        return
+        return None
     progress.message(f"registered {reg.uri} (model {name}, version {reg.version})")
+    return reg.uri
 
 
 def _rates(images_per_s: float, sched_g, sched_d) -> dict[str, float]:
