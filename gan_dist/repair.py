@@ -26,6 +26,7 @@ from gan_dist.data.images import (
     ImageReadError,
     from_float,
     read_image,
+    to_bit_depth,
     to_channels,
     write_bytes_atomic,
 )
@@ -273,15 +274,24 @@ def _repair_one(model, image, target, mask_path, tile, overlap, batch) -> FileRe
     elif composite:
         raise GanDistError("no mask found (an inpainting model needs one: --mask FILE|DIR)")
     repaired = repair_array(model, pixels, mask, tile, overlap, batch)
-    write_bytes_atomic(target, encode_image(repaired, target.suffix.lower()))
-    notes = "; ".join(picture.notes)
+    suffix = target.suffix.lower()
+    notes = [n for n in picture.notes if n != "alpha channel dropped"]
+    if picture.alpha is not None:
+        if suffix in (".png", ".tif", ".tiff") or (suffix == ".webp" and repaired.shape[2] == 3):
+            alpha = to_bit_depth(picture.alpha, repaired.dtype.itemsize * 8)
+            repaired = np.concatenate([repaired, alpha[:, :, None]], axis=2)
+        else:
+            notes.append(f"alpha channel dropped ({suffix} output)")
+    write_bytes_atomic(target, encode_image(repaired, suffix))
+    notes = "; ".join(notes)
     holes = f"{mask.mean():.1%} of pixels" if mask is not None else "all pixels"
     size = f"{pixels.shape[1]}x{pixels.shape[0]} {pixels.dtype.itemsize * 8}-bit"
     return FileResult(image, target, "repaired", holes + (f"; {notes}" if notes else ""), 0, size)
 
 
 def encode_image(arr: np.ndarray, suffix: str) -> bytes:
-    """Bytes of the format the suffix names, at the array's depth (16-bit stays 16-bit)."""
+    """Bytes of the format the suffix names, at the array's depth (16-bit stays 16-bit);
+    a 2nd or 4th channel is alpha."""
     import io
 
     from PIL import Image
@@ -289,7 +299,7 @@ def encode_image(arr: np.ndarray, suffix: str) -> bytes:
     from gan_dist.data.images import encode_png
 
     if suffix == ".png":
-        return encode_png(arr)
+        return encode_png(arr)  # 1-4 channels at 8 or 16 bits
     if suffix in (".tif", ".tiff"):
         import tifffile
 

@@ -171,3 +171,45 @@ def test_dicom_in_gives_16_bit_png_out(inpaint, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     out = decode_png((tmp_path / "out.png").read_bytes())
     assert out.dtype == np.uint16 and out.shape == (64, 64, 1)
+
+
+def test_eval_scores_shards_and_folders_of_clean_images(inpaint, packed, photo_dir):
+    on_shards = run_cli("eval", "--model", str(inpaint), "--data", str(packed), "--json")
+    assert on_shards.returncode == 0, on_shards.stderr
+    report = json.loads(on_shards.stdout)
+    assert report["split"] == "val" and report["samples"] == 8
+    assert 0 < report["ssim"] <= 1 and report["hole_psnr"] > 5
+    on_folder = run_cli("eval", "--model", str(inpaint), "--data", str(photo_dir), "--json")
+    assert on_folder.returncode == 0, on_folder.stderr
+    assert json.loads(on_folder.stdout)["samples"] == len(list(photo_dir.iterdir()))
+    missing = run_cli("eval", "--model", str(inpaint), "--data", str(photo_dir / "nope"))
+    assert missing.returncode == 1 and "nope" in missing.stderr
+
+
+@pytest.mark.parametrize("name", ["rgba.png", "la.png", "rgba16.png", "rgba.tif"])
+def test_alpha_comes_back_untouched(inpaint, tmp_path, name):
+    import tifffile
+
+    rng = np.random.default_rng(3)
+    deep = name.startswith("rgba16")
+    dtype = np.uint16 if deep else np.uint8
+    colour = 1 if name.startswith("la") else 3
+    arr = rng.integers(0, np.iinfo(dtype).max, (40, 48, colour + 1), dtype=dtype, endpoint=True)
+    path = tmp_path / name
+    if name.endswith(".tif"):
+        tifffile.imwrite(path, arr, photometric="rgb", extrasamples=["unassalpha"])
+    elif deep:
+        path.write_bytes(encode_png(arr))
+    else:
+        Image.fromarray(arr, "RGBA" if colour == 3 else "LA").save(path)
+    mask = hole(40, 48)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "m.png")
+    out = tmp_path / "out" / name
+    result = run_cli(
+        "repair", str(path), str(out), "--model", str(inpaint), "--mask", str(tmp_path / "m.png")
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    picture = read_image(out)
+    assert picture.alpha is not None and np.array_equal(picture.alpha, arr[:, :, -1])
+    assert picture.pixels.dtype == dtype and picture.channels == colour
+    assert np.array_equal(picture.pixels[~mask], arr[:, :, :colour][~mask])

@@ -35,6 +35,7 @@ class Picture:
     pixels: np.ndarray
     notes: list[str] = field(default_factory=list)
     extra: dict[str, float] = field(default_factory=dict)
+    alpha: np.ndarray | None = None  # (H, W), kept aside: training ignores it, repair restores it
 
     @property
     def bit_depth(self) -> int:
@@ -143,8 +144,10 @@ def _pillow_picture(path: Path) -> Picture:
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"corrupt or truncated {fmt or 'image'} data ({exc})") from None
     mode = im.mode
+    alpha = None
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
         notes.append("alpha channel dropped")
+        alpha = np.asarray(im.convert("RGBA").getchannel("A"))
     if mode == "P":
         notes.append("palette converted to RGB")
         im = im.convert("RGBA").convert("RGB")
@@ -163,7 +166,7 @@ def _pillow_picture(path: Path) -> Picture:
         arr = np.asarray(im)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return Picture(np.ascontiguousarray(arr), notes)
+    return Picture(np.ascontiguousarray(arr), notes, alpha=alpha)
 
 
 def _deep_png_picture(path: Path) -> Picture:
@@ -173,11 +176,11 @@ def _deep_png_picture(path: Path) -> Picture:
         arr = imagecodecs.png_decode(path.read_bytes())
     except Exception as exc:
         raise ImageReadError(f"corrupt or truncated 16-bit PNG data ({exc})") from None
-    notes = []
+    notes, alpha = [], None
     if arr.shape[2] == 4:
         notes.append("alpha channel dropped")
-        arr = arr[:, :, :3]
-    return Picture(arr.copy(), notes)
+        arr, alpha = arr[:, :, :3], arr[:, :, 3].copy()
+    return Picture(arr.copy(), notes, alpha=alpha)
 
 
 def _to_uint16(arr: np.ndarray, notes: list[str], what: str) -> np.ndarray:
@@ -236,9 +239,10 @@ def _tiff_picture(path: Path) -> Picture:
         arr = arr[:, :, None]
     if arr.ndim != 3:
         raise ImageReadError(f"TIFF page has shape {arr.shape}, not a 2-D image")
+    alpha = None
     if arr.shape[2] in (2, 4):
         notes.append("alpha channel dropped")
-        arr = arr[:, :, : arr.shape[2] - 1]
+        arr, alpha = arr[:, :, : arr.shape[2] - 1], arr[:, :, -1].copy()
     if arr.shape[2] not in (1, 3):
         raise ImageReadError(f"TIFF has {arr.shape[2]} channels; expected 1 or 3")
     if photometric == 0:  # MINISWHITE
@@ -248,7 +252,8 @@ def _tiff_picture(path: Path) -> Picture:
         arr = arr.astype(np.uint8) * 255
     if arr.dtype not in (np.uint8, np.uint16):
         arr = _to_uint16(arr, notes, f"TIFF {arr.dtype}")
-    return Picture(np.ascontiguousarray(arr), notes)
+        alpha = None
+    return Picture(np.ascontiguousarray(arr), notes, alpha=alpha)
 
 
 # --- DICOM ---------------------------------------------------------------------------------

@@ -1,0 +1,147 @@
+"""Tiled repair: throughput and peak memory by image size, and seams.
+
+For each size, `gan-dist repair` runs in its own process on one photo-like RGB image with a
+free-form mask (scikit-image's astronaut, resized), as a user runs it; the parent reads the
+child's peak RSS from the kernel (getrusage of children) and its wall time. Target: peak RSS
+at 4096 px at most 1.5x that at 1024 px (memory follows the tile, not the image).
+
+Seams: on a 512 px image, the same model untiled (one 512 px tile) and tiled (256 px tiles,
+32 px overlap); the difference inside the hole, along tile borders and elsewhere.
+
+    python benchmarks/repair.py [--model URI] [--sizes 1024,4096] [--train-seconds 60]
+
+Without --model it trains the quickstart recipe briefly on the demo's photos (weights change
+the seam figures a little, not the speed or memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from gan_dist.data.damage import draw_mask
+from gan_dist.data.images import read_image, resize, write_png_atomic
+from gan_dist.demo import export_sample_photos
+
+
+def quick_model(work: Path, seconds: float) -> str:
+    from gan_dist.data.pack import PackOptions, pack_folder
+    from gan_dist.recipe import resolve_damage
+
+    export_sample_photos(work / "photos")
+    steps, label = resolve_damage("inpaint")
+    pack_folder(
+        work / "photos",
+        work / "shards",
+        PackOptions(size=128, crops_per_image=8, damage=steps, damage_source=label),
+    )
+    sets = [
+        f"data.train={work / 'shards'}",
+        f"data.val={work / 'shards'}",
+        f"train.max_minutes={seconds / 60}",
+        "tracking.enabled=false",
+    ]
+    cmd = [sys.executable, "-m", "gan_dist", "train", "quickstart", "--run-dir", str(work / "run")]
+    subprocess.run(cmd + [a for s in sets for a in ("--set", s)], check=True, capture_output=True)
+    return str(work / "run")
+
+
+def test_image(work: Path, size: int, seed: int = 0) -> tuple[Path, Path, float]:
+    import skimage.data
+
+    photo = np.asarray(skimage.data.astronaut())
+    img = resize(photo, size, size)
+    rng = np.random.default_rng(seed)
+    mask = draw_mask(size, size, "strokes", 0.1, rng)
+    image_path, mask_path = work / f"img-{size}.png", work / f"mask-{size}.png"
+    write_png_atomic(image_path, img)
+    write_png_atomic(mask_path, mask[:, :, None])
+    return image_path, mask_path, float((mask > 0).mean())
+
+
+CHILD = """
+import json, resource, sys, time
+from pathlib import Path
+from gan_dist.models import load_model
+from gan_dist.repair import plan, repair_files
+model, image, mask, out, tile = sys.argv[1:]
+loaded = load_model(model)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+(result,) = repair_files(loaded, plan(Path(image), Path(out), Path(mask)), int(tile), 32, 4, True)
+seconds = time.perf_counter() - start
+assert result.status == "repaired", result.detail
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": seconds, "rss_before_mb": before / 1024, "peak_rss_mb": peak / 1024}))
+"""
+
+
+def run_repair(model: str, image: Path, mask: Path, out: Path, tile: int) -> dict:
+    """What `gan-dist repair` does for one file (read, tile, blend, write), in a fresh
+    process so that its peak RSS is its own."""
+    cmd = [sys.executable, "-c", CHILD, model, str(image), str(mask), str(out), str(tile)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {k: round(v, 2) for k, v in result.items()}
+
+
+def seams(model: str, work: Path) -> dict:
+    """Untiled vs tiled on one image: where do they differ?"""
+    from gan_dist.models import load_model
+    from gan_dist.repair import repair_array
+
+    repair_model = load_model(model)
+    image, mask_path, _ = test_image(work, 512, seed=1)
+    img = read_image(image).pixels
+    mask = read_image(mask_path).pixels[:, :, 0] > 127
+    whole = repair_array(repair_model, img, mask, tile=512, overlap=0).astype(np.float64)
+    tiled = repair_array(repair_model, img, mask, tile=256, overlap=32).astype(np.float64)
+    diff = np.abs(whole - tiled).max(axis=2) / 255.0
+    border = np.zeros_like(mask)
+    for start in (224, 256):  # 256 px tiles with 32 px overlap: tiles meet around 224..256
+        border[start - 4 : start + 4, :] = True
+        border[:, start - 4 : start + 4] = True
+    in_hole = diff[mask]
+    return {
+        "hole_pixels": int(mask.sum()),
+        "max_abs_diff_in_hole": round(float(in_hole.max()), 4),
+        "mean_abs_diff_in_hole": round(float(in_hole.mean()), 4),
+        "max_abs_diff_on_tile_borders": round(float(diff[mask & border].max(initial=0)), 4),
+        "mean_abs_diff_on_tile_borders": round(float(diff[mask & border].mean()), 4),
+        "mean_abs_diff_off_borders": round(float(diff[mask & ~border].mean()), 4),
+        "known_pixels_changed": int((diff[~mask] > 0).sum()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a model URI or run dir; default: train one briefly")
+    parser.add_argument("--sizes", default="1024,4096")
+    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--train-seconds", type=float, default=60)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="gan-dist-repair-bench-"))
+    model = args.model or quick_model(work, args.train_seconds)
+    report: dict = {"benchmark": "repair", "model": model, "tile": args.tile, "sizes": {}}
+    for size in sorted(int(s) for s in args.sizes.split(",")):
+        image, mask, coverage = test_image(work, size)
+        result = run_repair(model, image, mask, work / f"out-{size}.png", args.tile)
+        result["megapixels_per_s"] = round(size * size / 1e6 / result["seconds"], 3)
+        result["mask_coverage"] = round(coverage, 3)
+        report["sizes"][str(size)] = result
+    sizes = sorted(report["sizes"], key=int)
+    if len(sizes) > 1:
+        small, large = report["sizes"][sizes[0]], report["sizes"][sizes[-1]]
+        report["peak_rss_ratio"] = round(large["peak_rss_mb"] / small["peak_rss_mb"], 3)
+    report["seams_512px"] = seams(model, work)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
