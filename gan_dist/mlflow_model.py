@@ -23,20 +23,12 @@ class RepairPyfunc(mlflow.pyfunc.PythonModel):
         self.model = load_files(folder, f"pyfunc model at {folder}")
 
     def predict(self, context, model_input, params=None):  # no hints: MLflow would validate
+        """Tiles of the spec's tile size; gan-dist repair lets you choose them."""
         from gan_dist.repair import repair_array
 
-        params = params or {}
         items = model_input if isinstance(model_input, list) else [model_input]
-        out = [
-            repair_array(
-                self.model,
-                item["image"],
-                item.get("mask"),
-                tile=int(params.get("tile", self.model.spec["tile_size"])),
-                overlap=int(params.get("overlap", 32)),
-            )
-            for item in items
-        ]
+        tile = int(self.model.spec["tile_size"])
+        out = [repair_array(self.model, item["image"], item.get("mask"), tile) for item in items]
         return out if isinstance(model_input, list) else out[0]
 
 

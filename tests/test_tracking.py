@@ -168,8 +168,6 @@ def test_a_run_over_http_logs_everything_and_registers_a_usable_model(
         "models:/quickstart-repair@champion",
         "--mask",
         str(tmp_path / "masks"),
-        "--tile",
-        "32",
     )
     assert repaired.returncode == 0, repaired.stderr + repaired.stdout
     out = np.asarray(Image.open(tmp_path / "out" / "a.png"))
@@ -182,7 +180,7 @@ def test_a_run_over_http_logs_everything_and_registers_a_usable_model(
 
     mlflow.set_tracking_uri(server.url)
     model = mlflow.pyfunc.load_model("models:/quickstart-repair@champion")
-    predicted = model.predict({"image": img, "mask": mask > 0}, params={"tile": 32})
+    predicted = model.predict({"image": img, "mask": mask > 0})
     assert np.array_equal(predicted, out)
 
 

@@ -465,7 +465,8 @@ def _fixed_samples(recipe: Recipe) -> dict[str, torch.Tensor] | None:
         StreamConfig(recipe.tracking.sample_count, data.channels, train=False, workers=0),
         split=split,
     )
-    return next(iter(stream), None)
+    with torch.random.fork_rng(devices=[]):  # a DataLoader draws its seed: keep resume exact
+        return next(iter(stream), None)
 
 
 @torch.no_grad()
