@@ -42,7 +42,10 @@ def tracking_uri(recipe: Recipe | None = None) -> str:
 
 
 def quiet_mlflow() -> None:
-    """MLflow's INFO lines (database migrations, download bars) are noise in our output."""
+    """MLflow's INFO lines (database migrations, download bars) are noise in our output.
+    After importing mlflow: its import sets up its logger and would undo this."""
+    import mlflow  # noqa: F401
+
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -107,7 +110,6 @@ class Tracker:
         self._images_queued = 0
         if not self.enabled:
             return
-        quiet_mlflow()
         # MLflow's own HTTP retries wait minutes by default; ours are in the worker instead.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -272,6 +274,7 @@ class Tracker:
         if self._client is None:
             from mlflow import MlflowClient
 
+            quiet_mlflow()
             self._client = MlflowClient(self.uri)
         return self._client
 
