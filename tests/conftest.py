@@ -135,3 +135,15 @@ def train_quickstart(shards: Path, steps: int, run_dir: Path, *args: str, **extr
     return run_cli(
         "train", "quickstart", *tiny(shards, steps, **extra), "--run-dir", str(run_dir), *args
     )
+
+
+def blank_dicom(path: Path, sop_class: str):
+    """An empty DICOM dataset with the file meta a reader expects; the test fills pixels."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)

@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from conftest import gradient16, save_pil
+from conftest import blank_dicom, gradient16, save_pil
 from gan_dist.data.images import (
     ImageReadError,
     decode_png,
@@ -110,14 +110,7 @@ def test_truncated_jpeg_is_reported_as_corrupt(tmp_path):
 
 def test_dicom_rescale_and_monochrome1(tmp_path):
     pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(tmp_path / "x.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds = blank_dicom(tmp_path / "x.dcm", "1.2.840.10008.5.1.4.1.1.2")
     raw = np.array([[0, 1000], [2000, 4095]], dtype=np.uint16)
     ds.Rows, ds.Columns = raw.shape
     ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 12, 11

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import gradient16, run_cli
+from conftest import blank_dicom, gradient16, run_cli
 from gan_dist.data.images import decode_png, encode_png, read_image
 from gan_dist.models import SPEC, WEIGHTS, load_model, spec_for
 from gan_dist.nets import build_generator
@@ -143,14 +143,7 @@ def test_cli_folder_repair_keeps_paths_depth_and_never_overwrites(inpaint, tmp_p
 
 def test_dicom_in_gives_16_bit_png_out(inpaint, tmp_path):
     pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(tmp_path / "x.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds = blank_dicom(tmp_path / "x.dcm", "1.2.840.10008.5.1.4.1.1.4")
     pixels = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4000) + 7
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
