@@ -4,24 +4,18 @@
    optimisers, accumulate context, loss bookkeeping) against a plain PyTorch loop written
    out below with the same nets, batch, losses and optimisers, on synthetic batches.
    Single steps interleaved, per-step medians; target trainer / plain >= 0.97.
-2. Aggregate images/s of `gan-dist train` (quickstart, real shards) with 2 processes
-   against 1, one thread each (`OMP_NUM_THREADS=1`); target >= 1.8x.
+   Both loops get the hole prefill with the batch, as the trainer's data workers provide it.
+Scaling over processes is benchmarks/scaling.py.
 
-    python benchmarks/train_step.py [--size 128] [--steps 30] [--repeats 3]
+    python benchmarks/train_step.py [--size 128] [--steps 30]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -31,15 +25,17 @@ from gan_dist.recipe import load_recipe
 
 
 def synthetic(recipe, device) -> dict[str, torch.Tensor]:
+    from gan_dist.nets.prefill import fill_holes
+
     g = torch.Generator().manual_seed(0)
     b, c, s = recipe.data.batch_size, recipe.data.channels, recipe.data.image_size
     mask = (torch.rand(b, 1, s, s, generator=g) > 0.7).float()
     clean = torch.rand(b, c, s, s, generator=g) * 2 - 1
-    return {
-        "damaged": (clean * (1 - mask)).to(device),
-        "clean": clean.to(device),
-        "mask": mask.to(device),
-    }
+    damaged = clean * (1 - mask)
+    batch = {"damaged": damaged, "clean": clean, "mask": mask}
+    if recipe.model.prefill != "none":
+        batch["start"] = fill_holes(damaged, 1 - mask, recipe.model.prefill)
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def nets(recipe, device):
@@ -82,10 +78,10 @@ def plain_step(recipe):
     opt_g, opt_d = adam(G, recipe.optim.generator), adam(D, recipe.optim.discriminator)
     adv, obj = ADVERSARIAL[recipe.objective.adversarial], recipe.objective
     b = synthetic(recipe, device)
-    damaged, clean, mask = b["damaged"], b["clean"], b["mask"]
+    damaged, clean, mask, start = b["damaged"], b["clean"], b["mask"], b.get("start")
 
     def step() -> bool:
-        fake = G(damaged, mask)
+        fake = G(damaged, mask, start)
         real_in = torch.cat([damaged, mask, clean], 1)
         fake_in = torch.cat([damaged, mask, fake.detach()], 1)
         real_l, fake_l = D(torch.cat([real_in, fake_in])).chunk(2)
@@ -132,108 +128,11 @@ def overhead(name: str, size: int, steps: int) -> dict:
     }
 
 
-def scaling(steps: int, repeats: int) -> dict:
-    """`gan-dist train` itself, 1 process vs 2 (gloo on CPU), one thread each, decoding in
-    the main process: with data workers, one process would quietly borrow the idle core."""
-    from gan_dist.data.pack import PackOptions, pack_folder
-    from gan_dist.demo import export_sample_photos
-    from gan_dist.recipe import resolve_damage
-
-    work = Path(tempfile.mkdtemp())
-    export_sample_photos(work / "photos")
-    steps_, label = resolve_damage("inpaint")
-    pack_folder(
-        work / "photos",
-        work / "shards",
-        PackOptions(
-            size=128,
-            crops_per_image=8,
-            damage=steps_,
-            damage_source=label,
-            val_fraction=0,
-            shard_samples=13,
-        ),
-    )
-    common = [
-        "-m",
-        "gan_dist",
-        "train",
-        "quickstart",
-        "--set",
-        f"data.train={work / 'shards'}",
-        "--set",
-        "data.val=null",
-        "--set",
-        f"train.max_steps={steps}",
-        "--set",
-        f"train.log_every={steps}",
-        "--set",
-        "train.checkpoint_every=100000",
-        "--set",
-        "data.workers=1",
-        "--set",
-        "tracking.enabled=false",
-        "--resume",
-        "none",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29777",
-    ]
-
-    def rate(out: str) -> float:
-        return float(re.findall(r"([\d.]+) img/s", out)[-1])
-
-    def start(prefix: list[str], run_dir: Path) -> subprocess.Popen:
-        return subprocess.Popen(
-            [*prefix, *common, "--run-dir", str(run_dir)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-
-    runs: dict[str, list[float]] = {"1": [], "2": [], "2_independent": []}
-    for i in range(repeats):
-        runs["1"].append(rate(start([sys.executable], work / f"one-{i}").communicate()[0]))
-        runs["2"].append(rate(start(launch, work / f"ddp-{i}").communicate()[0]))
-        # the machine's own ceiling: two single-process runs at once, no communication
-        pair = [start([sys.executable], work / f"pair-{i}-{j}") for j in range(2)]
-        runs["2_independent"].append(sum(rate(p.communicate()[0]) for p in pair))
-    med = {k: statistics.median(v) for k, v in runs.items()}
-    return {
-        "recipe": "quickstart",
-        "image_size": 128,
-        "steps": steps,
-        "images_per_s_1_process": round(med["1"], 2),
-        "images_per_s_2_processes": round(med["2"], 2),
-        "speedup": round(med["2"] / med["1"], 3),
-        "images_per_s_2_independent_processes": round(med["2_independent"], 2),
-        "ceiling_speedup_without_communication": round(med["2_independent"] / med["1"], 3),
-        "runs": {k: [round(x, 2) for x in v] for k, v in runs.items()},
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per loop")
-    parser.add_argument("--repeats", type=int, default=3, help="scaling runs per setting")
     parser.add_argument("--recipes", default="quickstart,medical")
-    parser.add_argument("--scaling-steps", type=int, default=100)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     report = {
@@ -246,8 +145,6 @@ def main() -> None:
     for name in filter(None, args.recipes.split(",")):
         steps = args.steps if name == "quickstart" else max(8, args.steps // 3)
         report["overhead"][name] = overhead(name, args.size, steps)
-    if device == "cpu":
-        report["scaling"] = scaling(args.scaling_steps, args.repeats)
     print(json.dumps(report, indent=2))
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -328,21 +329,76 @@ class TrackingConfig(Section):
     )
 
 
+# SLURM reads #SBATCH lines itself (no shell), but a newline would start a shell line and a
+# space or `;` is never part of a partition, account, QoS or memory value: such values are
+# refused here, before anything is rendered or submitted.
+_SLURM_NAME = re.compile(r"^[A-Za-z0-9_.,:+-]+$")
+
+
+def _slurm_name(value: str) -> str:
+    if not _SLURM_NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a SLURM name: use letters, digits and _ . , : + - only "
+            "(no spaces, quotes, ';', '$' or newlines)"
+        )
+    return value
+
+
+SlurmName = Annotated[str, AfterValidator(_slurm_name)]
+
+
 class SlurmConfig(Section):
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    time: str = "24:00:00"
-    constraint: str | None = None
-    cpus_per_task: PositiveInt | None = None
-    mem: str | None = None
+    partition: SlurmName | None = None
+    account: SlurmName | None = None
+    qos: SlurmName | None = None
+    time: str = Field(
+        "24:00:00",
+        pattern=r"^(\d+-)?\d+(:\d{1,2}){0,2}$",
+        description="minutes, MM:SS, HH:MM:SS, D-HH or D-HH:MM:SS",
+    )
+    constraint: str | None = Field(None, pattern=r"^[A-Za-z0-9_.,:|&*\[\]()!-]+$")
+    cpus_per_task: PositiveInt | None = Field(
+        None,
+        description="CPUs of each node's launcher task, shared by its ranks and their data "
+        "workers; None: 8 per GPU, or cpu_procs",
+    )
+    mem: str | None = Field(None, pattern=r"^\d+[KMGT]?$", description="memory per node")
+    job_name: SlurmName | None = Field(None, description="None: the recipe name")
+    signal_lead_s: PositiveInt = Field(
+        180, description="SIGUSR1 this long before the time limit: time to checkpoint"
+    )
+    max_requeues: NonNegativeInt = Field(
+        20, description="requeue a preempted or timed-out job at most this often"
+    )
     extra: list[str] = Field(default_factory=list, description="extra #SBATCH lines")
+    srun_extra: list[str] = Field(
+        default_factory=list, description="extra srun options, e.g. --container-image=..."
+    )
+
+    @field_validator("extra", "srun_extra")
+    @classmethod
+    def _options(cls, lines: list[str]) -> list[str]:
+        for line in lines:
+            if not line.startswith("-") or any(c in line for c in "\n\r\0"):
+                raise ValueError(
+                    f"{line!r}: each entry must be one option starting with '-' "
+                    "(e.g. --gres=gpu:8), on one line"
+                )
+        return lines
 
 
 class LaunchConfig(Section):
     nodes: PositiveInt = 1
     gpus_per_node: PositiveInt | None = Field(None, description="None: every local GPU")
     cpu_procs: PositiveInt = Field(1, description="processes on a machine without GPUs")
+    rank_timeout_s: PositiveInt = Field(
+        600,
+        description="a rank silent this long (dead, hung) fails the job on every rank; "
+        "rank-0 work such as evaluation must fit inside it",
+    )
+    main_port: int | None = Field(
+        None, ge=1024, le=65535, description="None: a free port (SLURM: from the job id)"
+    )
     slurm: SlurmConfig | None = None
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from gan_dist import __version__
-from gan_dist.cli import data, demo, eval, models, recipes, repair, train
+from gan_dist.cli import data, demo, eval, launch, models, recipes, repair, train
 
 app = typer.Typer(
     name="gan-dist",
@@ -20,6 +20,7 @@ app.add_typer(recipes.app, name="recipes")
 app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="models")
 app.command("train")(train.train)
+app.command("launch")(launch.launch)
 app.command("repair")(repair.repair)
 app.command("eval")(eval.eval_)
 app.command("demo")(demo.demo)

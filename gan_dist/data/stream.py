@@ -12,6 +12,7 @@ with a warning naming the shard, and counted (`ShardStream.skipped`), also acros
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Iterator
@@ -96,6 +97,9 @@ class StreamConfig:
     seed: int = 0
     # resume: samples each DataLoader worker already handed out (see ShardStream.position)
     skip: dict[int, int] | None = None
+    # model.prefill, computed here (in the DataLoader workers, beside the training step)
+    # instead of inside the generator's forward; batches then carry it as `start`
+    prefill: str = "none"
 
 
 class _SkipLog:
@@ -194,8 +198,8 @@ def _ignore_stop_signals(_worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
+def _collate(samples: list[dict[str, Any]], prefill: str = "none") -> dict[str, Any]:
+    batch = {
         "damaged": torch.stack([s["damaged"] for s in samples]),
         "clean": torch.stack([s["clean"] for s in samples]),
         "mask": torch.stack([s["mask"] for s in samples]),
@@ -203,6 +207,11 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "skipped": {samples[-1]["worker"]: samples[-1]["skipped"]},
         "pulled": {samples[-1]["worker"]: samples[-1]["pulled"]},
     }
+    if prefill != "none":
+        from gan_dist.nets.prefill import fill_holes
+
+        batch["start"] = fill_holes(batch["damaged"], 1 - batch["mask"], prefill)
+    return batch
 
 
 class ShardStream:
@@ -246,7 +255,8 @@ class ShardStream:
             stages.append(wds.detshuffle(cfg.shuffle_buffer, cfg.shuffle_buffer // 4, cfg.seed))
         stages.append(_Decode(cfg.channels, self._skips, cfg.skip))
         # a finite pass keeps its last short batch so every sample is seen
-        stages.append(wds.batched(cfg.batch_size, collation_fn=_collate, partial=not cfg.train))
+        collate = functools.partial(_collate, prefill=cfg.prefill)
+        stages.append(wds.batched(cfg.batch_size, collation_fn=collate, partial=not cfg.train))
         return wds.DataPipeline(*stages)
 
     @property

@@ -44,11 +44,15 @@ class RepairNet(nn.Module):
             if last[-1].bias is not None:
                 nn.init.zeros_(last[-1].bias)
 
-    def forward(self, damaged: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, damaged: torch.Tensor, mask: torch.Tensor, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`start`: the prefill, when the data pipeline already computed it (training)."""
         if self.prefill != "none":
             from gan_dist.nets.prefill import fill_holes
 
-            start = fill_holes(damaged, 1 - mask, self.prefill)
+            if start is None:
+                start = fill_holes(damaged, 1 - mask, self.prefill)
             out = (start + self.body(torch.cat([start, mask], dim=1))).clamp(-1, 1)
         else:
             out = self.body(torch.cat([damaged, mask], dim=1))

@@ -23,7 +23,10 @@ import torch.nn.functional as F
 
 PREFILLS = ("biharmonic", "harmonic", "none")
 HARMONIC_STEPS = 10  # per level
-BIHARMONIC_STEPS = 40  # per level; the quality benchmark's held-out photos gain ~0.5 dB
+# per level; on the quality benchmark's held-out photos 40 steps gave 23.94 dB / SSIM 0.932 in
+# the hole, 200 give 24.16 / 0.934 (skimage's exact solve: 23.79 / 0.933). Training batches
+# are filled in the DataLoader workers, so the extra cost stays off the training step.
+BIHARMONIC_STEPS = 200
 BIHARMONIC_DAMPING = 0.6 / 20  # stable below 2 / 64, the largest eigenvalue of the stencil
 
 

@@ -10,6 +10,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from gan_dist.objectives import ADVERSARIAL, feature_matching, gradient_penalty,
 from gan_dist.recipe import OptimizerConfig, Recipe, recipe_to_yaml
 from gan_dist.track import Tracker
 from gan_dist.train import checkpoint
+from gan_dist.train import status as run_status
 from gan_dist.train.ema import EMA
 from gan_dist.train.evaluate import evaluate
 from gan_dist.train.progress import Progress
@@ -47,13 +49,17 @@ class Outcome:
 
 def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import InitProcessGroupKwargs, set_seed
 
     cfg, data = recipe.train, recipe.data
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         cpu=not torch.cuda.is_available(),
+        # a dead or hung rank fails the collective on the others after this long, not never
+        kwargs_handlers=[
+            InitProcessGroupKwargs(timeout=timedelta(seconds=recipe.launch.rank_timeout_s))
+        ],
     )
     rank, world = accelerator.process_index, accelerator.num_processes
     if cfg.deterministic:
@@ -93,6 +99,7 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
             shuffle_buffer=data.shuffle_buffer,
             seed=recipe.seed,
             skip={int(k): v for k, v in rank_state.get("data_position", {}).items()},
+            prefill=recipe.model.prefill,
         ),
     )
     batches = iter(stream)  # draws a DataLoader seed from torch's RNG: before restoring it
@@ -108,6 +115,7 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
     )
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        run_status.write(run_dir, "running", step)
         tracker.log_artifact(checkpoint.write_recipe(run_dir, recipe_to_yaml(recipe)))
         for split, shards in (("train", data.train), ("val", data.val)):
             if shards and (Path(shards) / MANIFEST).is_file():
@@ -216,6 +224,8 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
                 tracker.log_image(_sample_grid(ema.module, samples), "samples", step)
             if preempt:
                 last_ckpt = save_checkpoint()
+                if accelerator.is_main_process:
+                    run_status.write(run_dir, "preempted", step, last_ckpt)
                 progress.message(
                     f"preempted ({stop.signal or 'signal on another rank'}) at "
                     f"step {step}; checkpoint {last_ckpt}"
@@ -229,6 +239,8 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
                 progress.message(f"time budget of {cfg.max_minutes} min spent at step {step}")
                 break
     progress.close()
+    if status == "completed" and accelerator.is_main_process:
+        run_status.write(run_dir, status, step, last_ckpt)
     registered = None
     if status == "completed" and tracker.enabled and recipe.tracking.register_as and last_ckpt:
         registered = _register(last_ckpt, recipe.tracking.register_as, tracker.uri, progress)
@@ -252,15 +264,17 @@ def train_step(
     obj = recipe.objective
     adversarial = ADVERSARIAL[obj.adversarial]
     fmt = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
-    damaged, clean, mask = (
+    damaged, clean, mask, start = (
         batch[k].to(accelerator.device, non_blocking=True).contiguous(memory_format=fmt)
-        for k in ("damaged", "clean", "mask")
+        if k in batch
+        else None
+        for k in ("damaged", "clean", "mask", "start")
     )
     losses: dict[str, torch.Tensor] = {}
     with accelerator.accumulate(G, D):
         # 1. the repair; kept in the graph only when the generator learns from it this step
         with torch.set_grad_enabled(update_g), accelerator.autocast():
-            fake = G(damaged, mask)
+            fake = G(damaged, mask, start)
 
         # 2. discriminator: real and repaired pairs in one forward (one DDP forward per
         #    backward, and batch-norm statistics over both), plus interpolates for WGAN-GP

@@ -1,0 +1,96 @@
+"""`gan-dist launch`: start a recipe on every local device, across nodes, or on SLURM."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from gan_dist.cli._common import SET_HELP, err, out, user_errors
+
+
+def launch(
+    recipe: str = typer.Argument(..., help="A recipe YAML file or a built-in recipe name."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    slurm: bool = typer.Option(
+        None,
+        "--slurm/--local",
+        help="Submit to SLURM, or run here. Default: SLURM when the recipe has launch.slurm.",
+    ),
+    nodes: int = typer.Option(None, min=1, help="Machines (launch.nodes)."),
+    gpus_per_node: int = typer.Option(None, min=1, help="GPUs per machine (launch.gpus_per_node)."),
+    cpu_procs: int = typer.Option(
+        None, min=1, help="Processes per machine without GPUs (launch.cpu_procs)."
+    ),
+    node_rank: int = typer.Option(
+        0, min=0, help="Without SLURM, across nodes: this machine's rank (start it on each)."
+    ),
+    main_addr: str = typer.Option("127.0.0.1", help="Without SLURM: the address of node 0."),
+    main_port: int = typer.Option(None, help="Rank 0's port (launch.main_port)."),
+    run_dir: Path = typer.Option(
+        None, help="Checkpoints, logs and status go here. Default: runs/RECIPE_NAME."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the command or sbatch script; run nothing."
+    ),
+    follow: bool = typer.Option(
+        False, "--follow", help="SLURM: show the job's state and log until it ends."
+    ),
+) -> None:
+    """Train a recipe on all local devices, on several machines, or as a SLURM job.
+
+    Exit codes: 0 completed (or submitted), 75 preempted with a checkpoint (run the same
+    command again to resume), anything else failed."""
+    from gan_dist.recipe import load_recipe
+
+    flags = {
+        "launch.nodes": nodes,
+        "launch.gpus_per_node": gpus_per_node,
+        "launch.cpu_procs": cpu_procs,
+        "launch.main_port": main_port,
+    }
+    overrides = [*set_, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
+    with user_errors():
+        loaded = load_recipe(recipe, overrides)
+        directory = (run_dir or Path("runs") / loaded.name).absolute()
+        use_slurm = slurm if slurm is not None else loaded.launch.slurm is not None
+        if use_slurm:
+            code = _slurm(loaded, directory, dry_run, follow)
+        else:
+            from gan_dist.launch.local import run_local
+
+            code = run_local(
+                loaded,
+                directory,
+                node_rank=node_rank,
+                main_addr=main_addr,
+                dry_run=dry_run,
+                announce=lambda line: err.print(f"[bold]running[/] {line}", markup=True),
+            )
+    if code == 75:
+        err.print("[yellow]preempted[/]: checkpoint written; run the same command to resume")
+    raise typer.Exit(code)
+
+
+def _slurm(recipe, run_dir: Path, dry_run: bool, follow: bool) -> int:
+    from gan_dist.launch import slurm
+
+    if dry_run:
+        out.print(slurm.render(recipe, run_dir), markup=False, highlight=False)
+        return 0
+    if os.environ.get("SLURM_JOB_ID"):
+        err.print(f"inside SLURM job {os.environ['SLURM_JOB_ID']}: running on this allocation")
+        return slurm.run_in_allocation(recipe, run_dir)
+    job_id, script = slurm.submit(recipe, run_dir)
+    log = run_dir / f"slurm-{job_id}.log"
+    err.print(f"[green]submitted[/] job {job_id}\n  script {script}\n  log    {log}")
+    out.print(job_id)
+    if not follow:
+        return 0
+    return slurm.follow(
+        job_id,
+        log,
+        say=lambda text: err.print(f"[bold]{text}[/]"),
+        echo=lambda text: out.print(text, end="", markup=False, highlight=False),
+    )

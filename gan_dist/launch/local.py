@@ -1,0 +1,168 @@
+"""Launch on this machine (or as one node of several): Accelerate's launcher, one process per
+local GPU, or `cpu_procs` gloo processes where there is no GPU, each running `gan-dist train`.
+
+The command is built here once and used everywhere (this launcher, the SLURM script, the
+tests and benchmarks), because its CPU form is a trap: `--cpu` starts ONE process, and
+without `ACCELERATE_USE_CPU=1` a CPU-only host silently runs N independent world-size-1 jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from gan_dist.data.images import write_bytes_atomic
+from gan_dist.errors import GanDistError
+from gan_dist.recipe import Recipe, recipe_to_yaml
+from gan_dist.train import status as run_status
+from gan_dist.train.signals import EXIT_PREEMPTED
+
+# SIGUSR1 is SLURM's warning signal: Accelerate's launcher (torch elastic) must pass it on to
+# the ranks instead of dying of it, and give them time to write the checkpoint.
+HANDLED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+DEFAULT_SHUTDOWN_S = 120
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where the ranks run: `nodes` machines with `per_node` processes each."""
+
+    nodes: int
+    per_node: int
+    gpu: bool
+
+    @property
+    def world(self) -> int:
+        return self.nodes * self.per_node
+
+
+def local_topology(recipe: Recipe) -> Topology:
+    """One process per GPU here (or the recipe's gpus_per_node), else cpu_procs on the CPU."""
+    import torch
+
+    launch = recipe.launch
+    found = torch.cuda.device_count()
+    if found:
+        per_node = launch.gpus_per_node or found
+        if per_node > found:
+            raise GanDistError(
+                f"launch.gpus_per_node is {per_node} but this machine has {found} GPU(s); "
+                f"use --gpus-per-node {found} or run on a larger node"
+            )
+        return Topology(launch.nodes, per_node, gpu=True)
+    return Topology(launch.nodes, launch.cpu_procs, gpu=False)
+
+
+def accelerate_command(topology: Topology, train_args: list[str]) -> list[str]:
+    """`python -m accelerate.commands.launch ...` without the per-node part (machine rank,
+    main address and port), which the caller adds: a value here, or SLURM variables."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_machines",
+        str(topology.nodes),
+        "--num_processes",
+        str(topology.world),  # Accelerate's total over all machines
+        # the recipe sets these in the trainer; "no" here only silences the launcher's guesses
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        *train_args,
+    ]
+
+
+def per_node_args(machine_rank: str, main_addr: str, main_port: str) -> list[str]:
+    return [
+        "--machine_rank",
+        machine_rank,
+        "--main_process_ip",
+        main_addr,
+        "--main_process_port",
+        main_port,
+    ]
+
+
+def train_args(recipe_file: Path, run_dir: Path) -> list[str]:
+    return ["-m", "gan_dist", "train", str(recipe_file), "--run-dir", str(run_dir)]
+
+
+def launch_env(topology: Topology, shutdown_s: int = DEFAULT_SHUTDOWN_S) -> dict[str, str]:
+    env = {"PET_SIGNALS_TO_HANDLE": HANDLED_SIGNALS, "PET_SHUTDOWN_TIMEOUT": str(shutdown_s)}
+    if not topology.gpu:
+        env["ACCELERATE_USE_CPU"] = "1"
+    return env
+
+
+def freeze_recipe(recipe: Recipe, run_dir: Path) -> Path:
+    """The resolved recipe (overrides applied) goes to the run dir and the ranks read that
+    file: no recipe value is ever put on a command line, and a requeued job trains exactly
+    what was submitted even if the original file changed since."""
+    path = run_dir / "launch" / "recipe.yaml"
+    write_bytes_atomic(path, recipe_to_yaml(recipe).encode())
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def run_local(
+    recipe: Recipe,
+    run_dir: Path,
+    node_rank: int = 0,
+    main_addr: str = "127.0.0.1",
+    dry_run: bool = False,
+    announce=print,
+) -> int:
+    """Run this node's share of the job in the foreground; returns the exit code to use:
+    0 completed, 75 preempted (checkpoint written), else the launcher's failure code."""
+    topology = local_topology(recipe)
+    if topology.nodes > 1 and recipe.launch.main_port is None:
+        raise GanDistError(
+            "launch.main_port: several nodes must agree on a port; pass --main-port or "
+            "set launch.main_port in the recipe"
+        )
+    if not 0 <= node_rank < topology.nodes:
+        raise GanDistError(f"--node-rank {node_rank}: must be in 0..{topology.nodes - 1}")
+    port = str(recipe.launch.main_port or free_port())
+    recipe_file = run_dir / "launch" / "recipe.yaml"
+    base = accelerate_command(topology, train_args(recipe_file, run_dir))
+    cmd = base[:3] + per_node_args(str(node_rank), main_addr, port) + base[3:]
+    env = launch_env(topology)
+    announce(" ".join([*(f"{k}={v}" for k, v in env.items()), *cmd]))
+    if dry_run:
+        return 0
+    freeze_recipe(recipe, run_dir)
+    before = run_status.read(run_dir)
+    proc = subprocess.Popen(cmd, env={**os.environ, **env})
+    # a signal to this process alone (kill PID, not the process group) still reaches the ranks
+    forward = {
+        sig: signal.signal(sig, lambda s, _f: proc.send_signal(s))
+        for sig in (signal.SIGTERM, signal.SIGUSR1)
+    }
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in forward.items():
+            signal.signal(sig, handler)
+    return outcome_code(run_dir, code, before)
+
+
+def outcome_code(run_dir: Path, code: int, before: dict | None) -> int:
+    """Accelerate's launcher exits 1 when a signal reached it, whatever the ranks did; the
+    status file rank 0 wrote says whether they were preempted (a stale one from an earlier
+    attempt does not count)."""
+    after = run_status.read(run_dir)
+    if after is not None and after != before and after["status"] == "preempted":
+        return EXIT_PREEMPTED
+    return code
