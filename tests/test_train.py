@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_cli, tiny, train_quickstart
+from gan_dist.launch.local import Topology, accelerate_command, per_node_args
 from gan_dist.train import checkpoint
 from gan_dist.train.signals import EXIT_NONFINITE, EXIT_PREEMPTED
 
@@ -83,20 +84,10 @@ def interrupt_after(proc: subprocess.Popen, marker: str, timeout: float = 240) -
     return "".join(seen)
 
 
-ACCELERATE = [
-    sys.executable,
-    "-m",
-    "accelerate.commands.launch",
-    "--multi_gpu",
-    "--num_processes",
-    "2",
-    "--num_machines",
-    "1",
-    "--mixed_precision",
-    "no",
-    "--dynamo_backend",
-    "no",
-]
+def two_cpu_ranks(port: str) -> list[str]:
+    """The documented `accelerate launch` command for 2 gloo ranks on this machine."""
+    base = accelerate_command(Topology(nodes=1, per_node=2, gpu=False), [])
+    return [*base, *per_node_args("0", "127.0.0.1", port)]
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -106,7 +97,7 @@ def test_preempted_and_resumed_run_is_bit_identical(shards, tmp_path, processes)
     launcher = None
     if processes == 2:
         port = str(29500 + os.getpid() % 500)
-        launcher = [*ACCELERATE, "--main_process_port", port]
+        launcher = two_cpu_ranks(port)
         os.environ["ACCELERATE_USE_CPU"] = "1"
     try:
         straight = start_train(
@@ -148,9 +139,7 @@ def test_two_ranks_stream_disjoint_shards_and_see_every_val_sample(shards, tmp_p
     port = str(30000 + os.getpid() % 500)
     result = subprocess.run(
         [
-            *ACCELERATE,
-            "--main_process_port",
-            port,
+            *two_cpu_ranks(port),
             "-m",
             "gan_dist",
             "train",

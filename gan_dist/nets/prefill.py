@@ -10,10 +10,10 @@ super-resolution nets refine.
 Both fills are multigrid. Pull (mask-weighted means down a pyramid) gives every hole pixel a
 value from the nearest known pixels; push (coarse to fine) smooths each level with a few
 Jacobi steps of Laplace's equation (`harmonic`: flat across the hole), then for `biharmonic`
-with damped steps of the biharmonic equation, which carries gradients, not just values, into
-the hole (scikit-image's `inpaint_biharmonic` solves the same equation exactly, much slower).
-Known pixels are held fixed. Cost is O(pixels) whatever the hole size; no gradients flow
-through it (it only sees the input).
+with damped, momentum-accelerated steps of the biharmonic equation, which carries gradients,
+not just values, into the hole (scikit-image's `inpaint_biharmonic` solves the same equation
+exactly, much slower). Known pixels are held fixed. Cost is O(pixels) whatever the hole
+size; no gradients flow through it (it only sees the input).
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ import torch.nn.functional as F
 
 PREFILLS = ("biharmonic", "harmonic", "none")
 HARMONIC_STEPS = 10  # per level
-# per level; on the quality benchmark's held-out photos 40 steps gave 23.94 dB / SSIM 0.932 in
-# the hole, 200 give 24.16 / 0.934 (skimage's exact solve: 23.79 / 0.933). Training batches
-# are filled in the DataLoader workers, so the extra cost stays off the training step.
-BIHARMONIC_STEPS = 200
-BIHARMONIC_DAMPING = 0.6 / 20  # stable below 2 / 64, the largest eigenvalue of the stencil
+BIHARMONIC_STEPS = 40  # per level
+# Heavy-ball momentum on the damped biharmonic iteration: on the quality benchmark's held-out
+# photos 40 steps went from 23.94 dB / SSIM 0.932 in the hole to 24.15 / 0.934, what 200
+# plain steps reach (skimage's exact solve: 23.79 / 0.933), at the cost of 40.
+BIHARMONIC_MOMENTUM = 0.9
+# stable below 2 (1 + momentum) / 64, 64 being the largest eigenvalue of the stencil
+BIHARMONIC_DAMPING = 0.6 / 20
 
 
 @torch.no_grad()
@@ -51,9 +53,14 @@ def fill_holes(image: torch.Tensor, known: torch.Tensor, kind: str = "biharmonic
         for _ in range(HARMONIC_STEPS):
             fill = fill + free * (_neighbour_mean(fill) - fill)
         if kind == "biharmonic":
-            step = free * BIHARMONIC_DAMPING
+            step, previous = free * BIHARMONIC_DAMPING, fill
             for _ in range(BIHARMONIC_STEPS):
-                fill = fill - step * _laplacian(_laplacian(fill))
+                fill, previous = (
+                    fill
+                    - step * _laplacian(_laplacian(fill))
+                    + BIHARMONIC_MOMENTUM * (fill - previous),
+                    fill,
+                )
     return fill.to(dtype)
 
 

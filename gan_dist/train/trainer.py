@@ -168,6 +168,7 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
     logged: dict[str, float] = {}
     metrics: dict[str, float] = {}
     status = "completed"
+    first_step = step + 1
     deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
     with tracker, StopFlag() as stop:
         while step < cfg.max_steps:
@@ -182,6 +183,10 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
             if update_g:
                 sched_g.step()
             step += 1
+            if step == first_step:  # start-up cost, visible in SLURM logs and benchmarks
+                progress.message(
+                    f"first step done {_since_start():.1f} s after start (step {step})"
+                )
             for k, v in losses.items():  # summed on the device: no sync per loss
                 sums[k] = sums[k] + v if k in sums else v
                 counts[k] = counts.get(k, 0) + 1
@@ -456,6 +461,13 @@ def _register(ckpt: Path, name: str, uri: str, progress: Progress) -> str | None
         return None
     progress.message(f"registered {reg.uri} (model {name}, version {reg.version})")
     return reg.uri
+
+
+def _since_start() -> float:
+    """Seconds since this process started (launcher and imports included)."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
 
 
 def _rates(images_per_s: float, sched_g, sched_d) -> dict[str, float]:
