@@ -154,14 +154,12 @@ def test_two_nodes_on_loopback(packed, tmp_path):
 def server(tmp_path_factory):
     srv = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     srv.start()
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = srv.url
-    yield srv
-    srv.stop()
-    if previous is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("MLFLOW_TRACKING_URI", srv.url)
+            yield srv
+    finally:
+        srv.stop()
 
 
 @pytest.mark.integration
@@ -253,6 +251,26 @@ def test_a_killed_rank_fails_the_job_quickly_and_is_named(slurm, packed, tmp_pat
     assert f"Signal 9 (SIGKILL) received by PID {victim}" in text
     assert "training failed" in text
     assert info.get("Restarts") == "0", "a failure is not a preemption: no requeue"
+
+
+@pytest.mark.integration
+def test_inside_an_allocation_it_runs_there_instead_of_submitting(slurm, packed, tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [
+        *_cli(),
+        "launch",
+        "quickstart",
+        "--slurm",
+        *TINY_CPU,
+        *tiny(packed, 3, **{"tracking.enabled": "false"}),
+        "--run-dir",
+        str(run_dir),
+    ]
+    result = slurm.run("salloc", "--nodes=1", "--cpus-per-task=2", *cmd, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"inside SLURM job \d+: running on this allocation", result.stderr)
+    assert "training completed" in result.stdout
+    assert not list(run_dir.glob("slurm-*.log")), "nothing was submitted"
 
 
 @pytest.mark.integration

@@ -40,8 +40,7 @@ def launch(
 ) -> None:
     """Train a recipe on all local devices, on several machines, or as a SLURM job.
 
-    Exit codes: 0 completed (or submitted), 75 preempted with a checkpoint (run the same
-    command again to resume), anything else failed."""
+    Exit codes: 0 completed (or submitted), 75 preempted (rerun to resume), other: failed."""
     from gan_dist.recipe import load_recipe
 
     flags = {
@@ -66,10 +65,15 @@ def launch(
                 node_rank=node_rank,
                 main_addr=main_addr,
                 dry_run=dry_run,
-                announce=lambda line: err.print(f"[bold]running[/] {line}", markup=True),
+                announce=lambda line: err.print(line, markup=False),
             )
     if code == 75:
         err.print("[yellow]preempted[/]: checkpoint written; run the same command to resume")
+    elif code and not dry_run:
+        err.print(
+            f"[red]failed[/] (exit {code}): the launcher's report above names the failed rank; "
+            "the last checkpoint is kept, run the same command to resume from it"
+        )
     raise typer.Exit(code)
 
 

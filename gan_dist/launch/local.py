@@ -134,12 +134,17 @@ def run_local(
         )
     if not 0 <= node_rank < topology.nodes:
         raise GanDistError(f"--node-rank {node_rank}: must be in 0..{topology.nodes - 1}")
+    if not topology.gpu and recipe.launch.gpus_per_node:
+        announce(
+            f"note: launch.gpus_per_node is {recipe.launch.gpus_per_node} but this machine has "
+            f"no GPU; running {topology.per_node} CPU process(es) (--cpu-procs)"
+        )
     port = str(recipe.launch.main_port or free_port())
     recipe_file = run_dir / "launch" / "recipe.yaml"
     base = accelerate_command(topology, train_args(recipe_file, run_dir))
     cmd = base[:3] + per_node_args(str(node_rank), main_addr, port) + base[3:]
     env = launch_env(topology)
-    announce(" ".join([*(f"{k}={v}" for k, v in env.items()), *cmd]))
+    announce("running " + " ".join([*(f"{k}={v}" for k, v in env.items()), *cmd]))
     if dry_run:
         return 0
     freeze_recipe(recipe, run_dir)
