@@ -97,7 +97,7 @@ class StreamConfig:
     seed: int = 0
     # resume: samples each DataLoader worker already handed out (see ShardStream.position)
     skip: dict[int, int] | None = None
-    # model.prefill, computed here (in the DataLoader workers, beside the training step)
+    # model.prefill, computed here (in the DataLoader workers, beside a CPU training step)
     # instead of inside the generator's forward; batches then carry it as `start`
     prefill: str = "none"
 

@@ -99,7 +99,9 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
             shuffle_buffer=data.shuffle_buffer,
             seed=recipe.seed,
             skip={int(k): v for k, v in rank_state.get("data_position", {}).items()},
-            prefill=recipe.model.prefill,
+            # on a CPU the workers fill holes on another core while this one trains; a GPU
+            # does it in the generator's forward in far less time than a worker could
+            prefill=recipe.model.prefill if accelerator.device.type == "cpu" else "none",
         ),
     )
     batches = iter(stream)  # draws a DataLoader seed from torch's RNG: before restoring it
