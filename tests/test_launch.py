@@ -5,6 +5,7 @@ MLflow run, a rank killed with SIGKILL, and recipe values that try to run shell 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -148,6 +149,31 @@ def test_two_nodes_on_loopback(packed, tmp_path):
     assert "--num_machines 2 --num_processes 2" in outs[0]
     assert re.search(r"validation: samples 8\b", outs[0]), outs[0]  # both ranks' val shards
     assert (tmp_path / "run" / "checkpoints" / "step-00000004").is_dir()
+
+
+@pytest.mark.integration
+def test_one_process_runs_the_trainer_directly_and_is_preempted_by_a_signal(packed, tmp_path):
+    """One rank needs no launcher (Accelerate's --multi_gpu refuses one process); a signal to
+    `gan-dist launch` alone still reaches it, and the exit code says preempted."""
+    run_dir = tmp_path / "run"
+    cmd = [*_cli(), "launch", "quickstart", "--local", "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(
+        [*cmd, *tiny(packed, 100000, **{"tracking.enabled": "false"})],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("step 3/"):
+            proc.send_signal(signal.SIGUSR1)
+            break
+    out = "".join(seen) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 75, out
+    assert "accelerate" not in out.split("running ", 1)[1].splitlines()[0]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "preempted"
+    assert "preempted: checkpoint written; run the same command to resume" in out
 
 
 @pytest.fixture(scope="module")

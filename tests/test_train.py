@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_cli, tiny, train_quickstart
-from gan_dist.launch.local import Topology, accelerate_command, per_node_args
+from gan_dist.launch.local import Topology, node_command, per_node_args
 from gan_dist.train import checkpoint
 from gan_dist.train.signals import EXIT_NONFINITE, EXIT_PREEMPTED
 
@@ -86,8 +86,8 @@ def interrupt_after(proc: subprocess.Popen, marker: str, timeout: float = 240) -
 
 def two_cpu_ranks(port: str) -> list[str]:
     """The documented `accelerate launch` command for 2 gloo ranks on this machine."""
-    base = accelerate_command(Topology(nodes=1, per_node=2, gpu=False), [])
-    return [*base, *per_node_args("0", "127.0.0.1", port)]
+    two = Topology(nodes=1, per_node=2, gpu=False)
+    return node_command(two, per_node_args("0", "127.0.0.1", port), [])
 
 
 @pytest.mark.parametrize("processes", [1, 2])

@@ -9,6 +9,7 @@ without `ACCELERATE_USE_CPU=1` a CPU-only host silently runs N independent world
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -58,14 +59,9 @@ def local_topology(recipe: Recipe) -> Topology:
     return Topology(launch.nodes, launch.cpu_procs, gpu=False)
 
 
-def accelerate_command(topology: Topology, train_args: list[str]) -> list[str]:
-    """`python -m accelerate.commands.launch ...` without the per-node part (machine rank,
-    main address and port), which the caller adds: a value here, or SLURM variables."""
+def accelerate_options(topology: Topology) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
+        "--multi_gpu",  # also what starts N gloo processes on a CPU-only host
         "--num_machines",
         str(topology.nodes),
         "--num_processes",
@@ -75,8 +71,17 @@ def accelerate_command(topology: Topology, train_args: list[str]) -> list[str]:
         "no",
         "--dynamo_backend",
         "no",
-        *train_args,
     ]
+
+
+def node_command(topology: Topology, per_node: list[str], train: list[str]) -> list[str]:
+    """What one node runs: Accelerate's launcher with this node's rank, address and port, or
+    for a single process the trainer itself (Accelerate's --multi_gpu needs two or more, and
+    one process needs no launcher between it and the signals)."""
+    if topology.world == 1:
+        return [sys.executable, *train]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
+    return [*launcher, *per_node, *accelerate_options(topology), *train]
 
 
 def per_node_args(machine_rank: str, main_addr: str, main_port: str) -> list[str]:
@@ -112,7 +117,7 @@ def freeze_recipe(recipe: Recipe, run_dir: Path) -> Path:
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("", 0))
+        s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
@@ -141,10 +146,10 @@ def run_local(
         )
     port = str(recipe.launch.main_port or free_port())
     recipe_file = run_dir / "launch" / "recipe.yaml"
-    base = accelerate_command(topology, train_args(recipe_file, run_dir))
-    cmd = base[:3] + per_node_args(str(node_rank), main_addr, port) + base[3:]
+    per_node = per_node_args(str(node_rank), main_addr, port)
+    cmd = node_command(topology, per_node, train_args(recipe_file, run_dir))
     env = launch_env(topology)
-    announce("running " + " ".join([*(f"{k}={v}" for k, v in env.items()), *cmd]))
+    announce("running " + shlex.join([*(f"{k}={v}" for k, v in env.items()), *cmd]))
     if dry_run:
         return 0
     freeze_recipe(recipe, run_dir)

@@ -23,7 +23,7 @@ from gan_dist.errors import GanDistError
 from gan_dist.launch.local import (
     DEFAULT_SHUTDOWN_S,
     Topology,
-    accelerate_command,
+    accelerate_options,
     freeze_recipe,
     launch_env,
 )
@@ -71,7 +71,6 @@ def render(recipe: Recipe, run_dir: Path) -> str:
     slurm = recipe.launch.slurm or SlurmConfig()
     topo = topology(recipe)
     shutdown = min(DEFAULT_SHUTDOWN_S, max(10, slurm.signal_lead_s - 30))
-    accelerate = accelerate_command(topo, [])[3:]  # options only: python and -m come first
     srun_extra = "".join(f" {shlex.quote(opt)}" for opt in slurm.srun_extra)
     exports = "\n".join(
         f"export {k}={shlex.quote(v)}" for k, v in launch_env(topo, shutdown).items()
@@ -89,7 +88,7 @@ def render(recipe: Recipe, run_dir: Path) -> str:
         "per_node": str(topo.per_node),
         "rank_timeout_s": str(recipe.launch.rank_timeout_s),
         "srun_extra": srun_extra,
-        "accelerate_args": " ".join(shlex.quote(a) for a in accelerate),
+        "node_command": _node_command(topo),
         "recipe_file": '"$RUN_DIR/launch/recipe.yaml"',
         "max_requeues": str(slurm.max_requeues),
     }
@@ -98,6 +97,22 @@ def render(recipe: Recipe, run_dir: Path) -> str:
     if missing:
         raise GanDistError(f"{template_path()}: unknown placeholders {sorted(missing)}")
     return re.sub(r"{{(\w+)}}", lambda m: values[m.group(1)], text)
+
+
+def _node_command(topo: Topology) -> str:
+    """One node's launcher. The single quotes keep $SLURM_NODEID for each task's own shell,
+    so every node gets its own machine rank; a single rank runs the trainer directly."""
+    if topo.world == 1:
+        return '"$PYTHON"'
+    per_task = """'exec "$0" -m accelerate.commands.launch --machine_rank "$SLURM_NODEID" "$@"'"""
+    options = " ".join(shlex.quote(a) for a in accelerate_options(topo))
+    return "\n".join(
+        [
+            f"bash -c {per_task} \\",
+            f'  "$PYTHON" {options} \\',
+            '  --main_process_ip "$MAIN_ADDR" --main_process_port "$MAIN_PORT"',
+        ]
+    )
 
 
 def _sbatch_options(recipe: Recipe, topo: Topology) -> list[str]:
