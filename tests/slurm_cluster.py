@@ -115,6 +115,8 @@ def start(root: Path, cpus: int | None = None, timeout: float = 60) -> Cluster:
                 f"SlurmdPort={_free_port()}",
                 "SlurmUser=root",
                 "AuthType=auth/munge",
+                # a requeued job may start once its old credential expires (default 120 s)
+                "AuthInfo=cred_expire=10",
                 "CredType=cred/munge",
                 "MpiDefault=none",
                 "ProctrackType=proctrack/linuxproc",
