@@ -25,6 +25,12 @@ def launch(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
     return run_cli("launch", "quickstart", *args, timeout=timeout)
 
 
+def submit(packed: Path, steps: int, run_dir: Path, *extra: str, **settings: object):
+    """quickstart as a SLURM job of 2 CPU ranks on the tiny settings."""
+    args = tiny(packed, steps, **settings)
+    return launch("--slurm", *TINY_CPU, *args, "--run-dir", str(run_dir), *extra)
+
+
 # ---------------------------------------------------------------------------------------------
 # The script a cluster admin reads (no cluster needed)
 # ---------------------------------------------------------------------------------------------
@@ -191,14 +197,8 @@ def server(tmp_path_factory):
 @pytest.mark.integration
 def test_slurm_job_trains_two_ranks_tracks_and_registers(slurm, server, packed, tmp_path):
     run_dir = tmp_path / "run"
-    result = launch(
-        "--slurm",
-        *TINY_CPU,
-        *tiny(packed, 6, **{"tracking.register_as": "launch-test", "tracking.experiment": "slurm"}),
-        "--run-dir",
-        str(run_dir),
-        "--follow",
-    )
+    settings = {"tracking.register_as": "launch-test", "tracking.experiment": "slurm"}
+    result = submit(packed, 6, run_dir, "--follow", **settings)
     assert result.returncode == 0, result.stdout + result.stderr
     job_id = result.stdout.splitlines()[0].strip()
     assert slurm.job(job_id)["JobState"] == "COMPLETED"
@@ -208,14 +208,8 @@ def test_slurm_job_trains_two_ranks_tracks_and_registers(slurm, server, packed, 
     (run,) = client.search_runs([client.get_experiment_by_name("slurm").experiment_id])
     assert run.data.params["world_size"] == "2"
     assert run.info.status == "FINISHED"
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/d_loss")) == [
-        1,
-        2,
-        3,
-        4,
-        5,
-        6,
-    ]
+    history = client.get_metric_history(run.info.run_id, "train/d_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
     (version,) = client.search_model_versions("name='launch-test'")
     assert version.run_id == run.info.run_id
 
@@ -225,9 +219,7 @@ def test_preempted_job_requeues_and_resumes_in_the_same_run(slurm, server, packe
     steps = 400
     run_dir = tmp_path / "run"
     settings = {"tracking.experiment": "preempt", "train.checkpoint_every": 100000}
-    result = launch(
-        "--slurm", *TINY_CPU, *tiny(packed, steps, **settings), "--run-dir", str(run_dir)
-    )
+    result = submit(packed, steps, run_dir, **settings)
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip()
     log = run_dir / f"slurm-{job_id}.log"
@@ -253,9 +245,7 @@ def test_preempted_job_requeues_and_resumes_in_the_same_run(slurm, server, packe
 def test_a_killed_rank_fails_the_job_quickly_and_is_named(slurm, packed, tmp_path):
     run_dir = tmp_path / "run"
     settings = {"tracking.enabled": "false", "launch.rank_timeout_s": 30}
-    result = launch(
-        "--slurm", *TINY_CPU, *tiny(packed, 100000, **settings), "--run-dir", str(run_dir)
-    )
+    result = submit(packed, 100000, run_dir, **settings)
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip()
     log = run_dir / f"slurm-{job_id}.log"
@@ -314,13 +304,8 @@ def test_recipe_values_never_run_as_shell(slurm, packed, tmp_path):
     assert refused.returncode == 2 and "launch.slurm.partition" in refused.stderr
     assert slurm.run("squeue", "-h").stdout == before, "nothing was submitted"
 
-    result = launch(
-        "--slurm",
-        *TINY_CPU,
-        *tiny(packed, 2, **{"tracking.enabled": "false", "description": evil}),
-        "--run-dir",
-        str(run_dir),
-        "--follow",
+    result = submit(
+        packed, 2, run_dir, "--follow", **{"tracking.enabled": "false", "description": evil}
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert not marker.exists()
