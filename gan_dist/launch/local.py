@@ -106,13 +106,16 @@ def launch_env(topology: Topology, shutdown_s: int = DEFAULT_SHUTDOWN_S) -> dict
     return env
 
 
-def freeze_recipe(recipe: Recipe, run_dir: Path) -> Path:
+def frozen_recipe(run_dir: Path) -> Path:
+    """Where the ranks read their recipe (the SLURM template names the same file)."""
+    return run_dir / "launch" / "recipe.yaml"
+
+
+def freeze_recipe(recipe: Recipe, run_dir: Path) -> None:
     """The resolved recipe (overrides applied) goes to the run dir and the ranks read that
     file: no recipe value is ever put on a command line, and a requeued job trains exactly
     what was submitted even if the original file changed since."""
-    path = run_dir / "launch" / "recipe.yaml"
-    write_bytes_atomic(path, recipe_to_yaml(recipe).encode())
-    return path
+    write_bytes_atomic(frozen_recipe(run_dir), recipe_to_yaml(recipe).encode())
 
 
 def free_port() -> int:
@@ -145,9 +148,8 @@ def run_local(
             f"no GPU; running {topology.per_node} CPU process(es) (--cpu-procs)"
         )
     port = str(recipe.launch.main_port or free_port())
-    recipe_file = run_dir / "launch" / "recipe.yaml"
     per_node = per_node_args(str(node_rank), main_addr, port)
-    cmd = node_command(topology, per_node, train_args(recipe_file, run_dir))
+    cmd = node_command(topology, per_node, train_args(frozen_recipe(run_dir), run_dir))
     env = launch_env(topology)
     announce("running " + shlex.join([*(f"{k}={v}" for k, v in env.items()), *cmd]))
     if dry_run:

@@ -46,10 +46,9 @@ _SBATCH_PATH = re.compile(r"^[^\s'\"\\%]+$")
 
 def template_path() -> Path:
     """Shipped inside the wheel; from a source checkout it lives at the repo root."""
-    packaged = Path(__file__).parent.parent / "slurm" / "gan-dist.sbatch"
-    return (
-        packaged if packaged.is_file() else Path(__file__).parents[2] / "slurm" / "gan-dist.sbatch"
-    )
+    name = Path("slurm") / "gan-dist.sbatch"
+    packaged = Path(__file__).parents[1] / name
+    return packaged if packaged.is_file() else Path(__file__).parents[2] / name
 
 
 def topology(recipe: Recipe) -> Topology:
@@ -78,7 +77,7 @@ def render(recipe: Recipe, run_dir: Path) -> str:
     values = {
         "version": __version__,
         "recipe_name": recipe.name,
-        "sbatch_lines": "\n".join(f"#SBATCH {line}" for line in _sbatch_options(recipe, topo)),
+        "sbatch_lines": "\n".join(f"#SBATCH {o}" for o in _sbatch_options(recipe, slurm, topo)),
         "signal_lead_s": str(slurm.signal_lead_s),
         "log": str(log),
         "run_dir": shlex.quote(str(run_dir)),
@@ -89,7 +88,6 @@ def render(recipe: Recipe, run_dir: Path) -> str:
         "rank_timeout_s": str(recipe.launch.rank_timeout_s),
         "srun_extra": srun_extra,
         "node_command": _node_command(topo),
-        "recipe_file": '"$RUN_DIR/launch/recipe.yaml"',
         "max_requeues": str(slurm.max_requeues),
     }
     text = template_path().read_text()
@@ -115,8 +113,7 @@ def _node_command(topo: Topology) -> str:
     )
 
 
-def _sbatch_options(recipe: Recipe, topo: Topology) -> list[str]:
-    slurm = recipe.launch.slurm or SlurmConfig()
+def _sbatch_options(recipe: Recipe, slurm: SlurmConfig, topo: Topology) -> list[str]:
     cpus = slurm.cpus_per_task or (CPUS_PER_GPU * topo.per_node if topo.gpu else topo.per_node)
     options = [
         f"--job-name={slurm.job_name or 'gan-dist-' + recipe.name}",
