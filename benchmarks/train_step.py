@@ -20,7 +20,7 @@ import time
 import torch
 
 from gan_dist.nets import build_discriminator, build_generator
-from gan_dist.objectives import ADVERSARIAL, reconstruction
+from gan_dist.objectives import ADVERSARIAL, reconstruction, structural_dissimilarity
 from gan_dist.recipe import load_recipe
 
 
@@ -94,6 +94,8 @@ def plain_step(recipe):
         loss_g = obj.adversarial_weight * adv.g(g_l) + reconstruction(
             fake, clean, mask, obj.l1_weight, obj.hole_l1_weight
         )
+        if obj.ssim_weight:
+            loss_g = loss_g + obj.ssim_weight * structural_dissimilarity(fake, clean)
         loss_g.backward()
         D.requires_grad_(True)
         opt_g.step()

@@ -211,6 +211,11 @@ class DataConfig(Section):
     batch_size: PositiveInt = Field(16, description="per device")
     workers: NonNegativeInt = 4
     shuffle_buffer: NonNegativeInt = 1000
+    augment: bool = Field(
+        False,
+        description="random flips and quarter turns of training samples: eight views of each "
+        "crop, for small datasets",
+    )
     damage: list[DamageStep] = Field(
         default_factory=lambda: damage_preset("inpaint"),
         description="a preset name or a list of steps; used by `data pack --damage RECIPE`",
@@ -269,6 +274,7 @@ class ObjectiveConfig(Section):
     l1_weight: NonNegativeFloat = 100.0
     hole_l1_weight: NonNegativeFloat = Field(0.0, description="extra L1 weight inside the mask")
     feature_matching_weight: NonNegativeFloat = 0.0
+    ssim_weight: NonNegativeFloat = Field(0.0, description="weight of 1 - SSIM beside the L1")
     gp_weight: NonNegativeFloat = 0.0
     n_critic: PositiveInt = Field(1, description="discriminator steps per generator step")
 

@@ -14,7 +14,7 @@ import torch
 from conftest import gradient16
 from gan_dist.data.images import write_png_atomic
 from gan_dist.data.pack import PackOptions, pack_folder
-from gan_dist.data.stream import StreamConfig, make_stream, shard_urls
+from gan_dist.data.stream import StreamConfig, dihedral, make_stream, shard_urls
 from gan_dist.errors import GanDistError
 from gan_dist.recipe import resolve_damage
 
@@ -177,3 +177,37 @@ def test_prefilled_batches_give_the_generator_what_it_would_compute_itself(packe
         computed = G(batch["damaged"], batch["mask"])
     assert torch.equal(given, computed)
     assert not torch.equal(given, batch["start"])
+
+
+def test_dihedral_gives_eight_views_of_a_square_and_keeps_a_rectangle_s_shape():
+    square, wide = torch.arange(9.0).reshape(1, 3, 3), torch.arange(12.0).reshape(1, 3, 4)
+    assert len({tuple(dihedral(square, t).flatten().tolist()) for t in range(8)}) == 8
+    assert len({tuple(dihedral(wide, t).flatten().tolist()) for t in range(8)}) == 4
+    assert {dihedral(wide, t).shape for t in range(8)} == {wide.shape}
+
+
+def test_augmented_samples_turn_image_and_mask_together_and_resume_exactly(packed):
+    def stream(augment: bool, skip=None):
+        cfg = StreamConfig(4, 3, train=True, shuffle_buffer=8, seed=3, skip=skip, augment=augment)
+        return make_stream(str(packed), cfg)
+
+    plain = list(itertools.islice(iter(stream(False)), 10))
+    turned = list(itertools.islice(iter(stream(True)), 10))
+    turns = set()
+    for p, a in zip(plain, turned, strict=True):
+        assert p["key"] == a["key"]  # same samples in the same order, only turned
+        for i in range(len(p["key"])):
+            (turn,) = [
+                t for t in range(8) if torch.equal(dihedral(p["clean"][i], t), a["clean"][i])
+            ][:1]
+            turns.add(turn)
+            for part in ("damaged", "mask"):
+                assert torch.equal(dihedral(p[part][i], turn), a[part][i])
+    assert len(turns) >= 4
+
+    first = stream(True)
+    it = iter(first)
+    head = [next(it) for _ in range(4)]
+    tail = list(itertools.islice(iter(stream(True, first.position)), 6))
+    for want, got in zip(turned, head + tail, strict=True):
+        assert torch.equal(want["damaged"], got["damaged"])

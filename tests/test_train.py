@@ -92,8 +92,10 @@ def two_cpu_ranks(port: str) -> list[str]:
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_preempted_and_resumed_run_is_bit_identical(shards, tmp_path, processes):
-    # dropout and 1 data worker: the RNG state and the worker's stream position must resume
-    args = tiny(shards, 10, **{"model.generator.dropout": 0.5, "data.workers": 1})
+    # dropout, 1 data worker and augmentation: the RNG state, the worker's stream position
+    # and the turns drawn from it must all resume; the SSIM term rides along
+    extra = {"model.generator.dropout": 0.5, "data.workers": 1, "data.augment": "true"}
+    args = tiny(shards, 10, **extra, **{"objective.ssim_weight": 1})
     launcher = None
     if processes == 2:
         port = str(29500 + os.getpid() % 500)
@@ -105,6 +107,7 @@ def test_preempted_and_resumed_run_is_bit_identical(shards, tmp_path, processes)
         )
         out = straight.communicate(timeout=300)[0]
         assert straight.returncode == 0, out
+        assert "g_ssim" in out
 
         first = start_train([*args, "--run-dir", str(tmp_path / "b")], launcher=launcher)
         out = interrupt_after(first, "step 4/10")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,8 @@ class StreamConfig:
     # model.prefill, computed here (in the DataLoader workers, beside a CPU training step)
     # instead of inside the generator's forward; batches then carry it as `start`
     prefill: str = "none"
+    # random flips and quarter turns of each training sample (data.augment)
+    augment: bool = False
 
 
 class _SkipLog:
@@ -150,8 +153,15 @@ class _Decode:
     """Decode to tensors, counting every sample pulled (decodable or not) so a resumed run
     can skip exactly those, still compressed, and continue where the last one stopped."""
 
-    def __init__(self, channels: int, skips: _SkipLog, skip: dict[int, int] | None) -> None:
+    def __init__(
+        self,
+        channels: int,
+        skips: _SkipLog,
+        skip: dict[int, int] | None,
+        augment_seed: int | None = None,
+    ) -> None:
         self.channels, self.skips, self.skip = channels, skips, skip or {}
+        self.augment_seed = augment_seed
 
     def __call__(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         worker = _worker_id()
@@ -172,6 +182,12 @@ class _Decode:
                 exn.args = (f"sample {sample.get('__key__')}: {what}", sample.get("__url__"))
                 self.skips(exn)
                 continue
+            if self.augment_seed is not None:
+                # drawn from the sample's place in this worker's stream, not from a global
+                # RNG: a resumed run that skips `pulled` samples draws the same turns again
+                draw = f"{self.augment_seed}:{worker}:{pulled}:{sample['__key__']}"
+                turn = zlib.crc32(draw.encode()) % 8
+                damaged, clean, mask = (dihedral(t, turn) for t in (damaged, clean, mask))
             yield {
                 "damaged": damaged,
                 "clean": clean,
@@ -181,6 +197,18 @@ class _Decode:
                 "worker": worker,
                 "pulled": pulled,
             }
+
+
+def dihedral(image: torch.Tensor, turn: int) -> torch.Tensor:
+    """One of the 8 flips and quarter turns of a (C, H, W) image (BasicSR's use_hflip and
+    use_rot); a non-square image only gets the flips that keep its shape."""
+    if turn & 4 and image.shape[-1] == image.shape[-2]:  # a transpose keeps only squares
+        image = image.transpose(-1, -2)
+    if turn & 1:
+        image = image.flip(-1)
+    if turn & 2:
+        image = image.flip(-2)
+    return image.contiguous()
 
 
 def _worker_id() -> int:
@@ -253,7 +281,8 @@ class ShardStream:
             # of megabytes of float tensors, and nothing is decoded only to wait in it.
             # Reproducible; the shard order already differs per rank and worker.
             stages.append(wds.detshuffle(cfg.shuffle_buffer, cfg.shuffle_buffer // 4, cfg.seed))
-        stages.append(_Decode(cfg.channels, self._skips, cfg.skip))
+        augment_seed = cfg.seed if cfg.train and cfg.augment else None
+        stages.append(_Decode(cfg.channels, self._skips, cfg.skip, augment_seed))
         # a finite pass keeps its last short batch so every sample is seen
         collate = functools.partial(_collate, prefill=cfg.prefill)
         stages.append(wds.batched(cfg.batch_size, collation_fn=collate, partial=not cfg.train))

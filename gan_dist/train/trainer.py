@@ -21,7 +21,13 @@ from gan_dist.data.pack import MANIFEST
 from gan_dist.data.stream import StreamConfig, check_shards, make_stream
 from gan_dist.errors import GanDistError
 from gan_dist.nets import build_discriminator, build_generator
-from gan_dist.objectives import ADVERSARIAL, feature_matching, gradient_penalty, reconstruction
+from gan_dist.objectives import (
+    ADVERSARIAL,
+    feature_matching,
+    gradient_penalty,
+    reconstruction,
+    structural_dissimilarity,
+)
 from gan_dist.recipe import OptimizerConfig, Recipe, recipe_to_yaml
 from gan_dist.track import Tracker
 from gan_dist.train import checkpoint
@@ -97,6 +103,7 @@ def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
             train=True,
             workers=data.workers,
             shuffle_buffer=data.shuffle_buffer,
+            augment=data.augment,
             seed=recipe.seed,
             skip={int(k): v for k, v in rank_state.get("data_position", {}).items()},
             # on a CPU the workers fill holes on another core while this one trains; a GPU
@@ -325,6 +332,10 @@ def train_step(
                 g_fm = feature_matching(real_feats, g_feats)
                 loss_g = loss_g + obj.feature_matching_weight * g_fm
                 losses["g_fm"] = g_fm.detach()
+            if obj.ssim_weight:
+                g_ssim = structural_dissimilarity(fake, clean)
+                loss_g = loss_g + obj.ssim_weight * g_ssim
+                losses["g_ssim"] = g_ssim.detach()
             accelerator.backward(loss_g)
             plain_d.requires_grad_(True)
             if recipe.optim.grad_clip and accelerator.sync_gradients:
