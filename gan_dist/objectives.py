@@ -71,8 +71,8 @@ def structural_dissimilarity(fake: torch.Tensor, clean: torch.Tensor) -> torch.T
     2017 (Loss Functions for Image Restoration with Neural Networks)."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    to_unit = lambda x: (x.float() + 1) / 2  # noqa: E731 - [-1, 1] -> [0, 1]
-    return 1 - structural_similarity_index_measure(to_unit(fake), to_unit(clean), data_range=1.0)
+    fake01, clean01 = (fake.float() + 1) / 2, (clean.float() + 1) / 2
+    return 1 - structural_similarity_index_measure(fake01, clean01, data_range=1.0)
 
 
 def feature_matching(real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
