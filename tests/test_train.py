@@ -94,8 +94,13 @@ def two_cpu_ranks(port: str) -> list[str]:
 def test_preempted_and_resumed_run_is_bit_identical(shards, tmp_path, processes):
     # dropout, 1 data worker and augmentation: the RNG state, the worker's stream position
     # and the turns drawn from it must all resume; the SSIM term rides along
-    extra = {"model.generator.dropout": 0.5, "data.workers": 1, "data.augment": "true"}
-    args = tiny(shards, 10, **extra, **{"objective.ssim_weight": 1})
+    extra = {
+        "model.generator.dropout": 0.5,
+        "data.workers": 1,
+        "data.augment": "true",
+        "objective.ssim_weight": 1,
+    }
+    args = tiny(shards, 10, **extra)
     launcher = None
     if processes == 2:
         port = str(29500 + os.getpid() % 500)
