@@ -80,7 +80,8 @@ model, image, mask, out, tile = sys.argv[1:]
 loaded = load_model(model)
 before = high_water_mb()
 start = time.perf_counter()
-(result,) = repair_files(loaded, plan(Path(image), Path(out), Path(mask)), int(tile), 32, 4, True)
+planned = plan(Path(image), Path(out), Path(mask))
+(result,) = repair_files(lambda: loaded, planned, int(tile), 32, 4, True)
 seconds = time.perf_counter() - start
 assert result.status == "repaired", result.detail
 print(json.dumps({"seconds": seconds, "rss_before_mb": before, "peak_rss_mb": high_water_mb()}))

@@ -227,7 +227,7 @@ def plan(
 
 
 def repair_files(
-    model: RepairModel,
+    load: Callable[[], RepairModel],
     planned: list[tuple[Path, Path, Path | None]],
     tile: int,
     overlap: int,
@@ -235,26 +235,29 @@ def repair_files(
     overwrite: bool,
     on_done: Callable[[FileResult], None] = lambda r: None,
 ) -> list[FileResult]:
-    """Repair every planned file; a file that fails is reported and skipped, never fatal."""
+    """Repair every planned file; a file that fails is reported and skipped, never fatal.
+
+    The model is loaded at the first file that needs it, so re-running an interrupted job
+    over a folder that is already done neither downloads nor loads anything. A model that
+    cannot be loaded is fatal (GanDistError): every file would fail the same way."""
+    model: RepairModel | None = None
     results = []
     for image, target, mask_path in planned:
         start = time.perf_counter()
-        try:
-            if target.exists() and not overwrite:
-                raise _Skip(f"{target} exists (use --overwrite to replace it)")
-            result = _repair_one(model, image, target, mask_path, tile, overlap, batch)
-        except _Skip as exc:
-            result = FileResult(image, None, "skipped", str(exc))
-        except (GanDistError, OSError, ValueError) as exc:
-            result = FileResult(image, None, "failed", str(exc))
+        if target.exists() and not overwrite:
+            result = FileResult(
+                image, None, "skipped", f"{target} exists (use --overwrite to replace it)"
+            )
+        else:
+            model = model or load()
+            try:
+                result = _repair_one(model, image, target, mask_path, tile, overlap, batch)
+            except (GanDistError, OSError, ValueError) as exc:
+                result = FileResult(image, None, "failed", str(exc))
         result.seconds = time.perf_counter() - start
         results.append(result)
         on_done(result)
     return results
-
-
-class _Skip(Exception):
-    pass
 
 
 def _repair_one(model, image, target, mask_path, tile, overlap, batch) -> FileResult:

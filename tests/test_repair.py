@@ -141,6 +141,28 @@ def test_cli_folder_repair_keeps_paths_depth_and_never_overwrites(inpaint, tmp_p
     assert before == {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
 
 
+def test_a_finished_folder_is_skipped_without_loading_the_model(inpaint, tmp_path):
+    src, masks, out = tmp_path / "photos", tmp_path / "masks", tmp_path / "repaired"
+    for folder in (src, masks):
+        folder.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8) + 60).save(src / "a.png")
+    Image.fromarray(hole(32, 32).astype(np.uint8) * 255).save(masks / "a.png")
+    first = run_cli("repair", str(src), str(out), "--model", str(inpaint), "--mask", str(masks))
+    assert first.returncode == 0, first.stdout + first.stderr
+    written = (out / "a.png").read_bytes()
+
+    gone = str(tmp_path / "no-such-model")
+    again = run_cli("repair", str(src), str(out), "--model", gone, "--mask", str(masks))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "0 repaired, 0 failed, 1 skipped" in again.stdout
+    forced = run_cli(
+        "repair", str(src), str(out), "--model", gone, "--mask", str(masks), "--overwrite"
+    )
+    assert forced.returncode != 0 and "no-such-model" in forced.stderr
+    assert "Traceback" not in forced.stderr
+    assert (out / "a.png").read_bytes() == written
+
+
 def test_dicom_in_gives_16_bit_png_out(inpaint, tmp_path):
     pydicom = pytest.importorskip("pydicom")
     ds = blank_dicom(tmp_path / "x.dcm", "1.2.840.10008.5.1.4.1.1.4")

@@ -40,12 +40,17 @@ def repair(
         planned = plan(input_path, output, mask)
         if not planned:
             raise GanDistError(f"{input_path}: no images found")
-        loaded = load_model(model, _device(device), tracking_uri)
-    with Progress(console=err, transient=True) as bar:
-        task = bar.add_task("repair", total=len(planned))
-        results = repair_files(
-            loaded, planned, tile, overlap, batch, overwrite, lambda r: bar.advance(task)
-        )
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task("repair", total=len(planned))
+            results = repair_files(
+                lambda: load_model(model, _device(device), tracking_uri),
+                planned,
+                tile,
+                overlap,
+                batch,
+                overwrite,
+                lambda r: bar.advance(task),
+            )
     table = Table("file", "size", "status", "seconds", "detail")
     for r in results:
         style = {"repaired": "green", "failed": "red"}.get(r.status, "yellow")
