@@ -64,7 +64,7 @@ def test_dry_run_renders_a_multi_node_gpu_script(tmp_path):
     assert "--num_machines 4 --num_processes 32" in script
     # the machine rank is expanded by each task's own shell, not once by the batch script
     assert (
-        """bash -c 'exec "$0" -m accelerate.commands.launch --machine_rank "$SLURM_NODEID" "$@"'"""
+        """bash -c 'exec "$0" -m gan_dist.launch.launcher --machine_rank "$SLURM_NODEID" "$@"'"""
         in script
     )
     assert "ACCELERATE_USE_CPU" not in script
@@ -231,6 +231,8 @@ def test_preempted_job_requeues_and_resumes_in_the_same_run(slurm, server, packe
     text = _read(log)
     assert info["JobState"] == "COMPLETED", text[-3000:]
     assert "preempted with a checkpoint; requeueing" in text
+    assert "gan-dist launcher: SIGUSR1 passed on to the ranks" in text
+    assert "Traceback" not in text
     resumed = int(re.search(r"resumed from \S+ at step (\d+)", text).group(1))
     assert 20 <= resumed < steps
 

@@ -27,6 +27,8 @@ from gan_dist.train.signals import EXIT_PREEMPTED
 # the ranks instead of dying of it, and give them time to write the checkpoint.
 HANDLED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 DEFAULT_SHUTDOWN_S = 120
+# Accelerate's launcher behind a one-line report of a signal (see launcher.py)
+LAUNCHER = "gan_dist.launch.launcher"
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def node_command(topology: Topology, per_node: list[str], train: list[str]) -> l
     one process needs no launcher between it and the signals)."""
     if topology.world == 1:
         return [sys.executable, *train]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
+    launcher = [sys.executable, "-m", LAUNCHER]
     return [*launcher, *per_node, *accelerate_options(topology), *train]
 
 

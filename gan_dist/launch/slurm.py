@@ -22,6 +22,7 @@ from gan_dist.data.images import write_bytes_atomic
 from gan_dist.errors import GanDistError
 from gan_dist.launch.local import (
     DEFAULT_SHUTDOWN_S,
+    LAUNCHER,
     Topology,
     accelerate_options,
     freeze_recipe,
@@ -102,7 +103,7 @@ def _node_command(topo: Topology) -> str:
     so every node gets its own machine rank; a single rank runs the trainer directly."""
     if topo.world == 1:
         return '"$PYTHON"'
-    per_task = """'exec "$0" -m accelerate.commands.launch --machine_rank "$SLURM_NODEID" "$@"'"""
+    per_task = f"""'exec "$0" -m {LAUNCHER} --machine_rank "$SLURM_NODEID" "$@"'"""
     options = " ".join(shlex.quote(a) for a in accelerate_options(topo))
     return "\n".join(
         [

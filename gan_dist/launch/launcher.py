@@ -1,0 +1,35 @@
+"""Accelerate's launcher, without the traceback it prints when a signal stops it.
+
+torch elastic (under `accelerate launch`) passes SIGTERM and SIGUSR1 on to the ranks
+(`PET_SIGNALS_TO_HANDLE`), waits for them to write their checkpoint, then re-raises the
+signal as a SignalException. Uncaught, that prints a traceback in the log of every preempted
+job, which reads like a crash. Here it becomes one line and the exit status of a death by
+that signal (128 + its number). Whether the ranks were preempted cleanly is not the
+launcher's to say: callers read the run's status.json, as before. Any other failure (a rank
+that crashed, a bad argument) comes out exactly as Accelerate reports it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> int:
+    from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    args = launch_command_parser().parse_args()
+    try:
+        launch_command(args)
+    except SignalException as exc:
+        print(
+            f"gan-dist launcher: {exc.sigval.name} passed on to the ranks, which have stopped",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 128 + int(exc.sigval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
