@@ -85,7 +85,7 @@ def interrupt_after(proc: subprocess.Popen, marker: str, timeout: float = 240) -
 
 
 def two_cpu_ranks(port: str) -> list[str]:
-    """The documented `accelerate launch` command for 2 gloo ranks on this machine."""
+    """Accelerate's launcher for 2 gloo ranks on this machine, as `gan-dist launch` runs it."""
     two = Topology(nodes=1, per_node=2, gpu=False)
     return node_command(two, per_node_args("0", "127.0.0.1", port), [])
 
@@ -118,6 +118,9 @@ def test_preempted_and_resumed_run_is_bit_identical(shards, tmp_path, processes)
         out = interrupt_after(first, "step 4/10")
         if processes == 1:
             assert first.returncode == EXIT_PREEMPTED, out
+        else:  # the launcher reports the signal in one line, not a traceback
+            assert "gan-dist launcher: SIGTERM passed on to the ranks" in out
+            assert "Traceback" not in out
         assert "preempted (SIGTERM)" in out
         saved = checkpoint.list_checkpoints(tmp_path / "b")
         assert len(saved) == 1, out
