@@ -243,18 +243,18 @@ def repair_files(
     model: RepairModel | None = None
     results = []
     for image, target, mask_path in planned:
-        start = time.perf_counter()
         if target.exists() and not overwrite:
             result = FileResult(
                 image, None, "skipped", f"{target} exists (use --overwrite to replace it)"
             )
         else:
             model = model or load()
+            start = time.perf_counter()  # the file's own time, not the model's loading
             try:
                 result = _repair_one(model, image, target, mask_path, tile, overlap, batch)
             except (GanDistError, OSError, ValueError) as exc:
                 result = FileResult(image, None, "failed", str(exc))
-        result.seconds = time.perf_counter() - start
+            result.seconds = time.perf_counter() - start
         results.append(result)
         on_done(result)
     return results
