@@ -43,7 +43,6 @@ def quick_model(work: Path, seconds: float) -> str:
     )
     sets = [
         f"data.train={work / 'shards'}",
-        f"data.val={work / 'shards'}",
         f"train.max_minutes={seconds / 60}",
         "tracking.enabled=false",
     ]

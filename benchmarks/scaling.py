@@ -10,8 +10,11 @@
    under 20 s on CPU for quickstart).
 
 Runs alternate (1, 2, independent pair, 1, 2, ...) so machine noise hits all alike; medians.
+Each measurement is made on two packs of the same 104 samples: one shard (a pack smaller than
+--shard-samples, as the demo's is) and 13 shards of 8. Every rank trains on samples of its own
+in both (whole shards, or every other sample of the one shard).
 
-    python benchmarks/scaling.py [--steps 100] [--repeats 3]
+    python benchmarks/scaling.py [--steps 100] [--repeats 3] [--packs one,many]
 """
 
 from __future__ import annotations
@@ -34,15 +37,22 @@ from gan_dist.data.pack import PackOptions, pack_folder
 from gan_dist.demo import export_sample_photos
 from gan_dist.recipe import resolve_damage
 
+PACKS = {"one": 1000, "many": 8}  # samples per shard: one shard of 104, or 13 of 8
 
-def shards(work: Path) -> Path:
+
+def shards(work: Path, pack: str) -> Path:
     export_sample_photos(work / "photos")
     steps, label = resolve_damage("inpaint")
     options = PackOptions(
-        size=128, crops_per_image=8, damage=steps, damage_source=label, val_fraction=0
+        size=128,
+        crops_per_image=8,
+        damage=steps,
+        damage_source=label,
+        val_fraction=0,
+        shard_samples=PACKS[pack],
     )
-    pack_folder(work / "photos", work / "shards", options)
-    return work / "shards"
+    out = pack_folder(work / "photos", work / f"shards-{pack}", options)
+    return out.out
 
 
 def launch_cmd(data: Path, run_dir: Path, steps: int, procs: int, gpu: bool) -> list[str]:
@@ -99,24 +109,17 @@ def finish(proc: subprocess.Popen, started: float, batch: int) -> dict[str, floa
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    gpu = torch.cuda.is_available()
-    work = Path(tempfile.mkdtemp(prefix="gan-dist-scaling-"))
-    data = shards(work)
+def measure(data: Path, work: Path, steps: int, repeats: int, gpu: bool) -> dict:
     batch = 8  # quickstart's per-process batch
     runs: dict[str, list[dict]] = {"1": [], "2": [], "2_independent": []}
-    for i in range(args.repeats):
+    for i in range(repeats):
         for procs in [1] if gpu else [1, 2]:
             t0 = time.perf_counter()
-            p = start(launch_cmd(data, work / f"r{procs}-{i}", args.steps, procs, gpu))
+            p = start(launch_cmd(data, work / f"r{procs}-{i}", steps, procs, gpu))
             runs[str(procs)].append(finish(p, t0, batch * procs))
         if not gpu:
             t0 = time.perf_counter()
-            pair = [start(launch_cmd(data, work / f"p{i}-{j}", args.steps, 1, gpu)) for j in (0, 1)]
+            pair = [start(launch_cmd(data, work / f"p{i}-{j}", steps, 1, gpu)) for j in (0, 1)]
             with ThreadPoolExecutor(2) as pool:  # read both outputs as they come
                 both = list(pool.map(finish, pair, [t0, t0], [batch, batch]))
             runs["2_independent"].append(
@@ -127,12 +130,7 @@ def main() -> None:
         return statistics.median(r["steps_per_s"] * r["batch"] for r in runs[kind])
 
     report: dict = {
-        "benchmark": "scaling",
-        "device": "cuda" if gpu else "cpu",
-        "recipe": "quickstart",
-        "image_size": 128,
-        "steps": args.steps,
-        "repeats": args.repeats,
+        "shards": len(list(data.glob("train-*.tar"))),
         "images_per_s_1_process": round(images_per_s("1"), 2),
         "launch_to_first_step_s": round(statistics.median(r["first_step_s"] for r in runs["1"]), 2),
     }
@@ -151,6 +149,28 @@ def main() -> None:
     report["runs"] = {
         k: [{m: round(x, 3) for m, x in r.items()} for r in v] for k, v in runs.items()
     }
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--packs", default="one,many", help="comma-separated: one, many")
+    args = parser.parse_args()
+    gpu = torch.cuda.is_available()
+    work = Path(tempfile.mkdtemp(prefix="gan-dist-scaling-"))
+    report: dict = {
+        "benchmark": "scaling",
+        "device": "cuda" if gpu else "cpu",
+        "recipe": "quickstart",
+        "image_size": 128,
+        "steps": args.steps,
+        "repeats": args.repeats,
+    }
+    for pack in args.packs.split(","):
+        data = shards(work, pack)
+        report[f"pack_{pack}"] = measure(data, work / pack, args.steps, args.repeats, gpu)
     print(json.dumps(report, indent=2))
 
 

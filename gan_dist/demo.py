@@ -90,7 +90,7 @@ def run_demo(workdir: Path, minutes: float = 2.0, log: Callable[[str], None] = p
 
     recipe = load_recipe(
         "quickstart",
-        [f"data.train={shards}", f"data.val={shards}", f"train.max_minutes={minutes}"],
+        [f"data.train={shards}", f"train.max_minutes={minutes}"],
     )
     run_dir = workdir / "runs" / time.strftime("quickstart-%Y%m%d-%H%M%S")
     log(f"training {recipe.name} for at most {minutes:g} min into {run_dir}")

@@ -205,12 +205,21 @@ class DataConfig(Section):
         description="training shards: a packed directory, or a brace pattern such as "
         "shards/train-{000000..000031}.tar (local path or pipe: URL)"
     )
-    val: str | None = None
+    val: str | None = Field(
+        "auto",
+        description="validation shards; auto: the val split of the pack data.train names; "
+        "null: no validation",
+    )
     channels: Literal[1, 3] = 3
     image_size: PositiveInt = 256
     batch_size: PositiveInt = Field(16, description="per device")
     workers: NonNegativeInt = 4
     shuffle_buffer: NonNegativeInt = 1000
+    stall_timeout_s: PositiveFloat = Field(
+        60.0,
+        description="a training stream that reads no sample this long, every shard failing "
+        "twice, stops the run with an error instead of retrying for ever",
+    )
     augment: bool = Field(
         False,
         description="random flips and quarter turns of training samples: eight views of each "
@@ -333,6 +342,11 @@ class TrackingConfig(Section):
     flush_timeout_s: NonNegativeFloat = Field(
         60.0, description="at the end, wait this long for MLflow to take what is queued"
     )
+    required: bool = Field(
+        True,
+        description="a run whose MLflow run cannot be started stops (exit 4, checkpoints "
+        "kept); false: it trains on untracked, with a warning",
+    )
 
 
 # SLURM reads #SBATCH lines itself (no shell), but a newline would start a shell line and a
@@ -404,6 +418,11 @@ class LaunchConfig(Section):
     )
     main_port: int | None = Field(
         None, ge=1024, le=65535, description="None: a free port (SLURM: from the job id)"
+    )
+    lock_wait_s: NonNegativeFloat = Field(
+        300.0,
+        description="a requeued SLURM job waits this long for the old job to release the "
+        "run dir; any other second trainer on a run dir fails at once",
     )
     slurm: SlurmConfig | None = None
 

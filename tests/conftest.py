@@ -127,7 +127,8 @@ def tiny(shards: Path, steps: int, **extra: object) -> list[str]:
         "tracking.register_as": "null",  # registering costs seconds; tests that need it ask
         **extra,
     }
-    return [arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")]
+    # None leaves a setting at the recipe's value
+    return [arg for k, v in settings.items() if v is not None for arg in ("--set", f"{k}={v}")]
 
 
 def train_quickstart(shards: Path, steps: int, run_dir: Path, *args: str, **extra: object):

@@ -182,6 +182,37 @@ def test_one_process_runs_the_trainer_directly_and_is_preempted_by_a_signal(pack
     assert "preempted: checkpoint written; run the same command to resume" in out
 
 
+@pytest.mark.integration
+def test_a_recipe_error_under_launch_says_only_that(packed, tmp_path):
+    """Finding 10: a recipe error ended with "the launcher's report above names the failed
+    rank; the last checkpoint is kept", with no launcher report and no checkpoint."""
+    run_dir = tmp_path / "run"
+    settings = {"data.channels": 1, "tracking.enabled": "false"}
+    result = launch("--local", *tiny(packed, 4, **settings), "--run-dir", str(run_dir))
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "data.channels=1" in out and "training stopped on an error (data.train:" in out
+    assert "launcher's report" not in out and "checkpoint" not in out
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.integration
+def test_launch_refuses_a_run_dir_in_use_before_touching_it(packed, tmp_path):
+    """Finding 3: a second launch on a running job's dir would replace its frozen recipe."""
+    from gan_dist.train.runlock import RunLock
+
+    run_dir = tmp_path / "run"
+    holder = RunLock(run_dir)
+    holder.acquire()
+    try:
+        result = launch("--local", *tiny(packed, 4), "--run-dir", str(run_dir))
+    finally:
+        holder.release()
+    assert result.returncode == 1
+    assert "is in use by" in result.stderr and f"pid {os.getpid()}" in result.stderr
+    assert not (run_dir / "launch" / "recipe.yaml").exists()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     srv = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))

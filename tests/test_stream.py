@@ -5,6 +5,7 @@ import itertools
 import json
 import logging
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +212,88 @@ def test_augmented_samples_turn_image_and_mask_together_and_resume_exactly(packe
     tail = list(itertools.islice(iter(stream(True, first.position)), 6))
     for want, got in zip(turned, head + tail, strict=True):
         assert torch.equal(want["damaged"], got["damaged"])
+
+
+@pytest.fixture(scope="module")
+def one_shard(photo_dir, tmp_path_factory) -> Path:
+    """A pack smaller than --shard-samples: ONE train shard (16 samples), one val shard."""
+    out = tmp_path_factory.mktemp("one-shard")
+    steps, label = resolve_damage("inpaint")
+    options = PackOptions(
+        size=32, crops_per_image=4, damage=steps, damage_source=label, val_fraction=0.34
+    )
+    pack_folder(photo_dir, out, options)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["split"] for s in manifest["shards"]] == ["train", "val"]
+    return out
+
+
+def rank_batches(
+    shards: Path, rank: int, world: int, workers: int, n: int, shuffle: int
+) -> list[list[str]]:
+    cfg = StreamConfig(2, 3, train=True, workers=workers, shuffle_buffer=shuffle, seed=0)
+    cfg.rank, cfg.world = rank, world
+    stream = make_stream(str(shards), cfg)
+    try:
+        return [b["key"] for b in itertools.islice(iter(stream), n)]
+    finally:
+        stream.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("pack", ["one_shard", "packed"])
+def test_every_rank_and_worker_trains_on_its_own_samples(pack, request):
+    """Finding 1: with one shard every rank got the same batches, and two workers repeated
+    each other's; with several shards two workers drawing one shard still did."""
+    shards = request.getfixturevalue(pack)
+    # 2 ranks x 2 workers: 4 slots share 16 samples, 4 each: one pass = 4 batches of 2
+    in_order = [rank_batches(shards, rank, 2, 2, 4, shuffle=0) for rank in (0, 1)]
+    for batches in in_order:  # a pass hands out each of the rank's 8 samples once
+        assert len({k for b in batches for k in b}) == 8
+    shuffled = [rank_batches(shards, rank, 2, 2, 12, shuffle=4) for rank in (0, 1)]
+    seen = [{k for b in batches for k in b} for batches in shuffled]
+    assert len(seen[0]) == len(seen[1]) == 8 and not seen[0] & seen[1]  # never shared
+    for batches in shuffled:  # no batch arrives twice in a row (two workers in step)
+        assert all(a != b for a, b in itertools.pairwise(batches))
+    # the same slot layout gives the same sequence again: resume stays exact
+    assert rank_batches(shards, 0, 2, 2, 12, shuffle=4) == shuffled[0]
+
+
+def test_a_finite_pass_over_one_shard_sees_every_sample_once_across_ranks(one_shard):
+    seen = []
+    for rank in (0, 1):
+        cfg = StreamConfig(3, 3, train=False)
+        cfg.rank, cfg.world = rank, 2
+        seen.append(keys_of(make_stream(str(one_shard), cfg, "train")))
+    assert len(seen[0]) == len(seen[1]) == 8  # split by sample: both ranks get half
+    assert len(set(seen[0]) | set(seen[1])) == 16
+
+
+def test_repeated_failures_of_one_shard_are_logged_once_a_minute(caplog):
+    from gan_dist.data.stream import _SkipLog
+
+    skips = _SkipLog()
+    with caplog.at_level(logging.WARNING, logger="gan_dist.data"):
+        for i in range(1000):
+            skips(ValueError(f"sample {i}: truncated", "s/train-000000.tar"))
+            skips(FileNotFoundError("No such file", "s/train-000001.tar"))
+    assert skips.count == 2000
+    assert len(caplog.records) == 2  # one line per shard, not 2000
+    assert "train-000001.tar" in skips.last_error
+
+
+def test_a_stream_with_nothing_to_read_stops_with_the_shards_and_last_error(packed, tmp_path):
+    """Finding 2: a source that yields nothing made the resampled stream spin for ever."""
+    from gan_dist.data.stream import DataStalled
+
+    shards = _copy_shards(packed, tmp_path / "s")
+    cfg = StreamConfig(4, 3, train=True, stall_timeout_s=1.0)
+    stream = make_stream(str(tmp_path / "s" / "train-{000000..000003}.tar"), cfg)
+    for shard in shards:
+        shard.unlink()  # a scratch purge after the run started
+    started = time.monotonic()
+    with pytest.raises(
+        DataStalled, match=r"no training sample .*train-00000\d\.tar: .*No such file"
+    ):
+        next(iter(stream))
+    assert time.monotonic() - started < 20

@@ -249,3 +249,34 @@ def test_checkpoints_never_unpickle(shards, tmp_path):
     with pytest.raises(Exception, match="unusable"):
         checkpoint.read(ckpt)
     assert not marker.exists()
+
+
+def test_validation_follows_the_training_pack(shards, photo_dir, tmp_path):
+    """Finding 9: `--set data.train=my/shards` alone validated on the recipe's demo pack."""
+    from gan_dist.data.pack import PackOptions, pack_folder
+    from gan_dist.recipe import resolve_damage
+
+    steps, label = resolve_damage("inpaint")
+    mine = tmp_path / "mine"
+    options = PackOptions(
+        size=32, crops_per_image=2, damage=steps, damage_source=label, val_fraction=0.5
+    )
+    pack_folder(photo_dir, mine, options)
+    val_count = json.loads((mine / "manifest.json").read_text())["counts"]["val"]
+    assert val_count != 8  # not the size of the other pack's val split
+
+    settings = {"data.train": mine, "data.val": None, "train.eval_every": 2}
+    result = run_cli(
+        "train", "quickstart", *tiny(shards, 2, **settings), "--run-dir", str(tmp_path / "a")
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"validating on the val split of {mine} (the training pack)" in result.stdout
+    assert f"samples {val_count}," in result.stdout
+
+    settings = {"data.train": mine, "data.val": shards, "train.eval_every": 2}
+    result = run_cli(
+        "train", "quickstart", *tiny(shards, 2, **settings), "--run-dir", str(tmp_path / "b")
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"validating on {shards} (not the pack data.train names)" in result.stdout
+    assert "samples 8," in result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import typer
@@ -50,6 +51,7 @@ def launch(
         "launch.main_port": main_port,
     }
     overrides = [*set_, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
+    started = time.time()
     with user_errors():
         loaded = load_recipe(recipe, overrides)
         directory = (run_dir or Path("runs") / loaded.name).absolute()
@@ -70,10 +72,10 @@ def launch(
     if code == 75:
         err.print("[yellow]preempted[/]: checkpoint written; run the same command to resume")
     elif code and not dry_run:
-        err.print(
-            f"[red]failed[/] (exit {code}): the launcher's report above names the failed rank; "
-            "the last checkpoint is kept, run the same command to resume from it"
-        )
+        from gan_dist.launch.local import failure_hint
+
+        err.print(f"[red]failed[/] (exit {code}): ", end="")
+        err.print(failure_hint(directory, started), markup=False)
     raise typer.Exit(code)
 
 

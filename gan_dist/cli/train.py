@@ -23,18 +23,30 @@ def train(
     ),
 ) -> None:
     """Train a recipe on this process (run one per device: see `accelerate launch` in the
-    README). Exits 75 when preempted (SIGTERM/SIGUSR1) after writing a checkpoint."""
+    README). SIGTERM, SIGUSR1 and Ctrl-C write a checkpoint and exit 75; run the same command
+    to resume."""
+    # First of all, before the heavy imports: a stop signal during start-up is honoured too.
+    from gan_dist.train.signals import EXIT_PREEMPTED, StopFlag, StopRequested
+
+    with StopFlag() as stop:
+        try:
+            outcome = _run(recipe, set_, run_dir, resume, stop)
+        except StopRequested as exc:
+            err.print(f"[yellow]stopped[/] ({exc}) before training started; nothing to save")
+            raise typer.Exit(EXIT_PREEMPTED) from None
+    if outcome.status == "preempted":
+        raise typer.Exit(EXIT_PREEMPTED)
+    if outcome.main_process:
+        err.print(f"[green]done[/]: step {outcome.step}, checkpoint {outcome.checkpoint}")
+
+
+def _run(recipe: str, set_: list[str], run_dir: Path | None, resume: str, stop):
     import logging
 
     from gan_dist.recipe import load_recipe
-    from gan_dist.train.signals import EXIT_PREEMPTED
     from gan_dist.train.trainer import train as run
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with user_errors():
         loaded = load_recipe(recipe, set_)
-        outcome = run(loaded, run_dir or Path("runs") / loaded.name, resume)
-    if outcome.status == "preempted":
-        raise typer.Exit(EXIT_PREEMPTED)
-    if outcome.main_process:
-        err.print(f"[green]done[/]: step {outcome.step}, checkpoint {outcome.checkpoint}")
+        return run(loaded, run_dir or Path("runs") / loaded.name, resume, stop)

@@ -5,16 +5,34 @@ splitting a finite shard list over ranks gives ranks different numbers of batche
 then hangs at the epoch end. Validation reads a finite pass, each rank its own shards.
 The loader is deliberately not handed to `accelerator.prepare()`, which would re-shard it.
 
+Every reader of the data (a rank, or one DataLoader worker of a rank: a *slot*) owns its own
+part of it: whole shards when there are at least as many shards as slots, else every
+`slots`-th sample of each shard. So no two ranks or workers ever hand out the same sample in
+step, whatever the number of shards (one included), and a finite pass sees every sample
+exactly once. Each slot's order is drawn from (seed, slot), so a stream is reproducible and a
+resumed one continues exactly.
+
 A batch is a dict: `damaged` and `clean` (B, C, H, W) in [-1, 1], `mask` (B, 1, H, W) with
 1 = missing pixel, and `key` (list of sample keys). Broken samples or shards are skipped
-with a warning naming the shard, and counted (`ShardStream.skipped`), also across workers.
+with a warning naming the shard (at most one line per shard a minute), and counted
+(`ShardStream.skipped`), also across workers. A training stream that can read nothing for
+`stall_timeout_s` while every one of its shards failed twice raises `DataStalled` instead of
+retrying for ever.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
+import math
+import os
+import random
 import re
+import signal
+import sys
+import time
+import weakref
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,6 +92,46 @@ def check_shards(
         )
 
 
+def check_slots(spec: str, slots: int, field: str) -> None:
+    """Fail before training when a pack has fewer training samples than readers (ranks x
+    data workers): a reader with no sample of its own would stall."""
+    path = Path(spec)
+    if not (path / "manifest.json").is_file():
+        return
+    samples = int(read_manifest(path)["counts"].get("train", 0))
+    if samples < slots:
+        raise GanDistError(
+            f"{field}: {spec} holds {samples} training sample(s), fewer than the {slots} "
+            "readers (ranks x data.workers) that each need samples of their own; pack more "
+            "images or crops, or lower data.workers"
+        )
+
+
+def pack_of(spec: str) -> Path | None:
+    """The packed folder (one with manifest.json) that a shard spec names or lies in."""
+    path = Path(spec)
+    if (path / "manifest.json").is_file():
+        return path
+    if "://" in spec or spec.startswith("pipe:"):
+        return None
+    parents = {Path(u).parent for u in wds.shardlists.expand_urls(spec)}
+    if len(parents) == 1 and (folder := parents.pop()).joinpath("manifest.json").is_file():
+        return folder
+    return None
+
+
+def validation_shards(train: str, val: str | None) -> str | None:
+    """What to validate on: `val` as given, None when it is null, and for "auto" the val
+    split of the pack that `train` names (None when that pack has no val split)."""
+    if val != "auto":
+        return val
+    pack = pack_of(train)
+    if pack is None:
+        return None
+    has_val = any(s["split"] == "val" for s in read_manifest(pack)["shards"])
+    return str(pack) if has_val else None
+
+
 def _first_sample_shape(path: Path) -> tuple[int, int]:
     import tarfile
 
@@ -86,6 +144,10 @@ def _first_sample_shape(path: Path) -> tuple[int, int]:
     except (tarfile.TarError, OSError) as exc:
         raise GanDistError(f"{path}: unreadable shard ({exc})") from None
     raise GanDistError(f"{path}: no clean.png in the shard; is it a gan-dist shard?")
+
+
+class DataStalled(GanDistError):
+    """A training stream read no sample for a bounded time while every shard failed."""
 
 
 @dataclass
@@ -103,21 +165,44 @@ class StreamConfig:
     prefill: str = "none"
     # random flips and quarter turns of each training sample (data.augment)
     augment: bool = False
+    # this process's rank and the number of ranks; None: from torch.distributed or $RANK
+    rank: int | None = None
+    world: int | None = None
+    # a training stream that decodes nothing this long, every shard failing twice, raises
+    stall_timeout_s: float = 60.0
+
+
+WARN_INTERVAL_S = 60.0  # at most one warning line per shard in this time
 
 
 class _SkipLog:
-    """webdataset's exception handler: warn with the shard's name, count, carry on."""
+    """webdataset's exception handler: warn with the shard's name, count, carry on.
+
+    A missing or broken shard fails again at every visit; the log gets one line per shard a
+    minute, with the number of failures kept quiet since, so a run cannot fill a disk with
+    its own warnings."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.last_error: str | None = None
         self._last: tuple[str, str] | None = None
+        self._quiet: dict[str, tuple[float, int]] = {}  # shard -> (last warned, failures since)
 
     def __call__(self, exn: Exception) -> bool:
         event = (_shard_of(exn), _reason_of(exn))
-        if event != self._last:  # a broken tar stream is handed over at two levels
-            self.count += 1
-            log.warning("skipped broken data in %s: %s", *event)
+        if event == self._last:  # a broken tar stream is handed over at two levels
+            return True
         self._last = event
+        self.count += 1
+        self.last_error = "{}: {}".format(*event)
+        shard, now = event[0], time.monotonic()
+        warned, since = self._quiet.get(shard, (-math.inf, 0))
+        if now - warned < WARN_INTERVAL_S:
+            self._quiet[shard] = (warned, since + 1)
+            return True
+        more = f" (and {since} more failures in this shard since the last message)" if since else ""
+        log.warning("skipped broken data in %s: %s%s", *event, more)
+        self._quiet[shard] = (now, 0)
         return True
 
 
@@ -137,6 +222,8 @@ def _shard_of(exn: Exception) -> str:
 
 def _reason_of(exn: Exception) -> str:
     first = str(exn.args[0]) if exn.args else type(exn).__name__
+    if isinstance(exn, OSError) and exn.strerror:  # args[0] is the errno
+        first = exn.strerror
     return f"{type(exn).__name__}: {first.split(' @ ')[0]}"
 
 
@@ -159,9 +246,11 @@ class _Decode:
         skips: _SkipLog,
         skip: dict[int, int] | None,
         augment_seed: int | None = None,
+        liveness: _Liveness | None = None,
     ) -> None:
         self.channels, self.skips, self.skip = channels, skips, skip or {}
         self.augment_seed = augment_seed
+        self.liveness = liveness
 
     def __call__(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         worker = _worker_id()
@@ -182,6 +271,8 @@ class _Decode:
                 exn.args = (f"sample {sample.get('__key__')}: {what}", sample.get("__url__"))
                 self.skips(exn)
                 continue
+            if self.liveness is not None:
+                self.liveness.decoded()
             if self.augment_seed is not None:
                 # drawn from the sample's place in this worker's stream, not from a global
                 # RNG: a resumed run that skips `pulled` samples draws the same turns again
@@ -216,14 +307,115 @@ def _worker_id() -> int:
     return info.id if info is not None else 0
 
 
-def _ignore_stop_signals(_worker_id: int) -> None:
-    """Schedulers signal every process of a job. A worker killed by SIGTERM makes PyTorch
-    abort the main process mid-step; ignoring it lets the trainer finish the step, write
-    its checkpoint and shut the workers down itself."""
-    import signal
+@dataclass(frozen=True)
+class Slot:
+    """One reader of the data: DataLoader worker `worker` of rank `rank`. Slot `index` of
+    `count` owns whole shards `index, index + count, ...` when there are at least `count`
+    shards, else sample `index, index + count, ...` of every shard."""
 
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
+    rank: int
+    worker: int
+    index: int
+    count: int
+
+    def part(self, urls: list[str]) -> tuple[list[str], int, int]:
+        """(this slot's shards, first sample, sample stride) within each of them."""
+        if len(urls) >= self.count:
+            return urls[self.index :: self.count], 0, 1
+        return list(urls), self.index, self.count
+
+
+def current_slot(rank: int | None = None, world: int | None = None) -> Slot:
+    """The slot of the calling process (inside a DataLoader worker: of that worker)."""
+    if rank is None or world is None:
+        rank, world, _, _ = wds.utils.pytorch_worker_info()
+    info = torch.utils.data.get_worker_info()
+    worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return Slot(rank, worker, rank * workers + worker, world * workers)
+
+
+class _Liveness:
+    """Counts shard visits since the last decoded sample; a training stream whose every shard
+    failed twice in a row, for at least `timeout_s`, is stalled. In between, each fruitless
+    round over the shards waits a little longer (up to 5 s) instead of spinning."""
+
+    def __init__(self, shards: int, timeout_s: float, skips: _SkipLog) -> None:
+        self.shards, self.timeout_s, self.skips = shards, timeout_s, skips
+        self.visits = 0
+        self._since = 0  # visits since a sample was last decoded
+        self._last_sample = time.monotonic()
+
+    def decoded(self) -> None:
+        self._since = 0
+        self._last_sample = time.monotonic()
+
+    def visit(self, slot: Slot) -> None:
+        """Called before each shard is opened; raises DataStalled when the stream is stuck."""
+        self.visits += 1
+        self._since += 1
+        failed_rounds = (self._since - 1) // self.shards
+        if failed_rounds == 0 or (self._since - 1) % self.shards:
+            return
+        quiet = time.monotonic() - self._last_sample
+        if failed_rounds >= 2 and quiet >= self.timeout_s:
+            raise DataStalled(
+                f"no training sample could be read for {quiet:.0f} s (rank {slot.rank}, data "
+                f"worker {slot.worker}: each of its {self.shards} shard(s) failed at least "
+                f"twice); last error: {self.skips.last_error or 'none (the shards are empty)'}. "
+                "Check that the shards exist and are readable (gan-dist data inspect DIR)"
+            )
+        time.sleep(min(5.0, 0.25 * 2**failed_rounds))
+
+
+class _SlotSamples:
+    """The pipeline's source: this slot's samples. A finite pass reads its part once in
+    order; training reads it for ever, each round in an order drawn from (seed, slot, round),
+    checking at every shard that the stream is alive and the parent process still there."""
+
+    def __init__(
+        self, urls: list[str], config: StreamConfig, skips: _SkipLog, decode: _Decode
+    ) -> None:
+        self.urls, self.config, self.skips, self.decode = urls, config, skips, decode
+
+    def __call__(self) -> Iterator[dict[str, Any]]:
+        cfg = self.config
+        slot = current_slot(cfg.rank, cfg.world)
+        shards, first, stride = slot.part(self.urls)
+        if not cfg.train:
+            yield from self._read(shards, first, stride)
+            return
+        liveness = _Liveness(len(shards), cfg.stall_timeout_s, self.skips)
+        self.decode.liveness = liveness
+        parent = os.getppid()
+        for round_ in range(sys.maxsize):
+            order = random.Random(f"{cfg.seed}:{slot.index}:{slot.count}:{round_}")
+            for url in order.sample(shards, len(shards)):
+                if torch.utils.data.get_worker_info() is not None and os.getppid() != parent:
+                    return  # the trainer is gone: nothing will ever read this again
+                liveness.visit(slot)
+                yield from self._read([url], first, stride)
+
+    def _read(self, shards: list[str], first: int, stride: int) -> Iterator[dict[str, Any]]:
+        for url in shards:
+            samples = wds.tariterators.tarfile_samples([{"url": url}], handler=self.skips)
+            for i, sample in enumerate(samples):
+                if i % stride == first:
+                    yield sample
+
+
+def _worker_start(_worker_id: int) -> None:
+    """Schedulers signal every process of a job, and Ctrl-C every process of the terminal's
+    group. A worker killed by one makes PyTorch abort the main process mid-step; ignoring
+    them lets the trainer finish the step, write its checkpoint and shut the workers down
+    itself (`ShardStream.close`). A worker must still never outlive its trainer: on Linux
+    the kernel kills it when the parent dies."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _collate(samples: list[dict[str, Any]], prefill: str = "none") -> dict[str, Any]:
@@ -243,20 +435,22 @@ def _collate(samples: list[dict[str, Any]], prefill: str = "none") -> dict[str, 
 
 
 class ShardStream:
-    """Iterable of batches for this rank; `skipped` sums the counts of every worker."""
+    """Iterable of batches for this rank; `skipped` sums the counts of every worker. Call
+    `close` when done: it stops the data workers for certain."""
 
     def __init__(self, urls: list[str], config: StreamConfig) -> None:
         self.urls, self.config = urls, config
         self._skips = _SkipLog()
         self._per_worker: dict[int, int] = {}
         self._pulled: dict[int, int] = dict(config.skip or {})
+        self._loader_iter: Iterator[dict[str, Any]] | None = None
         self.pipeline = self._build()
         self.loader = torch.utils.data.DataLoader(
             self.pipeline,
             batch_size=None,
             num_workers=config.workers,
             persistent_workers=config.workers > 0,
-            worker_init_fn=_ignore_stop_signals,
+            worker_init_fn=_worker_start,
             prefetch_factor=4 if config.workers > 0 else None,
         )
 
@@ -270,19 +464,15 @@ class ShardStream:
 
     def _build(self) -> wds.DataPipeline:
         cfg = self.config
-        if cfg.train:
-            # every rank and worker draws its own reproducible shard sequence
-            source = [wds.ResampledShards(self.urls, seed=cfg.seed, deterministic=True)]
-        else:
-            source = [wds.SimpleShardList(self.urls), wds.split_by_node, wds.split_by_worker]
-        stages = [*source, wds.tarfile_to_samples(handler=self._skips)]
+        augment_seed = cfg.seed if cfg.train and cfg.augment else None
+        decode = _Decode(cfg.channels, self._skips, cfg.skip, augment_seed)
+        stages: list[Any] = [_SlotSamples(self.urls, cfg, self._skips, decode)]
         if cfg.train and cfg.shuffle_buffer > 1:
             # Shuffle the compressed samples: the buffer then costs ~0.1 MB a sample instead
             # of megabytes of float tensors, and nothing is decoded only to wait in it.
-            # Reproducible; the shard order already differs per rank and worker.
+            # Reproducible; every slot shuffles its own samples.
             stages.append(wds.detshuffle(cfg.shuffle_buffer, cfg.shuffle_buffer // 4, cfg.seed))
-        augment_seed = cfg.seed if cfg.train and cfg.augment else None
-        stages.append(_Decode(cfg.channels, self._skips, cfg.skip, augment_seed))
+        stages.append(decode)
         # a finite pass keeps its last short batch so every sample is seen
         collate = functools.partial(_collate, prefill=cfg.prefill)
         stages.append(wds.batched(cfg.batch_size, collation_fn=collate, partial=not cfg.train))
@@ -298,13 +488,57 @@ class ShardStream:
         # Not a generator: the DataLoader iterator (which draws its base seed from torch's
         # RNG) is created now, at iter(), not at the first next(), so a caller can put the
         # RNG state back after it and resume bit-exactly.
-        return self._batches(iter(self.loader))
+        self._loader_iter = iter(self.loader)
+        if self.config.workers:
+            # before multiprocessing's own exit handler (atexit runs last-registered first),
+            # which would wait for ever on a worker that ignores its SIGTERM
+            atexit.register(_close_at_exit, weakref.ref(self))
+        return self._batches(self._loader_iter)
 
     def _batches(self, batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for batch in batches:
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except DataStalled as exc:  # from a worker: its message, not its traceback
+                raise DataStalled(_last_line(str(exc))) from None
             self._per_worker.update(batch.pop("skipped"))
             self._pulled.update(batch.pop("pulled"))
             yield batch
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the data workers, by SIGKILL if they do not stop within `timeout_s`.
+
+        Workers ignore SIGTERM (see `_worker_start`), and one busy inside a read never looks
+        at PyTorch's shutdown event; left alive, `multiprocessing` joins it at interpreter
+        exit, for ever. Safe to call twice."""
+        it, self._loader_iter = self._loader_iter, None
+        workers = list(getattr(it, "_workers", []))
+        if not workers:
+            return
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        deadline = time.monotonic() + timeout_s
+        for proc in workers:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout_s)
+
+
+def _close_at_exit(ref: weakref.ref[ShardStream]) -> None:
+    stream = ref()
+    if stream is not None:
+        stream.close()
+
+
+def _last_line(text: str) -> str:
+    """The message of an error re-raised from a DataLoader worker (whose text carries the
+    worker's traceback): its last line, without the exception's name."""
+    last = text.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if last.startswith(("gan_dist.", "DataStalled")) else last
 
 
 def make_stream(spec: str, config: StreamConfig, split: str | None = None) -> ShardStream:

@@ -20,7 +20,9 @@ from pathlib import Path
 from gan_dist.data.images import write_bytes_atomic
 from gan_dist.errors import GanDistError
 from gan_dist.recipe import Recipe, recipe_to_yaml
+from gan_dist.train import checkpoint
 from gan_dist.train import status as run_status
+from gan_dist.train.runlock import check_free
 from gan_dist.train.signals import EXIT_PREEMPTED
 
 # SIGUSR1 is SLURM's warning signal: Accelerate's launcher (torch elastic) must pass it on to
@@ -156,6 +158,7 @@ def run_local(
     announce("running " + shlex.join([*(f"{k}={v}" for k, v in env.items()), *cmd]))
     if dry_run:
         return 0
+    check_free(run_dir)  # before the frozen recipe of a running job is replaced
     freeze_recipe(recipe, run_dir)
     before = run_status.read(run_dir)
     proc = subprocess.Popen(cmd, env={**os.environ, **env})
@@ -180,3 +183,21 @@ def outcome_code(run_dir: Path, code: int, before: dict | None) -> int:
     if after is not None and after != before and after["status"] == "preempted":
         return EXIT_PREEMPTED
     return code
+
+
+def failure_hint(run_dir: Path, since: float) -> str:
+    """What to say after a failed run, from what its status.json says (if written after
+    `since`, a time.time()): a trainer that reported its own error (a recipe or data problem,
+    a full disk) needs no pointer to a failed rank; a rank that died without a word does. A
+    checkpoint is offered only if there is one."""
+    path = run_dir / run_status.STATUS_FILE
+    fresh = path.is_file() and path.stat().st_mtime >= since
+    status = (run_status.read(run_dir) if fresh else None) or {}
+    if status.get("status") == "failed":
+        text = f"training stopped on an error ({status.get('error', 'see above')})"
+    else:
+        text = "a rank died without reporting; the launcher's report above names it"
+    kept = checkpoint.list_checkpoints(run_dir)
+    if kept:
+        text += f"; the last checkpoint {kept[0].name} is kept, run the same command to resume"
+    return text

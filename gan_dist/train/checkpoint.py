@@ -53,6 +53,10 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
 
+class CheckpointWriteError(GanDistError):
+    """A checkpoint could not be written (a full disk, a lost mount); the previous one is kept."""
+
+
 def save(
     accelerator,
     run_dir: Path,
@@ -63,35 +67,42 @@ def save(
     state: dict[str, Any],
     keep: int,
 ) -> Path:
-    """Collective: every rank must call it at the same step."""
+    """Collective: every rank must call it at the same step. When any rank fails to write
+    its part, every rank raises CheckpointWriteError (naming the path and the free space)
+    and the partial folder is removed; earlier checkpoints are untouched."""
     root = checkpoint_dir(run_dir)
     name = f"step-{step:08d}"
     tmp = root / f".{name}.partial"
     rank = accelerator.process_index
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
+    main = accelerator.is_main_process
 
-    _write_rank_files(tmp, rank, rank_state)
-    if accelerator.is_main_process:
-        for key, net in nets.items():
-            sd = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-            save_file(sd, str(tmp / f"{key}.safetensors"))
-        torch.save(optimizers, tmp / "optimizers.pt")
-        full = {
-            "format": "gan-dist-checkpoint",
-            "format_version": 1,
-            "step": step,
-            "gan_dist_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **state,
-        }
-        (tmp / "state.json").write_text(json.dumps(full, indent=2))
-    accelerator.wait_for_everyone()
+    def prepare() -> None:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+
+    def write() -> None:
+        _write_rank_files(tmp, rank, rank_state)
+        if main:
+            for key, net in nets.items():
+                sd = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+                save_file(sd, str(tmp / f"{key}.safetensors"))
+            torch.save(optimizers, tmp / "optimizers.pt")
+            full = {
+                "format": "gan-dist-checkpoint",
+                "format_version": 1,
+                "step": step,
+                "gan_dist_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **state,
+            }
+            (tmp / "state.json").write_text(json.dumps(full, indent=2))
+
+    _on_every_rank(prepare, accelerator, run_dir, tmp)
+    _on_every_rank(write, accelerator, run_dir, tmp)
 
     final = root / name
-    if accelerator.is_main_process:
+    if main:
         _check_in_sync(tmp, accelerator.num_processes)
         if final.exists():  # the same step saved again after a resume
             stale = root / f".{name}.old"
@@ -105,6 +116,44 @@ def save(
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _on_every_rank(work, accelerator, run_dir: Path, tmp: Path) -> None:
+    """Run `work` on every rank, then agree (one collective) on whether all succeeded.
+    Any failure counts: safetensors and torch.save report a full disk in errors of their own
+    kinds, not as OSError."""
+    error: Exception | None = None
+    try:
+        work()
+    except Exception as exc:
+        error = exc
+    flag = torch.tensor([1.0 if error else 0.0], device=accelerator.device)
+    if not accelerator.reduce(flag, reduction="sum").item():
+        return
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # also frees the space it took
+    raise CheckpointWriteError(_write_failure(run_dir, tmp, error, accelerator.process_index))
+
+
+def _write_failure(run_dir: Path, tmp: Path, error: Exception | None, rank: int) -> str:
+    name = tmp.name.removeprefix(".").removesuffix(".partial")
+    where = str(checkpoint_dir(run_dir) / name)
+    if error is None:
+        what = "another rank could not write its part"
+    elif isinstance(error, OSError) and error.strerror:
+        what = f"{error.strerror} ({error.filename or tmp})"
+    else:
+        what = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    try:
+        free = f"{shutil.disk_usage(checkpoint_dir(run_dir)).free / 2**20:.1f} MB free there"
+    except OSError:
+        free = "free space unknown"
+    kept = list_checkpoints(run_dir)
+    previous = f"the previous checkpoint {kept[0]} is kept" if kept else "no earlier checkpoint"
+    return (
+        f"rank {rank}: could not write checkpoint {where}: {what}; {free}; {previous}. "
+        "Free some space and run the same command to resume"
+    )
 
 
 def digest(net: torch.nn.Module) -> str:

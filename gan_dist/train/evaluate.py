@@ -47,11 +47,14 @@ def evaluate(
     reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
     max_batches: int | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, float]:
-    """reduce_sum adds the sums of all ranks (in training); alone, nothing to add."""
+    """reduce_sum adds the sums of all ranks (in training); alone, nothing to add.
+    `should_stop` ends the pass early (a stop signal); the sums are still reduced once, so
+    ranks that stop at different batches do not wait on each other."""
     sums = torch.zeros(6, dtype=torch.float64, device=device)
     for i, batch in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
+        if (max_batches is not None and i >= max_batches) or should_stop():
             break
         damaged, clean, mask = (batch[k].to(device) for k in ("damaged", "clean", "mask"))
         with autocast():

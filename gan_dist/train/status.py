@@ -2,13 +2,15 @@
 
 Launchers cannot tell a preempted run from a crashed one by exit code: Accelerate's launcher
 exits 1 whenever a signal reached it, whatever its ranks returned. So rank 0 writes the
-outcome here: `running` at start (still there after the processes are gone means a crash),
-`preempted` once the checkpoint is safe, `completed` at the end. The SLURM script requeues
-only on `preempted`.
+outcome here: `running` at start and at every log line with the current step (still there
+after the processes are gone means a crash), `preempted` once the checkpoint is safe,
+`completed` at the end, `failed` with the error when training stopped on one. The SLURM
+script requeues only on `preempted`. Only the trainer that holds the run dir's lock writes it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from pathlib import Path
@@ -18,14 +20,34 @@ from gan_dist.data.images import write_bytes_atomic
 STATUS_FILE = "status.json"
 
 
-def write(run_dir: Path, status: str, step: int, checkpoint: Path | None = None) -> None:
+def write(
+    run_dir: Path,
+    status: str,
+    step: int,
+    checkpoint: Path | None = None,
+    error: str | None = None,
+) -> None:
+    """Atomic (a temp file renamed) where possible. On a full disk, where no new file can be
+    made, the old file's own block is overwritten in place: the status of a run that failed
+    for want of space must still say so. Raises OSError when neither works."""
     doc = {
         "status": status,
         "step": step,
         "checkpoint": str(checkpoint) if checkpoint else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_bytes_atomic(run_dir / STATUS_FILE, (json.dumps(doc) + "\n").encode())
+    if error:
+        doc["error"] = error
+    data = (json.dumps(doc) + "\n").encode()
+    path = run_dir / STATUS_FILE
+    try:
+        write_bytes_atomic(path, data)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC or not path.is_file():
+            raise
+        with open(path, "r+b") as fh:
+            fh.write(data)
+            fh.truncate(len(data))
 
 
 def read(run_dir: Path) -> dict | None:

@@ -6,6 +6,8 @@ below it. Every rank runs this file; only rank 0 prints and writes shared files.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import time
@@ -18,7 +20,14 @@ from torch import nn
 
 from gan_dist.data.images import picture_grid
 from gan_dist.data.pack import MANIFEST
-from gan_dist.data.stream import StreamConfig, check_shards, make_stream
+from gan_dist.data.stream import (
+    StreamConfig,
+    check_shards,
+    check_slots,
+    make_stream,
+    pack_of,
+    validation_shards,
+)
 from gan_dist.errors import GanDistError
 from gan_dist.nets import build_discriminator, build_generator
 from gan_dist.objectives import (
@@ -35,11 +44,46 @@ from gan_dist.train import status as run_status
 from gan_dist.train.ema import EMA
 from gan_dist.train.evaluate import evaluate
 from gan_dist.train.progress import Progress
-from gan_dist.train.signals import EXIT_NONFINITE, StopFlag
+from gan_dist.train.runlock import RunDirBusy, RunLock
+from gan_dist.train.signals import EXIT_NONFINITE, EXIT_TRACKING, StopFlag, StopRequested
+
+log = logging.getLogger("gan_dist.train")
+
+# A stop signal that arrives while the loop waits for data gives the batch this long to come
+# (then the step ends normally and checkpoints); a stalled stream is interrupted after it.
+DATA_WAIT_GRACE_S = 10.0
 
 
 class NonFiniteLoss(GanDistError):
     exit_code = EXIT_NONFINITE
+
+
+class TrackingFailed(GanDistError):
+    """The MLflow run could not be started and `tracking.required` is true."""
+
+    exit_code = EXIT_TRACKING
+
+
+def _lock_run_dir(run_dir: Path, accelerator, requeue_wait_s: float) -> RunLock | None:
+    """Rank 0 takes the run dir's lock; every rank learns (one collective) whether it did,
+    and all fail together if not. A requeued SLURM job waits for the old job to drain."""
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+    lock, busy = None, None
+    if accelerator.is_main_process:
+        lock = RunLock(run_dir)
+        try:
+            lock.acquire(requeue_wait_s if requeued else 0.0)
+        except RunDirBusy as exc:
+            lock, busy = None, exc
+    flag = torch.tensor([0.0 if busy is None else 1.0], device=accelerator.device)
+    if accelerator.reduce(flag, reduction="sum").item():
+        raise busy or RunDirBusy(f"{run_dir} is in use by another trainer (see rank 0)")
+    return lock
+
+
+def _say(text: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(text, flush=True)
 
 
 @dataclass
@@ -53,215 +97,339 @@ class Outcome:
     registered: str | None = None  # models:/NAME/VERSION when the run was registered
 
 
-def train(recipe: Recipe, run_dir: Path, resume: str = "auto") -> Outcome:
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs, set_seed
+def train(
+    recipe: Recipe, run_dir: Path, resume: str = "auto", stop: StopFlag | None = None
+) -> Outcome:
+    """Train `recipe` on this rank, checkpointing into `run_dir`; every rank calls it.
 
-    cfg, data = recipe.train, recipe.data
-    accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.grad_accum,
-        cpu=not torch.cuda.is_available(),
-        # a dead or hung rank fails the collective on the others after this long, not never
-        kwargs_handlers=[
-            InitProcessGroupKwargs(timeout=timedelta(seconds=recipe.launch.rank_timeout_s))
-        ],
-    )
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    check_shards(data.train, data.channels, data.image_size, "data.train")
-    if data.val:
-        check_shards(data.val, data.channels, data.image_size, "data.val", split="val")
-    ckpt = checkpoint.resolve(run_dir, resume)
+    Returns the outcome (completed or preempted: a stop signal, see `signals`). Raises
+    GanDistError for what the user must fix (RunDirBusy, DataStalled, NonFiniteLoss,
+    CheckpointWriteError, TrackingFailed); rank 0 then records `failed` in status.json."""
+    with contextlib.ExitStack() as stack:
+        if stop is None:
+            stop = stack.enter_context(StopFlag())
+        run = _Run(recipe, run_dir)
+        stack.callback(run.close)
+        try:
+            with stop.interruptible(grace_s=0):  # start-up: a stop ends it at once
+                run.start(resume)
+            return run.loop(stop)
+        except StopRequested as exc:
+            return run.stopped(str(exc))
+        except Exception as exc:
+            run.failed(exc)
+            raise
 
-    # nets: identical initial weights on every rank, then per-rank randomness
-    set_seed(recipe.seed)
-    G = build_generator(recipe.model, data.channels, data.image_size)
-    D = build_discriminator(recipe.model.discriminator, data.channels, data.image_size)
-    if cfg.channels_last:
-        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    ema = EMA(G, cfg.ema)
-    opt_g, opt_d = _optimizer(G, recipe.optim.generator), _optimizer(D, recipe.optim.discriminator)
-    sched_g, sched_d = _scheduler(opt_g, recipe), _scheduler(opt_d, recipe)
-    saved = _load(ckpt, recipe, G, D, ema, opt_g, opt_d, sched_g, sched_d) if ckpt else {}
-    step = ckpt.step if ckpt else 0
-    ema.module.to(accelerator.device)
-    if cfg.compile:
-        G, D = torch.compile(G), torch.compile(D)
-    G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
-    if saved.get("scaler") and accelerator.scaler is not None:
-        accelerator.scaler.load_state_dict(saved["scaler"])
-    set_seed(recipe.seed + 1 + rank)
-    rank_state = checkpoint.load_rank_state(ckpt, rank) if _same_shape(ckpt, world, data) else {}
-    stream = make_stream(
-        data.train,
-        StreamConfig(
-            data.batch_size,
-            data.channels,
-            train=True,
-            workers=data.workers,
-            shuffle_buffer=data.shuffle_buffer,
-            augment=data.augment,
-            seed=recipe.seed,
-            skip={int(k): v for k, v in rank_state.get("data_position", {}).items()},
-            # on a CPU the workers fill holes on another core while this one trains; a GPU
-            # does it in the generator's forward in far less time than a worker could
-            prefill=recipe.model.prefill if accelerator.device.type == "cpu" else "none",
-        ),
-    )
-    batches = iter(stream)  # draws a DataLoader seed from torch's RNG: before restoring it
-    if rank_state:
-        checkpoint.restore_rng(rank_state)
 
-    tracker = Tracker(
-        recipe,
-        run_dir,
-        ckpt.state.get("tracking_run_id") if ckpt else None,
-        enabled=accelerator.is_main_process,
-        context={"world_size": world, "device": str(accelerator.device)},
-    )
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        run_status.write(run_dir, "running", step)
-        tracker.log_artifact(checkpoint.write_recipe(run_dir, recipe_to_yaml(recipe)))
-        for split, shards in (("train", data.train), ("val", data.val)):
-            if shards and (Path(shards) / MANIFEST).is_file():
-                tracker.log_artifact(Path(shards) / MANIFEST, f"data/{split}")
-    samples = _fixed_samples(recipe) if tracker.enabled else None
-    progress = Progress(
-        accelerator.is_main_process, step, cfg.max_steps, data.batch_size * world * cfg.grad_accum
-    )
-    if ckpt is not None:
-        progress.message(f"resumed from {ckpt.path} at step {step}")
+class _Run:
+    """One rank's run: start-up (`start`), the loop (`loop`), and its endings."""
 
-    def save_checkpoint() -> Path:
-        return checkpoint.save(
-            accelerator,
+    def __init__(self, recipe: Recipe, run_dir: Path) -> None:
+        self.recipe, self.run_dir = recipe, run_dir
+        self.accelerator = None
+        self.lock: RunLock | None = None  # rank 0 only, once it holds the run dir
+        self.stream = None
+        self.tracker: Tracker | None = None
+        self.step = 0
+        self.last_ckpt: Path | None = None
+        self.metrics: dict[str, float] = {}
+
+    @property
+    def main(self) -> bool:
+        if self.accelerator is not None:
+            return self.accelerator.is_main_process
+        return os.environ.get("RANK", "0") == "0"
+
+    def start(self, resume: str) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import InitProcessGroupKwargs, set_seed
+
+        recipe, run_dir = self.recipe, self.run_dir
+        cfg, data = recipe.train, recipe.data
+        self.accelerator = accelerator = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.grad_accum,
+            cpu=not torch.cuda.is_available(),
+            # a dead or hung rank fails the collective on the others after this long
+            kwargs_handlers=[
+                InitProcessGroupKwargs(timeout=timedelta(seconds=recipe.launch.rank_timeout_s))
+            ],
+        )
+        rank, world = accelerator.process_index, accelerator.num_processes
+        self.lock = _lock_run_dir(run_dir, accelerator, recipe.launch.lock_wait_s)
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        check_shards(data.train, data.channels, data.image_size, "data.train")
+        check_slots(data.train, world * max(1, data.workers), "data.train")
+        self.val = validation_shards(data.train, data.val)
+        if self.val:
+            check_shards(self.val, data.channels, data.image_size, "data.val", split="val")
+        ckpt = checkpoint.resolve(run_dir, resume)
+        self.last_ckpt = ckpt.path if ckpt else None
+
+        # nets: identical initial weights on every rank, then per-rank randomness
+        set_seed(recipe.seed)
+        G = build_generator(recipe.model, data.channels, data.image_size)
+        D = build_discriminator(recipe.model.discriminator, data.channels, data.image_size)
+        if cfg.channels_last:
+            G = G.to(memory_format=torch.channels_last)
+            D = D.to(memory_format=torch.channels_last)
+        self.ema = EMA(G, cfg.ema)
+        opt_g = _optimizer(G, recipe.optim.generator)
+        opt_d = _optimizer(D, recipe.optim.discriminator)
+        self.sched_g, self.sched_d = _scheduler(opt_g, recipe), _scheduler(opt_d, recipe)
+        saved = (
+            _load(ckpt, recipe, G, D, self.ema, opt_g, opt_d, self.sched_g, self.sched_d)
+            if ckpt
+            else {}
+        )
+        self.step = ckpt.step if ckpt else 0
+        self.ema.module.to(accelerator.device)
+        if cfg.compile:
+            G, D = torch.compile(G), torch.compile(D)
+        self.G, self.D, self.opt_g, self.opt_d = accelerator.prepare(G, D, opt_g, opt_d)
+        if saved.get("scaler") and accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(saved["scaler"])
+        set_seed(recipe.seed + 1 + rank)
+        same = _same_shape(ckpt, world, data)
+        rank_state = checkpoint.load_rank_state(ckpt, rank) if same else {}
+        self.stream = make_stream(
+            data.train,
+            StreamConfig(
+                data.batch_size,
+                data.channels,
+                train=True,
+                workers=data.workers,
+                shuffle_buffer=data.shuffle_buffer,
+                augment=data.augment,
+                seed=recipe.seed,
+                skip={int(k): v for k, v in rank_state.get("data_position", {}).items()},
+                # on a CPU the workers fill holes on another core while this one trains; a
+                # GPU does it in the generator's forward in far less time than a worker could
+                prefill=recipe.model.prefill if accelerator.device.type == "cpu" else "none",
+                rank=rank,
+                world=world,
+                stall_timeout_s=data.stall_timeout_s,
+            ),
+        )
+        self.batches = iter(self.stream)  # draws a DataLoader seed: before restoring RNG
+        if rank_state:
+            checkpoint.restore_rng(rank_state)
+        self.progress = Progress(
+            self.main, self.step, cfg.max_steps, data.batch_size * world * cfg.grad_accum
+        )
+        self.progress.message(_validation_note(data.train, data.val, self.val))
+        if ckpt is not None:
+            self.progress.message(f"resumed from {ckpt.path} at step {self.step}")
+        self.tracker = Tracker(
+            recipe,
             run_dir,
-            step,
+            ckpt.state.get("tracking_run_id") if ckpt else None,
+            enabled=self.main,
+            context={"world_size": world, "device": str(accelerator.device)},
+        )
+
+    def save_checkpoint(self, position: dict[int, int] | None = None) -> Path:
+        """A checkpoint at the current step; `position`: the data stream's position to
+        record, when the last batches drawn were not trained on."""
+        accelerator, stream = self.accelerator, self.stream
+        G, D = accelerator.unwrap_model(self.G), accelerator.unwrap_model(self.D)
+        self.last_ckpt = checkpoint.save(
+            accelerator,
+            self.run_dir,
+            self.step,
+            {"generator": G, "discriminator": D, "ema": self.ema.module},
             {
-                "generator": accelerator.unwrap_model(G),
-                "discriminator": accelerator.unwrap_model(D),
-                "ema": ema.module,
-            },
-            {
-                "generator": opt_g.state_dict(),
-                "discriminator": opt_d.state_dict(),
+                "generator": self.opt_g.state_dict(),
+                "discriminator": self.opt_d.state_dict(),
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None,
             },
             {
-                "data_position": stream.position,
+                "data_position": stream.position if position is None else position,
                 "data_skipped": stream.skipped,
-                "generator_sha256": checkpoint.digest(accelerator.unwrap_model(G)),
+                "generator_sha256": checkpoint.digest(G),
             },
             {
-                "world_size": world,
-                "workers": data.workers,
-                "seed": recipe.seed,
+                "world_size": accelerator.num_processes,
+                "workers": self.recipe.data.workers,
+                "seed": self.recipe.seed,
                 "schedulers": {
-                    "generator": sched_g.state_dict(),
-                    "discriminator": sched_d.state_dict(),
+                    "generator": self.sched_g.state_dict(),
+                    "discriminator": self.sched_d.state_dict(),
                 },
-                "recipe": recipe.model_dump(mode="json"),
-                "tracking_run_id": tracker.wait_for_run_id(timeout=10),
-                "metrics": metrics,
+                "recipe": self.recipe.model_dump(mode="json"),
+                "tracking_run_id": self.tracker.wait_for_run_id(timeout=10),
+                "metrics": self.metrics,
             },
-            cfg.keep_checkpoints,
+            self.recipe.train.keep_checkpoints,
+        )
+        return self.last_ckpt
+
+    def loop(self, stop: StopFlag) -> Outcome:
+        recipe, accelerator, tracker, progress = (
+            self.recipe,
+            self.accelerator,
+            self.tracker,
+            self.progress,
+        )
+        cfg = recipe.train
+        G, D, opt_g, opt_d, ema = self.G, self.D, self.opt_g, self.opt_d, self.ema
+        rank = accelerator.process_index
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        logged: dict[str, float] = {}
+        status = "completed"
+        first_step = self.step + 1
+        deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
+        with tracker:
+            self._write_status("running")
+            tracker.log_artifact(checkpoint.write_recipe(self.run_dir, recipe_to_yaml(recipe)))
+            for split, shards in (("train", recipe.data.train), ("val", self.val)):
+                if shards and (Path(shards) / MANIFEST).is_file():
+                    tracker.log_artifact(Path(shards) / MANIFEST, f"data/{split}")
+            samples = _fixed_samples(recipe, self.val) if tracker.enabled else None
+            while self.step < cfg.max_steps:
+                update_g = (self.step + 1) % recipe.objective.n_critic == 0
+                position = self.stream.position
+                try:  # a stalled stream must not hold a stop signal up for long
+                    with stop.interruptible(grace_s=DATA_WAIT_GRACE_S):
+                        batches = [next(self.batches) for _ in range(cfg.grad_accum)]
+                except StopRequested as exc:
+                    return self.stopped(str(exc), position)
+                for batch in batches:
+                    losses = train_step(batch, G, D, opt_g, opt_d, recipe, accelerator, update_g)
+                if update_g:
+                    ema.update(accelerator.unwrap_model(G))
+                self.sched_d.step()
+                if update_g:
+                    self.sched_g.step()
+                self.step = step = self.step + 1
+                if step == first_step:  # start-up cost, visible in SLURM logs and benchmarks
+                    progress.message(
+                        f"first step done {_since_start():.1f} s after start (step {step})"
+                    )
+                for k, v in losses.items():  # summed on the device: no sync per loss
+                    sums[k] = sums[k] + v if k in sums else v
+                    counts[k] = counts.get(k, 0) + 1
+
+                # one collective and one sync a step: a signal, a non-finite loss, the time
+                # budget spent, or a tracking run that could not start, on any rank? (ranks
+                # must agree to stop at the same step)
+                finite = torch.stack([torch.isfinite(v) for v in losses.values()]).all()
+                local = [
+                    float(stop.requested),
+                    float(time.monotonic() > deadline),
+                    float(tracker.start_failed is not None and recipe.tracking.required),
+                ]
+                flags = torch.cat(
+                    [torch.tensor(local, device=finite.device), (~finite).float().reshape(1)]
+                )
+                reduced = accelerator.reduce(flags, reduction="sum").tolist()
+                preempt, out_of_time, untracked, nonfinite = reduced
+                if nonfinite:
+                    bad = [k for k, v in losses.items() if not math.isfinite(v.item())]
+                    where = f"rank {rank}: {', '.join(bad)}" if bad else "another rank"
+                    raise NonFiniteLoss(
+                        f"non-finite loss at step {step} ({where}); stopped without saving, "
+                        f"last good checkpoint: {self.last_ckpt or 'none'}. Lower the learning "
+                        "rate, enable grad clipping (optim.grad_clip) or use bf16 instead of "
+                        "fp16."
+                    )
+                if untracked:
+                    why = tracker.start_failed or "see rank 0"
+                    raise TrackingFailed(
+                        f"the MLflow run could not be started ({why}); stopped at step {step} "
+                        "because tracking.required is true. "
+                        f"Checkpoints are kept (last: {self.last_ckpt or 'none'}); fix the "
+                        "tracking store and run the same command to resume, or set "
+                        "tracking.required=false to train untracked"
+                    )
+
+                last = step == cfg.max_steps or bool(out_of_time)
+                if step % cfg.log_every == 0 or last:
+                    logged = _mean_over_ranks(sums, counts, accelerator)
+                    sums, counts = {}, {}
+                    tracker.log_metrics(
+                        {f"train/{k}": v for k, v in logged.items()}
+                        | _rates(progress.images_per_s(step), self.sched_g, self.sched_d),
+                        step,
+                    )
+                    self._write_status("running")
+                progress.update(step, logged if step % cfg.log_every == 0 or last else None)
+                if self.val and (step % cfg.eval_every == 0 or last):
+                    metrics = _validate(ema.module, recipe, self.val, accelerator, stop)
+                    if not stop.requested:  # a pass cut short by a signal is no score
+                        self.metrics = metrics
+                        tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step)
+                        progress.message(
+                            f"step {step} validation: "
+                            + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+                        )
+                if samples is not None and (step % cfg.sample_every == 0 or last or preempt):
+                    tracker.log_image(_sample_grid(ema.module, samples), "samples", step)
+                if preempt:
+                    self.save_checkpoint()
+                    return self.stopped(stop.signal or "a signal on another rank")
+                if step % cfg.checkpoint_every == 0 or last:
+                    self.save_checkpoint()
+                    self._write_status("running")
+                if out_of_time:
+                    progress.message(f"time budget of {cfg.max_minutes} min spent at step {step}")
+                    break
+            progress.close()
+            self._write_status(status)
+        registered = None
+        if tracker.enabled and recipe.tracking.register_as and self.last_ckpt:
+            registered = _register(
+                self.last_ckpt, recipe.tracking.register_as, tracker.uri, progress
+            )
+        return Outcome(
+            status, self.step, self.last_ckpt, self.metrics, logged, self.main, registered
         )
 
-    last_ckpt = ckpt.path if ckpt else None
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    logged: dict[str, float] = {}
-    metrics: dict[str, float] = {}
-    status = "completed"
-    first_step = step + 1
-    deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
-    with tracker, StopFlag() as stop:
-        while step < cfg.max_steps:
-            update_g = (step + 1) % recipe.objective.n_critic == 0
-            for _ in range(cfg.grad_accum):
-                losses = train_step(
-                    next(batches), G, D, opt_g, opt_d, recipe, accelerator, update_g
-                )
-            if update_g:
-                ema.update(accelerator.unwrap_model(G))
-            sched_d.step()
-            if update_g:
-                sched_g.step()
-            step += 1
-            if step == first_step:  # start-up cost, visible in SLURM logs and benchmarks
-                progress.message(
-                    f"first step done {_since_start():.1f} s after start (step {step})"
-                )
-            for k, v in losses.items():  # summed on the device: no sync per loss
-                sums[k] = sums[k] + v if k in sums else v
-                counts[k] = counts.get(k, 0) + 1
+    def stopped(self, signal_name: str, position: dict[int, int] | None = None) -> Outcome:
+        """A stop signal: a checkpoint when one can be written here, status `preempted`.
 
-            # one collective and one sync a step: a signal, a non-finite loss, or the time
-            # budget spent, on any rank? (ranks must agree to stop at the same step)
-            finite = torch.stack([torch.isfinite(v) for v in losses.values()]).all()
-            local = [float(stop.requested), float(time.monotonic() > deadline)]
-            flags = torch.cat(
-                [torch.tensor(local, device=finite.device), (~finite).float().reshape(1)]
-            )
-            preempt, out_of_time, nonfinite = accelerator.reduce(flags, reduction="sum").tolist()
-            if nonfinite:
-                bad = [k for k, v in losses.items() if not math.isfinite(v.item())]
-                where = f"rank {rank}: {', '.join(bad)}" if bad else "another rank"
-                raise NonFiniteLoss(
-                    f"non-finite loss at step {step} ({where}); stopped without saving, "
-                    f"last good checkpoint: {last_ckpt or 'none'}. Lower the learning rate, "
-                    "enable grad clipping (optim.grad_clip) or use bf16 instead of fp16."
-                )
+        From the loop's end-of-step check every rank is here together and the checkpoint was
+        written. From a wait for data (`position`: the stream's position before it), a single
+        process writes one now; several cannot (the other ranks may be inside a collective),
+        so they keep the last one. From start-up there is nothing new to save."""
+        if position is not None and self.accelerator.num_processes == 1 and self.step:
+            self.save_checkpoint(position)
+        if self.tracker is not None:
+            self.tracker.status = "KILLED"  # ended for now; a resumed job reopens the run
+        self._write_status("preempted")
+        say = self.progress.message if hasattr(self, "progress") else _say
+        say(
+            f"preempted ({signal_name}) at step {self.step}; checkpoint "
+            f"{self.last_ckpt or 'none yet'}. Run the same command to resume"
+        )
+        return Outcome("preempted", self.step, self.last_ckpt, self.metrics, {}, self.main)
 
-            last = step == cfg.max_steps or bool(out_of_time)
-            if step % cfg.log_every == 0 or last:
-                logged = _mean_over_ranks(sums, counts, accelerator)
-                sums, counts = {}, {}
-                tracker.log_metrics(
-                    {f"train/{k}": v for k, v in logged.items()}
-                    | _rates(progress.images_per_s(step), sched_g, sched_d),
-                    step,
-                )
-            progress.update(step, logged if step % cfg.log_every == 0 or last else None)
-            if data.val and (step % cfg.eval_every == 0 or last):
-                metrics = _validate(ema.module, recipe, accelerator)
-                tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step)
-                progress.message(
-                    f"step {step} validation: "
-                    + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-                )
-            if samples is not None and (step % cfg.sample_every == 0 or last or preempt):
-                tracker.log_image(_sample_grid(ema.module, samples), "samples", step)
-            if preempt:
-                last_ckpt = save_checkpoint()
-                if accelerator.is_main_process:
-                    run_status.write(run_dir, "preempted", step, last_ckpt)
-                progress.message(
-                    f"preempted ({stop.signal or 'signal on another rank'}) at "
-                    f"step {step}; checkpoint {last_ckpt}"
-                )
-                status = "preempted"
-                tracker.status = "KILLED"  # ended for now; a resumed job reopens the run
-                break
-            if step % cfg.checkpoint_every == 0 or last:
-                last_ckpt = save_checkpoint()
-            if out_of_time:
-                progress.message(f"time budget of {cfg.max_minutes} min spent at step {step}")
-                break
-    progress.close()
-    if status == "completed" and accelerator.is_main_process:
-        run_status.write(run_dir, status, step, last_ckpt)
-    registered = None
-    if status == "completed" and tracker.enabled and recipe.tracking.register_as and last_ckpt:
-        registered = _register(last_ckpt, recipe.tracking.register_as, tracker.uri, progress)
-    accelerator.end_training()
-    return Outcome(
-        status, step, last_ckpt, metrics, logged, accelerator.is_main_process, registered
-    )
+    def failed(self, exc: Exception) -> None:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if not isinstance(exc, GanDistError):  # a crash: its kind tells the most
+            first = f"{type(exc).__name__}: {first}"
+        self._write_status("failed", error=first)
+
+    def _write_status(self, status: str, error: str | None = None) -> None:
+        """Rank 0, and only while it holds the run dir: a refused second trainer must not
+        overwrite the status of the one that holds it."""
+        if not (self.main and self.lock is not None):
+            return
+        try:
+            run_status.write(self.run_dir, status, self.step, self.last_ckpt, error)
+        except OSError as exc:  # a full disk: the status is lost, not the error behind it
+            log.warning("could not write %s: %s", self.run_dir / run_status.STATUS_FILE, exc)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+        if self.accelerator is not None:
+            self.accelerator.end_training()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def train_step(
@@ -437,10 +605,21 @@ def _mean_over_ranks(
     return dict(zip(keys, t.tolist(), strict=True))
 
 
-def _validate(generator: nn.Module, recipe: Recipe, accelerator) -> dict[str, float]:
+def _validate(
+    generator: nn.Module, recipe: Recipe, val: str, accelerator, stop: StopFlag
+) -> dict[str, float]:
     data = recipe.data
     stream = make_stream(
-        data.val, StreamConfig(data.batch_size, data.channels, train=False, workers=0), split="val"
+        val,
+        StreamConfig(
+            data.batch_size,
+            data.channels,
+            train=False,
+            workers=0,
+            rank=accelerator.process_index,
+            world=accelerator.num_processes,
+        ),
+        split="val",
     )
     generator.eval()
     return evaluate(
@@ -450,6 +629,7 @@ def _validate(generator: nn.Module, recipe: Recipe, accelerator) -> dict[str, fl
         lambda t: accelerator.reduce(t, reduction="sum"),
         accelerator.autocast,
         recipe.train.eval_batches,
+        should_stop=lambda: stop.requested,
     )
 
 
@@ -476,6 +656,17 @@ def _register(ckpt: Path, name: str, uri: str, progress: Progress) -> str | None
     return reg.uri
 
 
+def _validation_note(train: str, asked: str | None, val: str | None) -> str:
+    """One line at start saying what the run validates on, and why."""
+    if val is None:
+        why = "data.val is null" if asked is None else f"the pack of {train} has no val split"
+        return f"no validation ({why})"
+    if asked == "auto":
+        return f"validating on the val split of {val} (the training pack)"
+    same = pack_of(val) is not None and pack_of(val) == pack_of(train)
+    return f"validating on {val}" + ("" if same else " (not the pack data.train names)")
+
+
 def _since_start() -> float:
     """Seconds since this process started (launcher and imports included)."""
     import psutil
@@ -494,13 +685,13 @@ def _rates(images_per_s: float, sched_g, sched_d) -> dict[str, float]:
     return out
 
 
-def _fixed_samples(recipe: Recipe) -> dict[str, torch.Tensor] | None:
+def _fixed_samples(recipe: Recipe, val: str | None) -> dict[str, torch.Tensor] | None:
     """The same held-out samples every time, so the grids over steps show one repair
     improving. Validation samples when there are any, else the first training samples."""
     data = recipe.data
-    split = "val" if data.val else "train"
+    split = "val" if val else "train"
     stream = make_stream(
-        data.val or data.train,
+        val or data.train,
         StreamConfig(recipe.tracking.sample_count, data.channels, train=False, workers=0),
         split=split,
     )
