@@ -150,6 +150,7 @@ def test_a_stop_signal_during_start_up_is_honoured(own_shards, tmp_path):
     assert code == EXIT_PREEMPTED, run.output
     assert "Traceback" not in run.output
     assert not checkpoint.list_checkpoints(run.run_dir)
+    assert run.status["status"] == "preempted"  # what a requeueing job script reads
 
 
 def test_ctrl_c_checkpoints_and_says_how_to_resume(own_shards, tmp_path, own_store):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import typer
@@ -33,6 +35,11 @@ def train(
             outcome = _run(recipe, set_, run_dir, resume, stop)
         except StopRequested as exc:
             err.print(f"[yellow]stopped[/] ({exc}) before training started; nothing to save")
+            if run_dir is not None and os.environ.get("RANK", "0") == "0":
+                from gan_dist.train.status import write_if_free
+
+                with contextlib.suppress(OSError):  # a requeueing script reads it
+                    write_if_free(run_dir, "preempted", 0, None)
             raise typer.Exit(EXIT_PREEMPTED) from None
     if outcome.status == "preempted":
         raise typer.Exit(EXIT_PREEMPTED)

@@ -55,3 +55,23 @@ def read(run_dir: Path) -> dict | None:
         return json.loads((run_dir / STATUS_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def write_if_free(run_dir: Path, status: str, step: int, checkpoint: Path | None) -> bool:
+    """For a process stopped before it took the run dir's lock (a signal during start-up):
+    write the status only if no other trainer holds the run dir. Returns whether it did."""
+    from gan_dist.train.runlock import RunDirBusy, RunLock
+
+    if checkpoint is None:  # the newest complete checkpoint, without reading it
+        found = sorted((run_dir / "checkpoints").glob("step-*"), reverse=True)
+        checkpoint = found[0] if found else None
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire(0.0)
+    except RunDirBusy:
+        return False
+    try:
+        write(run_dir, status, step, checkpoint)
+    finally:
+        lock.release()
+    return True

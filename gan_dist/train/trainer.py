@@ -399,6 +399,9 @@ class _Run:
             self.save_checkpoint(position)
         if self.tracker is not None:
             self.tracker.status = "KILLED"  # ended for now; a resumed job reopens the run
+        if self.lock is None and self.main:  # stopped before it took the run dir
+            with contextlib.suppress(OSError):
+                run_status.write_if_free(self.run_dir, "preempted", self.step, self.last_ckpt)
         self._write_status("preempted")
         say = self.progress.message if hasattr(self, "progress") else _say
         say(
