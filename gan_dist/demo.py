@@ -95,6 +95,13 @@ def run_demo(workdir: Path, minutes: float = 2.0, log: Callable[[str], None] = p
     run_dir = workdir / "runs" / time.strftime("quickstart-%Y%m%d-%H%M%S")
     log(f"training {recipe.name} for at most {minutes:g} min into {run_dir}")
     outcome = train(recipe, run_dir, resume="none")
+    if outcome.status == "preempted":
+        stopped = GanDistError(
+            f"demo stopped during training; its checkpoint {outcome.checkpoint} is kept: "
+            f"gan-dist train quickstart --set data.train={shards} --run-dir {run_dir}"
+        )
+        stopped.exit_code = 75
+        raise stopped
     if outcome.registered is None:
         raise GanDistError(
             f"training finished ({outcome.checkpoint}) but the model was not registered; "

@@ -34,6 +34,7 @@ class StopFlag:
         self.signal: str | None = None
         self._previous: dict[int, object] = {}
         self._grace_s: float | None = None  # inside `interruptible`: seconds a stop may wait
+        self._armed = False  # our SIGALRM timer runs (cancel only ours, never another's)
 
     def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
@@ -57,7 +58,14 @@ class StopFlag:
     def _arm(self) -> None:
         if self._grace_s == 0:
             raise StopRequested(self.signal)
-        signal.setitimer(signal.ITIMER_REAL, self._grace_s)
+        if not self._armed:
+            self._armed = True
+            signal.setitimer(signal.ITIMER_REAL, self._grace_s)
+
+    def _disarm(self) -> None:
+        if self._armed and threading.current_thread() is threading.main_thread():
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        self._armed = False
 
     @property
     def requested(self) -> bool:
@@ -76,12 +84,11 @@ class StopFlag:
             yield
         finally:
             self._grace_s = outer
-            if outer is None and threading.current_thread() is threading.main_thread():
-                signal.setitimer(signal.ITIMER_REAL, 0)
+            if outer is None:
+                self._disarm()
 
     def __exit__(self, *exc: object) -> None:
-        if threading.current_thread() is threading.main_thread():
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        self._disarm()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
