@@ -284,3 +284,20 @@ def test_a_finished_run_exits_even_with_its_data_workers_alive(packed, tmp_path)
             [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
         )
         assert done.returncode == 0 and "3 batches" in done.stdout, done.stderr
+
+
+def test_data_workers_never_outlive_their_trainer(own_shards, tmp_path):
+    """Finding 2: a worker busy in a stalled stream kept running (and looping) after its
+    trainer was gone."""
+    import psutil
+
+    run = Trainer(own_shards, tmp_path / "run", **{"data.workers": 2})
+    run.wait_for("step 3/")
+    workers = psutil.Process(run.proc.pid).children()
+    assert len(workers) == 2
+    delete_shards(own_shards)
+    time.sleep(3)  # the workers are now retrying shards that are gone
+    run.proc.kill()  # an OOM kill of the trainer alone, not of its process group
+    run.proc.wait(timeout=30)
+    _, alive = psutil.wait_procs(workers, timeout=20)
+    assert not alive, [p.pid for p in alive]
