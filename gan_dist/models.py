@@ -47,6 +47,17 @@ class RepairModel:
     def channels(self) -> int:
         return int(self.spec["channels"])
 
+    @property
+    def size_divisor(self) -> int:
+        """Every input side must be a multiple of this: the generator's down-samplings must
+        divide it evenly for its skip connections to line up."""
+        from gan_dist.nets.layers import downsamplings
+
+        gen = self.spec["model"]["generator"]
+        if gen["name"] == "resnet":
+            return 4
+        return 2 ** (gen.get("depth") or downsamplings(int(self.spec["train_image_size"])))
+
 
 def spec_for(recipe: Recipe, step: int, metrics: dict[str, float]) -> dict[str, Any]:
     data = recipe.data
@@ -121,11 +132,12 @@ def load_model(uri: str, device: str = "cpu", tracking_uri: str | None = None) -
     if uri.startswith(("models:/", "runs:/")):
         import mlflow
 
-        from gan_dist.track import quiet_mlflow
+        from gan_dist.track import open_store
         from gan_dist.track import tracking_uri as default_uri
 
-        quiet_mlflow()
-        mlflow.set_tracking_uri(tracking_uri or default_uri())
+        store = tracking_uri or default_uri()
+        open_store(store, create=False)  # reading a model never creates a store
+        mlflow.set_tracking_uri(store)
         with tempfile.TemporaryDirectory(prefix="gan-dist-model-") as tmp:
             return load_files(_download(uri, Path(tmp)), uri, device)
     path = Path(uri)
@@ -195,18 +207,17 @@ def register(source: Path, name: str, tracking_uri: str) -> Registered:
     has none) and register it as a new version of `name`, with its validation metrics as
     version tags."""
     import mlflow
-    from mlflow import MlflowClient
 
     import gan_dist
     from gan_dist.recipe import Recipe
-    from gan_dist.track import experiment_id, run_exists
+    from gan_dist.track import experiment_id, open_store, run_exists
     from gan_dist.train import checkpoint
 
     ckpt_path = _checkpoint_of(source)
     ckpt = checkpoint.read(ckpt_path)
     recipe = Recipe.model_validate(ckpt.state["recipe"])
+    client = open_store(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
     run_id = ckpt.state.get("tracking_run_id")
     if run_id is not None and not run_exists(client, run_id):
         log.warning("run %s of %s is not in %s; logging to a new run", run_id, source, tracking_uri)
@@ -239,20 +250,24 @@ def register(source: Path, name: str, tracking_uri: str) -> Registered:
 
 
 def promote(name: str, version: str, alias: str, tracking_uri: str) -> None:
-    from mlflow import MlflowClient
+    """Point an alias at an existing version; a store that does not exist is not created."""
     from mlflow.exceptions import MlflowException
 
+    from gan_dist.track import open_store
+
+    client = open_store(tracking_uri, create=False)
     try:
-        MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version)
+        client.set_registered_model_alias(name, alias, version)
     except MlflowException as exc:
         raise GanDistError(f"models:/{name}/{version}: {exc.message}") from None
 
 
 def list_versions(name: str | None, tracking_uri: str) -> list[dict[str, Any]]:
-    """One row per version (newest first), of one model or of all."""
-    from mlflow import MlflowClient
+    """One row per version (newest first), of one model or of all. A store that does not
+    exist is not created: listing it would show nothing and leave an empty one behind."""
+    from gan_dist.track import open_store
 
-    client = MlflowClient(tracking_uri)
+    client = open_store(tracking_uri, create=False)
     names = [name] if name else [m.name for m in client.search_registered_models()]
     rows = []
     for model_name in names:
@@ -282,7 +297,11 @@ def _quote(name: str) -> str:
 def evaluate_model(model: RepairModel, data: Path, batch_size: int = 16) -> dict[str, float]:
     """PSNR, SSIM, hole PSNR and hole L1 of a model on packed shards (their val split, or
     train when there is none) or on a folder of clean images, which are first damaged the
-    way the model was trained (the spec's damage preset, a fixed seed)."""
+    way the model was trained (the spec's damage preset, a fixed seed).
+
+    A score needs at least one scored sample: shards the model cannot read (other channels,
+    a size its down-samplings do not divide), an empty split, or samples that all fail to
+    decode are a GanDistError saying which, never `samples: 0` and a success."""
     from pydantic import TypeAdapter
 
     from gan_dist.data.pack import MANIFEST, PackOptions, pack_folder, read_manifest
@@ -305,9 +324,40 @@ def evaluate_model(model: RepairModel, data: Path, batch_size: int = 16) -> dict
                 seed=12345,
             )
             data = pack_folder(data, Path(tmp) / "shards", options).out
-        counts = read_manifest(data)["counts"]
+        manifest = read_manifest(data)
+        _check_shards_fit(model, manifest, data)
+        counts = manifest["counts"]
         split = "val" if counts.get("val") else "train"
+        if not counts.get(split):
+            raise GanDistError(f"{data}: no samples in its val or train split; nothing to score")
         stream = make_stream(
             str(data), StreamConfig(batch_size, model.channels, train=False), split=split
         )
-        return evaluate(model.net, stream, device) | {"split": split}
+        try:
+            metrics = evaluate(model.net, stream, device)
+        finally:
+            stream.close()
+        if not metrics["samples"]:
+            raise GanDistError(
+                f"{data}: none of the {counts[split]} {split} samples could be scored "
+                f"({stream.skipped} unreadable; see the warnings above)"
+            )
+        return metrics | {"split": split}
+
+
+def _check_shards_fit(model: RepairModel, manifest: dict[str, Any], data: Path) -> None:
+    """Before streaming: a mismatch would make every sample fail, one warning at a time."""
+    channels, size = int(manifest["channels"]), int(manifest["image_size"])
+    if channels != model.channels:
+        raise GanDistError(
+            f"{data} holds {channels}-channel images, the model {model.source} takes "
+            f"{model.channels}-channel ones: evaluate it on shards packed with "
+            f"`gan-dist data pack --channels {model.channels}`, or on a folder of images"
+        )
+    divisor = model.size_divisor
+    if size % divisor:
+        raise GanDistError(
+            f"{data} holds {size} px images; the model {model.source} needs sides that are a "
+            f"multiple of {divisor}: re-pack them (`gan-dist data pack --size "
+            f"{max(divisor, size // divisor * divisor)}`) or evaluate on a folder of images"
+        )

@@ -151,10 +151,12 @@ def blank_dicom(path: Path, sop_class: str):
 
 
 class MlflowServer:
-    """`mlflow server` on loopback, stopped (and restartable) by pid."""
+    """`mlflow server` on loopback, stopped (and restartable) by pid. Its backend store is
+    `backend_uri` (e.g. PostgreSQL, as a cluster runs it), else a sqlite file in `root`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, backend_uri: str | None = None) -> None:
         self.root = root
+        self.backend_uri = backend_uri or f"sqlite:///{root / 'mlflow.db'}"
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -174,7 +176,7 @@ class MlflowServer:
                 "--workers",
                 "1",
                 "--backend-store-uri",
-                f"sqlite:///{self.root / 'mlflow.db'}",
+                self.backend_uri,
                 "--artifacts-destination",
                 str(self.root / "artifacts"),
             ],

@@ -15,7 +15,11 @@ def eval_(
     data: Path = typer.Option(..., "--data", help="Packed shards, or a folder of clean images."),
     batch: int = typer.Option(16, min=1, help="Images per forward pass."),
     json_: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    tracking_uri: str = typer.Option(None, help="Default: $MLFLOW_TRACKING_URI or ./mlflow.db."),
+    tracking_uri: str = typer.Option(
+        None,
+        help="For models:/ and runs:/ URIs. Default: $MLFLOW_TRACKING_URI or ./mlflow.db "
+        "(must exist: never created here).",
+    ),
 ) -> None:
     """PSNR and SSIM over the image, PSNR and L1 inside the hole."""
     import json

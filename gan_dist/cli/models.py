@@ -11,6 +11,8 @@ from gan_dist.cli._common import out, user_errors
 app = typer.Typer(help="The MLflow model registry: register, list, promote.", no_args_is_help=True)
 
 URI_HELP = "MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."
+# list and promote only read a store: one that does not exist is an error, never created
+READ_URI_HELP = URI_HELP + " Must exist: never created here."
 
 
 @app.command("register")
@@ -40,7 +42,7 @@ def register(
 @app.command("list")
 def list_(
     name: str = typer.Argument(None, help="One model; default: every registered model."),
-    tracking_uri: str = typer.Option(None, help=URI_HELP),
+    tracking_uri: str = typer.Option(None, help=READ_URI_HELP),
     json_: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Versions with their aliases and validation metrics, newest first."""
@@ -80,7 +82,7 @@ def promote(
     name: str = typer.Argument(...),
     version: str = typer.Argument(...),
     alias: str = typer.Option(..., "--alias", help="e.g. champion; moves if it exists."),
-    tracking_uri: str = typer.Option(None, help=URI_HELP),
+    tracking_uri: str = typer.Option(None, help=READ_URI_HELP),
 ) -> None:
     """Point an alias at a version: `gan-dist repair --model models:/NAME@ALIAS` follows it."""
     from gan_dist.models import promote as do_promote

@@ -26,7 +26,11 @@ def repair(
     batch: int = typer.Option(4, min=1, help="Tiles per forward pass."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     overwrite: bool = typer.Option(False, help="Replace output files that already exist."),
-    tracking_uri: str = typer.Option(None, help="Default: $MLFLOW_TRACKING_URI or ./mlflow.db."),
+    tracking_uri: str = typer.Option(
+        None,
+        help="For models:/ and runs:/ URIs. Default: $MLFLOW_TRACKING_URI or ./mlflow.db "
+        "(must exist: never created here).",
+    ),
 ) -> None:
     """Repair images; exits 1 if any file failed (the others are still written)."""
     from rich.progress import Progress
