@@ -60,7 +60,7 @@ def repair_array(
         )
     if mask is None:
         mask = np.zeros((height, width), dtype=bool)
-    divisor = _size_divisor(model)
+    divisor = model.size_divisor
     tile = max(divisor, tile // divisor * divisor)
     overlap = min(overlap, tile // 2)
     th, tw = min(tile, _round_up(height, divisor)), min(tile, _round_up(width, divisor))
@@ -175,17 +175,6 @@ def _chunks(items: list[int], n: int) -> Iterator[list[int]]:
 
 def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k
-
-
-def _size_divisor(model: RepairModel) -> int:
-    """Tiles must pass the net's down-samplings evenly."""
-    from gan_dist.nets.layers import downsamplings
-
-    gen = model.spec["model"]["generator"]
-    depth = gen.get("depth") or downsamplings(int(model.spec["train_image_size"]))
-    if gen["name"] == "resnet":
-        depth = 2
-    return 2**depth
 
 
 # --- files ---------------------------------------------------------------------------------

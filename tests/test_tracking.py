@@ -4,6 +4,7 @@ promoting, loading by alias, and a tampered registry artifact."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import socket
@@ -202,11 +203,18 @@ def test_an_outage_mid_run_loses_nothing_once_the_server_is_back(packed, tmp_pat
         srv.stop()
 
 
-def test_training_finishes_when_the_tracking_server_never_answers(packed, tmp_path):
+@pytest.mark.parametrize("required", [True, False])
+def test_training_finishes_when_the_tracking_server_never_answers(packed, tmp_path, required):
+    """Training is never held up by tracking; but a job whose run never started must not
+    pass for a success (finding 4 of issue 12): exit 4 unless tracking.required is false."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    settings = {"tracking.flush_timeout_s": 3, "tracking.register_as": "x"}
+    settings = {
+        "tracking.flush_timeout_s": 3,
+        "tracking.register_as": "x",
+        "tracking.required": str(required).lower(),
+    }
     start = time.monotonic()
     result = subprocess.run(
         [*TRAIN, *tiny(packed, 4, **settings), "--run-dir", str(tmp_path / "run")],
@@ -215,11 +223,39 @@ def test_training_finishes_when_the_tracking_server_never_answers(packed, tmp_pa
         env=env_with(dead),
         timeout=240,
     )
-    assert result.returncode == 0, result.stderr
     assert "did not receive" in result.stderr and "metric batches" in result.stderr
-    assert "could not register" in result.stderr
     assert (tmp_path / "run" / "checkpoints" / "step-00000004").is_dir()
     assert time.monotonic() - start < 120
+    if required:
+        assert result.returncode == 4, result.stderr
+        assert "the MLflow run could not be started" in result.stderr
+        status = json.loads((tmp_path / "run" / "status.json").read_text())
+        assert status["status"] == "failed" and "MLflow" in status["error"]
+    else:
+        assert result.returncode == 0, result.stderr
+        assert "this run is untracked" in result.stderr and "could not register" in result.stderr
+
+
+def test_a_refused_run_start_stops_the_job_loudly(packed, tmp_path):
+    """Finding 4 of issue 12: a job whose run start was refused logged nothing and exited 0."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.delete_experiment(client.create_experiment("refusing"))  # runs are refused there
+    settings = {"tracking.experiment": "refusing", "train.checkpoint_every": 2}
+    result = subprocess.run(
+        [*TRAIN, *tiny(packed, 200, **settings), "--run-dir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=env_with(uri),
+        timeout=240,
+    )
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "the MLflow run could not be started (MLflow at" in result.stderr
+    assert "refused" in result.stderr and "Traceback" not in result.stderr
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "failed" and status["step"] < 200  # stopped early
 
 
 def test_a_tampered_registry_artifact_is_refused_without_running_it(packed, tmp_path, mlflow_store):

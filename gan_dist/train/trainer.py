@@ -337,14 +337,7 @@ class _Run:
                         "fp16."
                     )
                 if untracked:
-                    why = tracker.start_failed or "see rank 0"
-                    raise TrackingFailed(
-                        f"the MLflow run could not be started ({why}); stopped at step {step} "
-                        "because tracking.required is true. "
-                        f"Checkpoints are kept (last: {self.last_ckpt or 'none'}); fix the "
-                        "tracking store and run the same command to resume, or set "
-                        "tracking.required=false to train untracked"
-                    )
+                    self._untracked(tracker.start_failed or "see rank 0")
 
                 last = step == cfg.max_steps or bool(out_of_time)
                 if step % cfg.log_every == 0 or last:
@@ -379,6 +372,8 @@ class _Run:
                     break
             progress.close()
             self._write_status(status)
+        if tracker.start_failed is not None:  # known for certain only once it has closed
+            self._untracked(tracker.start_failed)
         registered = None
         if tracker.enabled and recipe.tracking.register_as and self.last_ckpt:
             registered = _register(
@@ -387,6 +382,19 @@ class _Run:
         return Outcome(
             status, self.step, self.last_ckpt, self.metrics, logged, self.main, registered
         )
+
+    def _untracked(self, why: str) -> None:
+        """The MLflow run could not be started: with tracking.required (the default) the job
+        fails loudly (exit 4), since a sweep's job with no record would pass for a success;
+        a finished run then completes tracked when the same command is run again."""
+        text = (
+            f"the MLflow run could not be started ({why}); at step {self.step}, checkpoints "
+            f"are kept (last: {self.last_ckpt or 'none'}). Fix the tracking store and run the "
+            "same command to resume"
+        )
+        if self.recipe.tracking.required:
+            raise TrackingFailed(text + ", or set tracking.required=false to train untracked")
+        log.warning("%s; this run is untracked (tracking.required is false)", text)
 
     def stopped(self, signal_name: str, position: dict[int, int] | None = None) -> Outcome:
         """A stop signal: a checkpoint when one can be written here, status `preempted`.
