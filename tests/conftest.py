@@ -224,3 +224,23 @@ def slurm(tmp_path_factory):
             yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """An 8 MiB tmpfs of our own, unmounted afterwards; filling it is the test's part."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the full-disk test: mount: {mounted.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

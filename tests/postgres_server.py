@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from debian_packages import apt_install
+
 PACKAGES = ("postgresql",)
 USER = "mlflow"  # the database superuser initdb makes (trust auth, loopback only)
 NO_MAIN_CLUSTER = Path("/etc/postgresql-common/createcluster.d/gan-dist-tests.conf")
@@ -51,15 +53,7 @@ def install() -> Path:
     # the package would create and start a cluster on port 5432; we want only our own
     NO_MAIN_CLUSTER.parent.mkdir(parents=True, exist_ok=True)
     NO_MAIN_CLUSTER.write_text("create_main_cluster = false\n")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=300)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
-        check=True,
-        env=env,
-        timeout=600,
-        stdout=subprocess.DEVNULL,
-    )
+    apt_install(PACKAGES)
     found = bin_dir()
     if found is None:
         raise RuntimeError(f"apt-get installed {PACKAGES} but no initdb is in /usr/lib/postgresql")

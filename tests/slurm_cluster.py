@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from debian_packages import apt_install
+
 PACKAGES = ("slurm-wlm", "munge")
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
 
@@ -35,15 +37,7 @@ def unavailable() -> str | None:
 def install() -> None:
     if shutil.which("slurmctld") and shutil.which("munged"):
         return
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=300)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
-        check=True,
-        env=env,
-        timeout=600,
-        stdout=subprocess.DEVNULL,
-    )
+    apt_install(PACKAGES)
 
 
 def _free_port() -> int:

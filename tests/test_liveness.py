@@ -249,24 +249,6 @@ def test_a_full_disk_at_a_checkpoint_fails_clearly_and_keeps_the_last_one(
     assert not list((run.run_dir / "checkpoints").glob(".*partial"))
 
 
-@pytest.fixture()
-def small_disk(tmp_path):
-    """A 6 MB tmpfs: room for the run's first checkpoints, filled on purpose by the test."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the full-disk tests: mount: {done.stderr}")
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_a_finished_run_exits_even_with_its_data_workers_alive(packed, tmp_path):
     """Finding 7: a finished run printed its last line and then waited for ever at exit, in
     multiprocessing's join of a DataLoader worker that ignores SIGTERM."""

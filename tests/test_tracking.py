@@ -49,6 +49,17 @@ def env_with(uri: str) -> dict[str, str]:
     return {**os.environ, "MLFLOW_TRACKING_URI": uri, "COLUMNS": "200"}
 
 
+def train_into(uri: str, shards: Path, steps: int, run_dir: Path, settings: dict):
+    """`gan-dist train quickstart` (tiny) tracking into `uri`."""
+    return subprocess.run(
+        [*TRAIN, *tiny(shards, steps, **settings), "--run-dir", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=env_with(uri),
+        timeout=240,
+    )
+
+
 def test_a_run_over_http_logs_everything_and_registers_a_usable_model(
     packed, server, tmp_path, monkeypatch
 ):
@@ -216,13 +227,7 @@ def test_training_finishes_when_the_tracking_server_never_answers(packed, tmp_pa
         "tracking.required": str(required).lower(),
     }
     start = time.monotonic()
-    result = subprocess.run(
-        [*TRAIN, *tiny(packed, 4, **settings), "--run-dir", str(tmp_path / "run")],
-        capture_output=True,
-        text=True,
-        env=env_with(dead),
-        timeout=240,
-    )
+    result = train_into(dead, packed, 4, tmp_path / "run", settings)
     assert "did not receive" in result.stderr and "metric batches" in result.stderr
     assert (tmp_path / "run" / "checkpoints" / "step-00000004").is_dir()
     assert time.monotonic() - start < 120
@@ -244,13 +249,7 @@ def test_a_refused_run_start_stops_the_job_loudly(packed, tmp_path):
     client = MlflowClient(uri)
     client.delete_experiment(client.create_experiment("refusing"))  # runs are refused there
     settings = {"tracking.experiment": "refusing", "train.checkpoint_every": 2}
-    result = subprocess.run(
-        [*TRAIN, *tiny(packed, 200, **settings), "--run-dir", str(tmp_path / "run")],
-        capture_output=True,
-        text=True,
-        env=env_with(uri),
-        timeout=240,
-    )
+    result = train_into(uri, packed, 200, tmp_path / "run", settings)
     assert result.returncode == 4, result.stdout + result.stderr
     assert "the MLflow run could not be started (MLflow at" in result.stderr
     assert "refused" in result.stderr and "Traceback" not in result.stderr
