@@ -449,6 +449,12 @@ class Recipe(Section):
             )
         if wgan and self.objective.gp_weight == 0:
             raise ValueError("objective.gp_weight: wgan-gp needs a gradient penalty weight > 0")
+        launch = self.launch
+        if launch.lock_wait_s >= launch.rank_timeout_s:  # the other ranks wait inside a collective
+            raise ValueError(
+                f"launch.lock_wait_s: {launch.lock_wait_s:g} s must be shorter than "
+                f"launch.rank_timeout_s ({launch.rank_timeout_s} s), which the other ranks wait"
+            )
         return self
 
 

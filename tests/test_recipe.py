@@ -163,3 +163,8 @@ def test_resolve_damage_from_preset_recipe_and_list(tmp_path):
     with pytest.raises(RecipeError) as info:
         resolve_damage(str(path))
     assert any(p.startswith("damage[1].quality") for p in info.value.problems)
+
+
+def test_the_lock_wait_must_fit_inside_the_rank_timeout():
+    with pytest.raises(RecipeError, match=r"launch.lock_wait_s: 700 s must be shorter"):
+        load_recipe("quickstart", ["launch.lock_wait_s=700"])
