@@ -419,10 +419,10 @@ class LaunchConfig(Section):
     main_port: int | None = Field(
         None, ge=1024, le=65535, description="None: a free port (SLURM: from the job id)"
     )
-    lock_wait_s: NonNegativeFloat = Field(
-        300.0,
+    lock_wait_s: NonNegativeFloat | None = Field(
+        None,
         description="a requeued SLURM job waits this long for the old job to release the "
-        "run dir; any other second trainer on a run dir fails at once",
+        "run dir (None: half of rank_timeout_s); any other second trainer fails at once",
     )
     slurm: SlurmConfig | None = None
 
@@ -449,8 +449,8 @@ class Recipe(Section):
             )
         if wgan and self.objective.gp_weight == 0:
             raise ValueError("objective.gp_weight: wgan-gp needs a gradient penalty weight > 0")
-        launch = self.launch
-        if launch.lock_wait_s >= launch.rank_timeout_s:  # the other ranks wait inside a collective
+        launch = self.launch  # the other ranks wait for rank 0's lock inside a collective
+        if launch.lock_wait_s is not None and launch.lock_wait_s >= launch.rank_timeout_s:
             raise ValueError(
                 f"launch.lock_wait_s: {launch.lock_wait_s:g} s must be shorter than "
                 f"launch.rank_timeout_s ({launch.rank_timeout_s} s), which the other ranks wait"

@@ -19,6 +19,7 @@ database, and read-only commands never create one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import queue
@@ -71,6 +72,9 @@ def quiet_mlflow() -> None:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # a store failure (a full disk) is logged by MLflow with a ~90-line SQL traceback each
+    # time; the tracker says it in one line and retries
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
@@ -394,7 +398,13 @@ def open_store(uri: str, create: bool = True) -> MlflowClient:
             if uri not in _opened:
                 _open_sqlite(uri, db, create)
                 _opened.add(uri)
-    return MlflowClient(uri)
+    try:
+        return MlflowClient(uri)
+    except Exception as exc:  # a file store (refused by MLflow 3), an unknown scheme
+        raise GanDistError(
+            f"tracking URI {uri}: {_first_line(exc)}; use sqlite:///PATH/mlflow.db or an "
+            "http(s):// MLflow server (MLFLOW_TRACKING_URI, --tracking-uri)"
+        ) from None
 
 
 def _open_sqlite(uri: str, db: Path, create: bool) -> None:
@@ -403,7 +413,7 @@ def _open_sqlite(uri: str, db: Path, create: bool) -> None:
 
     if not create and not _store_exists(db):
         raise GanDistError(no_store_message(uri, db))
-    made = _make_parents(db.parent) if create else []
+    made = _make_parents(db) if create else []
     lock = FileLock(f"{db}.lock", timeout=STORE_LOCK_TIMEOUT_S)
     try:
         lock.acquire()
@@ -499,23 +509,28 @@ def _create_sqlite_store(db: Path, made: list[Path]) -> None:
 
 
 def _cannot_create(db: Path, exc: Exception) -> str:
-    where = next((p for p in (db.parent, *db.parent.parents) if p.exists()), Path("/"))
+    where = next((p for p in (db.parent, *db.parent.parents) if p.is_dir()), Path("/"))
     free = shutil.disk_usage(where).free
+    if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        fix = "make the folder writable or point MLFLOW_TRACKING_URI elsewhere"
+    else:
+        fix = "free some space or point MLFLOW_TRACKING_URI elsewhere"
     return (
         f"could not create the MLflow tracking store {db} ({_first_line(exc)}); "
         f"{_size(free)} free on {where} (a new store takes about 1 MiB); nothing was left "
-        "behind: free some space or point MLFLOW_TRACKING_URI elsewhere"
+        f"behind: {fix}"
     )
 
 
-def _make_parents(folder: Path) -> list[Path]:
-    """Create `folder` and its missing parents; return those created, deepest first."""
+def _make_parents(db: Path) -> list[Path]:
+    """Create the folders of `db` that are missing; return those created, deepest first."""
+    folder = db.parent
     missing = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         _remove_empty(missing)
-        raise GanDistError(_cannot_create(folder / "mlflow.db", exc)) from None
+        raise GanDistError(_cannot_create(db, exc)) from None
     return missing
 
 

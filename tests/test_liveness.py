@@ -283,3 +283,15 @@ def test_data_workers_never_outlive_their_trainer(own_shards, tmp_path):
     run.proc.wait(timeout=30)
     _, alive = psutil.wait_procs(workers, timeout=20)
     assert not alive, [p.pid for p in alive]
+
+
+def test_a_stop_signal_reaches_a_run_whose_data_read_blocks(packed, tmp_path):
+    """Found by trying: with a read that never returns (a hung mount; here a pipe), SIGTERM
+    was ignored for minutes and status.json stayed `running`."""
+    run = Trainer(packed, tmp_path / "run", **{"data.train": "pipe:sleep 619", "data.val": "null"})
+    time.sleep(12)  # start-up is over: it waits for its first samples
+    run.signal(signal.SIGTERM)
+    code, seconds = run.finish(timeout=90)
+    assert code == EXIT_PREEMPTED, run.output
+    assert seconds < 45
+    assert run.status["status"] == "preempted"

@@ -4,6 +4,7 @@ import io
 import itertools
 import json
 import logging
+import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -297,3 +298,38 @@ def test_a_stream_with_nothing_to_read_stops_with_the_shards_and_last_error(pack
     ):
         next(iter(stream))
     assert time.monotonic() - started < 20
+
+
+def test_a_small_healthy_pack_behind_a_large_shuffle_buffer_is_not_a_stall(photo_dir, tmp_path):
+    """Found by trying: a slot whose few samples wait in the shuffle buffer counted its
+    rounds as failed, slept through back-offs and was declared stalled."""
+    steps, label = resolve_damage("inpaint")
+    options = PackOptions(size=32, crops_per_image=1, damage=steps, damage_source=label)
+    (tmp_path / "src").mkdir()
+    shutil.copy(photo_dir / "astronaut.png", tmp_path / "src")
+    pack_folder(tmp_path / "src", tmp_path / "one", options)
+    cfg = StreamConfig(2, 3, train=True, shuffle_buffer=64, stall_timeout_s=0.5)
+    started = time.monotonic()
+    batches = list(itertools.islice(iter(make_stream(str(tmp_path / "one"), cfg)), 3))
+    assert [len(b["key"]) for b in batches] == [2, 2, 2]
+    assert time.monotonic() - started < 5  # no back-off sleeps on healthy data
+
+
+@pytest.mark.integration
+def test_a_read_that_blocks_for_ever_is_bounded(tmp_path):
+    """Found by trying: a data worker blocked inside a read (a hung mount; here a pipe that
+    never ends) reached no liveness check and the run waited for ever."""
+    from gan_dist.data.stream import DataStalled
+
+    cfg = StreamConfig(2, 3, train=True, workers=1, stall_timeout_s=2)
+    stream = make_stream("pipe:sleep 617", cfg)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DataStalled, match=r"no batch came from the data workers for 4 s"):
+            next(iter(stream))
+    finally:
+        stream.close()
+    assert time.monotonic() - started < 30
+    import psutil
+
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "617" in (p.info["cmdline"] or [])]

@@ -147,7 +147,7 @@ def test_a_lost_race_to_create_the_experiment_takes_the_winners(tmp_path):
 @pytest.mark.timeout(900)
 def test_a_crowd_of_jobs_on_a_fresh_store_all_get_complete_runs(packed, tmp_path):
     """Four jobs, `./mlflow.db` that does not exist yet, an experiment that does not."""
-    for trial in range(2):
+    for trial in range(1):  # more trials found nothing more (see the registration crowd)
         cwd = tmp_path / f"trial{trial}"
         cwd.mkdir()
         uri = "sqlite:///mlflow.db"  # the default: ./mlflow.db of the working directory

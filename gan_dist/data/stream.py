@@ -23,6 +23,7 @@ retrying for ever.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import logging
 import math
@@ -173,6 +174,7 @@ class StreamConfig:
 
 
 WARN_INTERVAL_S = 60.0  # at most one warning line per shard in this time
+BLOCKED_READ_FACTOR = 2.0  # x data.stall_timeout_s: the longest wait for one batch
 
 
 class _SkipLog:
@@ -335,36 +337,46 @@ def current_slot(rank: int | None = None, world: int | None = None) -> Slot:
 
 
 class _Liveness:
-    """Counts shard visits since the last decoded sample; a training stream whose every shard
-    failed twice in a row, for at least `timeout_s`, is stalled. In between, each fruitless
-    round over the shards waits a little longer (up to 5 s) instead of spinning."""
+    """Is the training stream stuck? Stuck means: no sample decoded for `timeout_s`, over at
+    least two full rounds of this slot's shards, while something failed (a shard that
+    cannot be opened, a sample that cannot be decoded) or the rounds read no sample at all.
+    A healthy small pack whose samples wait in the shuffle buffer is read, not stuck. A round
+    that read nothing waits a little longer each time (up to 5 s) instead of spinning."""
 
     def __init__(self, shards: int, timeout_s: float, skips: _SkipLog) -> None:
         self.shards, self.timeout_s, self.skips = shards, timeout_s, skips
-        self.visits = 0
-        self._since = 0  # visits since a sample was last decoded
+        self._visits = 0  # shard visits since a sample was last decoded
+        self._failures = skips.count  # skip events when a sample was last decoded
         self._last_sample = time.monotonic()
+        self._read_in_round = 0
+        self._empty_rounds = 0  # rounds in a row that read no sample at all
 
     def decoded(self) -> None:
-        self._since = 0
+        self._visits = 0
+        self._failures = self.skips.count
         self._last_sample = time.monotonic()
+
+    def read(self) -> None:
+        self._read_in_round += 1
 
     def visit(self, slot: Slot) -> None:
         """Called before each shard is opened; raises DataStalled when the stream is stuck."""
-        self.visits += 1
-        self._since += 1
-        failed_rounds = (self._since - 1) // self.shards
-        if failed_rounds == 0 or (self._since - 1) % self.shards:
-            return
+        self._visits += 1
+        if (self._visits - 1) % self.shards or self._visits == 1:
+            return  # not at the start of a new round
+        self._empty_rounds = 0 if self._read_in_round else self._empty_rounds + 1
+        self._read_in_round = 0
         quiet = time.monotonic() - self._last_sample
-        if failed_rounds >= 2 and quiet >= self.timeout_s:
+        failing = self.skips.count > self._failures or self._empty_rounds >= 2
+        if self._visits > 2 * self.shards and quiet >= self.timeout_s and failing:
             raise DataStalled(
                 f"no training sample could be read for {quiet:.0f} s (rank {slot.rank}, data "
                 f"worker {slot.worker}: each of its {self.shards} shard(s) failed at least "
                 f"twice); last error: {self.skips.last_error or 'none (the shards are empty)'}. "
                 "Check that the shards exist and are readable (gan-dist data inspect DIR)"
             )
-        time.sleep(min(5.0, 0.25 * 2**failed_rounds))
+        if self._empty_rounds:
+            time.sleep(min(5.0, 0.25 * 2**self._empty_rounds))
 
 
 class _SlotSamples:
@@ -400,7 +412,13 @@ class _SlotSamples:
             samples = wds.tariterators.tarfile_samples([{"url": url}], handler=self.skips)
             for i, sample in enumerate(samples):
                 if i % stride == first:
+                    if self.decode.liveness is not None:
+                        self.decode.liveness.read()
                     yield sample
+
+
+def _ignore(_signum: int, _frame: object) -> None:
+    """A stop signal reaching a data worker: the trainer stops it (see `_worker_start`)."""
 
 
 def _worker_start(_worker_id: int) -> None:
@@ -410,7 +428,9 @@ def _worker_start(_worker_id: int) -> None:
     itself (`ShardStream.close`). A worker must still never outlive its trainer: on Linux
     the kernel kills it when the parent dies."""
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
+        # a handler, not SIG_IGN: an ignored signal stays ignored across exec, and a
+        # `pipe:` command started by this worker could then not be stopped by SIGTERM
+        signal.signal(sig, _ignore)
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -452,6 +472,9 @@ class ShardStream:
             persistent_workers=config.workers > 0,
             worker_init_fn=_worker_start,
             prefetch_factor=4 if config.workers > 0 else None,
+            # a worker blocked inside a read (a hung mount, a pipe that never ends) reaches
+            # no liveness check; the wait for its batch is bounded here instead
+            timeout=config.stall_timeout_s * BLOCKED_READ_FACTOR if config.workers else 0,
         )
 
     @property
@@ -503,6 +526,17 @@ class ShardStream:
                 return
             except DataStalled as exc:  # from a worker: its message, not its traceback
                 raise DataStalled(_last_line(str(exc))) from None
+            except RuntimeError as exc:
+                if "timed out" not in str(exc):
+                    raise
+                waited = self.config.stall_timeout_s * BLOCKED_READ_FACTOR
+                raise DataStalled(
+                    f"no batch came from the data workers for {waited:.0f} s: a read is "
+                    "blocked (a hung mount, a pipe: command that never ends) in "
+                    f"{', '.join(self.urls[:3])}{' ...' if len(self.urls) > 3 else ''}; last "
+                    f"error: {self._skips.last_error or 'none'}. Raise data.stall_timeout_s "
+                    "if the storage is just this slow"
+                ) from None
             self._per_worker.update(batch.pop("skipped"))
             self._pulled.update(batch.pop("pulled"))
             yield batch
@@ -517,15 +551,28 @@ class ShardStream:
         workers = list(getattr(it, "_workers", []))
         if not workers:
             return
+        children = _children(workers)  # what they started (`pipe:` commands) goes too
         shutdown = getattr(it, "_shutdown_workers", None)
         if shutdown is not None:
-            shutdown()
-        deadline = time.monotonic() + timeout_s
+            shutdown()  # asks, and waits up to 5 s for each worker
         for proc in workers:
-            proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
+                children += _children([proc])  # before the worker's death hides them
                 proc.kill()
                 proc.join(timeout_s)
+        for child in children:
+            with contextlib.suppress(Exception):
+                child.kill()
+
+
+def _children(workers: list) -> list:
+    import psutil
+
+    found = []
+    for proc in workers:
+        with contextlib.suppress(psutil.Error, ValueError):
+            found += psutil.Process(proc.pid).children(recursive=True)
+    return found
 
 
 def _close_at_exit(ref: weakref.ref[ShardStream]) -> None:

@@ -155,10 +155,11 @@ def run_local(
     per_node = per_node_args(str(node_rank), main_addr, port)
     cmd = node_command(topology, per_node, train_args(frozen_recipe(run_dir), run_dir))
     env = launch_env(topology)
+    if not dry_run:
+        check_free(run_dir)  # before the frozen recipe of a running job is replaced
     announce("running " + shlex.join([*(f"{k}={v}" for k, v in env.items()), *cmd]))
     if dry_run:
         return 0
-    check_free(run_dir)  # before the frozen recipe of a running job is replaced
     freeze_recipe(recipe, run_dir)
     before = run_status.read(run_dir)
     proc = subprocess.Popen(cmd, env={**os.environ, **env})

@@ -200,6 +200,17 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True)
 
 
+def newest_step(run_dir: Path) -> tuple[Path | None, int]:
+    """The newest complete checkpoint and its step, from its state.json alone (quick, for a
+    status line; `resolve` is what checks a checkpoint before use); (None, 0) if none."""
+    for path in list_checkpoints(run_dir):
+        try:
+            return path, int(json.loads((path / "state.json").read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None, 0
+
+
 def read(path: Path) -> Checkpoint:
     """Check a checkpoint is whole and readable without unpickling; raise GanDistError."""
     try:

@@ -156,7 +156,9 @@ class _Run:
             ],
         )
         rank, world = accelerator.process_index, accelerator.num_processes
-        self.lock = _lock_run_dir(run_dir, accelerator, recipe.launch.lock_wait_s)
+        launch = recipe.launch
+        wait = launch.rank_timeout_s / 2 if launch.lock_wait_s is None else launch.lock_wait_s
+        self.lock = _lock_run_dir(run_dir, accelerator, wait)
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
@@ -166,7 +168,7 @@ class _Run:
         if self.val:
             check_shards(self.val, data.channels, data.image_size, "data.val", split="val")
         ckpt = checkpoint.resolve(run_dir, resume)
-        self.last_ckpt = ckpt.path if ckpt else None
+        self.last_ckpt, self.step = (ckpt.path, ckpt.step) if ckpt else (None, 0)
 
         # nets: identical initial weights on every rank, then per-rank randomness
         set_seed(recipe.seed)
@@ -184,7 +186,6 @@ class _Run:
             if ckpt
             else {}
         )
-        self.step = ckpt.step if ckpt else 0
         self.ema.module.to(accelerator.device)
         if cfg.compile:
             G, D = torch.compile(G), torch.compile(D)
@@ -288,7 +289,11 @@ class _Run:
             for split, shards in (("train", recipe.data.train), ("val", self.val)):
                 if shards and (Path(shards) / MANIFEST).is_file():
                     tracker.log_artifact(Path(shards) / MANIFEST, f"data/{split}")
-            samples = _fixed_samples(recipe, self.val) if tracker.enabled else None
+            try:  # the grid's samples are read here: a blocked read must not hold a stop up
+                with stop.interruptible(grace_s=0):
+                    samples = _fixed_samples(recipe, self.val) if tracker.enabled else None
+            except StopRequested as exc:
+                return self.stopped(str(exc))
             while self.step < cfg.max_steps:
                 update_g = (self.step + 1) % recipe.objective.n_critic == 0
                 position = self.stream.position
@@ -351,7 +356,11 @@ class _Run:
                     self._write_status("running")
                 progress.update(step, logged if step % cfg.log_every == 0 or last else None)
                 if self.val and (step % cfg.eval_every == 0 or last):
-                    metrics = _validate(ema.module, recipe, self.val, accelerator, stop)
+                    try:  # cut short by a stop; a read that blocks is interrupted
+                        with stop.interruptible(grace_s=DATA_WAIT_GRACE_S):
+                            metrics = _validate(ema.module, recipe, self.val, accelerator, stop)
+                    except StopRequested as exc:  # the step is done: one process saves it
+                        return self.stopped(str(exc), self.stream.position)
                     if not stop.requested:  # a pass cut short by a signal is no score
                         self.metrics = metrics
                         tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step)
@@ -405,6 +414,8 @@ class _Run:
         so they keep the last one. From start-up there is nothing new to save."""
         if position is not None and self.accelerator.num_processes == 1 and self.step:
             self.save_checkpoint(position)
+        if self.last_ckpt is None:  # stopped in start-up before it looked: what is there
+            self.last_ckpt, self.step = checkpoint.newest_step(self.run_dir)
         if self.tracker is not None:
             self.tracker.status = "KILLED"  # ended for now; a resumed job reopens the run
         if self.lock is None and self.main:  # stopped before it took the run dir
