@@ -200,28 +200,24 @@ def newest_step_in(run_dir: Path) -> int:
 
 def test_a_requeued_job_waits_for_the_old_one_then_takes_over(own_shards, tmp_path):
     """Finding 3: a requeued SLURM job starting while the old one still drains."""
-    old = Trainer(own_shards, tmp_path / "run", steps=14)
+    requeued_env = {"SLURM_RESTART_COUNT": "1"}
+    old = Trainer(own_shards, tmp_path / "run")
     old.wait_for("step 2/")
-    impatient = Trainer(
-        own_shards,
-        tmp_path / "run",
-        steps=16,
-        env={"SLURM_RESTART_COUNT": "1"},
-        **{"launch.lock_wait_s": 1},
-    )
+    impatient = Trainer(own_shards, tmp_path / "run", env=requeued_env, **{"launch.lock_wait_s": 1})
     code, _ = impatient.finish(timeout=120)
     assert code == 1 and "(waited 1 s)" in impatient.output, impatient.output
-    requeued = Trainer(
-        own_shards,
-        tmp_path / "run",
-        steps=16,
-        env={"SLURM_RESTART_COUNT": "1"},
-        **{"launch.lock_wait_s": 300},
-    )
-    assert old.finish(timeout=180)[0] == 0, old.output
-    code, _ = requeued.finish(timeout=180)
-    assert code == 0, requeued.output
-    assert "resumed from" in requeued.output and "at step 14" in requeued.output
+    assert old.proc.poll() is None  # the holder trains on, untouched
+
+    requeued = Trainer(own_shards, tmp_path / "run", env=requeued_env)  # waits up to 300 s
+    time.sleep(15)  # it has started and is waiting for the lock
+    assert requeued.proc.poll() is None
+    old.signal(signal.SIGTERM)  # the old job drains: checkpoint, exit 75
+    assert old.finish(timeout=120)[0] == EXIT_PREEMPTED, old.output
+    stopped_at = old.status["step"]
+    requeued.wait_for("step ")
+    assert f"at step {stopped_at}" in requeued.output  # resumed where the old one stopped
+    requeued.signal(signal.SIGTERM)
+    assert requeued.finish(timeout=120)[0] == EXIT_PREEMPTED, requeued.output
 
 
 def test_a_full_disk_at_a_checkpoint_fails_clearly_and_keeps_the_last_one(

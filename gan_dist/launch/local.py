@@ -194,8 +194,13 @@ def failure_hint(run_dir: Path, since: float) -> str:
     path = run_dir / run_status.STATUS_FILE
     fresh = path.is_file() and path.stat().st_mtime >= since
     status = (run_status.read(run_dir) if fresh else None) or {}
-    if status.get("status") == "failed":
+    if status.get("status") == "failed" and status.get("cause") == "user":
         text = f"training stopped on an error ({status.get('error', 'see above')})"
+    elif status.get("status") == "failed":
+        text = (
+            f"a rank failed ({status.get('error', 'see above')}); the launcher's report above "
+            "names the rank that failed first"
+        )
     else:
         text = "a rank died without reporting; the launcher's report above names it"
     kept = checkpoint.list_checkpoints(run_dir)

@@ -26,6 +26,7 @@ def write(
     step: int,
     checkpoint: Path | None = None,
     error: str | None = None,
+    cause: str | None = None,
 ) -> None:
     """Atomic (a temp file renamed) where possible. On a full disk, where no new file can be
     made, the old file's own block is overwritten in place: the status of a run that failed
@@ -38,6 +39,7 @@ def write(
     }
     if error:
         doc["error"] = error
+        doc["cause"] = cause  # "user": an error the user can fix; "crash": anything else
     data = (json.dumps(doc) + "\n").encode()
     path = run_dir / STATUS_FILE
     try:

@@ -431,17 +431,20 @@ class _Run:
 
     def failed(self, exc: Exception) -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if not isinstance(exc, GanDistError):  # a crash: its kind tells the most
+        user = isinstance(exc, GanDistError)
+        if not user:  # a crash (often another rank's death seen in a collective): its kind
             first = f"{type(exc).__name__}: {first}"
-        self._write_status("failed", error=first)
+        self._write_status("failed", error=first, cause="user" if user else "crash")
 
-    def _write_status(self, status: str, error: str | None = None) -> None:
+    def _write_status(
+        self, status: str, error: str | None = None, cause: str | None = None
+    ) -> None:
         """Rank 0, and only while it holds the run dir: a refused second trainer must not
         overwrite the status of the one that holds it."""
         if not (self.main and self.lock is not None):
             return
         try:
-            run_status.write(self.run_dir, status, self.step, self.last_ckpt, error)
+            run_status.write(self.run_dir, status, self.step, self.last_ckpt, error, cause)
         except OSError as exc:  # a full disk: the status is lost, not the error behind it
             log.warning("could not write %s: %s", self.run_dir / run_status.STATUS_FILE, exc)
 
