@@ -688,7 +688,8 @@ def _validation_note(train: str, asked: str | None, val: str | None) -> str:
         return f"no validation ({why})"
     if asked == "auto":
         return f"validating on the val split of {val} (the training pack)"
-    same = pack_of(val) is not None and pack_of(val) == pack_of(train)
+    pack = pack_of(val)
+    same = pack is not None and pack == pack_of(train)
     return f"validating on {val}" + ("" if same else " (not the pack data.train names)")
 
 
