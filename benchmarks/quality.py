@@ -20,6 +20,13 @@ dcgan, sngan and wgan-gp recipes' objectives and nets, and quickstart's generato
 alone (adversarial weight 0). Needs `pip install opencv-python-headless` for Telea.
 
     python benchmarks/quality.py [--minutes 3] [--mri-train 800]
+
+Precision parity (`--parity STEPS`): instead of the variants, quickstart trained for a fixed
+STEPS in fp32 and in bf16 mixed precision with channels_last, with seeds 0 and 1, all scored
+in fp32 on the same held-out samples. A bf16 - fp32 difference is judged against the
+difference between two fp32 seeds, GAN training being chaotic in any precision.
+
+    python benchmarks/quality.py --parity 300 [--seeds 0,1]
 """
 
 from __future__ import annotations
@@ -251,6 +258,48 @@ def model_repair(run_dir: Path):
     return repair
 
 
+PRECISIONS = {
+    "fp32": ["train.mixed_precision=no", "train.channels_last=false"],
+    "bf16": ["train.mixed_precision=bf16", "train.channels_last=true"],
+}
+
+
+def parity(
+    batches, train_shards: Path, channels: int, steps: int, sets, work: Path, seeds: list[int]
+) -> dict:
+    """quickstart for `steps` steps in each precision and seed; differences in hole PSNR (dB)
+    and SSIM: bf16 - fp32 per seed and their mean, and between the first two fp32 seeds
+    (the run-to-run noise)."""
+    runs: dict[str, dict] = {}
+    for seed in seeds:
+        for precision, extra in PRECISIONS.items():
+            name = f"{precision}_seed{seed}"
+            fixed = [f"train.max_steps={steps}", "train.max_minutes=null", f"seed={seed}"]
+            info = train_variant(
+                name, "quickstart", [*extra, *fixed, *sets], train_shards, channels, 0, work / name
+            )
+            if info["exit_code"] == 0:
+                info.update(score(batches, model_repair(work / name)))
+            runs[name] = info
+
+    def delta(a: str, b: str) -> dict[str, float]:
+        return {k: round(runs[a][k] - runs[b][k], 4) for k in ("hole_psnr", "ssim")}
+
+    per_seed = {f"seed{s}": delta(f"bf16_seed{s}", f"fp32_seed{s}") for s in seeds}
+    mean = {
+        k: round(float(np.mean([d[k] for d in per_seed.values()])), 4)
+        for k in ("hole_psnr", "ssim")
+    }
+    return {
+        "steps": steps,
+        "runs": runs,
+        "bf16_minus_fp32": per_seed | {"mean": mean},
+        "fp32_seed_to_seed": delta(f"fp32_seed{seeds[1]}", f"fp32_seed{seeds[0]}")
+        if len(seeds) > 1
+        else None,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=3.0)
@@ -261,6 +310,8 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="for every variant"
     )
+    parser.add_argument("--parity", type=int, metavar="STEPS", help="fp32 vs bf16 instead")
+    parser.add_argument("--seeds", default="0,1", help="for --parity")
     args = parser.parse_args()
     torch.set_num_threads(2)
     report: dict = {
@@ -283,6 +334,13 @@ def main() -> None:
             (train, held), channels, crops = found, 1, None
         train_shards, held_shards = pack_sets(work, dataset, train, held, channels, crops)
         batches = held_out(held_shards, channels)
+        if args.parity:
+            seeds = [int(x) for x in args.seeds.split(",")]
+            report["datasets"][dataset] = parity(
+                batches, train_shards, channels, args.parity, args.set, work / dataset, seeds
+            )
+            print(json.dumps(report, indent=2), file=sys.stderr, flush=True)
+            continue
         result = {
             "train_images": len(list(train.iterdir())),
             "held_out_images": len(list(held.iterdir())),

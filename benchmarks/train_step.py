@@ -1,21 +1,41 @@
-"""Framework overhead and data-parallel scaling of the training step.
+"""Framework overhead of the training step, in fp32 and in bf16 mixed precision.
 
-1. For each recipe: images/s of gan-dist's `train_step` (Accelerate-prepared nets and
-   optimisers, accumulate context, loss bookkeeping) against a plain PyTorch loop written
-   out below with the same nets, batch, losses and optimisers, on synthetic batches.
-   Single steps interleaved, per-step medians; target trainer / plain >= 0.97.
-   Both loops get the hole prefill with the batch, as the trainer's data workers provide it.
+For each recipe, four loops on the same synthetic batches, single steps interleaved (so that
+machine noise and drift hit all alike), per-step medians:
+
+- `trainer_fp32`, `trainer_bf16`: gan-dist's `train_step` (Accelerate-prepared nets and
+  optimisers, accumulate context, loss bookkeeping); bf16 is `train.mixed_precision: bf16`
+  with `train.channels_last: true`, exactly as the trainer sets them up;
+- `plain_fp32`, `plain_bf16`: a plain PyTorch loop written out below with the same nets,
+  batch, losses and optimisers; bf16 there is `torch.autocast` around the nets plus
+  channels_last nets and inputs.
+
+Targets: trainer / plain >= 0.97 in each precision (overhead), and trainer_bf16 /
+plain_fp32 >= 1.8 for quickstart at 128 px on a CPU with bf16 instructions. All loops get the
+hole prefill with the batch, as the trainer's data workers provide it. The CPU's bf16 support
+and the instruction set oneDNN picks for a bf16 convolution are in the report.
+End to end, with its data: `gan-dist train quickstart` (photo crops packed as the demo packs
+them, the hole prefill and decoding in the loop) at the recipe's defaults, against the same
+recipe forced to fp32 (`--set train.mixed_precision=no`), and forced to fp32 with
+channels_last off as well (the recipe before bf16 became its default); runs alternating,
+images/s from the progress lines after the first tenth, medians. Target: defaults / fp32
+with channels_last off >= 1.7x on a CPU with bf16 instructions.
 Scaling over processes is benchmarks/scaling.py.
 
-    python benchmarks/train_step.py [--size 128] [--steps 30]
+    python benchmarks/train_step.py [--size 128] [--steps 30] [--e2e-steps 80 --repeats 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -24,7 +44,7 @@ from gan_dist.objectives import ADVERSARIAL, reconstruction, structural_dissimil
 from gan_dist.recipe import load_recipe
 
 
-def synthetic(recipe, device) -> dict[str, torch.Tensor]:
+def synthetic(recipe, device, fmt=torch.contiguous_format) -> dict[str, torch.Tensor]:
     from gan_dist.nets.prefill import fill_holes
 
     g = torch.Generator().manual_seed(0)
@@ -35,30 +55,47 @@ def synthetic(recipe, device) -> dict[str, torch.Tensor]:
     batch = {"damaged": damaged, "clean": clean, "mask": mask}
     if recipe.model.prefill != "none":
         batch["start"] = fill_holes(damaged, 1 - mask, recipe.model.prefill)
-    return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.to(device).contiguous(memory_format=fmt) for k, v in batch.items()}
 
 
-def nets(recipe, device):
+def nets(recipe, device, fmt=torch.contiguous_format):
     torch.manual_seed(0)
-    G = build_generator(recipe.model, recipe.data.channels, recipe.data.image_size).to(device)
+    G = build_generator(recipe.model, recipe.data.channels, recipe.data.image_size)
     D = build_discriminator(
         recipe.model.discriminator, recipe.data.channels, recipe.data.image_size
-    ).to(device)
-    return G, D
+    )
+    return G.to(device, memory_format=fmt), D.to(device, memory_format=fmt)
 
 
 def adam(net, cfg):
     return torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
 
 
+def with_precision(recipe, bf16: bool):
+    """The recipe in fp32, or in bf16 mixed precision with channels_last as users set it."""
+    sets = (
+        ["train.mixed_precision=bf16", "train.channels_last=true"]
+        if bf16
+        else [
+            "train.mixed_precision=no",
+            "train.channels_last=false",
+        ]
+    )
+    return load_recipe(recipe.name, [f"data.image_size={recipe.data.image_size}", *sets])
+
+
 def trainer_step(recipe):
     """gan-dist's step with Accelerate-prepared nets and optimisers, as the trainer runs it."""
     from accelerate import Accelerator
 
+    from gan_dist.precision import effective_precision
     from gan_dist.train.trainer import train_step
 
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
-    G, D = nets(recipe, acc.device)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision, _ = effective_precision(recipe.train.mixed_precision, device)
+    acc = Accelerator(cpu=device == "cpu", mixed_precision=precision)
+    fmt = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
+    G, D = nets(recipe, acc.device, fmt)
     opt_g, opt_d = adam(G, recipe.optim.generator), adam(D, recipe.optim.discriminator)
     G, D, opt_g, opt_d = acc.prepare(G, D, opt_g, opt_d)
     batch = synthetic(recipe, acc.device)
@@ -74,23 +111,32 @@ def trainer_step(recipe):
 def plain_step(recipe):
     """The same step with nothing but PyTorch: the reference for overhead."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    G, D = nets(recipe, device)
+    bf16 = recipe.train.mixed_precision == "bf16"
+    fmt = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
+    G, D = nets(recipe, device, fmt)
     opt_g, opt_d = adam(G, recipe.optim.generator), adam(D, recipe.optim.discriminator)
     adv, obj = ADVERSARIAL[recipe.objective.adversarial], recipe.objective
-    b = synthetic(recipe, device)
+    b = synthetic(recipe, device, fmt)
     damaged, clean, mask, start = b["damaged"], b["clean"], b["mask"], b.get("start")
 
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
     def step() -> bool:
-        fake = G(damaged, mask, start)
-        real_in = torch.cat([damaged, mask, clean], 1)
-        fake_in = torch.cat([damaged, mask, fake.detach()], 1)
-        real_l, fake_l = D(torch.cat([real_in, fake_in])).chunk(2)
+        with autocast():
+            # the repair leaves autocast in fp32, as Accelerate's prepared nets return it,
+            # so that the losses are computed in fp32
+            fake = G(damaged, mask, start).float()
+            real_in = torch.cat([damaged, mask, clean], 1)
+            fake_in = torch.cat([damaged, mask, fake.detach()], 1)
+            real_l, fake_l = D(torch.cat([real_in, fake_in])).float().chunk(2)
         loss_d = adv.d(real_l, fake_l)
         loss_d.backward()
         opt_d.step()
         opt_d.zero_grad(set_to_none=True)
         D.requires_grad_(False)
-        g_l = D(torch.cat([damaged, mask, fake], 1))
+        with autocast():
+            g_l = D(torch.cat([damaged, mask, fake], 1)).float()
         loss_g = obj.adversarial_weight * adv.g(g_l) + reconstruction(
             fake, clean, mask, obj.l1_weight, obj.hole_l1_weight
         )
@@ -105,41 +151,158 @@ def plain_step(recipe):
     return step
 
 
-def overhead(name: str, size: int, steps: int) -> dict:
-    """Single steps interleaved (trainer, plain, trainer, ...) so that machine noise and
-    drift hit both alike; per-step medians."""
-    recipe = load_recipe(
-        name, [f"data.image_size={size}", "train.mixed_precision=no", "train.channels_last=false"]
-    )
-    loops = {"trainer": trainer_step(recipe), "plain": plain_step(recipe)}
+def interleaved(loops: dict, steps: int, batch: int) -> dict[str, float]:
+    """Single steps interleaved (a, b, c, a, b, c, ...) so that machine noise and drift hit
+    all loops alike; images/s from per-step medians after two warm-up rounds."""
     times: dict[str, list[float]] = {k: [] for k in loops}
     for i in range(steps + 2):
         for kind, step in loops.items():
             start = time.perf_counter()
             step()
-            if i >= 2:  # warm-up
+            if i >= 2:
                 times[kind].append(time.perf_counter() - start)
-    rate = {k: recipe.data.batch_size / statistics.median(v) for k, v in times.items()}
+    return {k: batch / statistics.median(v) for k, v in times.items()}
+
+
+def overhead(name: str, size: int, steps: int) -> dict:
+    """Two phases, each interleaved: fp32 (trainer, plain), then bf16 (trainer, plain fp32,
+    plain bf16). Accelerate keeps one mixed-precision setting per process, so the trainer's
+    fp32 and bf16 loops cannot alternate; it is reset between the phases."""
+    from accelerate.state import AcceleratorState
+
+    base = load_recipe(name, [f"data.image_size={size}"])
+    fp32, bf16 = with_precision(base, False), with_precision(base, True)
+    batch = base.data.batch_size
+    first = interleaved({"trainer": trainer_step(fp32), "plain": plain_step(fp32)}, steps, batch)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    second = interleaved(
+        {
+            "trainer_bf16": trainer_step(bf16),
+            "plain_fp32": plain_step(fp32),
+            "plain_bf16": plain_step(bf16),
+        },
+        steps,
+        batch,
+    )
+    AcceleratorState._reset_state(reset_partial_state=True)
     return {
         "image_size": size,
-        "batch": recipe.data.batch_size,
+        "batch": batch,
         "steps": steps,
-        "trainer_images_per_s": round(rate["trainer"], 2),
-        "plain_images_per_s": round(rate["plain"], 2),
-        "ratio_trainer_over_plain": round(rate["trainer"] / rate["plain"], 3),
+        "fp32": {
+            "trainer_images_per_s": round(first["trainer"], 2),
+            "plain_images_per_s": round(first["plain"], 2),
+            "ratio_trainer_over_plain": round(first["trainer"] / first["plain"], 3),
+        },
+        "bf16": {
+            "trainer_bf16_images_per_s": round(second["trainer_bf16"], 2),
+            "plain_fp32_images_per_s": round(second["plain_fp32"], 2),
+            "plain_bf16_images_per_s": round(second["plain_bf16"], 2),
+            "speedup_trainer_bf16_over_plain_fp32": round(
+                second["trainer_bf16"] / second["plain_fp32"], 3
+            ),
+            "ratio_trainer_bf16_over_plain_bf16": round(
+                second["trainer_bf16"] / second["plain_bf16"], 3
+            ),
+        },
     }
 
 
+def onednn_isa() -> str | None:
+    """The instruction set oneDNN reports for a bf16 convolution on this CPU (its verbose
+    log, read in a child process since oneDNN prints from C), e.g. `avx512_core_amx`."""
+    code = (
+        "import torch\n"
+        "x = torch.randn(1, 16, 32, 32).to(memory_format=torch.channels_last)\n"
+        "conv = torch.nn.Conv2d(16, 16, 3).to(memory_format=torch.channels_last)\n"
+        "with torch.autocast('cpu', dtype=torch.bfloat16):\n"
+        "    conv(x)\n"
+    )
+    env = dict(os.environ, ONEDNN_VERBOSE="1")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    ).stdout
+    for line in out.splitlines():
+        fields = line.split(",")
+        if "exec" in fields and "convolution" in fields:
+            return fields[fields.index("convolution") + 1]
+    return None
+
+
+def end_to_end(steps: int, repeats: int) -> dict:
+    import tempfile
+
+    from scaling import finish, shards  # benchmarks/scaling.py: the demo's photos, packed
+
+    work = Path(tempfile.mkdtemp(prefix="gan-dist-e2e-"))
+    data = shards(work, "one")
+    variants = {
+        "defaults": [],
+        "fp32": ["train.mixed_precision=no"],
+        "fp32_contiguous": ["train.mixed_precision=no", "train.channels_last=false"],
+    }
+    common = [
+        f"data.train={data}",
+        "data.val=null",
+        f"train.max_steps={steps}",
+        "train.log_every=10",
+        "tracking.enabled=false",
+    ]
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    for i in range(repeats):
+        for name, sets in variants.items():
+            cmd = [sys.executable, "-m", "gan_dist", "train", "quickstart"]
+            cmd += ["--run-dir", str(work / f"{name}-{i}")]
+            cmd += [a for s in common + sets for a in ("--set", s)]
+            started = time.perf_counter()
+            proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                env={**os.environ, "COLUMNS": "200"},
+            )
+            run = finish(proc, started, load_recipe("quickstart").data.batch_size)
+            rates[name].append(run["steps_per_s"] * run["batch"])
+    median = {k: statistics.median(v) for k, v in rates.items()}
+    return {
+        "steps": steps,
+        "repeats": repeats,
+        "images_per_s": {k: round(v, 2) for k, v in median.items()},
+        "runs": {k: [round(x, 2) for x in v] for k, v in rates.items()},
+        "speedup_defaults_over_fp32_contiguous": round(
+            median["defaults"] / median["fp32_contiguous"], 3
+        ),
+        "speedup_defaults_over_fp32": round(median["defaults"] / median["fp32"], 3),
+    }
+
+
+def cpu_model() -> str:
+    for line in (
+        Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    ):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
+    from gan_dist.precision import cpu_bf16
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per loop")
     parser.add_argument("--recipes", default="quickstart,medical")
+    parser.add_argument("--e2e-steps", type=int, default=80, help="0: no end-to-end runs")
+    parser.add_argument("--repeats", type=int, default=2, help="end-to-end runs per variant")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     report = {
         "benchmark": "train_step",
         "device": device,
+        "cpu": cpu_model(),
+        "cpu_bf16": cpu_bf16(),
+        "onednn_bf16_conv_isa": onednn_isa() if device == "cpu" else None,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "overhead": {},
@@ -147,6 +310,8 @@ def main() -> None:
     for name in filter(None, args.recipes.split(",")):
         steps = args.steps if name == "quickstart" else max(8, args.steps // 3)
         report["overhead"][name] = overhead(name, args.size, steps)
+    if args.e2e_steps:
+        report["end_to_end_quickstart"] = end_to_end(args.e2e_steps, args.repeats)
     print(json.dumps(report, indent=2))
 
 

@@ -42,6 +42,30 @@ class RepairModel:
     net: torch.nn.Module
     spec: dict[str, Any]
     source: str
+    precision: str = "fp32"
+
+    def use_precision(self, precision: str) -> RepairModel:
+        """ "fp32", or "bf16": bf16 autocast with channels_last net and inputs (the layout
+        oneDNN and cuDNN run bf16 convolutions in). Known pixels stay bit-exact either way:
+        repair copies them from the input."""
+        import torch
+
+        self.precision = precision
+        fmt = torch.channels_last if precision == "bf16" else torch.contiguous_format
+        self.net.to(memory_format=fmt)
+        return self
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """images (B, C, H, W) in [-1, 1] with holes -1, masks (B, 1, H, W) with 1 in the
+        holes -> the net's output (B, C, H, W) in [-1, 1], fp32, on the net's device."""
+        import torch
+
+        device = next(self.net.parameters()).device
+        bf16 = self.precision == "bf16"
+        fmt = torch.channels_last if bf16 else torch.contiguous_format
+        images, masks = (t.to(device, memory_format=fmt) for t in (images, masks))
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return self.net(images, masks).float()
 
     @property
     def channels(self) -> int:

@@ -331,6 +331,11 @@ class TrainConfig(Section):
     sample_every: PositiveInt = 500
     eval_every: PositiveInt = 2000
     eval_batches: PositiveInt | None = Field(None, description="None: the whole val split")
+    profile_steps: NonNegativeInt = Field(
+        0,
+        description="record this many steps with torch.profiler into RUN_DIR/profile "
+        "(0: off); the run's first two steps are skipped",
+    )
 
 
 class TrackingConfig(Section):

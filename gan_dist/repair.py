@@ -65,7 +65,6 @@ def repair_array(
     overlap = min(overlap, tile // 2)
     th, tw = min(tile, _round_up(height, divisor)), min(tile, _round_up(width, divisor))
     out = pixels.copy()
-    device = next(model.net.parameters()).device
     band = _Band(width, th, model.channels)
     window = _window(th, tw, overlap)
     rows = _starts(height, th, th - overlap)
@@ -76,12 +75,10 @@ def repair_array(
             images, masks = zip(
                 *(_tile(pixels, mask, y, x, th, tw, model.channels) for x in chunk), strict=True
             )
-            with torch.no_grad():
-                pred = model.net(
-                    torch.from_numpy(np.stack(images)).to(device),
-                    torch.from_numpy(np.stack(masks)).to(device),
-                )
-            pred = pred.float().cpu().numpy().transpose(0, 2, 3, 1)
+            pred = model.forward(
+                torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks))
+            )
+            pred = pred.cpu().numpy().transpose(0, 2, 3, 1)
             for x, p in zip(chunk, pred, strict=True):
                 band.add(p, x, window)
         done_until = rows[i + 1] if i + 1 < len(rows) else height

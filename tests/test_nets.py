@@ -56,6 +56,65 @@ def test_fill_of_odd_sizes_and_empty_images_is_finite():
     assert torch.allclose(filled, img[..., 5:6, 7:8].expand_as(img), atol=1e-5)
 
 
+def _plain_fill(image: torch.Tensor, known: torch.Tensor, kind: str) -> torch.Tensor:
+    """The prefill's formulas written out plainly, a new tensor per operation: the in-place
+    stencil must give the very same bits (the quality figures were measured with these)."""
+    import torch.nn.functional as F
+
+    from gan_dist.nets import prefill as P
+
+    def mean4(u):
+        p = F.pad(u, (1, 1, 1, 1), mode="replicate")
+        return (p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]) / 4
+
+    def lap(u):
+        return 4 * (mean4(u) - u)
+
+    x, w = image * known, known
+    pyramid = [(x, w)]
+    while max(x.shape[-2:]) > 1:
+        x, w = F.avg_pool2d(x, 2, ceil_mode=True), F.avg_pool2d(w, 2, ceil_mode=True)
+        pyramid.append((x, w))
+    fill = x / w.clamp_min(1e-8)
+    for x, w in reversed(pyramid[:-1]):
+        mean, free = x / w.clamp_min(1e-8), (w == 0).float()
+        coarse = F.interpolate(fill, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        fill = mean * (1 - free) + coarse * free
+        for _ in range(P.HARMONIC_STEPS):
+            fill = fill + free * (mean4(fill) - fill)
+        if kind == "biharmonic":
+            step, previous = free * P.BIHARMONIC_DAMPING, fill
+            for _ in range(P.BIHARMONIC_STEPS):
+                fill, previous = (
+                    fill - step * lap(lap(fill)) + P.BIHARMONIC_MOMENTUM * (fill - previous),
+                    fill,
+                )
+    return fill
+
+
+@pytest.mark.parametrize("kind", ["harmonic", "biharmonic"])
+def test_in_place_fill_is_bit_identical_to_the_plain_formulas(kind):
+    g = torch.Generator().manual_seed(3)
+    img = torch.rand(2, 3, 45, 70, generator=g) * 2 - 1
+    mask = (torch.rand(2, 1, 45, 70, generator=g) > 0.6).float()
+    mask[..., 10:30, 20:50] = 1
+    assert torch.equal(fill_holes(img, 1 - mask, kind), _plain_fill(img, 1 - mask, kind))
+
+
+def test_fill_inside_bf16_autocast_stays_fp32_and_keeps_the_layout():
+    """A bf16 generator's forward calls the prefill under autocast with channels_last
+    inputs: it must still solve in fp32 (same bits) and hand back the input's layout."""
+    img = torch.rand(2, 3, 32, 32) * 2 - 1
+    known = (torch.rand(2, 1, 32, 32) > 0.3).float()
+    plain = fill_holes(img, known)
+    cl = img.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        filled = fill_holes(cl, known.contiguous(memory_format=torch.channels_last))
+    assert filled.dtype == torch.float32
+    assert filled.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(filled, plain)
+
+
 def test_untrained_generator_returns_the_classical_fill():
     r = load_recipe("quickstart", ["data.image_size=32", "model.generator.base_channels=4"])
     assert r.model.prefill == "biharmonic"

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from conftest import gradient16, save_pil
 from gan_dist.cli import app
-from gan_dist.data.images import decode_png, write_png_atomic
+from gan_dist.data.images import decode_png, sample_part, write_png_atomic
 from gan_dist.data.inspect import inspect_shards
-from gan_dist.data.pack import STAGING, PackOptions, pack_folder, pack_pairs
+from gan_dist.data.pack import STAGING, PackOptions, pack_folder, pack_pairs, read_manifest
 from gan_dist.errors import GanDistError
 from gan_dist.recipe import resolve_damage
 
@@ -122,25 +123,78 @@ def test_unwritable_out_is_a_clear_error(photo_dir, tmp_path):
         assert list(locked.iterdir()) == []
 
 
+@pytest.mark.parametrize("codec", ["auto", "png", "zstd"])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_16bit_pixels_survive_pack_bit_exact(tmp_path, channels):
+def test_16bit_pixels_survive_pack_bit_exact(tmp_path, channels, codec):
     src = tmp_path / "src"
     originals = {f"img{i}.png": gradient16(64, 64, channels, seed=i) for i in range(3)}
     for name, arr in originals.items():
         write_png_atomic(src / name, arr)
     out = tmp_path / "out"
     # 64 px crops of 64 px images: the clean pixels are the source pixels, untouched
-    result = pack_folder(src, out, options(size=64, crops_per_image=1, val_fraction=0))
+    result = pack_folder(src, out, options(size=64, crops_per_image=1, val_fraction=0, codec=codec))
     assert result.manifest["bit_depth"] == 16 and result.manifest["channels"] == channels
+    stored = "zstd" if codec == "auto" else codec  # auto: arrays for 16-bit packs
+    assert result.manifest["codec"] == stored
+    ext = {"png": "png", "zstd": "npy.zst"}[stored]
     for sample in read_samples(out):
         source = json.loads(sample["json"])["source"]
-        clean = decode_png(sample["clean.png"])
+        assert f"clean.{ext}" in sample
+        clean = sample_part(sample, "clean")
         assert clean.dtype == np.uint16
         np.testing.assert_array_equal(clean, originals[source])
-        assert decode_png(sample["damaged.png"]).dtype == np.uint16
+        assert sample_part(sample, "damaged").dtype == np.uint16
     report = inspect_shards(out)
     assert report.problems == [] and report.splits["train"].samples == 3
     assert report.splits["train"].bit_depths == {16}
+
+
+def test_both_codecs_stream_the_same_batches(photo_dir, tmp_path):
+    """The codec changes how pixels are stored, never which pixels come out."""
+    from gan_dist.data.stream import StreamConfig, make_stream
+
+    batches = {}
+    for codec in ("png", "zstd"):
+        out = pack_folder(photo_dir, tmp_path / codec, options(size=32, codec=codec)).out
+        assert read_manifest(out)["codec"] == codec
+        stream = make_stream(str(out), StreamConfig(4, 3, train=False))
+        batches[codec] = list(stream)
+    assert len(batches["png"]) == len(batches["zstd"]) > 0
+    for a, b in zip(batches["png"], batches["zstd"], strict=True):
+        for key in ("damaged", "clean", "mask"):
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_a_pickled_array_in_a_shard_is_refused_not_loaded(photo_dir, tmp_path):
+    """A zstd part is a .npy file: one holding Python objects would unpickle (run code)
+    if loaded carelessly; it is a bad sample instead, skipped and counted."""
+    import io
+
+    import imagecodecs
+
+    from gan_dist.data.stream import StreamConfig, make_stream
+
+    out = pack_folder(photo_dir, tmp_path / "z", options(size=32, codec="zstd")).out
+    shard = next(out.glob("train-*.tar"))
+    evil = io.BytesIO()
+    np.save(evil, np.array([{"payload": 1}], dtype=object), allow_pickle=True)
+    tampered = tmp_path / "tampered.tar"
+    with tarfile.open(shard) as src, tarfile.open(tampered, "w") as dst:
+        for i, member in enumerate(src.getmembers()):
+            data = src.extractfile(member).read()
+            if i == 1 and member.name.endswith(".npy.zst"):  # the first sample's part
+                data = imagecodecs.zstd_encode(evil.getvalue())
+                member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+    stream = make_stream(str(tampered), StreamConfig(1, 3, train=False))
+    list(stream)
+    assert stream.skipped == 1
+
+
+def test_an_unknown_codec_is_refused_before_anything_is_written(photo_dir, tmp_path):
+    result = pack_cli(str(photo_dir), str(tmp_path / "out"), "--codec", "jpeg")
+    assert result.exit_code != 0 and "--codec must be auto, png or zstd" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_dicom_folder_packs_to_16bit_greyscale(tmp_path):

@@ -62,6 +62,32 @@ def test_any_size_and_depth_keeps_known_pixels_bit_exact(inpaint, shape, dtype):
     assert not np.array_equal(out[mask], img[mask])
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_bf16_repair_keeps_known_pixels_exact_and_holes_within_a_level(inpaint, dtype):
+    rng = np.random.default_rng(4)
+    img = rng.integers(0, np.iinfo(dtype).max, (70, 90, 3), dtype=dtype, endpoint=True)
+    mask = hole(70, 90)
+    out = {
+        p: repair_array(load_model(str(inpaint)).use_precision(p), img, mask, tile=32, overlap=8)
+        for p in ("fp32", "bf16")
+    }
+    for p, repaired in out.items():
+        assert repaired.dtype == dtype and np.array_equal(repaired[~mask], img[~mask]), p
+    levels = np.abs(out["bf16"].astype(np.int64) - out["fp32"]) * 255 / np.iinfo(dtype).max
+    assert 0 < levels[mask].max() <= 2  # bf16 did run, and barely moved the output
+
+
+def test_cli_precision_is_checked_and_reported(inpaint, tmp_path):
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8) + 90).save(tmp_path / "a.png")
+    Image.fromarray(hole(40, 40).astype(np.uint8) * 255).save(tmp_path / "m.png")
+    args = ["repair", str(tmp_path / "a.png"), str(tmp_path / "out.png"), "--model", str(inpaint)]
+    bad = run_cli(*args, "--mask", str(tmp_path / "m.png"), "--precision", "fp16")
+    assert bad.returncode == 1 and "--precision fp16: use auto, bf16 or fp32" in bad.stderr
+    assert not (tmp_path / "out.png").exists()
+    ok = run_cli(*args, "--mask", str(tmp_path / "m.png"), "--precision", "fp32")
+    assert ok.returncode == 0 and "1 repaired, 0 failed, 0 skipped (cpu, fp32)" in ok.stdout
+
+
 def test_tiles_blend_to_the_identity_of_an_identity_model(tmp_path):
     """A restoration model whose correction is still zero returns its input; tiled, any
     band, edge or blending mistake would show as changed pixels."""

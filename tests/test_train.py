@@ -90,15 +90,22 @@ def two_cpu_ranks(port: str) -> list[str]:
     return node_command(two, per_node_args("0", "127.0.0.1", port), [])
 
 
-@pytest.mark.parametrize("processes", [1, 2])
-def test_preempted_and_resumed_run_is_bit_identical(shards, tmp_path, processes):
+@pytest.mark.parametrize(
+    ("processes", "precision"),
+    [(1, "bf16"), (2, "bf16"), (1, "no")],
+    ids=["1-bf16", "2-bf16", "1-fp32"],
+)
+def test_preempted_and_resumed_run_is_bit_identical(shards, tmp_path, processes, precision):
     # dropout, 1 data worker and augmentation: the RNG state, the worker's stream position
-    # and the turns drawn from it must all resume; the SSIM term rides along
+    # and the turns drawn from it must all resume; the SSIM term rides along. bf16 runs
+    # with channels_last, as the CPU recipes do.
     extra = {
         "model.generator.dropout": 0.5,
         "data.workers": 1,
         "data.augment": "true",
         "objective.ssim_weight": 1,
+        "train.mixed_precision": precision,
+        "train.channels_last": str(precision == "bf16").lower(),
     }
     args = tiny(shards, 10, **extra)
     launcher = None
@@ -142,6 +149,33 @@ def test_preempted_and_resumed_run_is_bit_identical(shards, tmp_path, processes)
             json.loads((final / f"rank-{r}.json").read_text())["generator_sha256"] for r in (0, 1)
         }
         assert len(digests) == 1
+
+
+def test_profile_steps_record_a_trace_and_the_data_wait_is_logged(shards, tmp_path, mlflow_store):
+    import gzip
+
+    import mlflow
+
+    run = tmp_path / "run"
+    result = train_quickstart(shards, 6, run, **{"train.profile_steps": 2})
+    assert result.returncode == 0, result.stdout + result.stderr
+    # steps 1 (start-up) and 2 (warm-up) are skipped, 3-4 recorded
+    trace = run / "profile" / "rank0.steps3-4.pt.trace.json.gz"
+    assert f"profile of steps 3-4: {trace}" in result.stdout
+    events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    names = {e.get("name") for e in events}
+    assert {"data_wait", "train_step"} <= names and any("convolution" in str(n) for n in names)
+    assert "aten::" in (run / "profile" / "rank0.steps3-4.ops.txt").read_text()
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith(("step 1/6", "step 6/6"))]
+    assert len(lines) == 2 and all("data_wait_frac" in ln for ln in lines), result.stdout
+
+    run_id = checkpoint.read(run / "checkpoints" / "step-00000006").state["tracking_run_id"]
+    c = mlflow.MlflowClient(mlflow_store)
+    history = c.get_metric_history(run_id, "train/data_wait_frac")
+    assert [m.step for m in history] == list(range(1, 7))
+    assert all(0 <= m.value <= 1 for m in history)
+    artifacts = {a.path for a in c.list_artifacts(run_id, "profile")}
+    assert artifacts == {f"profile/{trace.name}", "profile/rank0.steps3-4.ops.txt"}
 
 
 def test_two_ranks_stream_disjoint_shards_and_see_every_val_sample(shards, tmp_path):

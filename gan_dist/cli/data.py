@@ -49,6 +49,11 @@ def pack(
     overwrite: bool = typer.Option(False, help="Replace shards already in OUT."),
     max_pixels: int = typer.Option(100_000_000, help="Skip images with more pixels."),
     min_side: int = typer.Option(32, help="Skip images with a shorter side."),
+    codec: str = typer.Option(
+        "auto",
+        help="How shards store pixels: png, or zstd (raw arrays, Zstandard-compressed: ~8x "
+        "faster to decode, for feeding GPUs). auto: zstd for 16-bit packs, png for 8-bit.",
+    ),
 ) -> None:
     """Turn images into WebDataset shards of damaged/clean/mask samples plus a manifest."""
     from gan_dist.data.pack import PackOptions, pack_folder, pack_pairs
@@ -82,6 +87,7 @@ def pack(
             overwrite=overwrite,
             max_pixels=max_pixels,
             min_side=min_side,
+            codec=codec,
         )
         with _progress("packing") as advance:
             if paired:
@@ -120,7 +126,7 @@ def _report_pack(result) -> None:
     rate = result.packed_images / result.seconds if result.seconds else 0.0
     out.print(
         f"packed {result.packed_images} images ({m['image_size']} px, {m['channels']} ch, "
-        f"{m['bit_depth']}-bit) into {result.out} in {result.seconds:.1f}s "
+        f"{m['bit_depth']}-bit, {m['codec']}) into {result.out} in {result.seconds:.1f}s "
         f"({rate:.1f} images/s); skipped {len(result.skipped)}"
     )
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from gan_dist.data.images import decode_png, picture_grid, write_png_atomic
+from gan_dist.data.images import picture_grid, sample_part, write_png_atomic
 from gan_dist.data.pack import SPLITS, read_manifest
 from gan_dist.errors import GanDistError
 
@@ -64,15 +64,15 @@ def inspect_shards(folder: Path, grid: Path | None = None, grid_samples: int = 8
             for sample in _samples(path):
                 found += 1
                 report.samples += 1
-                mask = decode_png(sample["mask.png"])
-                clean = decode_png(sample["clean.png"])
+                mask = sample_part(sample, "mask")
+                clean = sample_part(sample, "clean")
                 report.coverage_sum += float(np.mean(mask > 0))
                 report.sizes.add((clean.shape[1], clean.shape[0]))
                 report.channels.add(clean.shape[2])
                 report.bit_depths.add(clean.dtype.itemsize * 8)
                 if grid and shard["split"] == grid_split and len(examples) < grid_samples:
                     examples.append(
-                        {"damaged": decode_png(sample["damaged.png"]), "mask": mask, "clean": clean}
+                        {"damaged": sample_part(sample, "damaged"), "mask": mask, "clean": clean}
                     )
         except (tarfile.TarError, OSError, KeyError, ValueError, RuntimeError) as exc:
             problems.append(f"{shard['name']}: unreadable after {found} samples ({exc})")

@@ -58,6 +58,7 @@ class PackOptions:
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_side: int = 32
+    codec: str = "auto"  # png, zstd, or auto: zstd for 16-bit packs, png for 8-bit
 
 
 @dataclass
@@ -209,6 +210,7 @@ def _pack(
             "image_size": options.size,
             "channels": channels,
             "bit_depth": depth,
+            "codec": codec_for(options.codec, depth),
             "crops_per_image": options.crops_per_image,
             "seed": options.seed,
             "val_fraction": options.val_fraction,
@@ -245,8 +247,9 @@ def _samples(
     import numpy as np
 
     from gan_dist.data.damage import apply_damage, sample_rng
-    from gan_dist.data.images import encode_png
+    from gan_dist.data.images import CODECS
 
+    codec = codec_for(options.codec, depth)
     clean_pic = _load(source.clean, source.key, channels, depth, options, notices)
     clean = clean_pic.pixels
     damaged = mask = None
@@ -289,10 +292,11 @@ def _samples(
             "notes": clean_pic.notes,
             **{k: v for k, v in clean_pic.extra.items() if k != "source_bit_depth"},
         }
+        ext, encode, _ = CODECS[codec]
         yield {
-            "damaged.png": encode_png(damaged_crop),
-            "clean.png": encode_png(clean_crop),
-            "mask.png": encode_png(mask_crop),
+            f"damaged.{ext}": encode(damaged_crop),
+            f"clean.{ext}": encode(clean_crop),
+            f"mask.{ext}": encode(mask_crop),
             "json": json.dumps(meta, sort_keys=True).encode(),
             "_mask": mask_crop,
         }
@@ -364,6 +368,8 @@ def _validate_options(options: PackOptions) -> None:
         problems.append(f"--channels must be 1 or 3 (got {options.channels})")
     if options.bit_depth not in (None, 8, 16):
         problems.append(f"--bit-depth must be 8 or 16 (got {options.bit_depth})")
+    if options.codec not in ("auto", "png", "zstd"):
+        problems.append(f"--codec must be auto, png or zstd (got {options.codec})")
     if not 0.0 <= options.val_fraction < 1.0:
         problems.append(f"--val-fraction must be in [0, 1) (got {options.val_fraction})")
     if options.shard_samples < 1:
@@ -460,6 +466,15 @@ def _probe_all(
     channels = options.channels or (1 if greyscale and usable else 3)
     depth = options.bit_depth or (max(depths) if depths else 8)
     return usable, channels, depth
+
+
+def codec_for(asked: str, depth: int) -> str:
+    """The codec of a pack's image parts: `auto` is zstd-compressed arrays for 16-bit packs
+    (PNG decoding of noisy 16-bit scans is what limits the samples one core feeds a GPU)
+    and PNG for 8-bit ones (smaller, and as fast as the step needs)."""
+    if asked == "auto":
+        return "zstd" if depth == 16 else "png"
+    return asked
 
 
 def _val_split(keys: list[str], fraction: float, seed: int) -> set[str]:

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from gan_dist.data.images import decode_png
+from gan_dist.data.images import CODECS, sample_part
 from gan_dist.data.pack import read_manifest
 from gan_dist.errors import GanDistError
 
@@ -139,9 +139,10 @@ def _first_sample_shape(path: Path) -> tuple[int, int]:
     try:
         with tarfile.open(path, "r|") as tar:
             for member in tar:
-                if member.name.endswith(".clean.png"):
-                    arr = decode_png(tar.extractfile(member).read())
-                    return arr.shape[2], arr.shape[0]
+                for ext, _, decode in CODECS.values():
+                    if member.name.endswith(f".clean.{ext}"):
+                        arr = decode(tar.extractfile(member).read())
+                        return arr.shape[2], arr.shape[0]
     except (tarfile.TarError, OSError) as exc:
         raise GanDistError(f"{path}: unreadable shard ({exc})") from None
     raise GanDistError(f"{path}: no clean.png in the shard; is it a gan-dist shard?")
@@ -229,8 +230,7 @@ def _reason_of(exn: Exception) -> str:
     return f"{type(exn).__name__}: {first.split(' @ ')[0]}"
 
 
-def _to_tensor(data: bytes, channels: int | None) -> torch.Tensor:
-    arr = decode_png(data)
+def _to_tensor(arr: np.ndarray, channels: int | None) -> torch.Tensor:
     if channels is not None and arr.shape[2] != channels:
         raise ValueError(f"image has {arr.shape[2]} channels, the recipe expects {channels}")
     scale = 2.0 / float(np.iinfo(arr.dtype).max)
@@ -263,9 +263,9 @@ class _Decode:
             if pulled <= to_skip:
                 continue
             try:
-                damaged = _to_tensor(sample["damaged.png"], self.channels)
-                clean = _to_tensor(sample["clean.png"], self.channels)
-                mask = (_to_tensor(sample["mask.png"], 1) > 0).float()
+                damaged = _to_tensor(sample_part(sample, "damaged"), self.channels)
+                clean = _to_tensor(sample_part(sample, "clean"), self.channels)
+                mask = (_to_tensor(sample_part(sample, "mask"), 1) > 0).float()
                 if damaged.shape != clean.shape or mask.shape[1:] != clean.shape[1:]:
                     raise ValueError(f"sizes differ: {damaged.shape} {clean.shape} {mask.shape}")
             except Exception as exn:

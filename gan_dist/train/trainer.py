@@ -37,12 +37,14 @@ from gan_dist.objectives import (
     reconstruction,
     structural_dissimilarity,
 )
+from gan_dist.precision import effective_precision
 from gan_dist.recipe import OptimizerConfig, Recipe, recipe_to_yaml
 from gan_dist.track import Tracker
 from gan_dist.train import checkpoint
 from gan_dist.train import status as run_status
 from gan_dist.train.ema import EMA
 from gan_dist.train.evaluate import evaluate
+from gan_dist.train.profile import PROFILE_DIR, DataWait, StepProfiler
 from gan_dist.train.progress import Progress
 from gan_dist.train.runlock import RunDirBusy, RunLock
 from gan_dist.train.signals import EXIT_NONFINITE, EXIT_TRACKING, StopFlag, StopRequested
@@ -79,6 +81,10 @@ def _lock_run_dir(run_dir: Path, accelerator, requeue_wait_s: float) -> RunLock 
     if accelerator.reduce(flag, reduction="sum").item():
         raise busy or RunDirBusy(f"{run_dir} is in use by another trainer (see rank 0)")
     return lock
+
+
+def _no_region(name: str) -> contextlib.nullcontext:
+    return contextlib.nullcontext()
 
 
 def _say(text: str) -> None:
@@ -133,6 +139,7 @@ class _Run:
         self.step = 0
         self.last_ckpt: Path | None = None
         self.metrics: dict[str, float] = {}
+        self.profiler: StepProfiler | None = None
 
     @property
     def main(self) -> bool:
@@ -146,8 +153,11 @@ class _Run:
 
         recipe, run_dir = self.recipe, self.run_dir
         cfg, data = recipe.train, recipe.data
+        precision, precision_note = effective_precision(
+            cfg.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu"
+        )
         self.accelerator = accelerator = Accelerator(
-            mixed_precision=cfg.mixed_precision,
+            mixed_precision=precision,
             gradient_accumulation_steps=cfg.grad_accum,
             cpu=not torch.cuda.is_available(),
             # a dead or hung rank fails the collective on the others after this long
@@ -221,6 +231,8 @@ class _Run:
             self.main, self.step, cfg.max_steps, data.batch_size * world * cfg.grad_accum
         )
         self.progress.message(_validation_note(data.train, data.val, self.val))
+        if precision_note:
+            self.progress.message(precision_note)
         if ckpt is not None:
             self.progress.message(f"resumed from {ckpt.path} at step {self.step}")
         self.tracker = Tracker(
@@ -294,16 +306,27 @@ class _Run:
                     samples = _fixed_samples(recipe, self.val) if tracker.enabled else None
             except StopRequested as exc:
                 return self.stopped(str(exc))
+            if cfg.profile_steps:
+                self.profiler = StepProfiler(self.run_dir, cfg.profile_steps, rank, first_step)
+            region = self.profiler.region if self.profiler else _no_region
+            waits = DataWait()
             while self.step < cfg.max_steps:
                 update_g = (self.step + 1) % recipe.objective.n_critic == 0
                 position = self.stream.position
                 try:  # a stalled stream must not hold a stop signal up for long
-                    with stop.interruptible(grace_s=DATA_WAIT_GRACE_S):
+                    with (
+                        waits.timed(),
+                        region("data_wait"),
+                        stop.interruptible(grace_s=DATA_WAIT_GRACE_S),
+                    ):
                         batches = [next(self.batches) for _ in range(cfg.grad_accum)]
                 except StopRequested as exc:
                     return self.stopped(str(exc), position)
-                for batch in batches:
-                    losses = train_step(batch, G, D, opt_g, opt_d, recipe, accelerator, update_g)
+                with region("train_step"):
+                    for batch in batches:
+                        losses = train_step(
+                            batch, G, D, opt_g, opt_d, recipe, accelerator, update_g
+                        )
                 if update_g:
                     ema.update(accelerator.unwrap_model(G))
                 self.sched_d.step()
@@ -346,6 +369,9 @@ class _Run:
 
                 last = step == cfg.max_steps or bool(out_of_time)
                 if step % cfg.log_every == 0 or last:
+                    # averaged over ranks with the losses, in the same collective
+                    sums["data_wait_frac"] = torch.tensor(waits.fraction(), device=finite.device)
+                    counts["data_wait_frac"] = 1
                     logged = _mean_over_ranks(sums, counts, accelerator)
                     sums, counts = {}, {}
                     tracker.log_metrics(
@@ -379,6 +405,8 @@ class _Run:
                 if out_of_time:
                     progress.message(f"time budget of {cfg.max_minutes} min spent at step {step}")
                     break
+                if self.profiler is not None:
+                    self._profiled()
             progress.close()
             self._write_status(status)
         if tracker.start_failed is not None:  # known for certain only once it has closed
@@ -391,6 +419,21 @@ class _Run:
         return Outcome(
             status, self.step, self.last_ckpt, self.metrics, logged, self.main, registered
         )
+
+    def _profiled(self) -> None:
+        """Counts a step for the profiler; once its record is written, says where and
+        attaches rank 0's to the MLflow run."""
+        self.profiler.step()
+        if self.profiler.files:
+            for path in self.profiler.files:
+                self.tracker.log_artifact(path, PROFILE_DIR)
+            self.progress.message(
+                f"profile of steps {self.profiler.first}-{self.profiler.last}: "
+                f"{self.profiler.files[0]} (open in ui.perfetto.dev or TensorBoard; "
+                f"operators by time: {self.profiler.files[1].name})"
+            )
+            self.profiler.close()
+            self.profiler = None
 
     def _untracked(self, why: str) -> None:
         """The MLflow run could not be started: with tracking.required (the default) the job
@@ -449,6 +492,8 @@ class _Run:
             log.warning("could not write %s: %s", self.run_dir / run_status.STATUS_FILE, exc)
 
     def close(self) -> None:
+        if self.profiler is not None:
+            self.profiler.close()
         if self.stream is not None:
             self.stream.close()
         if self.accelerator is not None:
