@@ -18,12 +18,11 @@ import mlflow
 class RepairPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from gan_dist.models import load_files
-        from gan_dist.precision import inference_precision
 
         folder = Path(context.artifacts["spec"]).parent
         model = load_files(folder, f"pyfunc model at {folder}")
         # the precision `gan-dist repair` picks by default, so both give the same pixels
-        self.model = model.use_precision(inference_precision("auto", "cpu"))
+        self.model = model.use_precision("auto")
 
     def predict(self, context, model_input, params=None):  # no hints: MLflow would validate
         """Tiles of the spec's tile size; gan-dist repair lets you choose them."""

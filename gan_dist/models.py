@@ -42,27 +42,40 @@ class RepairModel:
     net: torch.nn.Module
     spec: dict[str, Any]
     source: str
-    precision: str = "fp32"
+    precision: str = "fp32"  # "fp32", "bf16", or "auto" (see `precision_for`)
 
     def use_precision(self, precision: str) -> RepairModel:
-        """ "fp32", or "bf16": bf16 autocast with channels_last net and inputs (the layout
-        oneDNN and cuDNN run bf16 convolutions in). Known pixels stay bit-exact either way:
-        repair copies them from the input."""
-        import torch
-
+        """ "fp32"; "bf16": bf16 autocast with channels_last net and inputs (the layout oneDNN
+        and cuDNN run bf16 convolutions in); "auto": `precision_for` decides per image.
+        Known pixels stay bit-exact either way: repair copies them from the input."""
         self.precision = precision
-        fmt = torch.channels_last if precision == "bf16" else torch.contiguous_format
-        self.net.to(memory_format=fmt)
         return self
 
-    def forward(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    def precision_for(self, dtype: Any) -> str:
+        """The precision an image of this dtype is repaired in. "auto" is bf16 for 8-bit
+        images where the device runs bf16 natively, else fp32: bf16 keeps 8 significant bits,
+        within 1/255 of fp32 for 8-bit output but coarser than a 16-bit scan's levels."""
+        import numpy as np
+
+        from gan_dist.precision import inference_precision
+
+        if self.precision != "auto":
+            return self.precision
+        if np.dtype(dtype).itemsize > 1:
+            return "fp32"
+        return inference_precision("auto", next(self.net.parameters()).device.type)
+
+    def forward(
+        self, images: torch.Tensor, masks: torch.Tensor, precision: str = "fp32"
+    ) -> torch.Tensor:
         """images (B, C, H, W) in [-1, 1] with holes -1, masks (B, 1, H, W) with 1 in the
         holes -> the net's output (B, C, H, W) in [-1, 1], fp32, on the net's device."""
         import torch
 
         device = next(self.net.parameters()).device
-        bf16 = self.precision == "bf16"
+        bf16 = precision == "bf16"
         fmt = torch.channels_last if bf16 else torch.contiguous_format
+        self.net.to(memory_format=fmt)  # a no-op when the weights are in that layout
         images, masks = (t.to(device, memory_format=fmt) for t in (images, masks))
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return self.net(images, masks).float()

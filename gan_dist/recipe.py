@@ -319,7 +319,9 @@ class TrainConfig(Section):
     max_minutes: PositiveFloat | None = Field(
         None, description="also stop (with a checkpoint) after this much training time"
     )
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no", description="no (fp32; `fp32` is read as no), fp16 or bf16"
+    )
     grad_accum: PositiveInt = 1
     ema: float = Field(0.999, ge=0.0, lt=1.0, description="0 disables the EMA generator")
     channels_last: bool = False
@@ -336,6 +338,11 @@ class TrainConfig(Section):
         description="record this many steps with torch.profiler into RUN_DIR/profile "
         "(0: off); the run's first two steps are skipped",
     )
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _fp32_is_no(cls, value: Any) -> Any:
+        return "no" if value == "fp32" else value
 
 
 class TrackingConfig(Section):

@@ -65,6 +65,7 @@ def repair_array(
     overlap = min(overlap, tile // 2)
     th, tw = min(tile, _round_up(height, divisor)), min(tile, _round_up(width, divisor))
     out = pixels.copy()
+    precision = model.precision_for(pixels.dtype)
     band = _Band(width, th, model.channels)
     window = _window(th, tw, overlap)
     rows = _starts(height, th, th - overlap)
@@ -76,7 +77,7 @@ def repair_array(
                 *(_tile(pixels, mask, y, x, th, tw, model.channels) for x in chunk), strict=True
             )
             pred = model.forward(
-                torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks))
+                torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks)), precision
             )
             pred = pred.cpu().numpy().transpose(0, 2, 3, 1)
             for x, p in zip(chunk, pred, strict=True):

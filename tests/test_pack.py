@@ -191,6 +191,51 @@ def test_a_pickled_array_in_a_shard_is_refused_not_loaded(photo_dir, tmp_path):
     assert stream.skipped == 1
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [b"", b"\x28\xb5\x2f\xfd truncated", "npz", "float64", "uint8-in-16-bit"],
+    ids=["empty", "truncated", "npz", "float64", "wrong-depth"],
+)
+def test_a_bad_array_part_is_named_by_inspect_and_skipped_by_training(tmp_path, bad):
+    """Hostile or broken .npy.zst parts, also in a shard's first sample (which training
+    reads to check the data's shape): named with the sample and part, never a traceback."""
+    import io
+
+    import imagecodecs
+
+    from gan_dist.data.stream import check_shards
+
+    src = tmp_path / "src"
+    for i in range(3):
+        write_png_atomic(src / f"img{i}.png", gradient16(32, 32, 1, seed=i))
+    out = pack_folder(src, tmp_path / "z", options(size=32, val_fraction=0, shard_samples=8)).out
+    if isinstance(bad, str):
+        arr = {
+            "float64": np.zeros((32, 32, 1)),
+            "uint8-in-16-bit": np.zeros((32, 32, 1), np.uint8),
+        }.get(bad)
+        raw = io.BytesIO()
+        if arr is None:
+            np.savez(raw, a=np.zeros(3))
+        else:
+            np.save(raw, arr)
+        bad = imagecodecs.zstd_encode(raw.getvalue())
+    shard = out / "train-000000.tar"
+    tampered = tmp_path / "t.tar"
+    with tarfile.open(shard) as src_tar, tarfile.open(tampered, "w") as dst:
+        for member in src_tar.getmembers():
+            data = src_tar.extractfile(member).read()
+            if member.name.startswith("train00000000.clean"):  # the very first sample
+                data, member.size = bad, len(bad)
+            dst.addfile(member, io.BytesIO(data))
+    tampered.replace(shard)
+    report = inspect_shards(out)
+    text = " ".join(report.problems)
+    assert report.problems, "a tampered shard must not look healthy"
+    assert "train00000000" in text or "bit depths [8]" in text, text
+    check_shards(str(shard), 1, 32, "data.train")  # the next sample tells the shape
+
+
 def test_an_unknown_codec_is_refused_before_anything_is_written(photo_dir, tmp_path):
     result = pack_cli(str(photo_dir), str(tmp_path / "out"), "--codec", "jpeg")
     assert result.exit_code != 0 and "--codec must be auto, png or zstd" in result.output
@@ -355,4 +400,6 @@ def test_inspect_flags_a_corrupt_shard(photo_dir, tmp_path):
     result = runner.invoke(app, ["data", "inspect", str(out)])
     assert result.exit_code == 1
     assert "train-000000.tar: sha256 differs" in result.output
-    assert "train-000000.tar: unreadable after" in result.output
+    # the cut falls inside a sample: it is named, and the count shows what was lost
+    assert "train-000000.tar: 1 bad sample(s): sample train00000001: missing" in result.output
+    assert "train-000000.tar: 2 samples, the manifest says 4" in result.output

@@ -15,6 +15,7 @@ from conftest import blank_dicom, gradient16, run_cli
 from gan_dist.data.images import decode_png, encode_png, read_image
 from gan_dist.models import SPEC, WEIGHTS, load_model, spec_for
 from gan_dist.nets import build_generator
+from gan_dist.precision import inference_precision
 from gan_dist.recipe import load_recipe
 from gan_dist.repair import repair_array
 
@@ -75,6 +76,12 @@ def test_bf16_repair_keeps_known_pixels_exact_and_holes_within_a_level(inpaint, 
         assert repaired.dtype == dtype and np.array_equal(repaired[~mask], img[~mask]), p
     levels = np.abs(out["bf16"].astype(np.int64) - out["fp32"]) * 255 / np.iinfo(dtype).max
     assert 0 < levels[mask].max() <= 2  # bf16 did run, and barely moved the output
+    # auto: bf16 only where it is within an 8-bit level, so never for 16-bit images
+    auto = repair_array(load_model(str(inpaint)).use_precision("auto"), img, mask, 32, 8)
+    expected = (
+        "bf16" if dtype == np.uint8 and inference_precision("auto", "cpu") == "bf16" else "fp32"
+    )
+    assert np.array_equal(auto, out[expected])
 
 
 def test_cli_precision_is_checked_and_reported(inpaint, tmp_path):

@@ -177,6 +177,16 @@ def test_profile_steps_record_a_trace_and_the_data_wait_is_logged(shards, tmp_pa
     artifacts = {a.path for a in c.list_artifacts(run_id, "profile")}
     assert artifacts == {f"profile/{trace.name}", "profile/rank0.steps3-4.ops.txt"}
 
+    # a profile that cannot be written costs a warning, not the run
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "profile").write_text("not a folder")
+    result = train_quickstart(shards, 4, blocked, **{"train.profile_steps": 5})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "this run has 2 step(s) left to profile, not 5" in result.stdout
+    assert "could not write the profile into" in result.stderr
+    assert "Traceback" not in result.stderr
+
 
 def test_two_ranks_stream_disjoint_shards_and_see_every_val_sample(shards, tmp_path):
     args = tiny(shards, 2, **{"train.eval_every": 2})

@@ -186,7 +186,8 @@ def inspect(
     else:
         out.print(
             f"{folder}: {summary['image_size']} px, {summary['channels']} channel(s), "
-            f"{summary['bit_depth']}-bit, damage {summary['damage_source'] or 'paired'}"
+            f"{summary['bit_depth']}-bit, {summary['codec']}, "
+            f"damage {summary['damage_source'] or 'paired'}"
         )
         table = Table(
             "split",

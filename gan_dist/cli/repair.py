@@ -27,8 +27,9 @@ def repair(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     precision: str = typer.Option(
         "auto",
-        help="auto, bf16 or fp32. auto: bf16 where the device runs it natively (GPUs with "
-        "bf16, CPUs with AMX or AVX-512 BF16), else fp32. Known pixels are exact either way.",
+        help="auto, bf16 or fp32. auto: bf16 for 8-bit images where the device runs it "
+        "natively (GPUs with bf16, CPUs with AMX or AVX-512 BF16), else fp32. Known pixels "
+        "are exact either way.",
     ),
     overwrite: bool = typer.Option(False, help="Replace output files that already exist."),
     tracking_uri: str = typer.Option(
@@ -51,13 +52,15 @@ def repair(
             raise GanDistError(f"--precision {precision}: use auto, bf16 or fp32")
         on = _device(device)
         run_in = inference_precision(precision, on)
+        if precision == "auto" and run_in == "bf16":
+            run_in = "bf16 for 8-bit images, fp32 for 16-bit"
         planned = plan(input_path, output, mask)
         if not planned:
             raise GanDistError(f"{input_path}: no images found")
         with Progress(console=err, transient=True) as bar:
             task = bar.add_task("repair", total=len(planned))
             results = repair_files(
-                lambda: load_model(model, on, tracking_uri).use_precision(run_in),
+                lambda: load_model(model, on, tracking_uri).use_precision(precision),
                 planned,
                 tile,
                 overlap,

@@ -420,7 +420,12 @@ def decode_array(data: bytes) -> np.ndarray:
     import imagecodecs
     import numpy as np
 
-    arr = np.load(io.BytesIO(imagecodecs.zstd_decode(data)), allow_pickle=False)
+    try:
+        arr = np.load(io.BytesIO(imagecodecs.zstd_decode(data)), allow_pickle=False)
+    except Exception as exc:  # zstd, npy header and pickle refusals: all mean a bad part
+        raise ValueError(f"corrupt zstd array ({type(exc).__name__}: {exc})") from None
+    if not isinstance(arr, np.ndarray):  # np.load also opens .npz archives
+        raise ValueError(f"not an image array but {type(arr).__name__}")
     if arr.ndim != 3 or arr.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"not an image array: {arr.dtype} {arr.shape}")
     return arr
@@ -432,12 +437,23 @@ CODECS = {"png": ("png", encode_png, decode_png), "zstd": ("npy.zst", encode_arr
 
 def sample_part(sample: dict, part: str) -> np.ndarray:
     """A shard sample's `part` ("damaged", "clean", "mask") decoded, whichever codec packed
-    it. Raises KeyError(`part`.png) when the sample has no such part."""
-    for ext, _, decode in CODECS.values():
+    it. Raises KeyError(`part`.png) when the sample has no such part, ValueError naming the
+    part when it cannot be decoded."""
+    for ext, *_ in CODECS.values():
         data = sample.get(f"{part}.{ext}")
         if data is not None:
-            return decode(data)
+            return decode_part(f"{part}.{ext}", data)
     raise KeyError(f"{part}.png")
+
+
+def decode_part(name: str, data: bytes) -> np.ndarray:
+    """One image part of a shard by its name (`clean.png`, `mask.npy.zst`, ...) as
+    (H, W, C) uint8/uint16. Raises ValueError naming the part for anything undecodable."""
+    decode = next(dec for ext, _, dec in CODECS.values() if name.endswith(f".{ext}"))
+    try:
+        return decode(data)
+    except Exception as exc:  # every codec's own error type means the same: a bad part
+        raise ValueError(f"{name}: {exc}" if str(exc) else f"{name}: empty or corrupt") from None
 
 
 def write_png_atomic(path: Path, arr: np.ndarray) -> None:

@@ -59,28 +59,47 @@ def inspect_shards(folder: Path, grid: Path | None = None, grid_samples: int = 8
             continue
         if _sha256(path) != shard["sha256"]:
             problems.append(f"{shard['name']}: sha256 differs from the manifest (corrupt copy?)")
+        found, bad = 0, []
         try:
-            found = 0
             for sample in _samples(path):
                 found += 1
                 report.samples += 1
-                mask = sample_part(sample, "mask")
-                clean = sample_part(sample, "clean")
+                try:  # a bad sample is named and counted; the rest of the shard is read
+                    mask = sample_part(sample, "mask")
+                    clean = sample_part(sample, "clean")
+                    damaged = sample_part(sample, "damaged")
+                except (KeyError, ValueError) as exc:
+                    what = f"missing {exc.args[0]}" if isinstance(exc, KeyError) else exc
+                    bad.append(f"sample {sample.get('__key__')}: {what}")
+                    continue
                 report.coverage_sum += float(np.mean(mask > 0))
                 report.sizes.add((clean.shape[1], clean.shape[0]))
                 report.channels.add(clean.shape[2])
                 report.bit_depths.add(clean.dtype.itemsize * 8)
                 if grid and shard["split"] == grid_split and len(examples) < grid_samples:
-                    examples.append(
-                        {"damaged": sample_part(sample, "damaged"), "mask": mask, "clean": clean}
-                    )
-        except (tarfile.TarError, OSError, KeyError, ValueError, RuntimeError) as exc:
+                    examples.append({"damaged": damaged, "mask": mask, "clean": clean})
+        except (tarfile.TarError, OSError) as exc:
             problems.append(f"{shard['name']}: unreadable after {found} samples ({exc})")
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            problems.append(f"{shard['name']}: {len(bad)} bad sample(s): {bad[0]}{more}")
         if found != shard["samples"]:
             problems.append(
                 f"{shard['name']}: {found} samples, the manifest says {shard['samples']}"
             )
+    expect = {
+        "sizes": {(manifest["image_size"], manifest["image_size"])},
+        "channels": {manifest["channels"]},
+        "bit_depths": {manifest["bit_depth"]},
+    }
     for split in SPLITS:
+        for field_name, wanted in expect.items():
+            odd = getattr(splits[split], field_name) - wanted
+            if odd:
+                problems.append(
+                    f"{split}: samples with {field_name.replace('_', ' ')} {sorted(odd)}, the "
+                    f"manifest says {sorted(wanted)[0]}"
+                )
         if splits[split].samples != manifest["counts"][split]:
             problems.append(
                 f"{split}: {splits[split].samples} samples read, the manifest says "
@@ -118,6 +137,7 @@ def _samples(path: Path):
                 yield current
                 current = {}
             key = base
+            current["__key__"] = base
             current[ext] = tar.extractfile(member).read()
     if current:
         yield current
@@ -129,6 +149,7 @@ def describe(report: InspectReport) -> dict[str, Any]:
     return {
         "folder": str(report.folder),
         "image_size": m["image_size"],
+        "codec": m.get("codec", "png"),  # packs made before the codec was a choice: png
         "channels": m["channels"],
         "bit_depth": m["bit_depth"],
         "damage_source": m.get("damage_source"),

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from gan_dist.data.images import CODECS, sample_part
+from gan_dist.data.images import CODECS, decode_part, sample_part
 from gan_dist.data.pack import read_manifest
 from gan_dist.errors import GanDistError
 
@@ -134,17 +134,26 @@ def validation_shards(train: str, val: str | None) -> str | None:
 
 
 def _first_sample_shape(path: Path) -> tuple[int, int]:
+    """(channels, size) of the shard's first decodable clean image; a bad sample is skipped
+    here as training skips it, a shard with none is an error naming the last problem."""
     import tarfile
 
+    problem = None
     try:
         with tarfile.open(path, "r|") as tar:
             for member in tar:
-                for ext, _, decode in CODECS.values():
-                    if member.name.endswith(f".clean.{ext}"):
-                        arr = decode(tar.extractfile(member).read())
-                        return arr.shape[2], arr.shape[0]
+                part = member.name.partition(".")[2]
+                if part in {f"clean.{ext}" for ext, _, _ in CODECS.values()}:
+                    try:
+                        arr = decode_part(part, tar.extractfile(member).read())
+                    except ValueError as exc:
+                        problem = f"sample {member.name.partition('.')[0]}: {exc}"
+                        continue
+                    return arr.shape[2], arr.shape[0]
     except (tarfile.TarError, OSError) as exc:
         raise GanDistError(f"{path}: unreadable shard ({exc})") from None
+    if problem:
+        raise GanDistError(f"{path}: no decodable clean image in the shard (last: {problem})")
     raise GanDistError(f"{path}: no clean.png in the shard; is it a gan-dist shard?")
 
 

@@ -11,6 +11,8 @@ open, and rank<R>.steps<A>-<B>.ops.txt, the operators ranked by their own time.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -19,12 +21,14 @@ from pathlib import Path
 import torch
 
 PROFILE_DIR = "profile"
+log = logging.getLogger("gan_dist.train")
 
 
 class StepProfiler:
     """`torch.profiler` over `steps` training steps; call `step()` after each training step.
 
-    `files` lists what was written once the record is complete (empty until then)."""
+    `files` lists what was written once the record is complete (empty until then, and when
+    it could not be written)."""
 
     WAIT, WARMUP = 1, 1
 
@@ -35,6 +39,8 @@ class StepProfiler:
         self.first = first_step + self.WAIT + self.WARMUP  # the first step recorded
         self.last = self.first + steps - 1
         self.files: list[Path] = []
+        # kineto, the profiler's C++ side, logs at INFO and calls a missing GPU an ERROR
+        os.environ.setdefault("KINETO_LOG_LEVEL", "3")
         activities = [ProfilerActivity.CPU]
         if torch.cuda.is_available():
             activities.append(ProfilerActivity.CUDA)
@@ -45,27 +51,43 @@ class StepProfiler:
             record_shapes=True,
             profile_memory=True,
         )
+        self._running, self._written, self._discard = True, False, False
         self._prof.start()
-        self._running = True
+
+    @property
+    def done(self) -> bool:
+        return not self._running
 
     def step(self) -> None:
         if self._running:
             self._prof.step()
-            if self.files:  # the record is written: stop paying for the profiler
+            if self._written:  # the record is out: stop paying for the profiler
                 self._prof.stop()
                 self._running = False
 
     def region(self, name: str) -> AbstractContextManager:
-        """A named span in the trace (data wait, step, bookkeeping) while recording."""
+        """A named span in the trace (the data wait, the training step) while recording."""
         return torch.profiler.record_function(name) if self._running else nullcontext()
 
     def close(self) -> None:
-        """A run that ends before the record is complete keeps what it has, unwritten."""
+        """A run stopped before the record is complete writes none of it (a resumed run
+        records its own steps again)."""
         if self._running:
-            self._running = False
+            self._running, self._discard = False, True
             self._prof.stop()
 
     def _write(self, prof) -> None:
+        """torch calls this when the last recorded step ends (or, for a run stopped early,
+        at `close`). A trace that cannot be written costs a warning, never the run."""
+        self._written = True
+        if self._discard:
+            return
+        try:
+            self.files = self._export(prof)
+        except OSError as exc:
+            log.warning("could not write the profile into %s (%s); training goes on", self.dir, exc)
+
+    def _export(self, prof) -> list[Path]:
         self.dir.mkdir(parents=True, exist_ok=True)
         stem = self.dir / f"rank{self.rank}.steps{self.first}-{self.last}"
         trace = stem.with_name(stem.name + ".pt.trace.json.gz")  # 20x smaller; both read it
@@ -73,7 +95,7 @@ class StepProfiler:
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
         ops = stem.with_name(stem.name + ".ops.txt")
         ops.write_text(table + "\n")
-        self.files = [trace, ops]
+        return [trace, ops]
 
 
 class DataWait:

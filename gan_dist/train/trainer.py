@@ -306,8 +306,21 @@ class _Run:
                     samples = _fixed_samples(recipe, self.val) if tracker.enabled else None
             except StopRequested as exc:
                 return self.stopped(str(exc))
-            if cfg.profile_steps:
-                self.profiler = StepProfiler(self.run_dir, cfg.profile_steps, rank, first_step)
+            if cfg.profile_steps:  # as many as this run has left after the skipped ones
+                left = cfg.max_steps - first_step + 1 - StepProfiler.WAIT - StepProfiler.WARMUP
+                if left > 0:
+                    steps = min(cfg.profile_steps, left)
+                    self.profiler = StepProfiler(self.run_dir, steps, rank, first_step)
+                    if steps < cfg.profile_steps:
+                        progress.message(
+                            f"train.profile_steps: this run has {steps} step(s) left to "
+                            f"profile, not {cfg.profile_steps}"
+                        )
+                else:
+                    progress.message(
+                        "train.profile_steps: no steps left to profile in this run (its first "
+                        f"{StepProfiler.WAIT + StepProfiler.WARMUP} are not recorded)"
+                    )
             region = self.profiler.region if self.profiler else _no_region
             waits = DataWait()
             while self.step < cfg.max_steps:
@@ -424,14 +437,15 @@ class _Run:
         """Counts a step for the profiler; once its record is written, says where and
         attaches rank 0's to the MLflow run."""
         self.profiler.step()
-        if self.profiler.files:
+        if self.profiler.done:
             for path in self.profiler.files:
                 self.tracker.log_artifact(path, PROFILE_DIR)
-            self.progress.message(
-                f"profile of steps {self.profiler.first}-{self.profiler.last}: "
-                f"{self.profiler.files[0]} (open in ui.perfetto.dev or TensorBoard; "
-                f"operators by time: {self.profiler.files[1].name})"
-            )
+            if self.profiler.files:
+                self.progress.message(
+                    f"profile of steps {self.profiler.first}-{self.profiler.last}: "
+                    f"{self.profiler.files[0]} (open in ui.perfetto.dev or TensorBoard; "
+                    f"operators by time: {self.profiler.files[1].name})"
+                )
             self.profiler.close()
             self.profiler = None
 
