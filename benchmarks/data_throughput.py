@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from gan_dist.data.damage import apply_damage, sample_rng
-from gan_dist.data.images import read_image, to_channels, write_png_atomic
+from gan_dist.data.images import decode_png, read_image, to_channels, write_png_atomic
 from gan_dist.data.pack import PackOptions, crop_resize, pack_folder, sample_boxes
 from gan_dist.data.stream import StreamConfig, _to_tensor, make_stream
 from gan_dist.demo import export_sample_photos
@@ -67,7 +67,9 @@ class FolderDataset(torch.utils.data.Dataset):
         key = self.keys[i]
 
         def read(part: str, channels: int) -> torch.Tensor:
-            return _to_tensor((self.folder / f"{key}.{part}.png").read_bytes(), channels)
+            return _to_tensor(
+                decode_png((self.folder / f"{key}.{part}.png").read_bytes()), channels
+            )
 
         return {
             "damaged": read("damaged", self.channels),
@@ -283,6 +285,7 @@ def main() -> None:
                 damage_source=label,
                 val_fraction=0.1,
                 shard_samples=64,
+                codec="png",  # shards against PNG folders: the container alone
             ),
             args,
         )
@@ -301,6 +304,7 @@ def main() -> None:
                     damage_source="recipe:medical",
                     val_fraction=0.05,
                     shard_samples=128,
+                    codec="png",
                 ),
                 args,
             )
