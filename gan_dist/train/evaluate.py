@@ -1,8 +1,11 @@
-"""Validation metrics on the val shards: PSNR and SSIM over the image, PSNR and L1 inside
-the hole (the pixels the model had to invent, where inpainting quality shows).
+"""Validation metrics on the val shards: PSNR, SSIM and MS-SSIM over the image; PSNR, SSIM
+and L1 inside the hole (the pixels the model had to invent, where inpainting quality shows);
+and the texture of the repair, the sliced Wasserstein distance of its patches in and around
+the hole to the original's (`swd.py`: lower is better; no pretrained weights).
 
 Each rank evaluates its own shards; sums are reduced across ranks at the end only, so
-ranks with different numbers of batches never wait on each other mid-pass.
+ranks with different numbers of batches never wait on each other mid-pass. SWD, a distance
+between patch distributions, is computed per rank on its own samples and averaged.
 """
 
 from __future__ import annotations
@@ -12,18 +15,46 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torchmetrics.functional.image import (
+    multiscale_structural_similarity_index_measure,
     peak_signal_noise_ratio,
     structural_similarity_index_measure,
 )
+
+from gan_dist.train.swd import HoleSWD
+
+# Wang et al. 2003's scale weights; small images use the finest scales that fit, renormalised
+MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+SSIM_KERNEL = 11
+
+
+def ms_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image MS-SSIM (Wang et al. 2003) of images in [0, 1], (B,) in [0, 1], over as
+    many of the five scales as the image size allows (all five from 161 px)."""
+    side = min(pred.shape[-2:])
+    scales = 1
+    while scales < len(MS_SSIM_BETAS) and (SSIM_KERNEL - 1) * 2**scales < side:
+        scales += 1
+    betas = MS_SSIM_BETAS[:scales]
+    return multiscale_structural_similarity_index_measure(
+        pred,
+        target,
+        data_range=1.0,
+        reduction="none",
+        betas=tuple(b / sum(betas) for b in betas),
+        normalize="relu",  # no NaN from a negative contrast term at a coarse scale
+    )
 
 
 def repair_metrics(
     pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """Per-image metrics for images in [0, 1]: psnr and ssim over the image, hole_psnr and
-    hole_l1 over the masked pixels (NaN for an image without a hole)."""
+    """Per-image metrics for images in [0, 1]: psnr, ssim and ms_ssim over the image;
+    hole_psnr (dB), hole_ssim (the SSIM map's mean over the hole) and hole_l1 over the masked
+    pixels (NaN for an image without a hole)."""
     psnr = peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    ssim = structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")
+    ssim, ssim_map = structural_similarity_index_measure(
+        pred, target, data_range=1.0, reduction="none", return_full_image=True
+    )
     hole = mask.expand_as(pred)
     hole_px = hole.sum(dim=(1, 2, 3))
     err = (pred - target) * hole
@@ -31,10 +62,13 @@ def repair_metrics(
     hole_l1 = err.abs().sum(dim=(1, 2, 3)) / hole_px.clamp(min=1)
     no_hole = hole_px == 0
     nan = torch.full_like(hole_mse, float("nan"))
+    hole_ssim = (ssim_map * hole).sum(dim=(1, 2, 3)) / hole_px.clamp(min=1)
     return {
         "psnr": psnr,
         "ssim": ssim,
+        "ms_ssim": ms_ssim(pred, target),
         "hole_psnr": torch.where(no_hole, nan, 10 * torch.log10(1.0 / hole_mse.clamp(min=1e-10))),
+        "hole_ssim": torch.where(no_hole, nan, hole_ssim),
         "hole_l1": torch.where(no_hole, nan, hole_l1),
     }
 
@@ -52,7 +86,9 @@ def evaluate(
     """reduce_sum adds the sums of all ranks (in training); alone, nothing to add.
     `should_stop` ends the pass early (a stop signal); the sums are still reduced once, so
     ranks that stop at different batches do not wait on each other."""
-    sums = torch.zeros(6, dtype=torch.float64, device=device)
+    whole, in_hole = ("psnr", "ssim", "ms_ssim"), ("hole_psnr", "hole_ssim", "hole_l1")
+    sums = torch.zeros(2 + len(whole) + len(in_hole) + 2, dtype=torch.float64, device=device)
+    texture = HoleSWD()
     for i, batch in enumerate(batches):
         if (max_batches is not None and i >= max_batches) or should_stop():
             break
@@ -60,23 +96,29 @@ def evaluate(
         with autocast():
             repaired = generator(damaged, mask)
         pred = ((repaired.float() + 1) / 2).clamp(0, 1)
-        m = repair_metrics(pred, (clean.float() + 1) / 2, mask)
+        target = (clean.float() + 1) / 2
+        m = repair_metrics(pred, target, mask)
+        texture.add(pred, target, mask)
         has_hole = ~torch.isnan(m["hole_psnr"])
-        sums += torch.stack(
+        sums[:-2] += torch.stack(
             [
                 torch.tensor(float(len(pred)), device=device),
-                m["psnr"].sum(),
-                m["ssim"].sum(),
+                *(m[k].sum() for k in whole),
                 has_hole.sum(),
-                m["hole_psnr"][has_hole].sum(),
-                m["hole_l1"][has_hole].sum(),
+                *(m[k][has_hole].sum() for k in in_hole),
             ]
         ).to(torch.float64)
-    sums = reduce_sum(sums)
-    n, psnr, ssim, n_hole, hole_psnr, hole_l1 = sums.tolist()
-    out = {"samples": int(n)}
+    swd = texture.compute().get("swd")
+    if swd is not None:  # this rank's texture score, averaged over the ranks that have one
+        sums[-2:] = torch.tensor([swd, 1.0], dtype=torch.float64, device=device)
+    sums = reduce_sum(sums).tolist()
+    n, n_hole = sums[0], sums[1 + len(whole)]
+    out: dict[str, float] = {"samples": int(n)}
     if n:
-        out.update({"psnr": psnr / n, "ssim": ssim / n})
+        out.update({k: v / n for k, v in zip(whole, sums[1 : 1 + len(whole)], strict=True)})
     if n_hole:
-        out.update({"hole_psnr": hole_psnr / n_hole, "hole_l1": hole_l1 / n_hole})
+        holes = sums[2 + len(whole) : 2 + len(whole) + len(in_hole)]
+        out.update({k: v / n_hole for k, v in zip(in_hole, holes, strict=True)})
+    if sums[-1]:
+        out["hole_swd"] = sums[-2] / sums[-1]
     return out
