@@ -51,6 +51,7 @@ from gan_dist.nets.prefill import fill_holes
 from gan_dist.recipe import Recipe, resolve_damage
 from gan_dist.train import checkpoint
 from gan_dist.train.evaluate import repair_metrics
+from gan_dist.train.swd import HoleSWD
 
 HELD_OUT_PHOTOS = ("astronaut", "coffee", "chelsea")
 SIZE = 128
@@ -153,14 +154,21 @@ def held_out(shards: Path, channels: int) -> list[dict[str, torch.Tensor]]:
 
 
 def score(batches, repair) -> dict[str, float]:
-    totals: dict[str, list[float]] = {"hole_psnr": [], "ssim": [], "psnr": []}
+    """Means over the held-out samples, and the hole's texture distance to the originals
+    (`hole_swd`, the sliced Wasserstein distance of patches: lower is better)."""
+    totals: dict[str, list[float]] = {"hole_psnr": [], "hole_ssim": [], "ssim": [], "psnr": []}
+    texture = HoleSWD()
     for batch in batches:
         pred = repair(batch).clamp(0, 1)
-        m = repair_metrics(pred, (batch["clean"] + 1) / 2, batch["mask"])
+        target = (batch["clean"] + 1) / 2
+        m = repair_metrics(pred, target, batch["mask"])
+        texture.add(pred, target, batch["mask"])
         for key in totals:
             totals[key] += m[key].tolist()
-    return {k: round(float(np.nanmean(v)), 4) for k, v in totals.items()} | {
-        "samples": len(totals["ssim"])
+    means = {k: round(float(np.nanmean(v)), 4) for k, v in totals.items()}
+    return means | {
+        "hole_swd": round(texture.compute().get("swd", float("nan")), 2),
+        "samples": len(totals["ssim"]),
     }
 
 
