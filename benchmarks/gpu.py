@@ -11,7 +11,7 @@ Then repair throughput in bf16 and fp32 (megapixels/s of `repair_array` on a 204
 or H200: a configuration that would start after --budget-s is reported as skipped.
 
     python benchmarks/gpu.py [--steps 30] [--budget-s 420]
-    python benchmarks/gpu.py --device cpu --size 32 --steps 2   # checks the script on a CPU
+    python benchmarks/gpu.py --device cpu --size 32 --steps 2   # checks it on a CPU-only machine
 """
 
 from __future__ import annotations
@@ -44,53 +44,35 @@ def peak_flops(device: str) -> tuple[str, float | None]:
 
 
 def one_config(precision: str, channels_last: bool, compile_: bool, args) -> dict:
-    """Runs in a child process: one configuration's step rate and peak memory."""
-    from accelerate import Accelerator
+    """Runs in a child process: one configuration's step rate and peak memory, through
+    benchmarks/train_step.py's trainer loop (the trainer's own `train_step`)."""
+    from train_step import trainer_step  # this folder's script, importable beside this one
 
-    from gan_dist.nets import build_discriminator, build_generator
-    from gan_dist.train.trainer import _optimizer, train_step
-
-    mixed = "no" if precision == "fp32" else precision
     sets = [
         f"data.image_size={args.size}",
-        f"train.mixed_precision={mixed}",
+        f"train.mixed_precision={'no' if precision == 'fp32' else precision}",
         f"train.channels_last={str(channels_last).lower()}",
         f"train.compile={str(compile_).lower()}",
     ]
     recipe = load_recipe(RECIPE, sets)
-    data = recipe.data
-    accelerator = Accelerator(cpu=args.device == "cpu", mixed_precision=mixed)
-    torch.manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    G = build_generator(recipe.model, data.channels, data.image_size).to(memory_format=fmt)
-    D = build_discriminator(recipe.model.discriminator, data.channels, data.image_size).to(
-        memory_format=fmt
-    )
-    if compile_:
-        G, D = torch.compile(G), torch.compile(D)
-    opt_g, opt_d = _optimizer(G, recipe.optim.generator), _optimizer(D, recipe.optim.discriminator)
-    G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
-    b, s, device = data.batch_size, data.image_size, accelerator.device
-    mask = (torch.rand(b, 1, s, s, device=device) > 0.7).float()
-    clean = torch.rand(b, data.channels, s, s, device=device) * 2 - 1
-    batch = {"damaged": clean * (1 - mask), "clean": clean, "mask": mask}
-    if device.type == "cuda":
+    step = trainer_step(recipe)
+    cuda = torch.cuda.is_available()
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     times = []
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()
-        losses = train_step(batch, G, D, opt_g, opt_d, recipe, accelerator, True)
-        torch.stack([torch.isfinite(v) for v in losses.values()]).all().item()  # syncs
+        step()  # syncs once, as the trainer does
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
         if i == args.warmup - 1:
             warm_s = time.perf_counter() - started
     result = {
-        "images_per_s": round(b / statistics.median(times), 1),
+        "images_per_s": round(recipe.data.batch_size / statistics.median(times), 1),
         "warmup_s": round(warm_s, 1),
     }
-    if device.type == "cuda":
+    if cuda:
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return result
 

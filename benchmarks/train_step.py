@@ -53,7 +53,8 @@ def synthetic(recipe, device, fmt=torch.contiguous_format) -> dict[str, torch.Te
     clean = torch.rand(b, c, s, s, generator=g) * 2 - 1
     damaged = clean * (1 - mask)
     batch = {"damaged": damaged, "clean": clean, "mask": mask}
-    if recipe.model.prefill != "none":
+    if recipe.model.prefill != "none" and torch.device(device).type == "cpu":
+        # as the trainer's CPU data path gives it; on a GPU the generator fills the holes
         batch["start"] = fill_holes(damaged, 1 - mask, recipe.model.prefill)
     return {k: v.to(device).contiguous(memory_format=fmt) for k, v in batch.items()}
 
@@ -96,6 +97,8 @@ def trainer_step(recipe):
     acc = Accelerator(cpu=device == "cpu", mixed_precision=precision)
     fmt = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
     G, D = nets(recipe, acc.device, fmt)
+    if recipe.train.compile:
+        G, D = torch.compile(G), torch.compile(D)
     opt_g, opt_d = adam(G, recipe.optim.generator), adam(D, recipe.optim.discriminator)
     G, D, opt_g, opt_d = acc.prepare(G, D, opt_g, opt_d)
     batch = synthetic(recipe, acc.device)

@@ -138,12 +138,12 @@ def _first_sample_shape(path: Path) -> tuple[int, int]:
     here as training skips it, a shard with none is an error naming the last problem."""
     import tarfile
 
-    problem = None
+    problem, cleans = None, {f"clean.{ext}" for ext, *_ in CODECS.values()}
     try:
         with tarfile.open(path, "r|") as tar:
             for member in tar:
                 part = member.name.partition(".")[2]
-                if part in {f"clean.{ext}" for ext, _, _ in CODECS.values()}:
+                if part in cleans:
                     try:
                         arr = decode_part(part, tar.extractfile(member).read())
                     except ValueError as exc:
