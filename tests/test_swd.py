@@ -57,3 +57,23 @@ def test_no_hole_no_score():
     swd = HoleSWD()
     swd.add(_grain(0), _grain(0), torch.zeros(4, 1, 64, 64))
     assert swd.compute() == {}
+
+
+def test_the_score_does_not_depend_on_how_images_are_batched():
+    original, other = _grain(1), _grain(2)
+    mask = torch.zeros(4, 1, 64, 64)
+    mask[..., 8:40, 20:50] = 1
+    whole, split = HoleSWD(seed=3), HoleSWD(seed=3)
+    whole.add(other, original, mask)
+    for i in range(4):
+        split.add(other[i : i + 1], original[i : i + 1], mask[i : i + 1])
+    assert whole.compute() == split.compute()
+
+
+def test_ms_ssim_is_left_out_where_it_would_only_repeat_ssim():
+    from gan_dist.train.evaluate import repair_metrics
+
+    for side, defined in ((8, False), (20, False), (32, True)):
+        img = _grain(0, side)
+        m = repair_metrics(img, img, torch.zeros(4, 1, side, side))
+        assert bool(torch.isnan(m["ms_ssim"]).all()) != defined, side

@@ -21,7 +21,7 @@ def eval_(
         "(must exist: never created here).",
     ),
 ) -> None:
-    """PSNR and SSIM over the image, PSNR and L1 inside the hole."""
+    """PSNR, SSIM and MS-SSIM over the image; PSNR, SSIM, L1 and texture (SWD) in the hole."""
     import json
 
     from rich.table import Table

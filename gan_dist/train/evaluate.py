@@ -29,8 +29,11 @@ SSIM_KERNEL = 11
 
 def ms_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image MS-SSIM (Wang et al. 2003) of images in [0, 1], (B,) in [0, 1], over as
-    many of the five scales as the image size allows (all five from 161 px)."""
+    many of the five scales as the image size allows (all five from 161 px); NaN below
+    21 px, where one scale is left and it would only repeat SSIM."""
     side = min(pred.shape[-2:])
+    if side <= 2 * (SSIM_KERNEL - 1):
+        return torch.full((len(pred),), float("nan"), device=pred.device)
     scales = 1
     while scales < len(MS_SSIM_BETAS) and (SSIM_KERNEL - 1) * 2**scales < side:
         scales += 1
@@ -121,4 +124,4 @@ def evaluate(
         out.update({k: v / n_hole for k, v in zip(in_hole, holes, strict=True)})
     if sums[-1]:
         out["hole_swd"] = sums[-2] / sums[-1]
-    return out
+    return {k: v for k, v in out.items() if v == v}  # NaN: undefined here (ms_ssim < 21 px)

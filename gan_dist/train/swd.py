@@ -91,21 +91,26 @@ class HoleSWD:
     once. At most `per_image` patches per image and level, drawn with a fixed seed."""
 
     def __init__(self, per_image: int = 64, seed: int = 0) -> None:
-        self.per_image = per_image
-        self.generator = torch.Generator().manual_seed(seed)
+        self.per_image, self.seed, self.images = per_image, seed, 0
+        self.generator = torch.Generator().manual_seed(seed)  # the projections
         self.fake: list[list[torch.Tensor]] = [[] for _ in range(LEVELS)]
         self.real: list[list[torch.Tensor]] = [[] for _ in range(LEVELS)]
 
     def add(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> None:
         region = F.max_pool2d(mask.float(), 2 * RING + 1, stride=1, padding=RING) > 0
-        for lvl, (p, t) in enumerate(
-            zip(laplacian_pyramid(pred.float()), laplacian_pyramid(target.float()), strict=True)
-        ):
+        levels = zip(
+            laplacian_pyramid(pred.float()), laplacian_pyramid(target.float()), strict=True
+        )
+        for lvl, (p, t) in enumerate(levels):
             here = F.adaptive_max_pool2d(region.float(), p.shape[-2:]) > 0
-            state = self.generator.get_state()  # the same centres in repair and original
-            self.fake[lvl].append(hole_patches(p, here, self.per_image, self.generator).cpu())
-            self.generator.set_state(state)
-            self.real[lvl].append(hole_patches(t, here, self.per_image, self.generator).cpu())
+            for i in range(len(p)):  # centres drawn per image: the score ignores batching
+                draw = self.seed * 1_000_003 + (self.images + i) * LEVELS + lvl
+                for side, image in ((self.fake, p), (self.real, t)):  # same centres in both
+                    g = torch.Generator().manual_seed(draw)
+                    side[lvl].append(
+                        hole_patches(image[i : i + 1], here[i : i + 1], self.per_image, g).cpu()
+                    )
+        self.images += len(pred)
 
     def compute(self) -> dict[str, float]:
         """{"swd_l0": ..., "swd": mean over levels} x 1e3; empty when no image had a hole."""
