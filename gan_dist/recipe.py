@@ -227,7 +227,14 @@ class DataConfig(Section):
     )
     damage: list[DamageStep] = Field(
         default_factory=lambda: damage_preset("inpaint"),
-        description="a preset name or a list of steps; used by `data pack --damage RECIPE`",
+        description="a preset name or a list of steps; used by `data pack --damage RECIPE` "
+        "and, with fresh_damage, by training",
+    )
+    fresh_damage: bool = Field(
+        False,
+        description="draw new damage from data.damage for every training sample each time it "
+        "is read (LaMa draws masks on the fly), instead of the damage packed with it; "
+        "validation keeps the packed damage",
     )
 
     @field_validator("damage", mode="before")
@@ -247,12 +254,29 @@ Norm = Literal["batch", "instance", "layer", "none"]
 
 
 class GeneratorConfig(Section):
-    name: Literal["unet", "dcgan", "resnet"] = "unet"
+    name: Literal["unet", "dcgan", "resnet", "ffc_resnet"] = "unet"
     base_channels: PositiveInt = 64
     norm: Norm = "batch"
-    depth: PositiveInt | None = Field(None, description="down-sampling steps; None: from size")
-    blocks: PositiveInt = Field(9, description="residual blocks (resnet)")
+    depth: PositiveInt | None = Field(
+        None, description="down-sampling steps; None: from the size (unet), 3 (ffc_resnet)"
+    )
+    blocks: PositiveInt = Field(9, description="residual blocks (resnet, ffc_resnet)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    gated: bool = Field(
+        False, description="unet: gated convolutions (DeepFill v2), a learned gate per pixel"
+    )
+    global_ratio: float = Field(
+        0.75,
+        gt=0.0,
+        lt=1.0,
+        description="ffc_resnet: share of channels in the Fourier (image-wide) branch",
+    )
+
+    @model_validator(mode="after")
+    def _options_of_family(self) -> GeneratorConfig:
+        if self.gated and self.name != "unet":
+            raise ValueError(f"gated: gated convolutions are a unet option, not {self.name}'s")
+        return self
 
 
 class DiscriminatorConfig(Section):
@@ -278,8 +302,25 @@ class ModelConfig(Section):
 
 
 class ObjectiveConfig(Section):
-    adversarial: Literal["bce", "lsgan", "hinge", "wgan-gp"] = "hinge"
+    adversarial: Literal["bce", "lsgan", "hinge", "wgan-gp"] = Field(
+        "hinge", description="bce is the non-saturating loss (Goodfellow et al. 2014)"
+    )
     adversarial_weight: NonNegativeFloat = 1.0
+    mask_aware: bool = Field(
+        False,
+        description="LaMa's discriminator target: only generated pixels of a repair count as "
+        "fake, its known pixels as real (each logit weighted by the hole share under it)",
+    )
+    r1_weight: NonNegativeFloat = Field(
+        0.0,
+        description="gamma of the R1 penalty gamma/2 * E||grad D(real)||^2 (Mescheder et al. "
+        "2018); 0: off",
+    )
+    r1_every: PositiveInt = Field(
+        16,
+        description="lazy R1 (StyleGAN2): applied every this many discriminator steps, "
+        "weighted by as many",
+    )
     l1_weight: NonNegativeFloat = 100.0
     hole_l1_weight: NonNegativeFloat = Field(0.0, description="extra L1 weight inside the mask")
     feature_matching_weight: NonNegativeFloat = 0.0
@@ -314,6 +355,23 @@ class OptimConfig(Section):
     grad_clip: PositiveFloat | None = None
 
 
+class MetricWeightsConfig(Section):
+    """Weights files of the nets behind FID, KID and LPIPS; never downloaded (offline
+    clusters). Without them, validation reports the weight-free metrics only."""
+
+    inception: str | None = Field(
+        None,
+        description="torch-fidelity's Inception-v3 weights (pt_inception-2015-12-05-6726825d."
+        "pth): FID and KID",
+    )
+    lpips: str | None = Field(
+        None,
+        description="torchvision weights of the LPIPS backbone (alexnet-owt-7be5be79.pth for "
+        "alex): LPIPS",
+    )
+    lpips_net: Literal["alex", "vgg", "squeeze"] = "alex"
+
+
 class TrainConfig(Section):
     max_steps: PositiveInt = 10_000
     max_minutes: PositiveFloat | None = Field(
@@ -333,6 +391,7 @@ class TrainConfig(Section):
     sample_every: PositiveInt = 500
     eval_every: PositiveInt = 2000
     eval_batches: PositiveInt | None = Field(None, description="None: the whole val split")
+    metric_weights: MetricWeightsConfig = MetricWeightsConfig()
     profile_steps: NonNegativeInt = Field(
         0,
         description="record this many steps with torch.profiler into RUN_DIR/profile "
@@ -461,6 +520,21 @@ class Recipe(Section):
             )
         if wgan and self.objective.gp_weight == 0:
             raise ValueError("objective.gp_weight: wgan-gp needs a gradient penalty weight > 0")
+        if wgan and (self.objective.r1_weight or self.objective.mask_aware):
+            raise ValueError(
+                "objective: r1_weight and mask_aware go with bce, hinge or lsgan; wgan-gp's "
+                "critic has its own gradient penalty (gp_weight) and no real/fake target"
+            )
+        if self.objective.mask_aware and not self.model.composite:
+            raise ValueError(
+                "objective.mask_aware: needs model.composite: true (without compositing every "
+                "pixel of a repair is generated)"
+            )
+        if self.data.fresh_damage and not any(s.type == "mask" for s in self.data.damage):
+            raise ValueError(
+                "data.fresh_damage: data.damage draws no mask; fresh damage is drawn from "
+                "data.damage, so give it a mask step (e.g. damage: inpaint)"
+            )
         launch = self.launch  # the other ranks wait for rank 0's lock inside a collective
         if launch.lock_wait_s is not None and launch.lock_wait_s >= launch.rank_timeout_s:
             raise ValueError(

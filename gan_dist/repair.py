@@ -9,6 +9,12 @@ through the 8- or 16-bit input and output arrays, never through float copies of 
 
 Known pixels of an inpainting model are copied from the input unchanged (bit-exact, also at
 16 bits); only the hole pixels come from the net.
+
+A model that corrects a classical prefill gets the prefill of each hole solved once, on the
+hole's own bounding box plus a margin of known pixels, not per tile: a tile whose edge cuts
+through a hole larger than itself sees no known pixels on that side, so two neighbouring tiles
+would extrapolate different fills into their overlap and the blend would show where the tiles
+met (a faint cross inside large holes). Memory for this grows with the holes' bounding boxes.
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ def repair_array(
     th, tw = min(tile, _round_up(height, divisor)), min(tile, _round_up(width, divisor))
     out = pixels.copy()
     precision = model.precision_for(pixels.dtype)
+    prefill = model.spec["model"].get("prefill", "none")
+    fills = _hole_fills(pixels, mask, prefill, model.channels) if prefill != "none" else []
     band = _Band(width, th, model.channels)
     window = _window(th, tw, overlap)
     rows = _starts(height, th, th - overlap)
@@ -76,8 +84,12 @@ def repair_array(
             images, masks = zip(
                 *(_tile(pixels, mask, y, x, th, tw, model.channels) for x in chunk), strict=True
             )
+            starts = [_start(im, y, x, fills) for im, x in zip(images, chunk, strict=True)]
             pred = model.forward(
-                torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks)), precision
+                torch.from_numpy(np.stack(images)),
+                torch.from_numpy(np.stack(masks)),
+                precision,
+                torch.from_numpy(np.stack(starts)) if fills else None,
             )
             pred = pred.cpu().numpy().transpose(0, 2, 3, 1)
             for x, p in zip(chunk, pred, strict=True):
@@ -146,6 +158,46 @@ def _tile(pixels, mask, y, x, th, tw, channels) -> tuple[np.ndarray, np.ndarray]
     value = to_channels(img, channels).astype(np.float32) * (2 / top) - 1
     value[hole] = -1.0
     return value.transpose(2, 0, 1).copy(), hole[None].astype(np.float32)
+
+
+HOLE_MARGIN = 16  # px of known context around each hole's bounding box for its prefill
+
+
+def _hole_fills(
+    pixels: np.ndarray, mask: np.ndarray, kind: str, channels: int
+) -> list[tuple[int, int, np.ndarray]]:
+    """(top, left, filled (C, h, w) in [-1, 1]) for every group of holes closer than twice
+    HOLE_MARGIN, each solved once on its bounding box plus HOLE_MARGIN px (clipped to the
+    image); see the module docstring."""
+    from scipy import ndimage
+
+    from gan_dist.nets.prefill import fill_holes
+
+    grown = ndimage.binary_dilation(mask, iterations=HOLE_MARGIN)
+    fills = []
+    for box in ndimage.find_objects(ndimage.label(grown)[0]):
+        (top, bottom), (left, right) = ((s.start, s.stop) for s in box)
+        value, hole = _tile(pixels, mask, top, left, bottom - top, right - left, channels)
+        filled = fill_holes(torch.from_numpy(value)[None], 1 - torch.from_numpy(hole)[None], kind)
+        fills.append((top, left, filled[0].clamp(-1, 1).numpy()))
+    return fills
+
+
+def _start(tile: np.ndarray, y: int, x: int, fills: list) -> np.ndarray:
+    """The tile (C, th, tw) with its holes' prefill pasted from `fills` (known pixels, and
+    the edge padding of a tile larger than the image, are the same in both)."""
+    if not fills:
+        return tile
+    start = tile.copy()
+    th, tw = tile.shape[1:]
+    for top, left, filled in fills:
+        y0, y1 = max(y, top), min(y + th, top + filled.shape[1])
+        x0, x1 = max(x, left), min(x + tw, left + filled.shape[2])
+        if y0 < y1 and x0 < x1:
+            start[:, y0 - y : y1 - y, x0 - x : x1 - x] = filled[
+                :, y0 - top : y1 - top, x0 - left : x1 - left
+            ]
+    return start
 
 
 def _window(th: int, tw: int, overlap: int) -> np.ndarray:

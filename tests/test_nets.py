@@ -153,3 +153,76 @@ def test_recipe_nets_build_for_every_builtin(name):
     assert D(torch.cat([x, m, y.detach()], 1)).shape[:2] == (2, 1)
     has_sn = any("parametrizations" in k for k in D.state_dict())
     assert has_sn == r.model.discriminator.spectral_norm
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.generator.name=ffc_resnet", "model.generator.blocks=2"],
+        ["model.generator.name=ffc_resnet", "model.generator.depth=2", "model.prefill=none"],
+        ["model.generator.gated=true"],
+        ["model.generator.gated=true", "model.generator.norm=none", "model.prefill=none"],
+    ],
+)
+def test_new_generators_shapes_range_composite_and_gradients(overrides):
+    r = load_recipe(
+        "quickstart", ["data.image_size=32", "model.generator.base_channels=4", *overrides]
+    )
+    G = build_generator(r.model, 3, 32)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    m = _hole(32, 32, (8, 24, 4, 28)).expand(2, 1, 32, 32)
+    y = G(x, m)
+    assert y.shape == x.shape and y.abs().max() <= 1
+    assert torch.equal(y[m.expand_as(y) == 0], x[m.expand_as(x) == 0])
+    y[m.expand_as(y) > 0].square().mean().backward()
+    # every parameter learns, the Fourier branch and the gates included
+    dead = [n for n, p in G.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead or (r.model.prefill != "none" and all("body" in n for n in dead))
+
+
+def test_ffc_sees_the_whole_image_from_its_first_block():
+    """A LaMa FFC block: an output pixel depends on input pixels far outside any 3x3 stack's
+    reach (the whole map, through the FFT); the same block without a global branch does not."""
+    from gan_dist.nets.ffc import FFC, FFCBlock
+
+    torch.manual_seed(0)
+
+    def reach(net, split: bool) -> float:
+        x = torch.rand(1, 8, 32, 32, dtype=torch.float64, requires_grad=True)
+        out_l, out_g = net((x[:, :4], x[:, 4:]) if split else (x, None))
+        corner = out_l[0, :, 0, 0].sum() + (0 if out_g is None else out_g[0, :, 0, 0].sum())
+        corner.backward()
+        return x.grad[0, :, 16:, 16:].abs().sum().item()  # 16+ px away: 3x3 convs reach 2
+
+    assert reach(FFCBlock(8, 0.5, "none").double(), split=True) > 0
+    assert reach(FFC(8, 8, 0.0, 0.0, "none").double(), split=False) == 0
+
+
+def test_ffc_under_bf16_autocast_runs_its_fft_in_float32():
+    from gan_dist.nets.ffc import FourierUnit
+
+    unit = FourierUnit(4, 4, "batch")
+    x = torch.rand(2, 4, 16, 16).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = unit(x.bfloat16())
+    assert y.dtype == torch.bfloat16 and y.shape == x.shape and torch.isfinite(y).all()
+
+
+def test_gated_unet_gate_is_a_soft_mask_on_features():
+    from gan_dist.nets.unet import Gate
+
+    gate = Gate(torch.nn.Identity(), torch.nn.ReLU())
+    feature = torch.tensor([[[[2.0]]], [[[-1.0]]]]).reshape(1, 2, 1, 1)
+    closed = torch.cat([feature[:, :1], torch.full((1, 1, 1, 1), -30.0)], 1)
+    opened = torch.cat([feature[:, :1], torch.full((1, 1, 1, 1), 30.0)], 1)
+    assert gate(closed).item() == pytest.approx(0.0, abs=1e-6)
+    assert gate(opened).item() == pytest.approx(2.0)
+
+
+def test_gated_and_ffc_options_are_refused_where_they_mean_nothing():
+    from gan_dist.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="model.generator.*gated.*unet option"):
+        load_recipe("quickstart", ["model.generator.name=resnet", "model.generator.gated=true"])
+    with pytest.raises(RecipeError, match="global_ratio"):
+        load_recipe("quickstart", ["model.generator.global_ratio=1.0"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from gan_dist.objectives import reconstruction, structural_dissimilarity
@@ -39,3 +40,44 @@ def test_structural_dissimilarity_sends_gradient_to_the_hole():
     structural_dissimilarity(fake, clean).backward()
     inside = fake.grad.abs()[mask.expand_as(fake) > 0]
     assert inside.sum() > 0 and torch.isfinite(fake.grad).all()
+
+
+def test_adversarial_terms_and_the_mask_aware_target():
+    from gan_dist.objectives import ADVERSARIAL, generated_share
+
+    bce = ADVERSARIAL["bce"]
+    zero = torch.zeros(2, 1, 4, 4)
+    log2 = torch.log(torch.tensor(2.0))
+    assert torch.allclose(bce.d(zero, zero), 2 * log2)
+    # the non-saturating generator loss: -log sigmoid(f)
+    assert torch.allclose(
+        bce.g(torch.tensor([0.0, 3.0])), torch.nn.functional.softplus(-torch.tensor([0.0, 3.0]))
+    )
+    # mask-aware: a repair whose logits all say "real" is penalised only where generated
+    real, fake = torch.full((1, 1, 2, 2), 5.0), torch.full((1, 1, 2, 2), 5.0)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :4, :4] = 1  # one logit's quarter of the image is generated
+    share = generated_share(mask, fake)
+    assert share.flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
+    hinge = ADVERSARIAL["hinge"]
+    plain, aware = hinge.d(real, fake), hinge.d(real, fake, share)
+    assert plain.item() == pytest.approx(6.0)  # relu(1 + 5) on every fake logit
+    assert aware.item() == pytest.approx(6.0 / 4)  # only on the generated one
+    # one logit per image (a global discriminator): the hole share of the whole image
+    assert generated_share(mask, torch.zeros(1, 1)).item() == pytest.approx(16 / 64)
+
+
+def test_r1_penalty_on_a_toy_discriminator_is_its_squared_gradient_norm():
+    """D(x) = <w, x> + x0^2 has grad w + 2 x0 e0: R1 = mean over images of ||grad||^2, and it
+    is differentiable in w (D learns from it)."""
+    from gan_dist.objectives import r1_penalty
+
+    w = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)
+    x = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 0.0]], requires_grad=True)
+    logits = x @ w + x[:, 0] ** 2
+    penalty = r1_penalty(logits, x)
+    # image 1: grad (1, -2, .5) -> 5.25; image 2: grad (3, -2, .5) -> 13.25
+    assert penalty.item() == pytest.approx((5.25 + 13.25) / 2)
+    penalty.backward()
+    # d/dw of mean ||w + 2 x0 e0||^2 = mean 2 (w + 2 x0 e0)
+    assert torch.allclose(w.grad, torch.tensor([4.0, -4.0, 1.0]))

@@ -168,3 +168,25 @@ def test_resolve_damage_from_preset_recipe_and_list(tmp_path):
 def test_the_lock_wait_must_fit_inside_the_rank_timeout():
     with pytest.raises(RecipeError, match=r"launch.lock_wait_s: 700 s must be shorter"):
         load_recipe("quickstart", ["launch.lock_wait_s=700"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["objective.mask_aware=true", "model.composite=false"], "mask_aware: needs model"),
+        (
+            [
+                "objective.adversarial=wgan-gp",
+                "objective.gp_weight=10",
+                "objective.r1_weight=1",
+                "model.discriminator.norm=layer",
+            ],
+            "r1_weight and mask_aware go with",
+        ),
+        (["data.fresh_damage=true", "data.damage=denoise"], "data.fresh_damage: data.damage draws"),
+        (["objective.r1_every=0"], "objective.r1_every"),
+    ],
+)
+def test_new_objective_and_data_options_are_checked_together(overrides, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe("quickstart", overrides)

@@ -333,3 +333,46 @@ def test_a_read_that_blocks_for_ever_is_bounded(tmp_path):
     import psutil
 
     assert not [p for p in psutil.process_iter(["cmdline"]) if "617" in (p.info["cmdline"] or [])]
+
+
+def test_fresh_damage_draws_new_masks_each_pass_and_resumes_exactly(packed):
+    """data.fresh_damage: every read of a sample gets a new mask from the recipe's damage,
+    holes hold the fill value, the clean image is the packed one, and a resumed stream
+    draws the same masks again (they follow the sample's place in the stream)."""
+    steps, _ = resolve_damage("inpaint-boxes")
+
+    def stream(skip=None):
+        cfg = StreamConfig(
+            2, 3, train=True, shuffle_buffer=0, seed=3, skip=skip, fresh_damage=steps
+        )
+        return make_stream(str(packed), cfg)
+
+    packed_batch = next(
+        iter(make_stream(str(packed), StreamConfig(2, 3, shuffle_buffer=0, seed=3)))
+    )
+    first = stream()
+    batches = list(itertools.islice(iter(first), 10))  # 20 of the 16 samples
+    assert torch.equal(batches[0]["clean"], packed_batch["clean"])
+    assert not torch.equal(batches[0]["mask"], packed_batch["mask"])
+    for b in batches:
+        hole = b["mask"].expand_as(b["clean"]) > 0
+        assert hole.any() and (b["damaged"][hole] == -1).all()
+        assert torch.equal(b["damaged"][~hole], b["clean"][~hole])
+    # the same sample met again later gets another mask
+    keys = [k for b in batches for k in b["key"]]
+    masks = [m for b in batches for m in b["mask"]]
+    repeats = [(i, j) for i in range(len(keys)) for j in range(i) if keys[i] == keys[j]]
+    assert repeats and all(not torch.equal(masks[i], masks[j]) for i, j in repeats)
+    part = stream()
+    head = iter(part)
+    next(head), next(head)
+    resumed = list(itertools.islice(iter(stream(part.position)), 4))
+    for a, b in zip(batches[2:6], resumed, strict=True):
+        assert a["key"] == b["key"] and torch.equal(a["mask"], b["mask"])
+    # validation keeps the packed damage
+    fresh_val = StreamConfig(2, 3, train=False, fresh_damage=steps)
+    plain_val = StreamConfig(2, 3, train=False)
+    assert torch.equal(
+        next(iter(make_stream(str(packed), fresh_val)))["mask"],
+        next(iter(make_stream(str(packed), plain_val)))["mask"],
+    )

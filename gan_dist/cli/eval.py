@@ -20,17 +20,31 @@ def eval_(
         help="For models:/ and runs:/ URIs. Default: $MLFLOW_TRACKING_URI or ./mlflow.db "
         "(must exist: never created here).",
     ),
+    inception_weights: Path = typer.Option(
+        None,
+        help="torch-fidelity's Inception-v3 weights file "
+        "(pt_inception-2015-12-05-6726825d.pth): adds FID and KID. Never downloaded.",
+    ),
+    lpips_weights: Path = typer.Option(
+        None,
+        help="torchvision weights of the LPIPS backbone (alexnet-owt-7be5be79.pth for "
+        "--lpips-net alex): adds LPIPS. Never downloaded.",
+    ),
+    lpips_net: str = typer.Option("alex", help="LPIPS backbone: alex, vgg or squeeze."),
 ) -> None:
-    """PSNR, SSIM and MS-SSIM over the image; PSNR, SSIM, L1 and texture (SWD) in the hole."""
+    """PSNR, SSIM and MS-SSIM over the image; PSNR, SSIM, L1 and texture (SWD) in the hole;
+    FID, KID and LPIPS when given their nets' weights files."""
     import json
 
     from rich.table import Table
 
     from gan_dist.models import evaluate_model, load_model
+    from gan_dist.train.perceptual import PerceptualWeights
 
+    weights = PerceptualWeights(inception_weights, lpips_weights, lpips_net)
     with user_errors():
         loaded = load_model(model, tracking_uri=tracking_uri)
-        metrics = evaluate_model(loaded, data, batch)
+        metrics = evaluate_model(loaded, data, batch, weights or None)
     if json_:
         out.print_json(json.dumps({"model": model, "data": str(data)} | metrics))
         return

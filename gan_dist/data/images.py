@@ -365,18 +365,34 @@ def resize(arr: np.ndarray, width: int, height: int) -> np.ndarray:
     return out.astype(np.uint16)
 
 
-def picture_grid(rows: list[list[np.ndarray]], gap: int = 4) -> np.ndarray:
+def picture_grid(
+    rows: list[list[np.ndarray]], gap: int = 4, labels: list[str] | None = None
+) -> np.ndarray:
     """Rows of same-sized pictures (any depth, 1 or 3 channels) as one 8-bit RGB picture
-    for people to look at, with white gaps."""
+    for people to look at, with white gaps; `labels` name the columns in a header line."""
     import numpy as np
 
-    lines = []
+    lines = [] if labels is None else [_header(labels, rows[0][0].shape[1], gap)]
     for row in rows:
         tiles = [to_channels(to_bit_depth(arr, 8), 3) for arr in row]
         spacer = np.full((tiles[0].shape[0], gap, 3), 255, np.uint8)
         lines.append(np.concatenate([t for tile in tiles for t in (spacer, tile)][1:], axis=1))
     spacer = np.full((gap, lines[0].shape[1], 3), 255, np.uint8)
     return np.concatenate([t for line in lines for t in (spacer, line)][1:], axis=0)
+
+
+def _header(labels: list[str], width: int, gap: int) -> np.ndarray:
+    """A white line with each label centred over its column, in Pillow's built-in font."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=max(10, min(18, width // 9)))
+    height = font.size + 8
+    line = Image.new("RGB", (len(labels) * (width + gap) - gap, height), "white")
+    draw = ImageDraw.Draw(line)
+    for i, label in enumerate(labels):
+        draw.text((i * (width + gap) + width / 2, height / 2), label, "black", font, "mm")
+    return np.asarray(line)
 
 
 # --- PNG bytes (shards) and files ----------------------------------------------------------

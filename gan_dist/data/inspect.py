@@ -110,7 +110,11 @@ def inspect_shards(folder: Path, grid: Path | None = None, grid_samples: int = 8
         if not examples:
             raise GanDistError(f"{folder}: no readable samples to draw a grid from")
         write_png_atomic(
-            grid, picture_grid([[e["damaged"], e["mask"], e["clean"]] for e in examples])
+            grid,
+            picture_grid(
+                [[e["damaged"], e["mask"], e["clean"]] for e in examples],
+                labels=["damaged", "mask", "clean"],
+            ),
         )
         written = grid
     return InspectReport(folder, manifest, splits, problems, written)

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from gan_dist.data.damage import apply_damage, sample_rng
 from gan_dist.data.images import CODECS, decode_part, sample_part
 from gan_dist.data.pack import read_manifest
 from gan_dist.errors import GanDistError
@@ -176,6 +177,9 @@ class StreamConfig:
     prefill: str = "none"
     # random flips and quarter turns of each training sample (data.augment)
     augment: bool = False
+    # data.damage steps to draw anew for each training sample (data.fresh_damage); None:
+    # the damage packed with it
+    fresh_damage: list | None = None
     # this process's rank and the number of ranks; None: from torch.distributed or $RANK
     rank: int | None = None
     world: int | None = None
@@ -258,10 +262,13 @@ class _Decode:
         skip: dict[int, int] | None,
         augment_seed: int | None = None,
         liveness: _Liveness | None = None,
+        fresh_damage: list | None = None,
+        seed: int = 0,
     ) -> None:
         self.channels, self.skips, self.skip = channels, skips, skip or {}
         self.augment_seed = augment_seed
         self.liveness = liveness
+        self.fresh_damage, self.seed = fresh_damage, seed
 
     def __call__(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         worker = _worker_id()
@@ -272,9 +279,21 @@ class _Decode:
             if pulled <= to_skip:
                 continue
             try:
-                damaged = _to_tensor(sample_part(sample, "damaged"), self.channels)
-                clean = _to_tensor(sample_part(sample, "clean"), self.channels)
-                mask = (_to_tensor(sample_part(sample, "mask"), 1) > 0).float()
+                if self.fresh_damage:
+                    # drawn from the sample's place in this worker's stream (see augment):
+                    # a resumed run draws the same damage again
+                    where = f"fresh:{worker}:{pulled}:{sample['__key__']}"
+                    pixels = sample_part(sample, "clean")
+                    fresh, hole, _ = apply_damage(
+                        pixels, self.fresh_damage, sample_rng(self.seed, where)
+                    )
+                    damaged = _to_tensor(fresh, self.channels)
+                    clean = _to_tensor(pixels, self.channels)
+                    mask = (torch.from_numpy(hole) > 0).float()[None]
+                else:
+                    damaged = _to_tensor(sample_part(sample, "damaged"), self.channels)
+                    clean = _to_tensor(sample_part(sample, "clean"), self.channels)
+                    mask = (_to_tensor(sample_part(sample, "mask"), 1) > 0).float()
                 if damaged.shape != clean.shape or mask.shape[1:] != clean.shape[1:]:
                     raise ValueError(f"sizes differ: {damaged.shape} {clean.shape} {mask.shape}")
             except Exception as exn:
@@ -497,7 +516,10 @@ class ShardStream:
     def _build(self) -> wds.DataPipeline:
         cfg = self.config
         augment_seed = cfg.seed if cfg.train and cfg.augment else None
-        decode = _Decode(cfg.channels, self._skips, cfg.skip, augment_seed)
+        fresh = cfg.fresh_damage if cfg.train else None
+        decode = _Decode(
+            cfg.channels, self._skips, cfg.skip, augment_seed, fresh_damage=fresh, seed=cfg.seed
+        )
         stages: list[Any] = [_SlotSamples(self.urls, cfg, self._skips, decode)]
         if cfg.train and cfg.shuffle_buffer > 1:
             # Shuffle the compressed samples: the buffer then costs ~0.1 MB a sample instead

@@ -80,4 +80,4 @@ def build_discriminator(cfg: DiscriminatorConfig, channels: int, image_size: int
 
 
 def _load_families() -> None:
-    from gan_dist.nets import dcgan, patchgan, resnet, unet  # noqa: F401 - they register
+    from gan_dist.nets import dcgan, ffc, patchgan, resnet, unet  # noqa: F401 - they register

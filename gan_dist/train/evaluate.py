@@ -1,7 +1,8 @@
 """Validation metrics on the val shards: PSNR, SSIM and MS-SSIM over the image; PSNR, SSIM
 and L1 inside the hole (the pixels the model had to invent, where inpainting quality shows);
 and the texture of the repair, the sliced Wasserstein distance of its patches in and around
-the hole to the original's (`swd.py`: lower is better; no pretrained weights).
+the hole to the original's (`swd.py`: lower is better; no pretrained weights). FID, KID and
+LPIPS join them when the user gives their nets' weights (`perceptual.py`).
 
 Each rank evaluates its own shards; sums are reduced across ranks at the end only, so
 ranks with different numbers of batches never wait on each other mid-pass. SWD, a distance
@@ -20,6 +21,7 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
+from gan_dist.train.perceptual import PerceptualMetrics
 from gan_dist.train.swd import HoleSWD
 
 # Wang et al. 2003's scale weights; small images use the finest scales that fit, renormalised
@@ -85,10 +87,14 @@ def evaluate(
     autocast: Callable[[], AbstractContextManager] = nullcontext,
     max_batches: int | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    perceptual: PerceptualMetrics | None = None,
 ) -> dict[str, float]:
     """reduce_sum adds the sums of all ranks (in training); alone, nothing to add.
     `should_stop` ends the pass early (a stop signal); the sums are still reduced once, so
-    ranks that stop at different batches do not wait on each other."""
+    ranks that stop at different batches do not wait on each other. `perceptual`: FID, KID
+    and LPIPS too (emptied first; torchmetrics gathers them over the ranks)."""
+    if perceptual is not None:
+        perceptual.reset()
     whole, in_hole = ("psnr", "ssim", "ms_ssim"), ("hole_psnr", "hole_ssim", "hole_l1")
     sums = torch.zeros(2 + len(whole) + len(in_hole) + 2, dtype=torch.float64, device=device)
     texture = HoleSWD()
@@ -102,6 +108,8 @@ def evaluate(
         target = (clean.float() + 1) / 2
         m = repair_metrics(pred, target, mask)
         texture.add(pred, target, mask)
+        if perceptual is not None:
+            perceptual.add(pred, target)
         has_hole = ~torch.isnan(m["hole_psnr"])
         sums[:-2] += torch.stack(
             [
@@ -124,4 +132,6 @@ def evaluate(
         out.update({k: v / n_hole for k, v in zip(in_hole, holes, strict=True)})
     if sums[-1]:
         out["hole_swd"] = sums[-2] / sums[-1]
+    if perceptual is not None:
+        out.update(perceptual.compute())
     return {k: v for k, v in out.items() if v == v}  # NaN: undefined here (ms_ssim < 21 px)

@@ -33,7 +33,9 @@ from gan_dist.nets import build_discriminator, build_generator
 from gan_dist.objectives import (
     ADVERSARIAL,
     feature_matching,
+    generated_share,
     gradient_penalty,
+    r1_penalty,
     reconstruction,
     structural_dissimilarity,
 )
@@ -44,6 +46,7 @@ from gan_dist.train import checkpoint
 from gan_dist.train import status as run_status
 from gan_dist.train.ema import EMA
 from gan_dist.train.evaluate import evaluate
+from gan_dist.train.perceptual import PerceptualMetrics, PerceptualWeights
 from gan_dist.train.profile import PROFILE_DIR, DataWait, StepProfiler
 from gan_dist.train.progress import Progress
 from gan_dist.train.runlock import RunDirBusy, RunLock
@@ -140,6 +143,7 @@ class _Run:
         self.last_ckpt: Path | None = None
         self.metrics: dict[str, float] = {}
         self.profiler: StepProfiler | None = None
+        self.perceptual: PerceptualMetrics | None = None
 
     @property
     def main(self) -> bool:
@@ -214,6 +218,7 @@ class _Run:
                 workers=data.workers,
                 shuffle_buffer=data.shuffle_buffer,
                 augment=data.augment,
+                fresh_damage=data.damage if data.fresh_damage else None,
                 seed=recipe.seed,
                 skip={int(k): v for k, v in rank_state.get("data_position", {}).items()},
                 # on a CPU the workers fill holes on another core while this one trains; a
@@ -224,6 +229,16 @@ class _Run:
                 stall_timeout_s=data.stall_timeout_s,
             ),
         )
+        weights = recipe.train.metric_weights
+        if self.val and (weights.inception or weights.lpips):  # a bad file fails the start
+            self.perceptual = PerceptualMetrics(
+                PerceptualWeights(
+                    Path(weights.inception) if weights.inception else None,
+                    Path(weights.lpips) if weights.lpips else None,
+                    weights.lpips_net,
+                ),
+                accelerator.device,
+            )
         self.batches = iter(self.stream)  # draws a DataLoader seed: before restoring RNG
         if rank_state:
             checkpoint.restore_rng(rank_state)
@@ -325,6 +340,7 @@ class _Run:
             waits = DataWait()
             while self.step < cfg.max_steps:
                 update_g = (self.step + 1) % recipe.objective.n_critic == 0
+                r1_due = self.step % recipe.objective.r1_every == 0
                 position = self.stream.position
                 try:  # a stalled stream must not hold a stop signal up for long
                     with (
@@ -338,7 +354,7 @@ class _Run:
                 with region("train_step"):
                     for batch in batches:
                         losses = train_step(
-                            batch, G, D, opt_g, opt_d, recipe, accelerator, update_g
+                            batch, G, D, opt_g, opt_d, recipe, accelerator, update_g, r1_due
                         )
                 if update_g:
                     ema.update(accelerator.unwrap_model(G))
@@ -397,7 +413,9 @@ class _Run:
                 if self.val and (step % cfg.eval_every == 0 or last):
                     try:  # cut short by a stop; a read that blocks is interrupted
                         with stop.interruptible(grace_s=DATA_WAIT_GRACE_S):
-                            metrics = _validate(ema.module, recipe, self.val, accelerator, stop)
+                            metrics = _validate(
+                                ema.module, recipe, self.val, accelerator, stop, self.perceptual
+                            )
                     except StopRequested as exc:  # the step is done: one process saves it
                         return self.stopped(str(exc), self.stream.position)
                     if not stop.requested:  # a pass cut short by a signal is no score
@@ -525,8 +543,10 @@ def train_step(
     recipe: Recipe,
     accelerator,
     update_g: bool,
+    r1_due: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """One batch: a discriminator update, then (every n_critic steps) a generator update."""
+    """One batch: a discriminator update, then (every n_critic steps) a generator update.
+    `r1_due`: add the lazy R1 penalty to this discriminator step (objective.r1_weight)."""
     obj = recipe.objective
     adversarial = ADVERSARIAL[obj.adversarial]
     fmt = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
@@ -544,7 +564,9 @@ def train_step(
 
         # 2. discriminator: real and repaired pairs in one forward (one DDP forward per
         #    backward, and batch-norm statistics over both), plus interpolates for WGAN-GP
-        real_in = torch.cat([damaged, mask, clean], dim=1)
+        r1 = bool(obj.r1_weight) and r1_due
+        judged = clean.detach().requires_grad_(True) if r1 else clean
+        real_in = torch.cat([damaged, mask, judged], dim=1)
         fake_in = torch.cat([damaged, mask, fake.detach()], dim=1)
         parts = [real_in, fake_in]
         if obj.adversarial == "wgan-gp":
@@ -555,8 +577,13 @@ def train_step(
             logits, feats = D(torch.cat(parts), features=True)
         chunks = logits.float().chunk(len(parts))
         real_logits, fake_logits = chunks[0], chunks[1]
-        loss_d = adversarial.d(real_logits, fake_logits)
+        generated = generated_share(mask, fake_logits) if obj.mask_aware else None
+        loss_d = adversarial.d(real_logits, fake_logits, generated)
         losses["d_adv"] = loss_d.detach()
+        if r1:  # lazy regularisation: every r1_every steps, as many times the weight
+            penalty = r1_penalty(real_logits, judged)
+            loss_d = loss_d + 0.5 * obj.r1_weight * obj.r1_every * penalty
+            losses["d_r1"] = penalty.detach()
         if obj.adversarial == "wgan-gp":
             gp = gradient_penalty(chunks[2], interp)
             loss_d = loss_d + obj.gp_weight * gp
@@ -575,7 +602,7 @@ def train_step(
             plain_d.requires_grad_(False)
             with accelerator.autocast():
                 g_logits, g_feats = plain_d(torch.cat([damaged, mask, fake], dim=1), features=True)
-            g_adv = adversarial.g(g_logits.float())
+            g_adv = adversarial.g(g_logits.float()).mean()
             g_rec = reconstruction(fake, clean, mask, obj.l1_weight, obj.hole_l1_weight)
             loss_g = obj.adversarial_weight * g_adv + g_rec
             losses["g_adv"], losses["g_rec"] = g_adv.detach(), g_rec.detach()
@@ -690,7 +717,12 @@ def _mean_over_ranks(
 
 
 def _validate(
-    generator: nn.Module, recipe: Recipe, val: str, accelerator, stop: StopFlag
+    generator: nn.Module,
+    recipe: Recipe,
+    val: str,
+    accelerator,
+    stop: StopFlag,
+    perceptual: PerceptualMetrics | None = None,
 ) -> dict[str, float]:
     data = recipe.data
     stream = make_stream(
@@ -714,6 +746,7 @@ def _validate(
         accelerator.autocast,
         recipe.train.eval_batches,
         should_stop=lambda: stop.requested,
+        perceptual=perceptual,
     )
 
 
@@ -798,5 +831,6 @@ def _sample_grid(generator: nn.Module, batch: dict[str, torch.Tensor]):
         [
             [picture(d), picture(r), picture(c)]
             for d, r, c in zip(batch["damaged"], repaired, batch["clean"], strict=True)
-        ]
+        ],
+        labels=["damaged", "repaired", "original"],
     )

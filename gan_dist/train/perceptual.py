@@ -1,0 +1,156 @@
+"""Metrics that need pretrained nets: FID and KID (Inception-v3 features; Heusel et al. 2017,
+Binkowski et al. 2018) and LPIPS (Zhang et al. 2018), through torchmetrics.
+
+Clusters are often offline, so the weights are always a file the user gives, never a download:
+- Inception: torch-fidelity's `pt_inception-2015-12-05-6726825d.pth` (the TF-FID port every
+  FID paper uses);
+- LPIPS: the torchvision backbone (`alexnet-owt-7be5be79.pth`, `vgg16-397923af.pth` or
+  `squeezenet1_1-b8a52dc0.pth`); LPIPS's own linear layers ship with torchmetrics.
+A weights file is read with `torch.load(weights_only=True)`, which runs no code from it (a
+hostile pickle is refused), then handed to torchmetrics as plain tensors.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gan_dist.errors import GanDistError
+
+LPIPS_BACKBONES = {"alex": "alexnet", "vgg": "vgg16", "squeeze": "squeezenet1_1"}
+
+
+class WeightsError(GanDistError):
+    """A metrics weights file that is missing, unreadable or of the wrong net."""
+
+
+@dataclass(frozen=True)
+class PerceptualWeights:
+    inception: Path | None = None
+    lpips: Path | None = None
+    lpips_net: str = "alex"
+
+    def __bool__(self) -> bool:
+        return bool(self.inception or self.lpips)
+
+
+def _tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such {what} weights file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(
+            f"{path}: not a plain PyTorch weights file ({type(exc).__name__}); give the "
+            f"{what} state dict saved with torch.save"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: holds no state dict of tensors for {what}")
+    return state
+
+
+class PerceptualMetrics:
+    """Accumulates (repaired, original) pairs and computes `fid`, `kid` (x1e3, the mean over
+    subsets) and `lpips` (mean over images; lower is better for all three).
+
+    add(pred, target): (B, C, H, W) in [0, 1], C = 1 or 3 (greyscale is repeated to RGB).
+    FID and KID compare the distribution of the repaired images with the originals', so they
+    need a few hundred samples to mean much; LPIPS is per pair.
+    Raises WeightsError for a bad weights file.
+    """
+
+    def __init__(self, weights: PerceptualWeights, device: torch.device | str = "cpu") -> None:
+        self.fid = self.kid = self.lpips = None
+        self.device = device
+        self.samples = 0
+        with tempfile.TemporaryDirectory(prefix="gan-dist-weights-") as tmp:
+            if weights.inception:
+                self._inception(weights.inception, Path(tmp))
+            if weights.lpips:
+                self._lpips(weights.lpips, weights.lpips_net, Path(tmp))
+
+    def _inception(self, path: Path, tmp: Path) -> None:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+        from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+
+        if not _TORCH_FIDELITY_AVAILABLE:
+            raise WeightsError(
+                f"{path}: FID and KID need torch-fidelity: pip install 'gan-dist[metrics]'"
+            )
+
+        clean = tmp / "inception.pt"
+        torch.save(_tensors(path, "Inception-v3 (torch-fidelity)"), clean)
+        try:
+            self.fid = FrechetInceptionDistance(
+                feature=2048, feature_extractor_weights_path=str(clean)
+            ).to(self.device)
+        except RuntimeError as exc:  # load_state_dict: keys or shapes of another net
+            raise WeightsError(f"{path}: not torch-fidelity's Inception-v3 weights") from exc
+        self.fid.set_dtype(torch.float64)
+        # KID reuses FID's network (one weights file) and keeps every feature
+        self.kid = KernelInceptionDistance(feature=self.fid.inception, subset_size=2).to(
+            self.device
+        )
+
+    def _lpips(self, path: Path, net: str, tmp: Path) -> None:
+        import torchvision
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+        if net not in LPIPS_BACKBONES:
+            raise WeightsError(f"LPIPS net {net!r}: use one of {', '.join(LPIPS_BACKBONES)}")
+        arch = LPIPS_BACKBONES[net]
+        weights_enum = torchvision.models.get_model_weights(arch).DEFAULT
+        state = _tensors(path, f"torchvision {arch}")
+        try:  # the right net? checked here, with a message, rather than deep in torchmetrics
+            torchvision.models.get_model(arch).load_state_dict(state)
+        except RuntimeError as exc:
+            raise WeightsError(f"{path}: not torchvision {arch} weights ({net} LPIPS)") from exc
+        # torchvision finds the file in its hub cache under its published name and does not
+        # download; that cache is pointed here only while the metric is built
+        cached = tmp / "checkpoints" / Path(weights_enum.url).name
+        cached.parent.mkdir(parents=True)
+        torch.save(state, cached)
+        before = torch.hub.get_dir()
+        torch.hub.set_dir(str(tmp))
+        try:
+            self.lpips = LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True).to(
+                self.device
+            )
+        finally:
+            torch.hub.set_dir(before)
+
+    def reset(self) -> None:
+        self.samples = 0
+        for metric in (self.fid, self.kid, self.lpips):
+            if metric is not None:
+                metric.reset()
+
+    def add(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        if pred.shape[1] == 1:
+            pred, target = pred.expand(-1, 3, -1, -1), target.expand(-1, 3, -1, -1)
+        pred, target = pred.float().to(self.device), target.float().to(self.device)
+        self.samples += len(pred)
+        if self.fid is not None:
+            fake8, real8 = ((t * 255).round().to(torch.uint8) for t in (pred, target))
+            self.fid.update(real8, real=True)
+            self.fid.update(fake8, real=False)
+            self.kid.update(real8, real=True)
+            self.kid.update(fake8, real=False)
+        if self.lpips is not None:
+            self.lpips.update(pred, target)
+
+    def compute(self) -> dict[str, float]:
+        """{} before any sample; FID/KID need at least two samples."""
+        out: dict[str, float] = {}
+        if self.fid is not None and self.samples >= 2:
+            out["fid"] = float(self.fid.compute())
+            self.kid.subset_size = min(1000, self.samples)
+            kid_mean, _ = self.kid.compute()
+            out["kid"] = 1e3 * float(kid_mean)
+        if self.lpips is not None and self.samples:
+            out["lpips"] = float(self.lpips.compute())
+        return out
