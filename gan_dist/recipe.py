@@ -313,6 +313,7 @@ class ObjectiveConfig(Section):
     )
     r1_weight: NonNegativeFloat = Field(
         0.0,
+        allow_inf_nan=False,
         description="gamma of the R1 penalty gamma/2 * E||grad D(real)||^2 (Mescheder et al. "
         "2018); 0: off",
     )
@@ -529,6 +530,13 @@ class Recipe(Section):
             raise ValueError(
                 "objective.mask_aware: needs model.composite: true (without compositing every "
                 "pixel of a repair is generated)"
+            )
+        gen = self.model.generator
+        if gen.name == "ffc_resnet" and self.data.image_size % 2 ** (gen.depth or 3):
+            raise ValueError(
+                f"data.image_size: {self.data.image_size} px is not divisible by "
+                f"{2 ** (gen.depth or 3)}, which ffc_resnet's {gen.depth or 3} downsamplings "
+                "need (model.generator.depth)"
             )
         if self.data.fresh_damage and not any(s.type == "mask" for s in self.data.damage):
             raise ValueError(

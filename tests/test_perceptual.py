@@ -88,3 +88,10 @@ def test_bad_weight_files_are_refused_with_the_file_named(weights, tmp_path):
     with pytest.raises(WeightsError, match="not a plain PyTorch weights file"):
         PerceptualMetrics(PerceptualWeights(lpips=hostile, lpips_net="squeeze"))
     assert not (tmp_path / "ran").exists()  # nothing in the file was run
+
+
+def test_a_folder_or_an_unknown_lpips_net_is_named(tmp_path):
+    with pytest.raises(WeightsError, match="a folder, not"):
+        PerceptualMetrics(PerceptualWeights(lpips=tmp_path))
+    with pytest.raises(WeightsError, match="LPIPS net 'bogus'"):
+        PerceptualWeights(lpips_net="bogus")

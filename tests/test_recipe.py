@@ -190,3 +190,16 @@ def test_the_lock_wait_must_fit_inside_the_rank_timeout():
 def test_new_objective_and_data_options_are_checked_together(overrides, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe("quickstart", overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.generator.name=ffc_resnet", "data.image_size=36"], "data.image_size: 36 px"),
+        (["model.generator.name=ffc_resnet", "model.generator.depth=10"], "not divisible by 1024"),
+        (["objective.r1_weight=inf"], "objective.r1_weight"),
+    ],
+)
+def test_hostile_values_of_the_new_options_are_refused_at_validation(overrides, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe("quickstart", overrides)

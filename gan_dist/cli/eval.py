@@ -41,8 +41,8 @@ def eval_(
     from gan_dist.models import evaluate_model, load_model
     from gan_dist.train.perceptual import PerceptualWeights
 
-    weights = PerceptualWeights(inception_weights, lpips_weights, lpips_net)
     with user_errors():
+        weights = PerceptualWeights(inception_weights, lpips_weights, lpips_net)
         loaded = load_model(model, tracking_uri=tracking_uri)
         metrics = evaluate_model(loaded, data, batch, weights or None)
     if json_:

@@ -13,6 +13,7 @@ hostile pickle is refused), then handed to torchmetrics as plain tensors.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,15 +34,25 @@ class PerceptualWeights:
     lpips: Path | None = None
     lpips_net: str = "alex"
 
+    def __post_init__(self) -> None:
+        if self.lpips_net not in LPIPS_BACKBONES:
+            raise WeightsError(
+                f"LPIPS net {self.lpips_net!r}: use one of {', '.join(LPIPS_BACKBONES)}"
+            )
+
     def __bool__(self) -> bool:
         return bool(self.inception or self.lpips)
 
 
 def _tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    if path.is_dir():
+        raise WeightsError(f"{path}: a folder, not a {what} weights file")
     if not path.is_file():
         raise WeightsError(f"{path}: no such {what} weights file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on old pickles; the error says enough
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsError(
             f"{path}: not a plain PyTorch weights file ({type(exc).__name__}); give the "
