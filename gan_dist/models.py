@@ -103,7 +103,9 @@ class RepairModel:
         if gen["name"] == "resnet":
             return 4
         if gen["name"] == "ffc_resnet":
-            return 2 ** (gen.get("depth") or 3)
+            from gan_dist.recipe import FFC_DEPTH
+
+            return 2 ** (gen.get("depth") or FFC_DEPTH)
         return 2 ** (gen.get("depth") or downsamplings(int(self.spec["train_image_size"])))
 
 

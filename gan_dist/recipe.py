@@ -251,6 +251,7 @@ class DataConfig(Section):
 
 
 Norm = Literal["batch", "instance", "layer", "none"]
+FFC_DEPTH = 3  # ffc_resnet's downsamplings when model.generator.depth is unset (LaMa's)
 
 
 class GeneratorConfig(Section):
@@ -532,11 +533,12 @@ class Recipe(Section):
                 "pixel of a repair is generated)"
             )
         gen = self.model.generator
-        if gen.name == "ffc_resnet" and self.data.image_size % 2 ** (gen.depth or 3):
+        depth = gen.depth or FFC_DEPTH
+        if gen.name == "ffc_resnet" and self.data.image_size % 2**depth:
             raise ValueError(
                 f"data.image_size: {self.data.image_size} px is not divisible by "
-                f"{2 ** (gen.depth or 3)}, which ffc_resnet's {gen.depth or 3} downsamplings "
-                "need (model.generator.depth)"
+                f"{2**depth}, which ffc_resnet's {depth} downsamplings need "
+                "(model.generator.depth)"
             )
         if self.data.fresh_damage and not any(s.type == "mask" for s in self.data.damage):
             raise ValueError(

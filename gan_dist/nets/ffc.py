@@ -162,7 +162,9 @@ class FFCResNet(nn.Module):
 
 @register(GENERATORS, "ffc_resnet")
 def build(cfg, in_channels: int, out_channels: int, image_size: int) -> nn.Module:
-    depth = cfg.depth or 3
+    from gan_dist.recipe import FFC_DEPTH
+
+    depth = cfg.depth or FFC_DEPTH
     if image_size % 2**depth:
         raise ValueError(f"ffc_resnet depth {depth} needs an image size divisible by {2**depth}")
     return FFCResNet(
