@@ -388,7 +388,11 @@ def test_inspect_reads_back_exact_counts_and_draws_a_grid(photo_dir, tmp_path):
     assert 0.1 <= report["splits"]["train"]["mean_mask_coverage"] <= 0.5
     assert report["problems"] == []
     picture = decode_png(grid.read_bytes())
-    assert picture.shape == (2 * 64 + 4, 3 * 64 + 8, 3)
+    # two rows of three 64 px pictures under a header line naming the columns
+    rows = 2 * 64 + 4
+    assert picture.shape[1:] == (3 * 64 + 8, 3) and picture.shape[0] > rows + 4
+    header = picture[: picture.shape[0] - rows - 4]
+    assert (header < 128).any(), "the column labels are drawn"
 
 
 def test_inspect_flags_a_corrupt_shard(photo_dir, tmp_path):
