@@ -457,6 +457,11 @@ def curve(
     return points
 
 
+# Issue 14's targets at 20 CPU-minutes on held-out data: gain in hole PSNR over the prefill
+# (dB), and hole SWD as a share of the prefill's.
+TARGETS = {"photos": {"hole_psnr": 0.5, "swd_ratio": 0.8}, "mri": {"hole_psnr": 1.0}}
+
+
 def plot_curves(report: dict, path: Path) -> None:
     """Learning curves of a --curve report: per dataset, the gain over the prefill in hole
     PSNR and hole SSIM, and hole SWD against the prefill, Telea and biharmonic, by minutes."""
@@ -467,16 +472,20 @@ def plot_curves(report: dict, path: Path) -> None:
 
     datasets = {k: v for k, v in report["datasets"].items() if isinstance(v, dict)}
     fig, axes = plt.subplots(len(datasets), 3, figsize=(13, 3.6 * len(datasets)), squeeze=False)
+    colours: dict[str, str] = {}  # one colour per variant across the rows
     for row, (dataset, result) in zip(axes, datasets.items(), strict=True):
         prefill = result["biharmonic-prefill"]
         for name, points in result.items():
-            if not isinstance(points, list):
-                continue
+            if not (isinstance(points, list) and points and isinstance(points[0], dict)):
+                continue  # a list of source photos, not a curve
+            colour = colours.setdefault(name, f"C{len(colours)}")
             scored = [p for p in points if "hole_psnr" in p]
             minutes = [p["minutes"] for p in scored]
-            row[0].plot(minutes, [p["hole_psnr"] - prefill["hole_psnr"] for p in scored], "o-")
-            row[1].plot(minutes, [p["hole_ssim"] - prefill["hole_ssim"] for p in scored], "o-")
-            row[2].plot(minutes, [p["hole_swd"] for p in scored], "o-", label=name)
+            gain = [p["hole_psnr"] - prefill["hole_psnr"] for p in scored]
+            row[0].plot(minutes, gain, "o-", color=colour, label=name)
+            ssim = [p["hole_ssim"] - prefill["hole_ssim"] for p in scored]
+            row[1].plot(minutes, ssim, "o-", color=colour)
+            row[2].plot(minutes, [p["hole_swd"] for p in scored], "o-", color=colour, label=name)
         for ax, what in zip(
             row, ("hole PSNR - prefill's (dB)", "hole SSIM - prefill's"), strict=False
         ):
@@ -488,6 +497,13 @@ def plot_curves(report: dict, path: Path) -> None:
             ("telea", "k-."),
         ):
             row[2].axhline(result[method]["hole_swd"], ls=style[1:], color="k", lw=1, label=method)
+        target = TARGETS.get(dataset, {})
+        if "hole_psnr" in target:
+            row[0].plot([20], [target["hole_psnr"]], "rx", ms=9, label="target at 20 min")
+            row[0].legend(fontsize=7)
+        if "swd_ratio" in target:
+            swd = target["swd_ratio"] * prefill["hole_swd"]
+            row[2].plot([20], [swd], "rx", ms=9, label="target at 20 min")
         row[2].set_title(f"{dataset}: hole SWD (lower is better)")
         row[2].legend(fontsize=7)
         for ax in row:
