@@ -31,6 +31,13 @@ from pydantic import (
 )
 
 from gan_dist.errors import RecipeError
+from gan_dist.textfiles import (
+    MAX_DEPTH,
+    UntrustedTextError,
+    check_bounded,
+    excerpt,
+    read_text_file,
+)
 
 # ---------------------------------------------------------------------------------------------
 # YAML: YAML 1.1 (PyYAML's default) reads `no`, `off`, `y` as booleans and `1e-4` as a string.
@@ -40,7 +47,22 @@ from gan_dist.errors import RecipeError
 
 
 class _RecipeLoader(yaml.SafeLoader):
-    pass
+    """Refuses nesting deeper than textfiles.MAX_DEPTH while composing, before PyYAML's
+    recursive composer would reach Python's recursion limit."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise UntrustedTextError(
+                    f"line {mark.line + 1}: nested deeper than {MAX_DEPTH} levels"
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _RecipeLoader.yaml_implicit_resolvers = {
@@ -58,13 +80,34 @@ _RecipeLoader.add_implicit_resolver(
 
 
 def parse_yaml(text: str, source: str = "<string>") -> Any:
+    """YAML with the recipe's scalar rules, bounded (see textfiles.check_bounded); every
+    problem is a RecipeError naming `source`."""
     try:
-        return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader subclass
+        value = yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader subclass
+        check_bounded(value, source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}: line {mark.line + 1}, column {mark.column + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc)
         raise RecipeError([f"{where}: invalid YAML: {problem}"]) from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise RecipeError([f"{source}: nested too deeply to be a recipe"]) from None
+    except UntrustedTextError as exc:
+        where = f"{source}: " if str(exc).startswith("line ") else ""
+        raise RecipeError([where + str(exc)]) from None
+    return value
+
+
+def read_yaml_file(path: Path, what: str = "a recipe") -> Any:
+    """A YAML file we were handed, parsed with parse_yaml after textfiles' size and UTF-8
+    checks; RecipeError for every problem."""
+    try:
+        text = read_text_file(path, what)
+    except OSError as exc:
+        raise RecipeError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UntrustedTextError as exc:
+        raise RecipeError([str(exc)]) from None
+    return parse_yaml(text, str(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,10 +243,15 @@ def damage_preset(name: str) -> list[dict[str, Any]]:
     return [dict(step) for step in DAMAGE_PRESETS[name][1]]
 
 
+MIN_IMAGE_SIZE = 32  # px: below it the PatchGAN and DCGAN discriminators run out of pixels
+
+
 class DataConfig(Section):
     train: str = Field(
         description="training shards: a packed directory, or a brace pattern such as "
-        "shards/train-{000000..000031}.tar (local path or pipe: URL)"
+        "shards/train-{000000..000031}.tar (a local path, or an object-store or web URL "
+        "read through fsspec: s3://, gs://, https://; a pipe: command only with "
+        "data.allow_shell)"
     )
     val: str | None = Field(
         "auto",
@@ -211,7 +259,9 @@ class DataConfig(Section):
         "null: no validation",
     )
     channels: Literal[1, 3] = 3
-    image_size: PositiveInt = 256
+    image_size: int = Field(
+        256, ge=MIN_IMAGE_SIZE, description="px; the nets' smallest input is 32 px"
+    )
     batch_size: PositiveInt = Field(16, description="per device")
     workers: NonNegativeInt = 4
     shuffle_buffer: NonNegativeInt = 1000
@@ -236,6 +286,11 @@ class DataConfig(Section):
         "is read (LaMa draws masks on the fly), instead of the damage packed with it; "
         "validation keeps the packed damage",
     )
+    allow_shell: bool = Field(
+        False,
+        description="let data.train and data.val be `pipe:COMMAND` URLs, whose command runs "
+        "in a shell on every rank; off, no recipe value ever reaches a shell",
+    )
 
     @field_validator("damage", mode="before")
     @classmethod
@@ -248,6 +303,23 @@ class DataConfig(Section):
         if value is not None and not value.strip():
             raise ValueError("must name shards (a directory or a pattern), not be empty")
         return value
+
+    @model_validator(mode="after")
+    def _shell_only_when_allowed(self) -> DataConfig:
+        for name in ("train", "val"):
+            value = getattr(self, name)
+            if value and "pipe:" in value and not self.allow_shell:
+                raise ValueError(
+                    f"{name}: a pipe: URL runs a shell command on every rank; set "
+                    "data.allow_shell: true to allow it, or read object stores by URL "
+                    "(s3://, gs://, https://)"
+                )
+        return self
+
+    def shell_commands(self) -> list[str]:
+        """The pipe: commands this recipe runs (empty unless data.allow_shell)."""
+        specs = [v for v in (self.train, self.val) if v and "pipe:" in v]
+        return [spec[spec.index("pipe:") + 5 :] for spec in specs] if self.allow_shell else []
 
 
 Norm = Literal["batch", "instance", "layer", "none"]
@@ -613,11 +685,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def load_recipe(source: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load, override and validate; every problem is reported at once as `dotted.path: msg`."""
     path = resolve_recipe_path(str(source))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RecipeError([f"{path}: cannot read: {exc.strerror}"]) from None
-    raw = parse_yaml(text, str(path))
+    raw = read_yaml_file(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -645,7 +713,7 @@ def resolve_damage(spec: str) -> tuple[list[DamageStep], str]:
             raise RecipeError([f"--damage {spec}: {exc} (or give a YAML file)"]) from None
         label = f"preset:{spec}"
     else:
-        doc = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+        doc = read_yaml_file(path, "a damage file")
         if isinstance(doc, dict) and isinstance(doc.get("data"), dict):
             raw = doc["data"].get("damage", "inpaint")
         elif isinstance(doc, dict) and "damage" in doc:
@@ -699,7 +767,7 @@ def _format_error(err: dict[str, Any]) -> str:
         and "input" in err
         and not isinstance(err["input"], dict)
     ):
-        msg += f" (got {err['input']!r})"
+        msg += f" (got {excerpt(err['input'])})"
     return f"{_format_loc(_strip_tags(loc))}: {msg}"
 
 
