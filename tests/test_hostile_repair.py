@@ -256,3 +256,24 @@ def test_odd_files_are_rows_and_the_folder_goes_on(model, tmp_path):
     (row,) = [ln for ln in lines if str(src / "big.png") in ln]
     assert "failed" in row and "3,000 pixel limit" in row
     assert "3 repaired, 1 failed, 0 skipped" in result.stdout
+
+
+def test_every_table_names_each_cell_whole_outside_a_terminal():
+    """`models list`, `data pack` and `repair` print through the same consoles: in a SLURM
+    log or a pipe, neither a long file name nor a header may be cut to fit 80 columns."""
+    import subprocess
+    import sys
+
+    code = (
+        "from rich.table import Table\n"
+        "from gan_dist.cli._common import out\n"
+        "t = Table('registered model name', 'latest version', 'aliases', 'description')\n"
+        "t.add_row('/data/big/' + 'x' * 120 + '/broken.png', '12', 'champion', 'y' * 90)\n"
+        "out.print(t)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    for whole in ("/data/big/" + "x" * 120 + "/broken.png", "registered model name", "y" * 90):
+        assert whole in done.stdout
+    assert "…" not in done.stdout
