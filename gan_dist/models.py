@@ -192,16 +192,26 @@ def load_files(folder: Path, source: str, device: str = "cpu") -> RepairModel:
         )
     model = ModelConfig.model_validate(spec["model"])
     size = int(spec["train_image_size"])
-    with torch.device("meta"):
-        shapes = build_generator(model, int(spec["channels"]), size).state_dict()
+    try:
+        with torch.device("meta"):
+            shapes = build_generator(model, int(spec["channels"]), size).state_dict()
+    except (RuntimeError, ValueError, OverflowError) as exc:
+        raise GanDistError(
+            f"{source}: {SPEC} describes a net that cannot be built ({exc})"
+        ) from None
     wrong = sorted(
         set(shapes) ^ set(state)
-        | {k for k in set(shapes) & set(state) if shapes[k].shape != state[k].shape}
+        | {
+            k
+            for k in set(shapes) & set(state)
+            if shapes[k].shape != state[k].shape
+            or shapes[k].is_floating_point() != state[k].is_floating_point()
+        }
     )
     if wrong:
         raise GanDistError(
-            f"{source}: weights do not fit the spec's model ({len(wrong)} tensors differ, "
-            f"first {wrong[0]}); the two files are from different models"
+            f"{source}: weights do not fit the spec's model ({len(wrong)} tensors differ in "
+            f"shape or type, first {wrong[0]}); the two files are from different models"
         )
     net = build_generator(model, int(spec["channels"]), size)
     net.load_state_dict(state)

@@ -9,7 +9,8 @@ and the promise that nothing a user hands us is ever lost.
   masks that could belong to one image fail that image, naming both.
 - One binarisation rule (`read_mask`): white, above half the file's range, is a hole; a mask
   holding only the values 0 and 1 (a common export) is read with 1 as the hole, and the
-  summary says so. A mask without a hole pixel has its own status: nothing is written.
+  summary says so. A mask without a hole pixel has its own status (`no hole`); the image
+  is written unchanged, so a folder's output is complete and no older output survives.
 - Known pixels are copied exactly, at the input's depth and channels. Lossless inputs are
   written losslessly (WebP too); JPEG output re-encodes the known pixels, and the summary
   says so (`--format png` keeps them).
@@ -30,6 +31,7 @@ from gan_dist.data.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
     Picture,
+    from_uint16,
     read_image,
     to_bit_depth,
     to_channels,
@@ -102,6 +104,12 @@ def plan(
         if out.is_dir() or output.name.endswith(("/", "\\")):
             targets = [out / _output_name(rels[0], output_format)]
         else:
+            named = out.suffix.lower().lstrip(".").replace("tiff", "tif")
+            if output_format != "same" and named != output_format:
+                raise GanDistError(
+                    f"--format {output_format} but OUTPUT {output} ends in {out.suffix}; "
+                    "give one or the other"
+                )
             if out.suffix.lower() not in WRITABLE:
                 raise GanDistError(
                     f"OUTPUT {output}: cannot write {out.suffix or 'files without a suffix'}; "
@@ -204,16 +212,28 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels) -> FileResult
     suffix = job.target.suffix.lower()
     notes = [n for n in picture.notes if n != "alpha channel dropped"]
     notes += _check_writable(suffix, picture)
-    mask = None
+    if picture.pages > 1:
+        raise GanDistError(
+            f"{picture.pages} pages or frames: repair writes one; split the file and repair "
+            "each page"
+        )
+    mask, status = None, "repaired"
+    composite = model.spec["model"]["composite"]
     if job.mask is not None:
         mask, rule = read_mask(job.mask, pixels.shape[:2], max_pixels)
         notes += [rule] if rule else []
-        if not mask.any():
-            detail = f"mask {job.mask} marks no pixel to repair (white = hole); nothing written"
-            return FileResult(job.image, None, "no hole", detail, 0, size)
-    elif model.spec["model"]["composite"]:
+        if composite and not mask.any():  # an inpainting model keeps every pixel
+            status = "no hole"
+            notes.insert(0, f"mask {job.mask} marks no pixel (white = hole): written unchanged")
+    elif composite:
         raise GanDistError("no mask found (an inpainting model needs one: --mask FILE|DIR)")
     repaired = repair_array(model, pixels, mask, tile, overlap, batch)
+    if picture.original is not None:  # float or 32-bit data: known values back exactly
+        restored = picture.original.copy()
+        hole = mask if mask is not None else np.ones(pixels.shape[:2], bool)
+        restored[hole] = from_uint16(repaired, picture.original)[hole]
+        repaired = restored
+        notes = [n for n in notes if "rescaled to 0..65535" not in n]
     if picture.alpha is not None:
         if WRITABLE[suffix][1]:
             alpha = to_bit_depth(picture.alpha, repaired.dtype.itemsize * 8)
@@ -222,14 +242,18 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels) -> FileResult
             notes.append(f"alpha channel dropped ({suffix} output)")
     write_bytes_atomic(job.target, encode_image(repaired, suffix))
     holes = f"{mask.mean():.1%} of pixels" if mask is not None else "all pixels"
-    detail = "; ".join([holes, *notes])
-    return FileResult(job.image, job.target, "repaired", detail, 0, size)
+    detail = "; ".join(notes if status == "no hole" else [holes, *notes])
+    return FileResult(job.image, job.target, status, detail, 0, size)
 
 
 def _check_writable(suffix: str, picture: Picture) -> list[str]:
     """Before any computing: refuse an output format that would cut the pixels' depth;
     the notes a lossy one needs."""
     deep, _, lossless = WRITABLE[suffix]
+    if picture.original is not None and suffix not in (".tif", ".tiff"):
+        raise GanDistError(
+            f"{suffix} cannot hold {picture.original.dtype} pixels; write .tif (--format tif)"
+        )
     if picture.bit_depth == 16 and not deep:
         raise GanDistError(f"{suffix} cannot hold 16-bit pixels; use --format png or tif")
     if not lossless:

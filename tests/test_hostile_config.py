@@ -235,3 +235,55 @@ def test_a_spec_asking_for_a_giant_net_allocates_nothing_before_refusing(model_c
         load_model(str(model_copy))
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 500
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "data.image_size=1000000000000",
+        "data.batch_size=1000000000000",
+        "data.workers=100000000",
+        "model.generator.base_channels=1000000000",
+        "model.discriminator.base_channels=1000000000",
+        "launch.nodes=1000000000",
+        "data.allow_shell=yes",  # YAML 1.2: only true/false are booleans
+        "train.channels_last=on",
+    ],
+)
+def test_values_no_machine_could_run_are_refused_by_validation(setting):
+    with pytest.raises(RecipeError, match=setting.split("=")[0]):
+        load_recipe("quickstart", [setting])
+
+
+def test_recipe_files_that_are_not_recipes_get_one_line(tmp_path):
+    huge_int = tmp_path / "int.yaml"
+    huge_int.write_text("seed: " + "9" * 5000 + "\n")
+    with pytest.raises(RecipeError, match="a value YAML cannot read"):
+        load_recipe(str(huge_int))
+    with pytest.raises(RecipeError, match="not a regular file"):
+        load_recipe("/dev/zero")
+    text = tmp_path / "notes.yaml"
+    text.write_text("root:x:0:0:root:/root:/bin/bash " * 50 + "\n")
+    from gan_dist.recipe import resolve_damage
+
+    with pytest.raises(RecipeError) as caught:
+        resolve_damage(str(text))
+    assert "not a damage file" in str(caught.value) and len(str(caught.value)) < 400
+
+
+def test_integer_weights_are_refused(model_copy):
+    state = load_file(str(model_copy / WEIGHTS))
+    save_file({k: v.to(torch.int32) for k, v in state.items()}, str(model_copy / WEIGHTS))
+    with pytest.raises(GanDistError, match="shape or type"):
+        load_model(str(model_copy))
+
+
+def test_the_slurm_job_runs_where_launch_ran(tmp_path):
+    here = tmp_path / "project"
+    here.mkdir()
+    run = tmp_path / "run"
+    result = run_cli(
+        "launch", "quickstart", "--slurm", "--dry-run", "--run-dir", str(run), cwd=here
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"cd {here} || exit 1" in result.stdout

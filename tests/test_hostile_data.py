@@ -92,3 +92,15 @@ def test_eval_on_a_folder_names_what_it_skipped_and_prints_valid_json(tmp_path):
     report = json.loads(result.stdout, parse_constant=refuse)
     assert report["samples"] == 2
     assert [s["file"] for s in report["skipped"]] == ["thumb.png"]
+
+
+def test_eval_on_a_folder_with_nothing_scorable_names_the_files(tmp_path):
+    model = make_model(tmp_path / "model")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(folder / "dot.png")
+    (folder / "empty.png").write_bytes(b"")
+    result = run_cli("eval", "--model", str(model), "--data", str(folder), "--json")
+    assert result.returncode == 1
+    assert "dot.png" in result.stderr and "empty.png" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -4,6 +4,7 @@ pack wrote, never reads its own output as input, and never stores a broken image
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,3 +98,36 @@ def test_16_bit_grey_alpha_packs_as_16_bit_grey(tmp_path):
     clean = sample_part(sample, "clean")
     assert clean.dtype == np.uint16 and clean.shape == (48, 48, 1)
     assert np.array_equal(clean[:, :, 0], deep[:, :, 0])
+
+
+def test_a_file_name_that_is_not_utf8_is_packed_like_any_other(tmp_path):
+    import os
+
+    src = tmp_path / "src"
+    for name in ("ok1.png", "ok2.png"):
+        save_pil(src / name, np.full((40, 40, 3), 90, np.uint8))
+    odd = Path(os.fsdecode(os.fsencode(str(src)) + b"/bad\xffname.png"))
+    save_pil(odd, np.full((40, 40, 3), 30, np.uint8))
+    result = pack_folder(src, tmp_path / "out", options(size=32, val_fraction=0.4))
+    assert result.packed_images == 3
+
+
+@pytest.mark.parametrize("args", [["--size", "100000"], ["--size", "10" * 20], ["--seed", "-1"]])
+def test_pack_options_out_of_range_are_one_line_refusals(photo_dir, tmp_path, args):
+    result = pack_cli(str(photo_dir), str(tmp_path / "out"), "--size", "32", *args)
+    assert result.exit_code == 1 and "must be" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_skipped_float_scan_does_not_decide_the_packs_depth(tmp_path):
+    import tifffile
+
+    src = tmp_path / "src"
+    for i in range(3):
+        save_pil(src / f"p{i}.png", np.full((40, 40, 3), 60 + i, np.uint8))
+    scan = np.ones((40, 40), np.float32)
+    scan[0, 0] = np.nan
+    tifffile.imwrite(src / "nan.tif", scan)
+    result = pack_folder(src, tmp_path / "out", options(size=32, val_fraction=0.0))
+    assert "nan.tif" in {s.path for s in result.skipped}
+    assert result.manifest["bit_depth"] == 8

@@ -277,3 +277,58 @@ def test_every_table_names_each_cell_whole_outside_a_terminal():
     for whole in ("/data/big/" + "x" * 120 + "/broken.png", "registered model name", "y" * 90):
         assert whole in done.stdout
     assert "…" not in done.stdout
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.uint32, np.float64])
+def test_float_and_wide_tiffs_come_back_in_their_own_type_with_known_values_exact(
+    grey, tmp_path, dtype
+):
+    import tifffile
+
+    rng = np.random.default_rng(5)
+    if np.dtype(dtype).kind == "f":
+        arr = rng.normal(0, 1000, (40, 48)).astype(dtype)
+    else:
+        info = np.iinfo(dtype)
+        arr = rng.integers(max(info.min, -(2**20)), min(info.max, 2**24), (40, 48)).astype(dtype)
+    tifffile.imwrite(tmp_path / "scan.tif", arr)
+    out = tmp_path / "out.tif"
+    args = [str(tmp_path / "scan.tif"), str(out), "--mask", str(mask_file(tmp_path / "m.png"))]
+    result = run_cli("repair", *args, "--model", str(grey))
+    assert result.returncode == 0, result.stdout + result.stderr
+    back = tifffile.imread(out)
+    m = hole(40, 48)
+    assert back.dtype == arr.dtype and back.shape == arr.shape
+    assert np.array_equal(back[~m], arr[~m])
+    assert arr.min() <= back[m].min() and back[m].max() <= arr.max()
+
+
+def test_a_multi_page_tiff_fails_instead_of_losing_pages(grey, tmp_path):
+    import tifffile
+
+    pages = np.random.default_rng(6).integers(0, 65535, (3, 40, 48), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "stack.tif", pages)
+    args = [str(tmp_path / "stack.tif"), str(tmp_path / "out.tif")]
+    result = run_cli(
+        "repair", *args, "--mask", str(mask_file(tmp_path / "m.png")), "--model", str(grey)
+    )
+    assert result.returncode == 1 and "3 pages" in result.stdout
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_format_and_an_output_suffix_that_disagree_are_refused(tmp_path):
+    with pytest.raises(GanDistError, match="--format png but OUTPUT"):
+        plan(photo(tmp_path / "a.jpg"), tmp_path / "b.jpg", None, "png")
+
+
+def test_an_empty_mask_writes_the_image_unchanged_over_an_older_output(model, tmp_path):
+    src = photo(tmp_path / "a.png")
+    out = tmp_path / "out.png"
+    photo(out, value=200)  # an older output
+    (tmp_path / "m.png").write_bytes(encode_png(np.zeros((40, 48, 1), np.uint8)))
+    args = [str(src), str(out), "--mask", str(tmp_path / "m.png"), "--overwrite", "--json"]
+    result = run_cli("repair", *args, "--model", str(model))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json.loads(result.stdout)["files"]
+    assert row["status"] == "no hole"
+    assert np.array_equal(read_image(out).pixels, read_image(src).pixels)

@@ -36,6 +36,10 @@ class Picture:
     notes: list[str] = field(default_factory=list)
     extra: dict[str, float] = field(default_factory=dict)
     alpha: np.ndarray | None = None  # (H, W), kept aside: training ignores it, repair restores it
+    # the decoded values before they were mapped onto 16 bits (float or 32-bit TIFFs), so
+    # that repair can write known pixels back exactly (see `from_uint16`)
+    original: np.ndarray | None = None
+    pages: int = 1  # pages (TIFF) or frames (DICOM) in the file; pixels come from the first
 
     @property
     def bit_depth(self) -> int:
@@ -202,6 +206,23 @@ def _to_uint16(arr: np.ndarray, notes: list[str], what: str) -> np.ndarray:
     return np.round((arr.astype(np.float64) - lo) * scale).astype(np.uint16)
 
 
+def from_uint16(values: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """The inverse of `_to_uint16` for values in `original`'s range and dtype: 16-bit levels
+    back to the float or wide-integer values they stand for (rounded and clipped for
+    integers)."""
+    import numpy as np
+
+    kind = original.dtype.kind
+    if kind in "iu" and original.min() >= 0 and original.max() <= 65535:
+        return values.astype(original.dtype)
+    lo, hi = float(original.min()), float(original.max())
+    out = lo + values.astype(np.float64) * ((hi - lo) / 65535.0)
+    if kind in "iu":
+        info = np.iinfo(original.dtype)
+        out = np.clip(np.round(out), info.min, info.max)
+    return out.astype(original.dtype)
+
+
 def _check_finite(values: np.ndarray) -> None:
     import numpy as np
 
@@ -223,8 +244,12 @@ def _probe_tiff(path: Path) -> tuple[int, int, int, int]:
             page = tif.pages[0]
             shape, dtype = page.shape, page.dtype
             samples = page.samplesperpixel
+            # a float scan with a NaN is refused here, before its depth counts for a pack
+            values = page.asarray() if dtype is not None and dtype.kind in "fc" else None
     except Exception as exc:
         raise ImageReadError(f"not a readable TIFF ({exc})") from None
+    if values is not None:
+        _check_finite(values)
     if len(shape) < 2:
         raise ImageReadError(f"TIFF page has shape {shape}, not an image")
     height, width = (shape[0], shape[1]) if samples == 1 or shape[-1] == samples else shape[1:3]
@@ -246,8 +271,9 @@ def _tiff_picture(path: Path) -> Picture:
                 arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4)
             )
             photometric = page.photometric
-            if len(tif.pages) > 1:
-                notes.append(f"first of {len(tif.pages)} pages used")
+            pages = len(tif.pages)
+            if pages > 1:
+                notes.append(f"first of {pages} pages used")
     except Exception as exc:
         raise ImageReadError(f"corrupt or unreadable TIFF ({exc})") from None
     if arr.ndim == 3 and planar_first:
@@ -267,10 +293,11 @@ def _tiff_picture(path: Path) -> Picture:
         arr = np.iinfo(arr.dtype).max - arr if arr.dtype.kind == "u" else arr.max() - arr
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
+    original = None
     if arr.dtype not in (np.uint8, np.uint16):
-        arr = _to_uint16(arr, notes, f"TIFF {arr.dtype}")
+        original, arr = arr, _to_uint16(arr, notes, f"TIFF {arr.dtype}")
         alpha = None
-    return Picture(np.ascontiguousarray(arr), notes, alpha=alpha)
+    return Picture(np.ascontiguousarray(arr), notes, alpha=alpha, original=original, pages=pages)
 
 
 # --- DICOM ---------------------------------------------------------------------------------
@@ -307,9 +334,10 @@ def _dicom_picture(path: Path) -> Picture:
             "pylibjpeg or gdcm installed"
         ) from None
     _check_finite(values)
-    notes = []
+    notes, frames = [], 1
     if values.ndim == 3 and int(getattr(ds, "SamplesPerPixel", 1)) == 1:
-        notes.append(f"first of {values.shape[0]} frames used")
+        frames = values.shape[0]
+        notes.append(f"first of {frames} frames used")
         values = values[0]
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         notes.append("MONOCHROME1 inverted")
@@ -319,7 +347,7 @@ def _dicom_picture(path: Path) -> Picture:
     arr = np.round((values - lo) * scale).astype(np.uint16)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return Picture(arr, notes, {"dicom_min": lo, "dicom_max": hi})
+    return Picture(arr, notes, {"dicom_min": lo, "dicom_max": hi}, pages=frames)
 
 
 # --- Conversions ---------------------------------------------------------------------------

@@ -200,8 +200,10 @@ def _pack(
             sink.close()
         counts = {split: sinks[split].total for split in SPLITS}
         if sum(counts.values()) == 0:
+            first = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3])
             raise GanDistError(
-                f"nothing packed: all {len(skipped)} input files were skipped (see the list above)"
+                f"nothing packed: all {len(skipped)} input files were skipped ({first}"
+                f"{'; ...' if len(skipped) > 3 else ''})"
                 if skipped
                 else "nothing packed: no images found"
             )
@@ -363,14 +365,16 @@ def crop_resize(arr: np.ndarray, box: tuple[int, int, int, int], size: int) -> n
 
 
 def _validate_options(options: PackOptions) -> None:
-    from gan_dist.recipe import MIN_IMAGE_SIZE
+    from gan_dist.recipe import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
     problems = []
-    if options.size < MIN_IMAGE_SIZE:
+    if not MIN_IMAGE_SIZE <= options.size <= MAX_IMAGE_SIZE:
         problems.append(
-            f"--size must be at least {MIN_IMAGE_SIZE} px, the smallest the nets train on "
-            f"(got {options.size})"
+            f"--size must be {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} px: the smallest the nets "
+            f"train on, the largest a training sample can sensibly be (got {options.size})"
         )
+    if not 0 <= options.seed < 2**63:
+        problems.append(f"--seed must be in 0..2**63-1 (got {options.seed})")
     if options.crops_per_image is not None and options.crops_per_image < 1:
         problems.append("--crops-per-image must be at least 1")
     if options.channels not in (None, 1, 3):
@@ -524,7 +528,11 @@ def _val_split(keys: list[str], fraction: float, seed: int) -> set[str]:
     sees training pixels), by a seeded hash so adding images leaves others where they were."""
     if fraction <= 0 or len(keys) < 2:
         return set()
-    ranked = sorted(keys, key=lambda k: hashlib.blake2b(f"{seed}:{k}".encode()).digest())
+    # surrogateescape: a name that is not UTF-8 (a byte the file system allows) still hashes
+    ranked = sorted(
+        keys,
+        key=lambda k: hashlib.blake2b(f"{seed}:{k}".encode("utf-8", "surrogateescape")).digest(),
+    )
     count = min(len(keys) - 1, max(1, round(fraction * len(keys))))
     return set(ranked[:count])
 
