@@ -77,7 +77,7 @@ CHILD = """
 import json, sys, time
 from pathlib import Path
 from gan_dist.models import load_model
-from gan_dist.repair import plan, repair_files
+from gan_dist.repair_files import plan, repair_files
 
 def high_water_mb():  # VmHWM: this process's own peak (ru_maxrss keeps the parent's at fork)
     for line in Path("/proc/self/status").read_text().splitlines():

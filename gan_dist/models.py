@@ -19,9 +19,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt
 
 from gan_dist.errors import GanDistError
+from gan_dist.recipe import DamageStep, ModelConfig
 
 if TYPE_CHECKING:
     import torch
@@ -34,6 +37,24 @@ log = logging.getLogger("gan_dist.models")
 SPEC_FORMAT = "gan-dist-repair-model"
 WEIGHTS, SPEC = "weights.safetensors", "spec.json"
 ARTIFACT_NAME = "repair-model"  # the model's name inside its MLflow run
+
+
+class ModelSpec(BaseModel):
+    """spec.json: what `spec_for` writes. Unknown keys are kept (a newer gan-dist may add
+    some); every key this version reads is required and typed."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: Literal["gan-dist-repair-model"]
+    format_version: PositiveInt
+    recipe_name: str
+    model: ModelConfig
+    channels: Literal[1, 3]
+    train_image_size: PositiveInt
+    damage: list[DamageStep]
+    tile_size: PositiveInt
+    step: NonNegativeInt
+    metrics: dict[str, float]
 
 
 @dataclass
@@ -146,19 +167,16 @@ def export_checkpoint(ckpt_path: Path, folder: Path) -> dict[str, Any]:
 
 
 def load_files(folder: Path, source: str, device: str = "cpu") -> RepairModel:
-    """The safe loader: JSON and safetensors only, every failure a GanDistError."""
+    """The safe loader: JSON and safetensors only, every failure a GanDistError. The spec is
+    validated by a typed schema, and the weights are checked finite and of the shapes the
+    spec's net has (on torch's meta device, allocating nothing) before the net is built."""
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from gan_dist.nets import build_generator
-    from gan_dist.recipe import ModelConfig
 
-    try:
-        spec = json.loads((folder / SPEC).read_text())
-    except (OSError, ValueError) as exc:
-        raise GanDistError(f"{source}: no readable {SPEC} ({exc}); not a gan-dist model") from None
-    if spec.get("format") != SPEC_FORMAT:
-        raise GanDistError(f"{source}: {SPEC} is not a gan-dist repair model spec")
+    spec = read_spec(folder / SPEC, source)
     try:
         state = load_file(str(folder / WEIGHTS), device="cpu")
     except (OSError, SafetensorError) as exc:
@@ -166,14 +184,66 @@ def load_files(folder: Path, source: str, device: str = "cpu") -> RepairModel:
             f"{source}: {WEIGHTS} is not a valid safetensors file ({exc}); refusing to load it. "
             "Weights are never unpickled: re-register the model from its run."
         ) from None
+    broken = [k for k, t in state.items() if t.is_floating_point() and not t.isfinite().all()]
+    if broken:
+        raise GanDistError(
+            f"{source}: {WEIGHTS} holds NaN or infinite values ({len(broken)} tensors, first "
+            f"{broken[0]}); the run diverged or the file is damaged: register another version"
+        )
     model = ModelConfig.model_validate(spec["model"])
-    net = build_generator(model, int(spec["channels"]), int(spec["train_image_size"]))
+    size = int(spec["train_image_size"])
     try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise GanDistError(f"{source}: weights do not fit the spec's model ({first})") from None
+        with torch.device("meta"):
+            shapes = build_generator(model, int(spec["channels"]), size).state_dict()
+    except (RuntimeError, ValueError, OverflowError) as exc:
+        raise GanDistError(
+            f"{source}: {SPEC} describes a net that cannot be built ({exc})"
+        ) from None
+    wrong = sorted(
+        set(shapes) ^ set(state)
+        | {
+            k
+            for k in set(shapes) & set(state)
+            if shapes[k].shape != state[k].shape
+            or shapes[k].is_floating_point() != state[k].is_floating_point()
+        }
+    )
+    if wrong:
+        raise GanDistError(
+            f"{source}: weights do not fit the spec's model ({len(wrong)} tensors differ in "
+            f"shape or type, first {wrong[0]}); the two files are from different models"
+        )
+    net = build_generator(model, int(spec["channels"]), size)
+    net.load_state_dict(state)
     return RepairModel(net.to(device).eval().requires_grad_(False), spec, source)
+
+
+def read_spec(path: Path, source: str) -> dict[str, Any]:
+    """spec.json validated by ModelSpec (bounded in size and nesting); the validated values
+    as a dict. Raises GanDistError naming the first problems, e.g. `spec.json: tile_size:
+    Input should be greater than 0`."""
+    from pydantic import ValidationError
+
+    from gan_dist.textfiles import UntrustedTextError, check_bounded, excerpt, read_text_file
+
+    try:
+        raw = json.loads(read_text_file(path, "a model spec"))
+        check_bounded(raw, f"{source}: {SPEC}")
+    except (OSError, ValueError, RecursionError) as exc:
+        raise GanDistError(f"{source}: no readable {SPEC} ({exc}); not a gan-dist model") from None
+    except UntrustedTextError as exc:
+        raise GanDistError(str(exc)) from None
+    if not isinstance(raw, dict) or raw.get("format") != SPEC_FORMAT:
+        raise GanDistError(f"{source}: {SPEC} is not a gan-dist repair model spec")
+    try:
+        return ModelSpec.model_validate(raw).model_dump(mode="json")
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or '(spec)'}: {e['msg']}"
+            + (f" (got {excerpt(e['input'])})" if e["type"] != "missing" else "")
+            for e in exc.errors()[:3]
+        ]
+        raise GanDistError(f"{source}: {SPEC}: {'; '.join(problems)}") from None
 
 
 def load_model(uri: str, device: str = "cpu", tracking_uri: str | None = None) -> RepairModel:
@@ -370,6 +440,7 @@ def evaluate_model(
         raise GanDistError(f"{data}: not a folder of packed shards or of images")
     device = next(model.net.parameters()).device
     perceptual = PerceptualMetrics(weights, device) if weights else None
+    skipped: list[dict[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="gan-dist-eval-") as tmp:
         if not (data / MANIFEST).is_file():
             steps = TypeAdapter(list[DamageStep]).validate_python(model.spec["damage"])
@@ -381,7 +452,9 @@ def evaluate_model(
                 val_fraction=0.0,
                 seed=12345,
             )
-            data = pack_folder(data, Path(tmp) / "shards", options).out
+            packed = pack_folder(data, Path(tmp) / "shards", options)
+            skipped = [{"file": s.path, "reason": s.reason} for s in packed.skipped]
+            data = packed.out
         manifest = read_manifest(data)
         _check_shards_fit(model, manifest, data)
         counts = manifest["counts"]
@@ -400,7 +473,7 @@ def evaluate_model(
                 f"{data}: none of the {counts[split]} {split} samples could be scored "
                 f"({stream.skipped} unreadable; see the warnings above)"
             )
-        return metrics | {"split": split}
+        return metrics | {"split": split, "skipped": skipped}
 
 
 def _check_shards_fit(model: RepairModel, manifest: dict[str, Any], data: Path) -> None:

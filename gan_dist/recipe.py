@@ -25,12 +25,20 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from gan_dist.errors import RecipeError
+from gan_dist.textfiles import (
+    MAX_DEPTH,
+    UntrustedTextError,
+    check_bounded,
+    excerpt,
+    read_text_file,
+)
 
 # ---------------------------------------------------------------------------------------------
 # YAML: YAML 1.1 (PyYAML's default) reads `no`, `off`, `y` as booleans and `1e-4` as a string.
@@ -40,7 +48,22 @@ from gan_dist.errors import RecipeError
 
 
 class _RecipeLoader(yaml.SafeLoader):
-    pass
+    """Refuses nesting deeper than textfiles.MAX_DEPTH while composing, before PyYAML's
+    recursive composer would reach Python's recursion limit."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise UntrustedTextError(
+                    f"line {mark.line + 1}: nested deeper than {MAX_DEPTH} levels"
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _RecipeLoader.yaml_implicit_resolvers = {
@@ -58,13 +81,36 @@ _RecipeLoader.add_implicit_resolver(
 
 
 def parse_yaml(text: str, source: str = "<string>") -> Any:
+    """YAML with the recipe's scalar rules, bounded (see textfiles.check_bounded); every
+    problem is a RecipeError naming `source`."""
     try:
-        return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader subclass
+        value = yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader subclass
+        check_bounded(value, source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}: line {mark.line + 1}, column {mark.column + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc)
         raise RecipeError([f"{where}: invalid YAML: {problem}"]) from None
+    except ValueError as exc:  # an int past Python's digit limit, from PyYAML's constructor
+        raise RecipeError([f"{source}: a value YAML cannot read ({excerpt(str(exc))})"]) from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise RecipeError([f"{source}: nested too deeply to be a recipe"]) from None
+    except UntrustedTextError as exc:
+        where = f"{source}: " if str(exc).startswith("line ") else ""
+        raise RecipeError([where + str(exc)]) from None
+    return value
+
+
+def read_yaml_file(path: Path, what: str = "a recipe") -> Any:
+    """A YAML file we were handed, parsed with parse_yaml after textfiles' size and UTF-8
+    checks; RecipeError for every problem."""
+    try:
+        text = read_text_file(path, what)
+    except OSError as exc:
+        raise RecipeError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UntrustedTextError as exc:
+        raise RecipeError([str(exc)]) from None
+    return parse_yaml(text, str(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,15 +241,22 @@ def damage_preset(name: str) -> list[dict[str, Any]]:
     if name not in DAMAGE_PRESETS:
         hint = _did_you_mean(name, DAMAGE_PRESETS)
         raise ValueError(
-            f"unknown damage preset {name!r}{hint}; presets: {', '.join(DAMAGE_PRESETS)}"
+            f"unknown damage preset {excerpt(name)}{hint}; presets: {', '.join(DAMAGE_PRESETS)}"
         )
     return [dict(step) for step in DAMAGE_PRESETS[name][1]]
+
+
+MIN_IMAGE_SIZE = 32  # px: below it the PatchGAN and DCGAN discriminators run out of pixels
+MAX_IMAGE_SIZE = 8192  # px: a training sample larger than this is a typo, not a crop
+MAX_CHANNELS = 4096  # base channels of a net; beyond it no GPU holds the net
 
 
 class DataConfig(Section):
     train: str = Field(
         description="training shards: a packed directory, or a brace pattern such as "
-        "shards/train-{000000..000031}.tar (local path or pipe: URL)"
+        "shards/train-{000000..000031}.tar (a local path, or an object-store or web URL "
+        "read through fsspec: s3://, gs://, https://; a pipe: command only with "
+        "data.allow_shell)"
     )
     val: str | None = Field(
         "auto",
@@ -211,16 +264,21 @@ class DataConfig(Section):
         "null: no validation",
     )
     channels: Literal[1, 3] = 3
-    image_size: PositiveInt = 256
-    batch_size: PositiveInt = Field(16, description="per device")
-    workers: NonNegativeInt = 4
+    image_size: int = Field(
+        256,
+        ge=MIN_IMAGE_SIZE,
+        le=MAX_IMAGE_SIZE,
+        description="px; the nets' smallest input is 32 px",
+    )
+    batch_size: PositiveInt = Field(16, le=65536, description="per device")
+    workers: NonNegativeInt = Field(4, le=256)
     shuffle_buffer: NonNegativeInt = 1000
     stall_timeout_s: PositiveFloat = Field(
         60.0,
         description="a training stream that reads no sample this long, every shard failing "
         "twice, stops the run with an error instead of retrying for ever",
     )
-    augment: bool = Field(
+    augment: StrictBool = Field(
         False,
         description="random flips and quarter turns of training samples: eight views of each "
         "crop, for small datasets",
@@ -230,11 +288,16 @@ class DataConfig(Section):
         description="a preset name or a list of steps; used by `data pack --damage RECIPE` "
         "and, with fresh_damage, by training",
     )
-    fresh_damage: bool = Field(
+    fresh_damage: StrictBool = Field(
         False,
         description="draw new damage from data.damage for every training sample each time it "
         "is read (LaMa draws masks on the fly), instead of the damage packed with it; "
         "validation keeps the packed damage",
+    )
+    allow_shell: StrictBool = Field(
+        False,
+        description="let data.train and data.val be `pipe:COMMAND` URLs, whose command runs "
+        "in a shell on every rank; off, no recipe value ever reaches a shell",
     )
 
     @field_validator("damage", mode="before")
@@ -249,6 +312,23 @@ class DataConfig(Section):
             raise ValueError("must name shards (a directory or a pattern), not be empty")
         return value
 
+    @model_validator(mode="after")
+    def _shell_only_when_allowed(self) -> DataConfig:
+        for name in ("train", "val"):
+            value = getattr(self, name)
+            if value and "pipe:" in value and not self.allow_shell:
+                raise ValueError(
+                    f"{name}: a pipe: URL runs a shell command on every rank; set "
+                    "data.allow_shell: true to allow it, or read object stores by URL "
+                    "(s3://, gs://, https://)"
+                )
+        return self
+
+    def shell_commands(self) -> list[str]:
+        """The pipe: commands this recipe runs (empty unless data.allow_shell)."""
+        specs = [v for v in (self.train, self.val) if v and "pipe:" in v]
+        return [spec[spec.index("pipe:") + 5 :] for spec in specs] if self.allow_shell else []
+
 
 Norm = Literal["batch", "instance", "layer", "none"]
 FFC_DEPTH = 3  # ffc_resnet's downsamplings when model.generator.depth is unset (LaMa's)
@@ -256,14 +336,14 @@ FFC_DEPTH = 3  # ffc_resnet's downsamplings when model.generator.depth is unset 
 
 class GeneratorConfig(Section):
     name: Literal["unet", "dcgan", "resnet", "ffc_resnet"] = "unet"
-    base_channels: PositiveInt = 64
+    base_channels: PositiveInt = Field(64, le=MAX_CHANNELS)
     norm: Norm = "batch"
     depth: PositiveInt | None = Field(
         None, description="down-sampling steps; None: from the size (unet), 3 (ffc_resnet)"
     )
     blocks: PositiveInt = Field(9, description="residual blocks (resnet, ffc_resnet)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    gated: bool = Field(
+    gated: StrictBool = Field(
         False, description="unet: gated convolutions (DeepFill v2), a learned gate per pixel"
     )
     global_ratio: float = Field(
@@ -282,16 +362,16 @@ class GeneratorConfig(Section):
 
 class DiscriminatorConfig(Section):
     name: Literal["patchgan", "dcgan"] = "patchgan"
-    base_channels: PositiveInt = 64
+    base_channels: PositiveInt = Field(64, le=MAX_CHANNELS)
     layers: PositiveInt = Field(3, description="strided conv layers (patchgan)")
     norm: Norm = "batch"
-    spectral_norm: bool = False
+    spectral_norm: StrictBool = False
 
 
 class ModelConfig(Section):
     generator: GeneratorConfig = GeneratorConfig()
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
-    composite: bool = Field(
+    composite: StrictBool = Field(
         True, description="paste known pixels back over the output (inpainting); off for noise"
     )
     prefill: Literal["biharmonic", "harmonic", "none"] = Field(
@@ -307,7 +387,7 @@ class ObjectiveConfig(Section):
         "hinge", description="bce is the non-saturating loss (Goodfellow et al. 2014)"
     )
     adversarial_weight: NonNegativeFloat = 1.0
-    mask_aware: bool = Field(
+    mask_aware: StrictBool = Field(
         False,
         description="LaMa's discriminator target: only generated pixels of a repair count as "
         "fake, its known pixels as real (each logit weighted by the hole share under it)",
@@ -384,9 +464,9 @@ class TrainConfig(Section):
     )
     grad_accum: PositiveInt = 1
     ema: float = Field(0.999, ge=0.0, lt=1.0, description="0 disables the EMA generator")
-    channels_last: bool = False
-    compile: bool = False
-    deterministic: bool = False
+    channels_last: StrictBool = False
+    compile: StrictBool = False
+    deterministic: StrictBool = False
     log_every: PositiveInt = 50
     checkpoint_every: PositiveInt = 1000
     keep_checkpoints: PositiveInt = 3
@@ -407,7 +487,7 @@ class TrainConfig(Section):
 
 
 class TrackingConfig(Section):
-    enabled: bool = True
+    enabled: StrictBool = True
     uri: str | None = Field(None, description="None: $MLFLOW_TRACKING_URI or ./mlflow.db")
     experiment: str | None = Field(None, description="None: the recipe name")
     register_as: str | None = None
@@ -415,7 +495,7 @@ class TrackingConfig(Section):
     flush_timeout_s: NonNegativeFloat = Field(
         60.0, description="at the end, wait this long for MLflow to take what is queued"
     )
-    required: bool = Field(
+    required: StrictBool = Field(
         True,
         description="a run whose MLflow run cannot be started stops (exit 4, checkpoints "
         "kept); false: it trains on untracked, with a warning",
@@ -481,9 +561,9 @@ class SlurmConfig(Section):
 
 
 class LaunchConfig(Section):
-    nodes: PositiveInt = 1
-    gpus_per_node: PositiveInt | None = Field(None, description="None: every local GPU")
-    cpu_procs: PositiveInt = Field(1, description="processes on a machine without GPUs")
+    nodes: PositiveInt = Field(1, le=100_000)
+    gpus_per_node: PositiveInt | None = Field(None, le=64, description="None: every local GPU")
+    cpu_procs: PositiveInt = Field(1, le=1024, description="processes on a machine without GPUs")
     rank_timeout_s: PositiveInt = Field(
         600,
         description="a rank silent this long (dead, hung) fails the job on every rank; "
@@ -573,6 +653,8 @@ def resolve_recipe_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
+    if path.exists():
+        raise RecipeError([f"{name_or_path}: not a regular file; give a recipe YAML file"])
     builtins = builtin_recipes()
     if name_or_path in builtins:
         return builtins[name_or_path]
@@ -613,11 +695,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def load_recipe(source: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load, override and validate; every problem is reported at once as `dotted.path: msg`."""
     path = resolve_recipe_path(str(source))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RecipeError([f"{path}: cannot read: {exc.strerror}"]) from None
-    raw = parse_yaml(text, str(path))
+    raw = read_yaml_file(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -645,15 +723,20 @@ def resolve_damage(spec: str) -> tuple[list[DamageStep], str]:
             raise RecipeError([f"--damage {spec}: {exc} (or give a YAML file)"]) from None
         label = f"preset:{spec}"
     else:
-        doc = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+        doc = read_yaml_file(path, "a damage file")
         if isinstance(doc, dict) and isinstance(doc.get("data"), dict):
             raw = doc["data"].get("damage", "inpaint")
         elif isinstance(doc, dict) and "damage" in doc:
             raw = doc["damage"]
         else:
             raw = doc
-        if isinstance(raw, str):
-            raw = damage_preset(raw)
+        if not isinstance(raw, (list, dict)):
+            raise RecipeError(
+                [
+                    f"--damage {path}: not a damage file (a recipe, a `damage:` key or a list "
+                    f"of steps; it holds {excerpt(raw)})"
+                ]
+            )
         label = f"file:{path}"
     try:
         steps = TypeAdapter(list[DamageStep]).validate_python(raw)
@@ -699,7 +782,7 @@ def _format_error(err: dict[str, Any]) -> str:
         and "input" in err
         and not isinstance(err["input"], dict)
     ):
-        msg += f" (got {err['input']!r})"
+        msg += f" (got {excerpt(err['input'])})"
     return f"{_format_loc(_strip_tags(loc))}: {msg}"
 
 
@@ -754,5 +837,7 @@ def _unwrap(tp: Any) -> Any:
 
 
 def _did_you_mean(word: str, options: Any) -> str:
+    if len(word) > 100:  # nothing that long is a typo of a name; difflib is quadratic
+        return ""
     match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""

@@ -1,4 +1,5 @@
-"""Repairing images of any size with a trained model: tiles, blending, files in and out.
+"""Repairing images of any size with a trained model: tiles and blending (files in and out:
+`repair_files`).
 
 Whole-image inference runs out of memory on real scans and photos, so the image is cut into
 overlapping tiles, run in batches, and blended with weights that ramp down towards each tile's
@@ -19,22 +20,15 @@ met (a faint cross inside large holes). Memory for this grows with the holes' bo
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from gan_dist.data.images import (
-    IMAGE_SUFFIXES,
-    ImageReadError,
     from_float,
-    read_image,
-    to_bit_depth,
     to_channels,
-    write_bytes_atomic,
 )
 from gan_dist.errors import GanDistError
 from gan_dist.models import RepairModel
@@ -227,153 +221,4 @@ def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k
 
 
-# --- files ---------------------------------------------------------------------------------
-
-
-@dataclass
-class FileResult:
-    source: Path
-    output: Path | None
-    status: str  # "repaired" | "unchanged" | "failed" | "skipped"
-    detail: str = ""
-    seconds: float = 0.0
-    size: str = ""
-
-
-def plan(
-    input_path: Path, output: Path, masks: Path | None
-) -> list[tuple[Path, Path, Path | None]]:
-    """(image, output file, mask or None) for every image, refusing any plan that could
-    overwrite an input."""
-    input_path, output = input_path.resolve(), output.resolve()
-    if not input_path.exists():
-        raise GanDistError(f"{input_path}: no such file or folder")
-    if output == input_path:
-        raise GanDistError("OUTPUT is INPUT: repaired images never overwrite the originals")
-    if input_path.is_dir():
-        if output.is_relative_to(input_path):
-            raise GanDistError(f"OUTPUT {output} lies inside INPUT {input_path}; choose another")
-        images = sorted(p for p in input_path.rglob("*") if p.is_file() and _is_image(p))
-        pairs = [(p, output / _output_name(p.relative_to(input_path))) for p in images]
-    else:
-        target = output / _output_name(Path(input_path.name)) if output.is_dir() else output
-        pairs = [(input_path, target)]
-    planned = []
-    for image, target in pairs:
-        rel = image.relative_to(input_path) if input_path.is_dir() else Path(image.name)
-        planned.append((image, target, _mask_for(masks, rel) if masks else None))
-    return planned
-
-
-def repair_files(
-    load: Callable[[], RepairModel],
-    planned: list[tuple[Path, Path, Path | None]],
-    tile: int,
-    overlap: int,
-    batch: int,
-    overwrite: bool,
-    on_done: Callable[[FileResult], None] = lambda r: None,
-) -> list[FileResult]:
-    """Repair every planned file; a file that fails is reported and skipped, never fatal.
-
-    The model is loaded at the first file that needs it, so re-running an interrupted job
-    over a folder that is already done neither downloads nor loads anything. A model that
-    cannot be loaded is fatal (GanDistError): every file would fail the same way."""
-    model: RepairModel | None = None
-    results = []
-    for image, target, mask_path in planned:
-        if target.exists() and not overwrite:
-            result = FileResult(
-                image, None, "skipped", f"{target} exists (use --overwrite to replace it)"
-            )
-        else:
-            model = model or load()
-            start = time.perf_counter()  # the file's own time, not the model's loading
-            try:
-                result = _repair_one(model, image, target, mask_path, tile, overlap, batch)
-            except (GanDistError, OSError, ValueError) as exc:
-                result = FileResult(image, None, "failed", str(exc))
-            result.seconds = time.perf_counter() - start
-        results.append(result)
-        on_done(result)
-    return results
-
-
-def _repair_one(model, image, target, mask_path, tile, overlap, batch) -> FileResult:
-    picture = read_image(image)
-    pixels = picture.pixels
-    mask = None
-    composite = bool(model.spec["model"]["composite"])
-    if mask_path is not None:
-        mask_pixels = read_image(mask_path).pixels
-        if mask_pixels.shape[:2] != pixels.shape[:2]:
-            raise GanDistError(
-                f"mask {mask_path} is {mask_pixels.shape[1]}x{mask_pixels.shape[0]}, "
-                f"the image {pixels.shape[1]}x{pixels.shape[0]}"
-            )
-        top = np.iinfo(mask_pixels.dtype).max
-        mask = to_channels(mask_pixels, 1)[:, :, 0] > top // 2
-    elif composite:
-        raise GanDistError("no mask found (an inpainting model needs one: --mask FILE|DIR)")
-    repaired = repair_array(model, pixels, mask, tile, overlap, batch)
-    suffix = target.suffix.lower()
-    notes = [n for n in picture.notes if n != "alpha channel dropped"]
-    if picture.alpha is not None:
-        if suffix in (".png", ".tif", ".tiff") or (suffix == ".webp" and repaired.shape[2] == 3):
-            alpha = to_bit_depth(picture.alpha, repaired.dtype.itemsize * 8)
-            repaired = np.concatenate([repaired, alpha[:, :, None]], axis=2)
-        else:
-            notes.append(f"alpha channel dropped ({suffix} output)")
-    write_bytes_atomic(target, encode_image(repaired, suffix))
-    notes = "; ".join(notes)
-    holes = f"{mask.mean():.1%} of pixels" if mask is not None else "all pixels"
-    size = f"{pixels.shape[1]}x{pixels.shape[0]} {pixels.dtype.itemsize * 8}-bit"
-    return FileResult(image, target, "repaired", holes + (f"; {notes}" if notes else ""), 0, size)
-
-
-def encode_image(arr: np.ndarray, suffix: str) -> bytes:
-    """Bytes of the format the suffix names, at the array's depth (16-bit stays 16-bit);
-    a 2nd or 4th channel is alpha."""
-    import io
-
-    from PIL import Image
-
-    from gan_dist.data.images import encode_png
-
-    if suffix == ".png":
-        return encode_png(arr)  # 1-4 channels at 8 or 16 bits
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        buf = io.BytesIO()
-        tifffile.imwrite(buf, arr[:, :, 0] if arr.shape[2] == 1 else arr, compression="zlib")
-        return buf.getvalue()
-    if arr.dtype != np.uint8:
-        raise GanDistError(f"{suffix} cannot hold 16-bit pixels; write .png or .tif")
-    buf = io.BytesIO()
-    im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}[suffix]
-    im.save(buf, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
-    return buf.getvalue()
-
-
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-
-
-def _output_name(rel: Path) -> Path:
-    """Same relative path and format; DICOM becomes 16-bit PNG (we do not write DICOM)."""
-    return rel.with_suffix(".png") if rel.suffix.lower() in (".dcm", ".dicom") else rel
-
-
-def _mask_for(masks: Path, rel: Path) -> Path | None:
-    """A mask file, or the mask with the image's relative path (any image extension)."""
-    if masks.is_file():
-        return masks
-    for candidate in [masks / rel, *sorted((masks / rel.parent).glob(rel.stem + ".*"))]:
-        if candidate.is_file() and _is_image(candidate):
-            return candidate
-    return None
-
-
-__all__ = ["FileResult", "ImageReadError", "plan", "repair_array", "repair_files"]
+__all__ = ["repair_array"]

@@ -11,12 +11,16 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from gan_dist.data.images import write_png_atomic
+
+if TYPE_CHECKING:
+    from gan_dist.data.pack import PackOptions
 
 
 def save_pil(path: Path, arr: np.ndarray, mode: str | None = None, **kw) -> Path:
@@ -244,3 +248,78 @@ def small_disk(tmp_path):
         yield disk
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def make_model(folder: Path, *settings: str, train: bool = True) -> Path:
+    """A real model folder (weights + spec) as `models register` stores it. `train` nudges
+    the weights off their zero-initialised correction so the net's output matters."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from gan_dist.models import SPEC, WEIGHTS, spec_for
+    from gan_dist.nets import build_generator
+    from gan_dist.recipe import load_recipe
+
+    recipe = load_recipe(
+        "quickstart",
+        ["data.image_size=32", "model.generator.base_channels=4", *settings],
+    )
+    torch.manual_seed(0)
+    net = build_generator(recipe.model, recipe.data.channels, 32)
+    if train:
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / WEIGHTS))
+    (folder / SPEC).write_text(json.dumps(spec_for(recipe, 0, {})))
+    return folder
+
+
+def hole(h: int, w: int) -> np.ndarray:
+    mask = np.zeros((h, w), bool)
+    mask[h // 4 : h // 2, w // 3 : w // 3 + max(w // 4, 3)] = True
+    return mask
+
+
+# --- packing ---
+
+
+def options(**kw) -> PackOptions:
+    """Small, quick pack options; `damage` names a preset (default inpaint)."""
+    from gan_dist.data.pack import PackOptions
+    from gan_dist.recipe import resolve_damage
+
+    steps, label = resolve_damage(kw.pop("damage", "inpaint"))
+    base = dict(size=64, damage=steps, damage_source=label, val_fraction=0.2, shard_samples=4)
+    return PackOptions(**{**base, **kw})
+
+
+def read_samples(folder: Path, split: str | None = None) -> list[dict[str, bytes]]:
+    """Every sample of a pack (optionally of one split) as {extension: bytes}."""
+    import json
+    import tarfile
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    samples = []
+    for shard in manifest["shards"]:
+        if split and shard["split"] != split:
+            continue
+        with tarfile.open(folder / shard["name"]) as tar:
+            grouped: dict[str, dict[str, bytes]] = {}
+            for m in tar.getmembers():
+                key, _, ext = m.name.partition(".")
+                grouped.setdefault(key, {})[ext] = tar.extractfile(m).read()
+        samples += grouped.values()
+    return samples
+
+
+def pack_cli(*args: str):
+    """`gan-dist data pack ARGS` in this process (typer's runner)."""
+    from typer.testing import CliRunner
+
+    from gan_dist.cli import app
+
+    return CliRunner().invoke(app, ["data", "pack", *args], catch_exceptions=False)

@@ -68,7 +68,12 @@ def test_dry_run_renders_a_multi_node_gpu_script(tmp_path):
         in script
     )
     assert "ACCELERATE_USE_CPU" not in script
-    assert not (tmp_path / "run").exists(), "a dry run writes nothing"
+    # what the printed script reads is there, so `sbatch` can run it as printed
+    written = tmp_path / "run" / "launch"
+    assert (written / "job.sbatch").read_text() == script
+    assert "name: medical" in (written / "recipe.yaml").read_text()
+    assert '"$RUN_DIR/launch/recipe.yaml"' in script
+    assert f"submit with: sbatch {written / 'job.sbatch'}" in result.stderr
     syntax = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)
     assert syntax.returncode == 0, syntax.stderr
 
@@ -99,6 +104,7 @@ def test_local_dry_run_prints_the_cpu_command(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "ACCELERATE_USE_CPU=1" in result.stderr
     assert "--multi_gpu" in result.stderr and "--num_processes 2" in result.stderr
+    assert (tmp_path / "r" / "launch" / "recipe.yaml").is_file()  # the command reads it
 
 
 @pytest.mark.parametrize(

@@ -11,40 +11,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import gradient16, save_pil
+from conftest import gradient16, options, pack_cli, read_samples, save_pil
 from gan_dist.cli import app
 from gan_dist.data.images import decode_png, sample_part, write_png_atomic
 from gan_dist.data.inspect import inspect_shards
 from gan_dist.data.pack import STAGING, PackOptions, pack_folder, pack_pairs, read_manifest
 from gan_dist.errors import GanDistError
-from gan_dist.recipe import resolve_damage
 
 runner = CliRunner()
-
-
-def options(**kw) -> PackOptions:
-    steps, label = resolve_damage(kw.pop("damage", "inpaint"))
-    base = dict(size=64, damage=steps, damage_source=label, val_fraction=0.2, shard_samples=4)
-    return PackOptions(**{**base, **kw})
-
-
-def read_samples(folder: Path, split: str | None = None) -> list[dict[str, bytes]]:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    samples = []
-    for shard in manifest["shards"]:
-        if split and shard["split"] != split:
-            continue
-        with tarfile.open(folder / shard["name"]) as tar:
-            grouped: dict[str, dict[str, bytes]] = {}
-            for m in tar.getmembers():
-                key, _, ext = m.name.partition(".")
-                grouped.setdefault(key, {})[ext] = tar.extractfile(m).read()
-        samples += grouped.values()
-    return samples
-
-
-def pack_cli(*args: str):
-    return runner.invoke(app, ["data", "pack", *args], catch_exceptions=False)
 
 
 def test_messy_folder_packs_what_it_can_and_lists_every_skip(messy_dir, tmp_path):

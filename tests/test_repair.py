@@ -7,47 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from safetensors.torch import save_file
 
-from conftest import blank_dicom, gradient16, run_cli
+from conftest import blank_dicom, gradient16, hole, make_model, run_cli
 from gan_dist.data.images import decode_png, encode_png, read_image
-from gan_dist.models import SPEC, WEIGHTS, load_model, spec_for
-from gan_dist.nets import build_generator
+from gan_dist.models import load_model
 from gan_dist.precision import inference_precision
-from gan_dist.recipe import load_recipe
 from gan_dist.repair import repair_array
-
-
-def make_model(folder: Path, *settings: str, train: bool = True) -> Path:
-    """A real model folder (weights + spec) as `models register` stores it. `train` nudges
-    the weights off their zero-initialised correction so the net's output matters."""
-    recipe = load_recipe(
-        "quickstart",
-        ["data.image_size=32", "model.generator.base_channels=4", *settings],
-    )
-    torch.manual_seed(0)
-    net = build_generator(recipe.model, recipe.data.channels, 32)
-    if train:
-        with torch.no_grad():
-            for p in net.parameters():
-                p.add_(torch.randn_like(p) * 0.05)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / WEIGHTS))
-    (folder / SPEC).write_text(json.dumps(spec_for(recipe, 0, {})))
-    return folder
 
 
 @pytest.fixture(scope="module")
 def inpaint(tmp_path_factory) -> Path:
     return make_model(tmp_path_factory.mktemp("inpaint"))
-
-
-def hole(h: int, w: int) -> np.ndarray:
-    mask = np.zeros((h, w), bool)
-    mask[h // 4 : h // 2, w // 3 : w // 3 + max(w // 4, 3)] = True
-    return mask
 
 
 @pytest.mark.parametrize("shape", [(37, 53, 3), (300, 17, 3), (64, 64, 3), (130, 97, 1)])

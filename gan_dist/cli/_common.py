@@ -8,8 +8,20 @@ from contextlib import contextmanager
 import typer
 from rich.console import Console
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+# Outside a terminal (a SLURM log, a pipe) rich would fit tables to 80 columns by cutting
+# cells short (`/data/big/broke…`); a log must name every file whole, so no width limit there.
+UNLIMITED = 100_000
+
+
+def _console(stderr: bool) -> Console:
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = UNLIMITED
+    return console
+
+
+err = _console(stderr=True)
+out = _console(stderr=False)
 
 SET_HELP = "Override a recipe value, e.g. --set data.batch_size=8 (repeatable)."
 
@@ -32,3 +44,10 @@ def user_errors() -> Iterator[None]:
         err.print("[red]error:[/] ", end="")
         err.print(str(exc), markup=False)
         raise typer.Exit(exc.exit_code) from None
+
+
+def announce_shell(recipe) -> None:
+    """Say out loud every shell command a recipe will run (data.allow_shell)."""
+    for command in recipe.data.shell_commands():
+        err.print("[yellow]note:[/] this recipe runs the shell command ", end="")
+        err.print(f"{command!r} on every rank (data.allow_shell: true)", markup=False)

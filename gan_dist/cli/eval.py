@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from gan_dist.cli._common import out, user_errors
+from gan_dist.cli._common import err, out, user_errors
 from gan_dist.cli.repair import MODEL_HELP
 
 
@@ -45,10 +45,17 @@ def eval_(
         weights = PerceptualWeights(inception_weights, lpips_weights, lpips_net)
         loaded = load_model(model, tracking_uri=tracking_uri)
         metrics = evaluate_model(loaded, data, batch, weights or None)
-    if json_:
-        out.print_json(json.dumps({"model": model, "data": str(data)} | metrics))
+    for item in metrics["skipped"]:  # images of a folder that could not be scored
+        err.print(f"[yellow]skipped[/] {item['file']}: ", end="")
+        err.print(item["reason"], markup=False)
+    if json_:  # JSON has no NaN (a metric of images without holes): null instead
+        finite = {k: None if v != v else v for k, v in metrics.items() if not isinstance(v, list)}
+        report = {"model": model, "data": str(data)} | metrics | finite
+        out.print_json(json.dumps(report, allow_nan=False))
         return
-    table = Table("metric", "value", title=f"{model} on {data} ({metrics.pop('split')} split)")
+    skipped = len(metrics.pop("skipped"))
+    title = f"{model} on {data} ({metrics.pop('split')} split"
+    table = Table("metric", "value", title=title + (f", {skipped} skipped)" if skipped else ")"))
     for key, value in metrics.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     out.print(table)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from gan_dist.cli._common import SET_HELP, err, out, user_errors
+from gan_dist.cli._common import SET_HELP, announce_shell, err, out, user_errors
 
 
 def launch(
@@ -54,6 +54,7 @@ def launch(
     started = time.time()
     with user_errors():
         loaded = load_recipe(recipe, overrides)
+        announce_shell(loaded)
         directory = (run_dir or Path("runs") / loaded.name).absolute()
         use_slurm = slurm if slurm is not None else loaded.launch.slurm is not None
         if use_slurm:
@@ -82,8 +83,18 @@ def launch(
 def _slurm(recipe, run_dir: Path, dry_run: bool, follow: bool) -> int:
     from gan_dist.launch import slurm
 
-    if dry_run:
-        out.print(slurm.render(recipe, run_dir), markup=False, highlight=False)
+    if dry_run:  # the script reads the frozen recipe: write both, so it can be submitted
+        from gan_dist.launch.local import frozen_recipe
+        from gan_dist.train.runlock import check_free
+
+        check_free(run_dir)
+        script = slurm.write_script(recipe, run_dir)
+        out.print(script.read_text(), markup=False, highlight=False, end="")
+        err.print(
+            f"wrote {script} and the recipe it reads, {frozen_recipe(run_dir)}; "
+            f"submit with: sbatch {script}",
+            markup=False,
+        )
         return 0
     if os.environ.get("SLURM_JOB_ID"):
         err.print(f"inside SLURM job {os.environ['SLURM_JOB_ID']}: running on this allocation")

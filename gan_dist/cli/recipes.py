@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from gan_dist.cli._common import SET_HELP, err, out, user_errors
+from gan_dist.cli._common import SET_HELP, announce_shell, err, out, user_errors
 
 app = typer.Typer(help="List, show and validate recipes.", no_args_is_help=True)
 
@@ -50,3 +50,4 @@ def validate(
     with user_errors():
         loaded = load_recipe(str(recipe), set_)
     err.print(f"[green]ok:[/] {recipe} (recipe {loaded.name!r})")
+    announce_shell(loaded)

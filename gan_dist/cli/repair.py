@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from gan_dist.cli._common import err, out, user_errors
+from gan_dist.data.images import DEFAULT_MAX_PIXELS
 
 MODEL_HELP = (
     "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH, or a run, checkpoint or "
@@ -31,21 +32,40 @@ def repair(
         "natively (GPUs with bf16, CPUs with AMX or AVX-512 BF16), else fp32. Known pixels "
         "are exact either way.",
     ),
-    overwrite: bool = typer.Option(False, help="Replace output files that already exist."),
+    overwrite: bool = typer.Option(
+        False, help="Replace output files that already exist (never an input or a mask)."
+    ),
+    output_format: str = typer.Option(
+        "same",
+        "--format",
+        help="same: each output in its input's format (DICOM: 16-bit PNG); png or tif: "
+        "lossless, e.g. to keep a JPEG's known pixels exact.",
+    ),
+    max_pixels: int = typer.Option(
+        DEFAULT_MAX_PIXELS, min=1, help="Refuse images with more pixels than this (width x height)."
+    ),
+    json_summary: bool = typer.Option(
+        False, "--json", help="Print the summary as JSON (one object per file) for scripts."
+    ),
     tracking_uri: str = typer.Option(
         None,
         help="For models:/ and runs:/ URIs. Default: $MLFLOW_TRACKING_URI or ./mlflow.db "
         "(must exist: never created here).",
     ),
 ) -> None:
-    """Repair images; exits 1 if any file failed (the others are still written)."""
+    """Repair images; exits 1 if any file failed (the others are still written).
+
+    Masks match images by relative path and full stem (`a/day.jpg` takes `a/day.png`); white
+    is a hole, or 1 in a mask of only 0 and 1. No output may land on an input or a mask."""
+    import json
+
     from rich.progress import Progress
     from rich.table import Table
 
     from gan_dist.errors import GanDistError
     from gan_dist.models import load_model
     from gan_dist.precision import inference_precision
-    from gan_dist.repair import plan, repair_files
+    from gan_dist.repair_files import STATUSES, plan, repair_files
 
     with user_errors():
         if precision not in ("auto", "bf16", "fp32"):
@@ -54,7 +74,7 @@ def repair(
         run_in = inference_precision(precision, on)
         if precision == "auto" and run_in == "bf16":
             run_in = "bf16 for 8-bit images, fp32 for 16-bit"
-        planned = plan(input_path, output, mask)
+        planned = plan(input_path, output, mask, output_format)
         if not planned:
             raise GanDistError(f"{input_path}: no images found")
         with Progress(console=err, transient=True) as bar:
@@ -66,21 +86,24 @@ def repair(
                 overlap,
                 batch,
                 overwrite,
+                max_pixels,
                 lambda r: bar.advance(task),
             )
-    table = Table("file", "size", "status", "seconds", "detail")
-    for r in results:
-        style = {"repaired": "green", "failed": "red"}.get(r.status, "yellow")
-        table.add_row(
-            str(r.source), r.size, f"[{style}]{r.status}[/]", f"{r.seconds:.2f}", r.detail
-        )
-    out.print(table)
-    failed = sum(r.status == "failed" for r in results)
-    done = sum(r.status == "repaired" for r in results)
-    out.print(
-        f"{done} repaired, {failed} failed, {len(results) - done - failed} skipped ({on}, {run_in})"
-    )
-    if failed:
+    counts = {status: sum(r.status == status for r in results) for status in STATUSES}
+    if json_summary:
+        summary = {"files": [r.as_json() for r in results], "counts": counts, "device": on}
+        typer.echo(json.dumps(summary | {"precision": run_in}, indent=2))
+    else:
+        table = Table("file", "size", "status", "seconds", "detail")
+        for r in results:
+            style = {"repaired": "green", "failed": "red"}.get(r.status, "yellow")
+            table.add_row(
+                str(r.source), r.size, f"[{style}]{r.status}[/]", f"{r.seconds:.2f}", r.detail
+            )
+        out.print(table)
+        tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "no hole")
+        out.print(f"{tally} ({on}, {run_in})")
+    if counts["failed"]:
         raise typer.Exit(1)
 
 

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 def sample_rng(seed: int, key: str) -> np.random.Generator:
     """Independent of Python's salted hash(): the same (seed, key) gives the same stream
     in every process and on every machine."""
-    digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+    raw = key.encode("utf-8", "surrogateescape")  # a file name need not be UTF-8
+    digest = int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
     return np.random.default_rng(np.random.SeedSequence([seed, digest]))
 
 

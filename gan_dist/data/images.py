@@ -36,6 +36,10 @@ class Picture:
     notes: list[str] = field(default_factory=list)
     extra: dict[str, float] = field(default_factory=dict)
     alpha: np.ndarray | None = None  # (H, W), kept aside: training ignores it, repair restores it
+    # the decoded values before they were mapped onto 16 bits (float or 32-bit TIFFs), so
+    # that repair can write known pixels back exactly (see `from_uint16`)
+    original: np.ndarray | None = None
+    pages: int = 1  # pages (TIFF) or frames (DICOM) in the file; pixels come from the first
 
     @property
     def bit_depth(self) -> int:
@@ -109,19 +113,22 @@ def _open_pillow(path: Path):
         raise ImageReadError(f"corrupt or truncated image header ({exc})") from None
 
 
-def _png_is_deep_colour(path: Path) -> bool:
-    """True for 16-bit RGB(A) PNGs, the ones Pillow would silently cut to 8 bits."""
+def _png_deep_colour_type(path: Path) -> int | None:
+    """The PNG colour type of a 16-bit PNG with colour or alpha (2: RGB, 4: grey + alpha,
+    6: RGBA), the ones Pillow would silently cut to 8 bits; None for any other file."""
     with open(path, "rb") as fh:
         head = fh.read(26)
-    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16 and head[25] in (2, 6)
+    deep = head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16
+    return head[25] if deep and head[25] in (2, 4, 6) else None
 
 
 def _probe_pillow(path: Path) -> tuple[int, int, int, int]:
     with _open_pillow(path) as im:
         width, height = im.size
         mode, fmt = im.mode, im.format
-    if fmt == "PNG" and _png_is_deep_colour(path):
-        return width, height, 3, 16
+    colour_type = _png_deep_colour_type(path) if fmt == "PNG" else None
+    if colour_type is not None:
+        return width, height, 1 if colour_type == 4 else 3, 16
     channels = 1 if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") else 3
     depth = 16 if mode in ("I", "I;16", "I;16B", "I;16L", "F") else 8
     return width, height, channels, depth
@@ -135,7 +142,7 @@ def _pillow_picture(path: Path) -> Picture:
     im = _open_pillow(path)
     fmt = im.format
     try:
-        if fmt == "PNG" and _png_is_deep_colour(path):
+        if fmt == "PNG" and _png_deep_colour_type(path) is not None:
             return _deep_png_picture(path)
         im.load()
         if im.getexif().get(0x0112, 1) != 1:  # exif_transpose copies even when it is 1
@@ -171,21 +178,25 @@ def _pillow_picture(path: Path) -> Picture:
 
 def _deep_png_picture(path: Path) -> Picture:
     import imagecodecs
+    import numpy as np
 
     try:
         arr = imagecodecs.png_decode(path.read_bytes())
     except Exception as exc:
         raise ImageReadError(f"corrupt or truncated 16-bit PNG data ({exc})") from None
     notes, alpha = [], None
-    if arr.shape[2] == 4:
+    if arr.shape[2] in (2, 4):  # grey + alpha, RGBA
         notes.append("alpha channel dropped")
-        arr, alpha = arr[:, :, :3], arr[:, :, 3].copy()
-    return Picture(arr.copy(), notes, alpha=alpha)
+        arr, alpha = arr[:, :, :-1], arr[:, :, -1].copy()
+    return Picture(np.ascontiguousarray(arr), notes, alpha=alpha)
 
 
 def _to_uint16(arr: np.ndarray, notes: list[str], what: str) -> np.ndarray:
-    """Wider integer or float data: keep as is when it fits 16 bits, else rescale and say so."""
+    """Wider integer or float data: keep as is when it fits 16 bits, else rescale and say so.
+    Raises ImageReadError for NaN or infinite values (no rescaling could place them)."""
     import numpy as np
+
+    _check_finite(arr)
 
     if np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= 65535:
         return arr.astype(np.uint16)
@@ -193,6 +204,33 @@ def _to_uint16(arr: np.ndarray, notes: list[str], what: str) -> np.ndarray:
     notes.append(f"{what} values {lo:g}..{hi:g} rescaled to 0..65535")
     scale = 65535.0 / (hi - lo) if hi > lo else 0.0
     return np.round((arr.astype(np.float64) - lo) * scale).astype(np.uint16)
+
+
+def from_uint16(values: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """The inverse of `_to_uint16` for values in `original`'s range and dtype: 16-bit levels
+    back to the float or wide-integer values they stand for (rounded and clipped for
+    integers)."""
+    import numpy as np
+
+    kind = original.dtype.kind
+    if kind in "iu" and original.min() >= 0 and original.max() <= 65535:
+        return values.astype(original.dtype)
+    lo, hi = float(original.min()), float(original.max())
+    out = lo + values.astype(np.float64) * ((hi - lo) / 65535.0)
+    if kind in "iu":
+        info = np.iinfo(original.dtype)
+        out = np.clip(np.round(out), info.min, info.max)
+    return out.astype(original.dtype)
+
+
+def _check_finite(values: np.ndarray) -> None:
+    import numpy as np
+
+    if values.dtype.kind in "fc" and not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).sum())
+        raise ImageReadError(
+            f"{bad:,} pixel value(s) are NaN or infinite; replace them (e.g. with 0) and retry"
+        )
 
 
 # --- TIFF ----------------------------------------------------------------------------------
@@ -206,8 +244,12 @@ def _probe_tiff(path: Path) -> tuple[int, int, int, int]:
             page = tif.pages[0]
             shape, dtype = page.shape, page.dtype
             samples = page.samplesperpixel
+            # a float scan with a NaN is refused here, before its depth counts for a pack
+            values = page.asarray() if dtype is not None and dtype.kind in "fc" else None
     except Exception as exc:
         raise ImageReadError(f"not a readable TIFF ({exc})") from None
+    if values is not None:
+        _check_finite(values)
     if len(shape) < 2:
         raise ImageReadError(f"TIFF page has shape {shape}, not an image")
     height, width = (shape[0], shape[1]) if samples == 1 or shape[-1] == samples else shape[1:3]
@@ -229,8 +271,9 @@ def _tiff_picture(path: Path) -> Picture:
                 arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4)
             )
             photometric = page.photometric
-            if len(tif.pages) > 1:
-                notes.append(f"first of {len(tif.pages)} pages used")
+            pages = len(tif.pages)
+            if pages > 1:
+                notes.append(f"first of {pages} pages used")
     except Exception as exc:
         raise ImageReadError(f"corrupt or unreadable TIFF ({exc})") from None
     if arr.ndim == 3 and planar_first:
@@ -250,10 +293,11 @@ def _tiff_picture(path: Path) -> Picture:
         arr = np.iinfo(arr.dtype).max - arr if arr.dtype.kind == "u" else arr.max() - arr
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
+    original = None
     if arr.dtype not in (np.uint8, np.uint16):
-        arr = _to_uint16(arr, notes, f"TIFF {arr.dtype}")
+        original, arr = arr, _to_uint16(arr, notes, f"TIFF {arr.dtype}")
         alpha = None
-    return Picture(np.ascontiguousarray(arr), notes, alpha=alpha)
+    return Picture(np.ascontiguousarray(arr), notes, alpha=alpha, original=original, pages=pages)
 
 
 # --- DICOM ---------------------------------------------------------------------------------
@@ -289,9 +333,11 @@ def _dicom_picture(path: Path) -> Picture:
             f"cannot decode DICOM pixels ({exc}); compressed transfer syntaxes may need "
             "pylibjpeg or gdcm installed"
         ) from None
-    notes = []
+    _check_finite(values)
+    notes, frames = [], 1
     if values.ndim == 3 and int(getattr(ds, "SamplesPerPixel", 1)) == 1:
-        notes.append(f"first of {values.shape[0]} frames used")
+        frames = values.shape[0]
+        notes.append(f"first of {frames} frames used")
         values = values[0]
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         notes.append("MONOCHROME1 inverted")
@@ -301,7 +347,7 @@ def _dicom_picture(path: Path) -> Picture:
     arr = np.round((values - lo) * scale).astype(np.uint16)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return Picture(arr, notes, {"dicom_min": lo, "dicom_max": hi})
+    return Picture(arr, notes, {"dicom_min": lo, "dicom_max": hi}, pages=frames)
 
 
 # --- Conversions ---------------------------------------------------------------------------
@@ -430,14 +476,22 @@ def encode_array(arr: np.ndarray) -> bytes:
 
 
 def decode_array(data: bytes) -> np.ndarray:
-    """The inverse of `encode_array`; never unpickles (a shard may come from anywhere)."""
+    """The inverse of `encode_array`; never unpickles and never inflates a part past
+    MAX_PART_BYTES (a shard may come from anywhere: a few kB of zstd can claim gigabytes)."""
     import io
 
     import imagecodecs
     import numpy as np
 
+    declared = zstd_content_size(data)
+    if declared is not None and declared > MAX_PART_BYTES:
+        raise ValueError(
+            f"zstd array claims {declared:,} bytes, over the {MAX_PART_BYTES:,}-byte limit "
+            "for one image part"
+        )
     try:
-        arr = np.load(io.BytesIO(imagecodecs.zstd_decode(data)), allow_pickle=False)
+        raw = imagecodecs.zstd_decode(data, out=declared or MAX_PART_BYTES)
+        arr = np.load(io.BytesIO(raw), allow_pickle=False)
     except Exception as exc:  # zstd, npy header and pickle refusals: all mean a bad part
         raise ValueError(f"corrupt zstd array ({type(exc).__name__}: {exc})") from None
     if not isinstance(arr, np.ndarray):  # np.load also opens .npz archives
@@ -445,6 +499,26 @@ def decode_array(data: bytes) -> np.ndarray:
     if arr.ndim != 3 or arr.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"not an image array: {arr.dtype} {arr.shape}")
     return arr
+
+
+MAX_PART_BYTES = 1 << 28  # 256 MiB: a 4096 px RGB 16-bit image is 96 MiB
+
+
+def zstd_content_size(data: bytes) -> int | None:
+    """The decompressed size a Zstandard frame declares in its header (RFC 8878, 3.1.1.1),
+    or None when the frame does not declare it. Raises ValueError for a non-zstd header."""
+    if len(data) < 6 or data[:4] != b"\x28\xb5\x2f\xfd":
+        raise ValueError("not a zstd frame")
+    descriptor = data[4]
+    single_segment = bool(descriptor & 0x20)
+    field = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+    start = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 0x03]
+    if field == 0:
+        return None
+    if len(data) < start + field:
+        raise ValueError("truncated zstd frame header")
+    size = int.from_bytes(data[start : start + field], "little")
+    return size + 256 if field == 2 else size
 
 
 # the codecs of a shard's image parts: name -> (file extension, encode, decode)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -100,6 +101,7 @@ def pack_folder(
     if not options.damage:
         raise GanDistError("no damage configured: pass --damage PRESET|FILE")
     _check_source_dir(src, "SRC")
+    _check_out_is_not(out, [(src, "SRC")])
     skipped: list[Skipped] = []
     sources = []
     inside = out.resolve()
@@ -128,6 +130,8 @@ def pack_pairs(
     _check_source_dir(damaged_dir, "--damaged")
     if masks_dir is not None:
         _check_source_dir(masks_dir, "--masks")
+    named = [(clean_dir, "--clean"), (damaged_dir, "--damaged"), (masks_dir, "--masks")]
+    _check_out_is_not(out, [(folder, label) for folder, label in named if folder is not None])
     skipped: list[Skipped] = []
     clean = _index(clean_dir, "clean", skipped)
     damaged = _index(damaged_dir, "damaged", skipped)
@@ -196,8 +200,10 @@ def _pack(
             sink.close()
         counts = {split: sinks[split].total for split in SPLITS}
         if sum(counts.values()) == 0:
+            first = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3])
             raise GanDistError(
-                f"nothing packed: all {len(skipped)} input files were skipped (see the list above)"
+                f"nothing packed: all {len(skipped)} input files were skipped ({first}"
+                f"{'; ...' if len(skipped) > 3 else ''})"
                 if skipped
                 else "nothing packed: no images found"
             )
@@ -359,9 +365,16 @@ def crop_resize(arr: np.ndarray, box: tuple[int, int, int, int], size: int) -> n
 
 
 def _validate_options(options: PackOptions) -> None:
+    from gan_dist.recipe import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+
     problems = []
-    if options.size < 8:
-        problems.append(f"--size must be at least 8 (got {options.size})")
+    if not MIN_IMAGE_SIZE <= options.size <= MAX_IMAGE_SIZE:
+        problems.append(
+            f"--size must be {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} px: the smallest the nets "
+            f"train on, the largest a training sample can sensibly be (got {options.size})"
+        )
+    if not 0 <= options.seed < 2**63:
+        problems.append(f"--seed must be in 0..2**63-1 (got {options.seed})")
     if options.crops_per_image is not None and options.crops_per_image < 1:
         problems.append("--crops-per-image must be at least 1")
     if options.channels not in (None, 1, 3):
@@ -385,6 +398,12 @@ def _check_source_dir(path: Path, label: str) -> None:
         raise GanDistError(f"{label} {path} is not a directory")
     if next(_walk(path), None) is None:
         raise GanDistError(f"{label} {path} holds no files")
+
+
+def _check_out_is_not(out: Path, sources: list[tuple[Path, str]]) -> None:
+    for folder, label in sources:
+        if out.resolve() == folder.resolve():
+            raise GanDistError(f"OUT is {label} ({folder}): shards go to a folder of their own")
 
 
 def _walk(root: Path) -> Iterator[Path]:
@@ -413,15 +432,25 @@ def _index(root: Path, label: str, skipped: list[Skipped]) -> dict[str, Path]:
 
 
 def _prepare_out(out: Path, overwrite: bool) -> tuple[Path, bool]:
+    """The staging folder inside OUT. Refuses an OUT that holds a pack unless `overwrite`,
+    and, even with it, any file a new pack would replace that no gan-dist manifest there
+    lists: only what an earlier pack wrote is ever replaced."""
     if out.exists() and not out.is_dir():
         raise GanDistError(f"OUT {out} exists and is not a directory")
     if out.is_dir():
-        existing = sorted(p.name for p in out.iterdir() if _is_pack_output(p.name))
-        if existing and not overwrite:
+        owned = _old_pack(out)
+        if owned and not overwrite:
             raise GanDistError(
-                f"OUT {out} already holds packed shards ({', '.join(existing[:3])}"
-                f"{', ...' if len(existing) > 3 else ''}); pass --overwrite to replace them "
-                "or choose another folder"
+                f"OUT {out} already holds packed shards ({len(owned) - 1} listed in its "
+                f"{MANIFEST}); pass --overwrite to replace them or choose another folder"
+            )
+        foreign = sorted(
+            p.name for p in out.iterdir() if _is_pack_output(p.name) and p.name not in owned
+        )
+        if foreign:
+            raise GanDistError(
+                f"OUT {out} holds {foreign[0]}, which no gan-dist {MANIFEST} there lists; "
+                "a pack never replaces files it did not write: choose another folder"
             )
     created = not out.exists()
     staging = out / STAGING
@@ -440,7 +469,24 @@ def _prepare_out(out: Path, overwrite: bool) -> tuple[Path, bool]:
 
 
 def _is_pack_output(name: str) -> bool:
-    return name == MANIFEST or (name.endswith(".tar") and name.startswith(SPLITS))
+    """A name a pack writes: the manifest or a shard (`train-000000.tar`)."""
+    return name == MANIFEST or re.fullmatch(rf"({'|'.join(SPLITS)})-\d{{6}}\.tar", name) is not None
+
+
+def _old_pack(out: Path) -> set[str]:
+    """Names of the files an earlier pack wrote to `out` (its manifest's shards and the
+    manifest), or an empty set when it holds no gan-dist manifest."""
+    if not (out / MANIFEST).exists():
+        return set()
+    try:
+        names = {str(shard["name"]) for shard in read_manifest(out)["shards"]}
+    except (GanDistError, KeyError, TypeError):
+        raise GanDistError(
+            f"OUT {out} holds a {MANIFEST} that is not a readable gan-dist manifest; "
+            "choose another folder"
+        ) from None
+    # a listed name is only trusted when it is one a pack writes: never a path elsewhere
+    return {MANIFEST} | {name for name in names if _is_pack_output(name)}
 
 
 def _probe_all(
@@ -482,7 +528,11 @@ def _val_split(keys: list[str], fraction: float, seed: int) -> set[str]:
     sees training pixels), by a seeded hash so adding images leaves others where they were."""
     if fraction <= 0 or len(keys) < 2:
         return set()
-    ranked = sorted(keys, key=lambda k: hashlib.blake2b(f"{seed}:{k}".encode()).digest())
+    # surrogateescape: a name that is not UTF-8 (a byte the file system allows) still hashes
+    ranked = sorted(
+        keys,
+        key=lambda k: hashlib.blake2b(f"{seed}:{k}".encode("utf-8", "surrogateescape")).digest(),
+    )
     count = min(len(keys) - 1, max(1, round(fraction * len(keys))))
     return set(ranked[:count])
 
@@ -539,9 +589,8 @@ class _ShardSink:
 def _commit(staging: Path, out: Path, manifest: dict[str, Any]) -> None:
     """Old outputs go only now that the new ones are complete; the manifest comes last, so a
     folder with a manifest always holds every shard it lists."""
-    for old in out.iterdir():
-        if _is_pack_output(old.name):
-            old.unlink()
+    for name in _old_pack(out):
+        (out / name).unlink(missing_ok=True)
     for shard in manifest["shards"]:
         (staging / shard["name"]).rename(out / shard["name"])
     write_bytes_atomic(out / MANIFEST, json.dumps(manifest, indent=2).encode())

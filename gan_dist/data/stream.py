@@ -35,10 +35,10 @@ import sys
 import time
 import weakref
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -52,9 +52,10 @@ from gan_dist.errors import GanDistError
 log = logging.getLogger("gan_dist.data")
 
 
-def shard_urls(spec: str, split: str = "train") -> list[str]:
-    """A packed folder (its manifest lists the split's shards), or a brace pattern / list
-    of local paths or pipe: URLs as WebDataset understands them."""
+def shard_urls(spec: str, split: str = "train", allow_shell: bool = False) -> list[str]:
+    """A packed folder (its manifest lists the split's shards), or a brace pattern of local
+    paths, fsspec URLs (s3://, gs://, https://, ...) or, with `allow_shell`, pipe: commands.
+    Raises GanDistError for missing local shards and for a pipe: URL not allowed."""
     path = Path(spec)
     if path.is_dir():
         manifest = read_manifest(path)
@@ -63,6 +64,10 @@ def shard_urls(spec: str, split: str = "train") -> list[str]:
             raise GanDistError(f"{path}: the manifest lists no {split} shards")
         return urls
     urls = list(wds.shardlists.expand_urls(spec))
+    if not allow_shell and any(u.startswith("pipe:") for u in urls):
+        raise GanDistError(
+            f"{spec}: a pipe: URL runs a shell command; set data.allow_shell: true to allow it"
+        )
     local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
     missing = [u for u in local if not Path(u).is_file()]
     if missing:
@@ -73,7 +78,12 @@ def shard_urls(spec: str, split: str = "train") -> list[str]:
 
 
 def check_shards(
-    spec: str, channels: int, image_size: int, field: str, split: str = "train"
+    spec: str,
+    channels: int,
+    image_size: int,
+    field: str,
+    split: str = "train",
+    allow_shell: bool = False,
 ) -> None:
     """Fail before training if the shards do not match the recipe: a mismatch would make
     every sample undecodable and an endless stream skip forever."""
@@ -82,7 +92,8 @@ def check_shards(
         manifest = read_manifest(path)
         found = (manifest["channels"], manifest["image_size"])
     else:
-        local = [u for u in shard_urls(spec, split) if "://" not in u and not u.startswith("pipe:")]
+        urls = shard_urls(spec, split, allow_shell)
+        local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
         if not local:
             return
         found = _first_sample_shape(Path(local[0]))
@@ -185,6 +196,8 @@ class StreamConfig:
     world: int | None = None
     # a training stream that decodes nothing this long, every shard failing twice, raises
     stall_timeout_s: float = 60.0
+    # data.allow_shell: pipe: URLs may run their shell command
+    allow_shell: bool = False
 
 
 WARN_INTERVAL_S = 60.0  # at most one warning line per shard in this time
@@ -437,12 +450,48 @@ class _SlotSamples:
 
     def _read(self, shards: list[str], first: int, stride: int) -> Iterator[dict[str, Any]]:
         for url in shards:
-            samples = wds.tariterators.tarfile_samples([{"url": url}], handler=self.skips)
+            opened = _opened([{"url": url}], self.config.allow_shell, self.skips)
+            files = wds.tariterators.tar_file_expander(opened, handler=self.skips)
+            samples = wds.tariterators.group_by_keys(files, handler=self.skips)
             for i, sample in enumerate(samples):
                 if i % stride == first:
                     if self.decode.liveness is not None:
                         self.decode.liveness.read()
                     yield sample
+
+
+def open_shard(url: str, allow_shell: bool = False) -> IO[bytes]:
+    """A shard's bytes, read without a shell: a local path; a URL with a scheme through
+    fsspec (s3://, gs://, https://, file://; s3 and gs need `pip install s3fs` or `gcsfs`);
+    a `pipe:COMMAND` through WebDataset's shell pipe only when `allow_shell` (the recipe's
+    data.allow_shell). Raises GanDistError for a pipe: URL not allowed or a scheme with no
+    installed backend, OSError for an unreadable shard."""
+    if url.startswith("pipe:"):
+        if not allow_shell:
+            raise GanDistError(f"{url}: pipe: URLs need data.allow_shell: true")
+        return wds.gopen(url)
+    if "://" in url:
+        import fsspec
+
+        try:
+            return fsspec.open(url, "rb").open()
+        except (ImportError, ValueError) as exc:  # no backend for the scheme, bad URL
+            raise GanDistError(f"{url}: {exc}") from None
+    return open(url, "rb")
+
+
+def _opened(
+    sources: Iterable[dict[str, Any]], allow_shell: bool, handler: Callable[[Exception], bool]
+) -> Iterator[dict[str, Any]]:
+    """WebDataset's url_opener, with `open_shard` in place of its gopen (which would hand
+    any URL scheme to a subprocess)."""
+    for source in sources:
+        try:
+            yield source | {"stream": open_shard(source["url"], allow_shell)}
+        except Exception as exc:  # the shard is skipped with a warning, as a corrupt one is
+            exc.args = (*exc.args, source["url"])
+            if not handler(exc):
+                return
 
 
 def _ignore(_signum: int, _frame: object) -> None:
@@ -621,4 +670,4 @@ def _last_line(text: str) -> str:
 
 def make_stream(spec: str, config: StreamConfig, split: str | None = None) -> ShardStream:
     split = split or ("train" if config.train else "val")
-    return ShardStream(shard_urls(spec, split), config)
+    return ShardStream(shard_urls(spec, split, config.allow_shell), config)

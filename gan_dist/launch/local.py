@@ -155,12 +155,12 @@ def run_local(
     per_node = per_node_args(str(node_rank), main_addr, port)
     cmd = node_command(topology, per_node, train_args(frozen_recipe(run_dir), run_dir))
     env = launch_env(topology)
-    if not dry_run:
-        check_free(run_dir)  # before the frozen recipe of a running job is replaced
+    check_free(run_dir)  # before the frozen recipe of a running job is replaced
+    freeze_recipe(recipe, run_dir)  # the command reads it, so a dry run writes it too
     announce("running " + shlex.join([*(f"{k}={v}" for k, v in env.items()), *cmd]))
     if dry_run:
+        announce(f"dry run: wrote {frozen_recipe(run_dir)}, which that command reads")
         return 0
-    freeze_recipe(recipe, run_dir)
     before = run_status.read(run_dir)
     proc = subprocess.Popen(cmd, env={**os.environ, **env})
     # a signal to this process alone (kill PID, not the process group) still reaches the ranks

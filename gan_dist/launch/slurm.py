@@ -82,6 +82,7 @@ def render(recipe: Recipe, run_dir: Path) -> str:
         "signal_lead_s": str(slurm.signal_lead_s),
         "log": str(log),
         "run_dir": shlex.quote(str(run_dir)),
+        "workdir": shlex.quote(str(Path.cwd())),
         "python": shlex.quote(sys.executable),
         "exports": exports,
         "world": str(topo.world),

@@ -27,6 +27,8 @@ from gan_dist.train.swd import HoleSWD
 # Wang et al. 2003's scale weights; small images use the finest scales that fit, renormalised
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 SSIM_KERNEL = 11
+MAX_PSNR = 100.0  # dB: MSE 1e-10 of the [0, 1] range, far below one level of a 16-bit image
+MIN_MSE = 10 ** (-MAX_PSNR / 10)
 
 
 def ms_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -55,8 +57,10 @@ def repair_metrics(
 ) -> dict[str, torch.Tensor]:
     """Per-image metrics for images in [0, 1]: psnr, ssim and ms_ssim over the image;
     hole_psnr (dB), hole_ssim (the SSIM map's mean over the hole) and hole_l1 over the masked
-    pixels (NaN for an image without a hole)."""
+    pixels (NaN for an image without a hole). PSNR is capped at MAX_PSNR dB: an exact
+    image has an infinite one, which JSON cannot hold and no mean survives."""
     psnr = peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    psnr = psnr.clamp(max=MAX_PSNR)
     ssim, ssim_map = structural_similarity_index_measure(
         pred, target, data_range=1.0, reduction="none", return_full_image=True
     )
@@ -72,7 +76,9 @@ def repair_metrics(
         "psnr": psnr,
         "ssim": ssim,
         "ms_ssim": ms_ssim(pred, target),
-        "hole_psnr": torch.where(no_hole, nan, 10 * torch.log10(1.0 / hole_mse.clamp(min=1e-10))),
+        "hole_psnr": torch.where(
+            no_hole, nan, 10 * torch.log10(1.0 / hole_mse.clamp(min=10 ** (-MAX_PSNR / 10)))
+        ),
         "hole_ssim": torch.where(no_hole, nan, hole_ssim),
         "hole_l1": torch.where(no_hole, nan, hole_l1),
     }

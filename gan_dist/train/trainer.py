@@ -176,11 +176,15 @@ class _Run:
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
-        check_shards(data.train, data.channels, data.image_size, "data.train")
+        check_shards(
+            data.train, data.channels, data.image_size, "data.train", "train", data.allow_shell
+        )
         check_slots(data.train, world * max(1, data.workers), "data.train")
         self.val = validation_shards(data.train, data.val)
         if self.val:
-            check_shards(self.val, data.channels, data.image_size, "data.val", split="val")
+            check_shards(
+                self.val, data.channels, data.image_size, "data.val", "val", data.allow_shell
+            )
         ckpt = checkpoint.resolve(run_dir, resume)
         self.last_ckpt, self.step = (ckpt.path, ckpt.step) if ckpt else (None, 0)
 
@@ -227,6 +231,7 @@ class _Run:
                 rank=rank,
                 world=world,
                 stall_timeout_s=data.stall_timeout_s,
+                allow_shell=data.allow_shell,
             ),
         )
         weights = recipe.train.metric_weights
@@ -734,6 +739,7 @@ def _validate(
             workers=0,
             rank=accelerator.process_index,
             world=accelerator.num_processes,
+            allow_shell=data.allow_shell,
         ),
         split="val",
     )
@@ -810,7 +816,13 @@ def _fixed_samples(recipe: Recipe, val: str | None) -> dict[str, torch.Tensor] |
     split = "val" if val else "train"
     stream = make_stream(
         val or data.train,
-        StreamConfig(recipe.tracking.sample_count, data.channels, train=False, workers=0),
+        StreamConfig(
+            recipe.tracking.sample_count,
+            data.channels,
+            train=False,
+            workers=0,
+            allow_shell=data.allow_shell,
+        ),
         split=split,
     )
     with torch.random.fork_rng(devices=[]):  # a DataLoader draws its seed: keep resume exact

@@ -1,0 +1,334 @@
+"""Hostile and careless inputs to `gan-dist repair`: each kind of loss walked with several
+instances. Nothing a user hands us may be overwritten, matched wrongly, cut in depth or
+silently left unrepaired, and one odd file never stops a folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import hole, make_model, run_cli
+from gan_dist.data.images import decode_png, encode_png, read_image
+from gan_dist.errors import GanDistError
+from gan_dist.repair_files import plan, read_mask
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return make_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def grey(tmp_path_factory) -> Path:
+    return make_model(tmp_path_factory.mktemp("grey"), "data.channels=1")
+
+
+def photo(path: Path, h: int = 40, w: int = 48, value: int = 90) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(path.name))
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8) // 2 + value // 2).save(path)
+    return path
+
+
+def mask_file(path: Path, h: int = 40, w: int = 48, high: int = 255) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode_png((hole(h, w) * high).astype(np.uint8)[:, :, None]))
+    return path
+
+
+def snapshot(*folders: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for f in folders for p in f.rglob("*") if p.is_file()}
+
+
+# --- outputs never land on inputs or masks ---------------------------------------------------
+
+
+def test_the_reported_case_an_input_file_and_its_own_folder_as_output(model, tmp_path):
+    original = photo(tmp_path / "photos" / "a.png")
+    before = original.read_bytes()
+    args = ["repair", str(original), str(tmp_path / "photos"), "--model", str(model)]
+    result = run_cli(*args, "--overwrite", "--mask", str(mask_file(tmp_path / "m.png")))
+    assert result.returncode == 1 and "would overwrite an input image" in result.stderr
+    assert original.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "case", ["mask-file-as-output", "mask-folder-as-output", "inside-mask-folder", "symlink"]
+)
+def test_no_output_lands_on_an_input_or_a_mask(tmp_path, case):
+    src, masks = tmp_path / "photos", tmp_path / "masks"
+    photo(src / "a.png")
+    mask_file(masks / "a.png")
+    if case == "mask-file-as-output":
+        args = (src / "a.png", masks / "a.png", masks / "a.png")
+    elif case == "mask-folder-as-output":
+        args = (src, masks, masks)
+    elif case == "inside-mask-folder":
+        args = (src, masks / "repaired", masks)
+    else:  # an output path that is a symlink to the input itself
+        (tmp_path / "out").mkdir()
+        os.symlink(src / "a.png", tmp_path / "out" / "a.png")
+        args = (src, tmp_path / "out", masks)
+    with pytest.raises(GanDistError, match="would (overwrite|land inside)"):
+        plan(*args)
+
+
+def test_two_inputs_that_would_share_an_output_are_refused(tmp_path):
+    photo(tmp_path / "photos" / "a.png")
+    photo(tmp_path / "photos" / "a.jpg")
+    with pytest.raises(GanDistError, match="would both be written"):
+        plan(tmp_path / "photos", tmp_path / "out", None, "png")
+
+
+def test_an_output_suffix_that_cannot_be_written_is_refused_before_work(tmp_path):
+    with pytest.raises(GanDistError, match=r"OUTPUT .*\.gif"):
+        plan(photo(tmp_path / "a.png"), tmp_path / "a.gif", None)
+
+
+# --- masks by exact relative path and stem, one binarisation rule ----------------------------
+
+
+@pytest.mark.parametrize(
+    "image, masks, expected",
+    [
+        ("day.jpg", ["day.1.png"], None),  # another image's mask, never this one's
+        ("day.jpg", ["day.1.png", "day.png"], "day.png"),
+        ("photo[1].jpg", ["photo[1].png"], "photo[1].png"),  # not a glob
+        ("a*b?.png", ["axxbz.png", "a*b?.png"], "a*b?.png"),
+        ("scan.v2.tif", ["scan.png", "scan.v2.png"], "scan.v2.png"),
+        ("sub/x.png", ["x.png"], None),  # same stem, other folder
+    ],
+)
+def test_masks_match_by_exact_relative_path_and_full_stem(tmp_path, image, masks, expected):
+    photo(tmp_path / "src" / image)
+    for name in masks:
+        mask_file(tmp_path / "masks" / name)
+    (job,) = plan(tmp_path / "src", tmp_path / "out", tmp_path / "masks")
+    assert job.problem == ""
+    found = job.mask.name if job.mask else None
+    assert found == expected
+
+
+def test_two_masks_for_one_image_fail_that_image_naming_both(model, tmp_path):
+    photo(tmp_path / "src" / "a.png")
+    photo(tmp_path / "src" / "b.png")
+    for name in ("a.png", "a.tif", "b.png"):
+        mask_file(tmp_path / "masks" / name)
+    args = [str(tmp_path / "src"), str(tmp_path / "out"), "--mask", str(tmp_path / "masks")]
+    result = run_cli("repair", *args, "--model", str(model), "--json")
+    assert result.returncode == 1
+    rows = {Path(r["source"]).name: r for r in json.loads(result.stdout)["files"]}
+    assert rows["a.png"]["status"] == "failed"
+    assert "a.png" in rows["a.png"]["detail"] and "a.tif" in rows["a.png"]["detail"]
+    assert rows["b.png"]["status"] == "repaired"
+
+
+@pytest.mark.parametrize(
+    "values, dtype, rule",
+    [
+        ((0, 1), np.uint8, "0/1"),  # the common export that used to repair nothing
+        ((0, 1), np.uint16, "0/1"),
+        ((0, 255), np.uint8, ""),
+        ((0, 65535), np.uint16, ""),
+        ((3, 250), np.uint8, ""),  # a lossy-saved white-on-black mask
+    ],
+)
+def test_one_binarisation_rule_takes_0_1_masks_and_says_so(tmp_path, values, dtype, rule):
+    truth = hole(40, 48)
+    arr = np.where(truth, values[1], values[0]).astype(dtype)[:, :, None]
+    path = tmp_path / "m.png"
+    path.write_bytes(encode_png(arr))
+    got, applied = read_mask(path, (40, 48), 10**8)
+    assert np.array_equal(got, truth)
+    assert (rule in applied) if rule else applied == ""
+
+
+def test_a_0_1_mask_repairs_its_hole_and_an_empty_mask_is_its_own_status(model, tmp_path):
+    photo(tmp_path / "src" / "ones.png")
+    photo(tmp_path / "src" / "empty.png")
+    mask_file(tmp_path / "masks" / "ones.png", high=1)
+    (tmp_path / "masks" / "empty.png").write_bytes(encode_png(np.zeros((40, 48, 1), np.uint8)))
+    args = [str(tmp_path / "src"), str(tmp_path / "out"), "--mask", str(tmp_path / "masks")]
+    result = run_cli("repair", *args, "--model", str(model), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    rows = {Path(r["source"]).name: r for r in summary["files"]}
+    assert rows["ones.png"]["status"] == "repaired" and "0/1" in rows["ones.png"]["detail"]
+    assert rows["empty.png"]["status"] == "no hole" and not (tmp_path / "out/empty.png").exists()
+    src = read_image(tmp_path / "src" / "ones.png").pixels
+    out = read_image(tmp_path / "out" / "ones.png").pixels
+    m = hole(40, 48)
+    assert not np.array_equal(out[m], src[m]) and np.array_equal(out[~m], src[~m])
+
+
+# --- pixels kept exactly, or the user is told -------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_pixel_fails_the_file_instead_of_blanking_it(grey, tmp_path, dtype, bad):
+    import tifffile
+
+    arr = np.linspace(0, 1, 40 * 48, dtype=dtype).reshape(40, 48)
+    arr[5, 7] = bad
+    (tmp_path / "src").mkdir()
+    tifffile.imwrite(tmp_path / "src" / "scan.tif", arr)
+    mask_file(tmp_path / "masks" / "scan.png")
+    args = [str(tmp_path / "src"), str(tmp_path / "out"), "--mask", str(tmp_path / "masks")]
+    result = run_cli("repair", *args, "--model", str(grey))
+    assert result.returncode == 1
+    assert "NaN or infinite" in result.stdout and not (tmp_path / "out" / "scan.tif").exists()
+
+
+def test_lossless_webp_stays_lossless_and_jpeg_is_named(model, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(src / "a.webp", lossless=True)
+    Image.fromarray(arr).save(src / "b.jpg", quality=90)
+    for name in ("a.png", "b.png"):
+        mask_file(tmp_path / "masks" / name)
+    args = [str(src), str(tmp_path / "out"), "--mask", str(tmp_path / "masks"), "--json"]
+    result = run_cli("repair", *args, "--model", str(model))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {Path(r["source"]).name: r for r in json.loads(result.stdout)["files"]}
+    assert "re-encodes the known pixels" in rows["b.jpg"]["detail"]
+    m = hole(40, 48)
+    webp = read_image(tmp_path / "out" / "a.webp").pixels
+    assert np.array_equal(webp[~m], arr[~m])
+    exact = run_cli("repair", *args, "--model", str(model), "--format", "png")
+    assert exact.returncode == 0, exact.stdout + exact.stderr
+    decoded = read_image(src / "b.jpg").pixels
+    assert np.array_equal(read_image(tmp_path / "out" / "b.png").pixels[~m], decoded[~m])
+
+
+def test_16_bit_grey_alpha_keeps_depth_and_alpha(grey, tmp_path):
+    rng = np.random.default_rng(1)
+    arr = rng.integers(0, 65536, (40, 48, 2), dtype=np.uint16)
+    (tmp_path / "la16.png").write_bytes(encode_png(arr))
+    out = tmp_path / "out.png"
+    args = [str(tmp_path / "la16.png"), str(out), "--mask", str(mask_file(tmp_path / "m.png"))]
+    result = run_cli("repair", *args, "--model", str(grey))
+    assert result.returncode == 0, result.stdout + result.stderr
+    back = decode_png(out.read_bytes())
+    m = hole(40, 48)
+    assert back.dtype == np.uint16 and back.shape == (40, 48, 2)
+    assert np.array_equal(back[:, :, 1], arr[:, :, 1])
+    assert np.array_equal(back[:, :, 0][~m], arr[:, :, 0][~m])
+
+
+def test_16_bit_into_a_format_that_cannot_hold_it_fails_before_computing(model, tmp_path):
+    arr = np.random.default_rng(2).integers(0, 65536, (40, 48, 3), dtype=np.uint16)
+    (tmp_path / "deep.png").write_bytes(encode_png(arr))
+    args = [str(tmp_path / "deep.png"), str(tmp_path / "deep.jpg"), "--model", str(model)]
+    result = run_cli("repair", *args, "--mask", str(mask_file(tmp_path / "m.png")))
+    assert result.returncode == 1 and "cannot hold 16-bit" in result.stdout
+    assert not (tmp_path / "deep.jpg").exists()
+
+
+# --- one file never stops a folder; every file is named whole ---------------------------------
+
+
+def test_odd_files_are_rows_and_the_folder_goes_on(model, tmp_path):
+    src = tmp_path / "a-rather-long-folder-name-that-a-table-would-cut" / "src"
+    masks = tmp_path / "m"
+    photo(src / "ok.png")
+    Image.fromarray(np.zeros((1, 3000, 3), np.uint8) + 40).save(src / "line.png")  # 3000x1
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(src / "tiny.png")
+    Image.fromarray(np.zeros((60, 60, 3), np.uint8)).save(src / "big.png")  # over --max-pixels
+    mask_file(masks / "ok.png")
+    for name, (h, w) in {"line.png": (1, 3000), "tiny.png": (2, 2), "big.png": (60, 60)}.items():
+        (masks / name).write_bytes(encode_png(np.full((h, w, 1), 255, np.uint8)))
+    args = [str(src), str(tmp_path / "out"), "--mask", str(masks), "--max-pixels", "3000"]
+    result = run_cli("repair", *args, "--model", str(model))
+    assert result.returncode == 1, result.stdout + result.stderr  # big.png failed
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for name in ("ok.png", "line.png", "tiny.png"):
+        (row,) = [ln for ln in lines if str(src / name) in ln]  # the whole path, uncut
+        assert "repaired" in row, row
+    (row,) = [ln for ln in lines if str(src / "big.png") in ln]
+    assert "failed" in row and "3,000 pixel limit" in row
+    assert "3 repaired, 1 failed, 0 skipped" in result.stdout
+
+
+def test_every_table_names_each_cell_whole_outside_a_terminal():
+    """`models list`, `data pack` and `repair` print through the same consoles: in a SLURM
+    log or a pipe, neither a long file name nor a header may be cut to fit 80 columns."""
+    import subprocess
+    import sys
+
+    code = (
+        "from rich.table import Table\n"
+        "from gan_dist.cli._common import out\n"
+        "t = Table('registered model name', 'latest version', 'aliases', 'description')\n"
+        "t.add_row('/data/big/' + 'x' * 120 + '/broken.png', '12', 'champion', 'y' * 90)\n"
+        "out.print(t)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    for whole in ("/data/big/" + "x" * 120 + "/broken.png", "registered model name", "y" * 90):
+        assert whole in done.stdout
+    assert "…" not in done.stdout
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.uint32, np.float64])
+def test_float_and_wide_tiffs_come_back_in_their_own_type_with_known_values_exact(
+    grey, tmp_path, dtype
+):
+    import tifffile
+
+    rng = np.random.default_rng(5)
+    if np.dtype(dtype).kind == "f":
+        arr = rng.normal(0, 1000, (40, 48)).astype(dtype)
+    else:
+        info = np.iinfo(dtype)
+        arr = rng.integers(max(info.min, -(2**20)), min(info.max, 2**24), (40, 48)).astype(dtype)
+    tifffile.imwrite(tmp_path / "scan.tif", arr)
+    out = tmp_path / "out.tif"
+    args = [str(tmp_path / "scan.tif"), str(out), "--mask", str(mask_file(tmp_path / "m.png"))]
+    result = run_cli("repair", *args, "--model", str(grey))
+    assert result.returncode == 0, result.stdout + result.stderr
+    back = tifffile.imread(out)
+    m = hole(40, 48)
+    assert back.dtype == arr.dtype and back.shape == arr.shape
+    assert np.array_equal(back[~m], arr[~m])
+    assert arr.min() <= back[m].min() and back[m].max() <= arr.max()
+
+
+def test_a_multi_page_tiff_fails_instead_of_losing_pages(grey, tmp_path):
+    import tifffile
+
+    pages = np.random.default_rng(6).integers(0, 65535, (3, 40, 48), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "stack.tif", pages)
+    args = [str(tmp_path / "stack.tif"), str(tmp_path / "out.tif")]
+    result = run_cli(
+        "repair", *args, "--mask", str(mask_file(tmp_path / "m.png")), "--model", str(grey)
+    )
+    assert result.returncode == 1 and "3 pages" in result.stdout
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_format_and_an_output_suffix_that_disagree_are_refused(tmp_path):
+    with pytest.raises(GanDistError, match="--format png but OUTPUT"):
+        plan(photo(tmp_path / "a.jpg"), tmp_path / "b.jpg", None, "png")
+
+
+def test_an_empty_mask_writes_the_image_unchanged_over_an_older_output(model, tmp_path):
+    src = photo(tmp_path / "a.png")
+    out = tmp_path / "out.png"
+    photo(out, value=200)  # an older output
+    (tmp_path / "m.png").write_bytes(encode_png(np.zeros((40, 48, 1), np.uint8)))
+    args = [str(src), str(out), "--mask", str(tmp_path / "m.png"), "--overwrite", "--json"]
+    result = run_cli("repair", *args, "--model", str(model))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json.loads(result.stdout)["files"]
+    assert row["status"] == "no hole"
+    assert np.array_equal(read_image(out).pixels, read_image(src).pixels)
