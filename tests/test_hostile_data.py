@@ -54,7 +54,7 @@ def test_ordinary_zstd_parts_still_decode_exactly():
 @pytest.mark.parametrize("size", ["8", "16", "31"])
 def test_pack_refuses_a_size_no_net_trains_on(photo_dir, tmp_path, size):
     result = pack_cli(str(photo_dir), str(tmp_path / "out"), "--size", size)
-    assert result.exit_code == 1 and "at least 32 px" in result.output
+    assert result.exit_code == 1 and "must be 32 to 8192 px" in result.output
     assert not (tmp_path / "out").exists()
 
 
