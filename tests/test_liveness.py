@@ -284,7 +284,8 @@ def test_data_workers_never_outlive_their_trainer(own_shards, tmp_path):
 def test_a_stop_signal_reaches_a_run_whose_data_read_blocks(packed, tmp_path):
     """Found by trying: with a read that never returns (a hung mount; here a pipe), SIGTERM
     was ignored for minutes and status.json stayed `running`."""
-    run = Trainer(packed, tmp_path / "run", **{"data.train": "pipe:sleep 619", "data.val": "null"})
+    settings = {"data.train": "pipe:sleep 619", "data.val": "null", "data.allow_shell": "true"}
+    run = Trainer(packed, tmp_path / "run", **settings)
     time.sleep(12)  # start-up is over: it waits for its first samples
     run.signal(signal.SIGTERM)
     code, seconds = run.finish(timeout=90)

@@ -321,7 +321,7 @@ def test_a_read_that_blocks_for_ever_is_bounded(tmp_path):
     never ends) reached no liveness check and the run waited for ever."""
     from gan_dist.data.stream import DataStalled
 
-    cfg = StreamConfig(2, 3, train=True, workers=1, stall_timeout_s=2)
+    cfg = StreamConfig(2, 3, train=True, workers=1, stall_timeout_s=2, allow_shell=True)
     stream = make_stream("pipe:sleep 617", cfg)
     started = time.monotonic()
     try:
