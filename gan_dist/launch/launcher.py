@@ -11,6 +11,7 @@ that crashed, a bad argument) comes out exactly as Accelerate reports it.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 
@@ -22,13 +23,22 @@ def main() -> int:
     try:
         launch_command(args)
     except SignalException as exc:
-        print(
-            f"gan-dist launcher: {exc.sigval.name} passed on to the ranks, which have stopped",
-            file=sys.stderr,
-            flush=True,
-        )
-        return 128 + int(exc.sigval)
+        return _stopped(signal.Signals(int(exc.sigval)))
+    except SystemExit as exc:  # accelerate >= 1.16 turns the SignalException into this exit
+        code = exc.code if isinstance(exc.code, int) else 1
+        if code - 128 in (signal.SIGTERM, signal.SIGUSR1):
+            return _stopped(signal.Signals(code - 128))
+        raise
     return 0
+
+
+def _stopped(sig: signal.Signals) -> int:
+    print(
+        f"gan-dist launcher: {sig.name} passed on to the ranks, which have stopped",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 128 + int(sig)
 
 
 if __name__ == "__main__":
