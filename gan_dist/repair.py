@@ -20,8 +20,10 @@ met (a faint cross inside large holes). Memory for this grows with the holes' bo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -32,6 +34,18 @@ from gan_dist.data.images import (
 )
 from gan_dist.errors import GanDistError
 from gan_dist.models import RepairModel
+
+T = TypeVar("T")
+
+
+class Raster(Protocol):
+    """What repair reads an image or mask through: a numpy array, or anything with a shape
+    and dtype that returns numpy arrays for [rows, columns] slices (a TIFF read in bands)."""
+
+    shape: tuple[int, ...]
+    dtype: Any
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray: ...
 
 
 def repair_array(
@@ -44,53 +58,76 @@ def repair_array(
 ) -> np.ndarray:
     """pixels (H, W, C) uint8/uint16, mask (H, W) bool or None -> repaired, same shape and
     dtype. Without a mask an inpainting model has nothing to do; a global-restoration model
-    (denoise, deblur) restores every pixel."""
+    (denoise, deblur) restores every pixel. Raises GanDistError for a mask of another size
+    or an image whose channels the model cannot take."""
     if pixels.ndim == 2:
         return repair_array(model, pixels[:, :, None], mask, tile, overlap, batch)[:, :, 0]
+    out = np.empty_like(pixels)
+    for top, rows in repair_rows(model, pixels, mask, tile, overlap, batch):
+        out[top : top + len(rows)] = rows
+    return out
+
+
+def repair_rows(
+    model: RepairModel,
+    pixels: Raster,
+    mask: Raster | None,
+    tile: int = 256,
+    overlap: int = 32,
+    batch: int = 4,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """`repair_array` one band of finished rows at a time, top to bottom: yields (top, rows
+    (n, W, C) in pixels' dtype) covering every row once, in order.
+
+    pixels (H, W, C) and mask (H, W) may be anything sliced like numpy arrays by
+    [rows, columns] (a TIFF read in bands, `gan_dist.data.tiff_stream`): only the rows of one
+    band of tiles, and the bounding boxes of the holes it crosses, are read at a time, so
+    memory does not grow with the image. Tiles without a hole pixel are not run through an
+    inpainting model (their output would be discarded)."""
     composite = bool(model.spec["model"]["composite"])
     height, width, channels = pixels.shape
-    if mask is not None and mask.shape != (height, width):
+    if mask is not None and tuple(mask.shape) != (height, width):
         raise GanDistError(f"mask is {mask.shape[1]}x{mask.shape[0]}, image {width}x{height}")
-    if composite and (mask is None or not mask.any()):
-        return pixels.copy()
     if channels != model.channels and not (channels == 1 and model.channels == 3):
         raise GanDistError(
             f"the model repairs {model.channels}-channel images, this one has {channels}"
             + ("; convert it to greyscale first" if model.channels == 1 else "")
         )
-    if mask is None:
-        mask = np.zeros((height, width), dtype=bool)
+    if mask is None:  # a view of one False: no memory whatever the size
+        mask = np.broadcast_to(np.False_, (height, width))
+    boxes = _hole_boxes(mask, height, width)
+    if composite and not boxes:
+        for top in range(0, height, _READ_ROWS):
+            yield top, np.asarray(pixels[top : top + _READ_ROWS, :])
+        return
     divisor = model.size_divisor
     tile = max(divisor, tile // divisor * divisor)
     overlap = min(overlap, tile // 2)
     th, tw = min(tile, _round_up(height, divisor)), min(tile, _round_up(width, divisor))
-    out = pixels.copy()
     precision = model.precision_for(pixels.dtype)
     prefill = model.spec["model"].get("prefill", "none")
-    fills = _hole_fills(pixels, mask, prefill, model.channels) if prefill != "none" else []
+    fills = _Prefills(pixels, mask, boxes if prefill != "none" else [], prefill, model.channels)
     band = _Band(width, th, model.channels)
     window = _window(th, tw, overlap)
     rows = _starts(height, th, th - overlap)
     for i, y in enumerate(rows):
         band.move_to(y)
-        xs = _starts(width, tw, tw - overlap)
-        for chunk in _chunks(xs, batch):
-            images, masks = zip(
-                *(_tile(pixels, mask, y, x, th, tw, model.channels) for x in chunk), strict=True
-            )
-            starts = [_start(im, y, x, fills) for im, x in zip(images, chunk, strict=True)]
+        done_until = rows[i + 1] if i + 1 < len(rows) else height
+        active = fills.crossing(y, y + th)
+        tiles = _band_tiles(pixels, mask, y, th, tw, overlap, model.channels, composite)
+        for chunk in _chunks(tiles, batch):
+            xs, images, masks = zip(*chunk, strict=True)
+            starts = [_start(im, y, x, active) for im, x in zip(images, xs, strict=True)]
             pred = model.forward(
                 torch.from_numpy(np.stack(images)),
                 torch.from_numpy(np.stack(masks)),
                 precision,
-                torch.from_numpy(np.stack(starts)) if fills else None,
+                torch.from_numpy(np.stack(starts)) if fills.kind != "none" else None,
             )
             pred = pred.cpu().numpy().transpose(0, 2, 3, 1)
-            for x, p in zip(chunk, pred, strict=True):
+            for x, p in zip(xs, pred, strict=True):
                 band.add(p, x, window)
-        done_until = rows[i + 1] if i + 1 < len(rows) else height
-        _finish(out, band.take(y, done_until), mask, y, composite)
-    return out
+        yield y, _finish(pixels, mask, band.take(y, done_until), y, composite)
 
 
 @dataclass
@@ -127,23 +164,43 @@ class _Band:
         return self.sums[:n] / np.maximum(self.weights[:n], 1e-8)
 
 
-def _finish(out: np.ndarray, rows: np.ndarray, mask: np.ndarray, top: int, composite: bool):
-    """Blended rows in [-1, 1] -> the output's dtype and channels; holes only if compositing."""
-    n = min(len(rows), out.shape[0] - top)
-    values = from_float((rows[:n] + 1) / 2, out.dtype)
-    values = to_channels(values, out.shape[2])
-    if composite:
-        hole = mask[top : top + n]
-        out[top : top + n][hole] = values[hole]
-    else:
-        out[top : top + n] = values
+def _finish(pixels: Raster, mask: Raster | None, rows: np.ndarray, top: int, composite: bool):
+    """Blended rows in [-1, 1] -> output rows in the pixels' dtype and channels; for an
+    inpainting model, the input's rows with only their hole pixels replaced."""
+    n = min(len(rows), pixels.shape[0] - top)
+    values = from_float((rows[:n] + 1) / 2, pixels.dtype)
+    values = to_channels(values, pixels.shape[2])
+    if not composite:
+        return values
+    out = np.array(pixels[top : top + n, :])
+    hole = np.asarray(mask[top : top + n, :])
+    out[hole] = values[hole]
+    return out
+
+
+def _band_tiles(
+    pixels: Raster,
+    mask: Raster | None,
+    y: int,
+    th: int,
+    tw: int,
+    overlap: int,
+    channels: int,
+    composite: bool,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(x, image, hole) for the tiles of the band of rows starting at y; for an inpainting
+    model only the tiles that hold a hole pixel."""
+    for x in _starts(pixels.shape[1], tw, tw - overlap):
+        if composite and not np.asarray(mask[y : y + th, x : x + tw]).any():
+            continue
+        yield x, *_tile(pixels, mask, y, x, th, tw, channels)
 
 
 def _tile(pixels, mask, y, x, th, tw, channels) -> tuple[np.ndarray, np.ndarray]:
     """One tile as the net's input: (C, th, tw) in [-1, 1] with holes black, as in
     training; tiles of an image smaller than the tile are padded by edge replication."""
-    img = pixels[y : y + th, x : x + tw]
-    hole = mask[y : y + th, x : x + tw]
+    img = np.asarray(pixels[y : y + th, x : x + tw])
+    hole = np.asarray(mask[y : y + th, x : x + tw])
     pad = ((0, th - img.shape[0]), (0, tw - img.shape[1]))
     if pad[0][1] or pad[1][1]:
         img = np.pad(img, (*pad, (0, 0)), mode="edge")
@@ -154,27 +211,63 @@ def _tile(pixels, mask, y, x, th, tw, channels) -> tuple[np.ndarray, np.ndarray]
     return value.transpose(2, 0, 1).copy(), hole[None].astype(np.float32)
 
 
-HOLE_MARGIN = 16  # px of known context around each hole's bounding box for its prefill
+HOLE_MARGIN = 16  # px: holes are grouped on a grid of cells this size (see _hole_boxes)
+_READ_ROWS = 256  # rows of the mask (a multiple of HOLE_MARGIN) or image read at once
 
 
-def _hole_fills(
-    pixels: np.ndarray, mask: np.ndarray, kind: str, channels: int
-) -> list[tuple[int, int, np.ndarray]]:
-    """(top, left, filled (C, h, w) in [-1, 1]) for every group of holes closer than twice
-    HOLE_MARGIN, each solved once on its bounding box plus HOLE_MARGIN px (clipped to the
-    image); see the module docstring."""
+def _hole_boxes(mask: Raster, height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """(top, bottom, left, right) px of every group of holes, each with at least
+    HOLE_MARGIN px of known context on every side (clipped to the image), sorted by top.
+
+    Found on a grid of HOLE_MARGIN px cells (a cell is marked when it holds a hole pixel,
+    then grown by one cell), read in bands of rows, so that a mask of any size costs
+    1/HOLE_MARGIN^2 of its pixels in memory; holes within about two cells of each other
+    share a box."""
     from scipy import ndimage
 
-    from gan_dist.nets.prefill import fill_holes
+    m = HOLE_MARGIN
+    cells = np.zeros((_round_up(height, m) // m, _round_up(width, m) // m), bool)
+    for top in range(0, height, _READ_ROWS):
+        rows = np.asarray(mask[top : top + _READ_ROWS, :])
+        h = rows.shape[0]
+        padded = np.zeros((_round_up(h, m), cells.shape[1] * m), bool)
+        padded[:h, :width] = rows
+        cells[top // m : (top + h + m - 1) // m] = padded.reshape(-1, m, cells.shape[1], m).any(
+            axis=(1, 3)
+        )
+    square = np.ones((3, 3), bool)
+    labels, _ = ndimage.label(ndimage.binary_dilation(cells, square), square)
+    boxes = [
+        (ys.start * m, min(ys.stop * m, height), xs.start * m, min(xs.stop * m, width))
+        for ys, xs in ndimage.find_objects(labels)
+    ]
+    return sorted(boxes)
 
-    grown = ndimage.binary_dilation(mask, iterations=HOLE_MARGIN)
-    fills = []
-    for box in ndimage.find_objects(ndimage.label(grown)[0]):
-        (top, bottom), (left, right) = ((s.start, s.stop) for s in box)
-        value, hole = _tile(pixels, mask, top, left, bottom - top, right - left, channels)
-        filled = fill_holes(torch.from_numpy(value)[None], 1 - torch.from_numpy(hole)[None], kind)
-        fills.append((top, left, filled[0].clamp(-1, 1).numpy()))
-    return fills
+
+class _Prefills:
+    """The prefill of every group of holes, each solved once on its whole box (see the
+    module docstring), computed when the first band of tiles reaches it and dropped once
+    the bands have passed it, so memory grows with the holes of one band, not the image."""
+
+    def __init__(self, pixels, mask, boxes: list, kind: str, channels: int) -> None:
+        self.pixels, self.mask, self.kind, self.channels = pixels, mask, kind, channels
+        self.waiting = list(reversed(boxes))  # popped from the end: top-most first
+        self.active: list[tuple[int, int, np.ndarray]] = []
+        self.kind = kind if boxes else "none"
+
+    def crossing(self, top: int, bottom: int) -> list[tuple[int, int, np.ndarray]]:
+        """(top, left, filled (C, h, w) in [-1, 1]) of the boxes that rows [top, bottom)
+        cross; calls must come with non-decreasing `top`."""
+        from gan_dist.nets.prefill import fill_holes
+
+        self.active = [f for f in self.active if f[0] + f[2].shape[1] > top]
+        while self.waiting and self.waiting[-1][0] < bottom:
+            y0, y1, x0, x1 = self.waiting.pop()
+            value, hole = _tile(self.pixels, self.mask, y0, x0, y1 - y0, x1 - x0, self.channels)
+            known = 1 - torch.from_numpy(hole)[None]
+            filled = fill_holes(torch.from_numpy(value)[None], known, self.kind)
+            self.active.append((y0, x0, filled[0].clamp(-1, 1).numpy()))
+        return self.active
 
 
 def _start(tile: np.ndarray, y: int, x: int, fills: list) -> np.ndarray:
@@ -212,13 +305,14 @@ def _starts(length: int, size: int, stride: int) -> list[int]:
     return [*starts, length - size]
 
 
-def _chunks(items: list[int], n: int) -> Iterator[list[int]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
+def _chunks(items: Iterable[T], n: int) -> Iterator[list[T]]:
+    it = iter(items)
+    while chunk := list(islice(it, n)):
+        yield chunk
 
 
 def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k
 
 
-__all__ = ["repair_array"]
+__all__ = ["Raster", "repair_array", "repair_rows"]

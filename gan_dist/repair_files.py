@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +33,17 @@ from gan_dist.data.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
     Picture,
+    atomic_file,
     from_uint16,
     read_image,
     to_bit_depth,
     to_channels,
     write_bytes_atomic,
 )
+from gan_dist.data.tiff_stream import BAND_ROWS, TiffRaster, open_tiff, write_tiff
 from gan_dist.errors import GanDistError
 from gan_dist.models import RepairModel
-from gan_dist.repair import repair_array
+from gan_dist.repair import repair_rows
 
 # what each output suffix can hold: (16-bit, alpha, lossless)
 WRITABLE = {
@@ -52,6 +56,7 @@ WRITABLE = {
     ".jpeg": (False, False, False),
 }
 FORMATS = ("same", "png", "tif")
+TIFF = (".tif", ".tiff")
 STATUSES = ("repaired", "failed", "skipped", "no hole")
 
 
@@ -206,51 +211,85 @@ def repair_files(
 
 
 def _repair_one(model, job: Job, tile, overlap, batch, max_pixels) -> FileResult:
-    picture = read_image(job.image, max_pixels)
-    pixels = picture.pixels
-    size = f"{pixels.shape[1]}x{pixels.shape[0]} {picture.bit_depth}-bit"
     suffix = job.target.suffix.lower()
-    notes = [n for n in picture.notes if n != "alpha channel dropped"]
-    notes += _check_writable(suffix, picture)
-    if picture.pages > 1:
-        raise GanDistError(
-            f"{picture.pages} pages or frames: repair writes one; split the file and repair "
-            "each page"
-        )
-    mask, status = None, "repaired"
-    composite = model.spec["model"]["composite"]
-    if job.mask is not None:
-        mask, rule = read_mask(job.mask, pixels.shape[:2], max_pixels)
-        notes += [rule] if rule else []
-        if composite and not mask.any():  # an inpainting model keeps every pixel
-            status = "no hole"
-            notes.insert(0, f"mask {job.mask} marks no pixel (white = hole): written unchanged")
-    elif composite:
-        raise GanDistError("no mask found (an inpainting model needs one: --mask FILE|DIR)")
-    repaired = repair_array(model, pixels, mask, tile, overlap, batch)
-    if picture.original is not None:  # float or 32-bit data: known values back exactly
-        restored = picture.original.copy()
-        hole = mask if mask is not None else np.ones(pixels.shape[:2], bool)
-        restored[hole] = from_uint16(repaired, picture.original)[hole]
-        repaired = restored
-        notes = [n for n in notes if "rescaled to 0..65535" not in n]
-    if picture.alpha is not None:
-        if WRITABLE[suffix][1]:
-            alpha = to_bit_depth(picture.alpha, repaired.dtype.itemsize * 8)
-            repaired = np.concatenate([repaired, alpha[:, :, None]], axis=2)
-        else:
+    with ExitStack() as stack:
+        picture = _open_image(job.image, suffix, max_pixels, stack)
+        height, width = picture.pixels.shape[:2]
+        size = f"{width}x{height} {picture.bit_depth}-bit"
+        notes = [n for n in picture.notes if n != "alpha channel dropped"]
+        notes += _check_writable(suffix, picture)
+        if picture.pages > 1:
+            raise GanDistError(
+                f"{picture.pages} pages or frames: repair writes one; split the file and "
+                "repair each page"
+            )
+        mask, status = None, "repaired"
+        composite = model.spec["model"]["composite"]
+        if job.mask is not None:
+            mask, rule = read_mask(job.mask, (height, width), max_pixels, stack)
+            notes += [rule] if rule else []
+            if composite and not mask.any():  # an inpainting model keeps every pixel
+                status = "no hole"
+                notes.insert(0, f"mask {job.mask} marks no pixel (white = hole): written unchanged")
+        elif composite:
+            raise GanDistError("no mask found (an inpainting model needs one: --mask FILE|DIR)")
+        rows = repair_rows(model, picture.pixels, mask, tile, overlap, batch)
+        if picture.original is not None:  # float or 32-bit data: known values back exactly
+            rows = iter([(0, _restore_original(picture.original, rows, mask))])
+            notes = [n for n in notes if "rescaled to 0..65535" not in n]
+        if picture.alpha is not None and not WRITABLE[suffix][1]:
             notes.append(f"alpha channel dropped ({suffix} output)")
-    write_bytes_atomic(job.target, encode_image(repaired, suffix))
+        elif picture.alpha is not None:
+            rows = _with_alpha(rows, picture.alpha)
+        _write(job.target, suffix, rows, height)
     holes = f"{mask.mean():.1%} of pixels" if mask is not None else "all pixels"
     detail = "; ".join(notes if status == "no hole" else [holes, *notes])
     return FileResult(job.image, job.target, status, detail, 0, size)
+
+
+def _open_image(path: Path, suffix: str, max_pixels: int, stack: ExitStack):
+    """A TIFF repaired into a TIFF is read in bands where its layout allows (memory stays
+    flat whatever its size); anything else is decoded whole."""
+    if _is_tiff(path) and suffix in TIFF:
+        raster = open_tiff(path, max_pixels)
+        if raster is not None:
+            return stack.enter_context(raster)
+    return read_image(path, max_pixels)
+
+
+def _restore_original(original: np.ndarray, rows, mask) -> np.ndarray:
+    """The decoded float or 32-bit values with only the hole pixels from the repair (which
+    ran on their 16-bit mapping, `images.from_uint16`)."""
+    repaired = np.concatenate([r for _, r in rows])
+    restored = original.copy()
+    hole = np.asarray(mask[:, :]) if mask is not None else np.ones(original.shape[:2], bool)
+    restored[hole] = from_uint16(repaired, original)[hole]
+    return restored
+
+
+def _with_alpha(rows, alpha) -> Iterator[tuple[int, np.ndarray]]:
+    for top, values in rows:
+        kept = to_bit_depth(np.asarray(alpha[top : top + len(values), :]), values.itemsize * 8)
+        yield top, np.concatenate([values, kept[:, :, None]], axis=2)
+
+
+def _write(target: Path, suffix: str, rows: Iterator[tuple[int, np.ndarray]], height: int):
+    """Output rows (n, W, C), given top to bottom -> the file, atomically. TIFF is written
+    as the rows come, tile by tile; other formats are encoded from the assembled image."""
+    _, first = next(rows)
+    bands = chain([first], (values for _, values in rows))
+    if suffix in TIFF:
+        with atomic_file(target) as fh:
+            write_tiff(fh, (height, *first.shape[1:]), first.dtype, bands)
+    else:
+        write_bytes_atomic(target, encode_image(np.concatenate(list(bands)), suffix))
 
 
 def _check_writable(suffix: str, picture: Picture) -> list[str]:
     """Before any computing: refuse an output format that would cut the pixels' depth;
     the notes a lossy one needs."""
     deep, _, lossless = WRITABLE[suffix]
-    if picture.original is not None and suffix not in (".tif", ".tiff"):
+    if picture.original is not None and suffix not in TIFF:
         raise GanDistError(
             f"{suffix} cannot hold {picture.original.dtype} pixels; write .tif (--format tif)"
         )
@@ -261,45 +300,72 @@ def _check_writable(suffix: str, picture: Picture) -> list[str]:
     return []
 
 
-def read_mask(path: Path, shape: tuple[int, int], max_pixels: int) -> tuple[np.ndarray, str]:
+def read_mask(
+    path: Path, shape: tuple[int, int], max_pixels: int, stack: ExitStack | None = None
+) -> tuple[np.ndarray | TiffMask, str]:
     """(H, W) bool hole map from a mask file, and the rule applied when it is not the usual
     one. White (above half the file's value range: 127 of 255, 32767 of 65535) is a hole;
     a mask whose only values are 0 and 1 is read with 1 as the hole. Colour masks are read
-    as their luma. Raises GanDistError when the mask's size is not `shape`."""
+    as their luma. With a `stack` to close it on, a TIFF mask is read in bands (`TiffMask`)
+    instead of whole. Raises GanDistError when the mask's size is not `shape`."""
     try:
-        values = read_image(path, max_pixels).pixels
+        raster = open_tiff(path, max_pixels) if stack is not None and _is_tiff(path) else None
+        mask = TiffMask(stack.enter_context(raster)) if raster else None
+        values = read_image(path, max_pixels).pixels if mask is None else None
     except GanDistError as exc:
         raise GanDistError(f"mask {path}: {exc}") from None
-    if values.shape[:2] != shape:
-        raise GanDistError(
-            f"mask {path} is {values.shape[1]}x{values.shape[0]}, the image {shape[1]}x{shape[0]}"
-        )
-    grey = to_channels(values, 1)[:, :, 0]
-    if int(grey.max()) == 1:
-        return grey == 1, "mask read as 0/1 (1 = hole)"
-    return grey > np.iinfo(grey.dtype).max // 2, ""
+    found = mask.shape if mask is not None else values.shape[:2]
+    if tuple(found) != shape:
+        raise GanDistError(f"mask {path} is {found[1]}x{found[0]}, the image {shape[1]}x{shape[0]}")
+    if mask is None:
+        grey = to_channels(values, 1)[:, :, 0]
+        zero_one = int(grey.max()) == 1
+        mask = _binarise(grey, zero_one)
+    else:
+        zero_one = mask.zero_one
+    return mask, "mask read as 0/1 (1 = hole)" if zero_one else ""
+
+
+class TiffMask:
+    """A TIFF mask read a band at a time by `read_mask`'s rule: (H, W) bool for
+    [rows, columns] slices, plus numpy's `any` and `mean`. One pass over the file at
+    opening finds which rule applies and counts the holes."""
+
+    def __init__(self, raster: TiffRaster) -> None:
+        self.values, self.shape, self.dtype = raster.pixels, raster.shape[:2], np.dtype(bool)
+        peak = ones = whites = 0
+        for top in range(0, self.shape[0], BAND_ROWS):
+            grey = to_channels(self.values[top : top + BAND_ROWS, :], 1)[:, :, 0]
+            peak = max(peak, int(grey.max()))
+            ones += int(_binarise(grey, zero_one=True).sum())
+            whites += int(_binarise(grey, zero_one=False).sum())
+        self.zero_one = peak == 1
+        self.holes = ones if self.zero_one else whites
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        return _binarise(to_channels(self.values[key], 1)[:, :, 0], self.zero_one)
+
+    def any(self) -> bool:
+        return self.holes > 0
+
+    def mean(self) -> float:
+        return self.holes / (self.shape[0] * self.shape[1])
+
+
+def _binarise(grey: np.ndarray, zero_one: bool) -> np.ndarray:
+    return grey == 1 if zero_one else grey > np.iinfo(grey.dtype).max // 2
 
 
 def encode_image(arr: np.ndarray, suffix: str) -> bytes:
-    """Bytes of the format the suffix names, at the array's depth (16-bit stays 16-bit);
-    a 2nd or 4th channel is alpha. WebP is written lossless, JPEG at quality 95."""
+    """Bytes of the format the suffix names (not TIFF: `tiff_stream.write_tiff`), at the
+    array's depth (16-bit stays 16-bit); a 2nd or 4th channel is alpha. WebP is written
+    lossless, JPEG at quality 95."""
     from PIL import Image
 
     from gan_dist.data.images import encode_png
 
     if suffix == ".png":
         return encode_png(arr)  # 1-4 channels at 8 or 16 bits
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        buf = io.BytesIO()
-        extra = ["unassalpha"] if arr.shape[2] in (2, 4) else None
-        plane = arr[:, :, 0] if arr.shape[2] == 1 else arr
-        photometric = "rgb" if arr.shape[2] >= 3 else "minisblack"
-        tifffile.imwrite(
-            buf, plane, photometric=photometric, extrasamples=extra, compression="zlib"
-        )
-        return buf.getvalue()
     if arr.dtype != np.uint8:
         raise GanDistError(f"{suffix} cannot hold 16-bit pixels; use --format png or tif")
     buf = io.BytesIO()
@@ -308,6 +374,10 @@ def encode_image(arr: np.ndarray, suffix: str) -> bytes:
     options = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True, "exact": True}}
     im.save(buf, format=fmt, **options.get(fmt, {}))
     return buf.getvalue()
+
+
+def _is_tiff(path: Path) -> bool:
+    return path.suffix.lower() in TIFF
 
 
 def _is_image(path: Path) -> bool:
