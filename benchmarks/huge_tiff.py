@@ -3,7 +3,7 @@
 For each size, a synthetic 16-bit greyscale scan (smooth shading, fine grain, noise) is
 written as a TIFF (256 px zlib tiles, or `--layout uncompressed`: one uncompressed piece, as
 many scanners write), with a damage mask as a TIFF: scratches, dust and a few torn boxes at
-the same density at every size (about 2% of the pixels). Then `gan-dist repair` runs in a
+the same density at every size (about 0.5% of the pixels). Then `gan-dist repair` runs in a
 fresh process, as a user runs it, twice:
 
 - `streamed`: TIFF to TIFF, read and written a band of tiles at a time;

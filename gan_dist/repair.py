@@ -5,17 +5,20 @@ Whole-image inference runs out of memory on real scans and photos, so the image 
 overlapping tiles, run in batches, and blended with weights that ramp down towards each tile's
 edge (no seams: every output pixel is a weighted mean of the tiles covering it, dominated by
 the tile whose centre is nearest). Tiles are processed one row of tiles at a time into a band
-buffer as wide as the image and one tile high, so peak memory grows with the image only
-through the 8- or 16-bit input and output arrays, never through float copies of the image.
+buffer as wide as the image and one tile high, and finished rows are handed on (`repair_rows`)
+as soon as no later tile covers them. The image and mask are read through slices only, so
+with an image and mask read in bands (`data.tiff_stream`) peak memory does not grow with the
+image at all; with numpy arrays it grows only through them, never through float copies.
 
 Known pixels of an inpainting model are copied from the input unchanged (bit-exact, also at
-16 bits); only the hole pixels come from the net.
+16 bits); only the hole pixels come from the net, and tiles without a hole are not run.
 
-A model that corrects a classical prefill gets the prefill of each hole solved once, on the
-hole's own bounding box plus a margin of known pixels, not per tile: a tile whose edge cuts
-through a hole larger than itself sees no known pixels on that side, so two neighbouring tiles
-would extrapolate different fills into their overlap and the blend would show where the tiles
-met (a faint cross inside large holes). Memory for this grows with the holes' bounding boxes.
+A model that corrects a classical prefill gets the prefill of each group of holes solved
+once, on the group's bounding box plus a margin of known pixels, not per tile: a tile whose
+edge cuts through a hole larger than itself sees no known pixels on that side, so two
+neighbouring tiles would extrapolate different fills into their overlap and the blend would
+show where the tiles met (a faint cross inside large holes). Memory for this grows with the
+bounding boxes of the holes one band of tiles crosses.
 """
 
 from __future__ import annotations
@@ -88,6 +91,11 @@ def repair_rows(
     height, width, channels = pixels.shape
     if mask is not None and tuple(mask.shape) != (height, width):
         raise GanDistError(f"mask is {mask.shape[1]}x{mask.shape[0]}, image {width}x{height}")
+    boxes = _hole_boxes(mask, height, width) if mask is not None else []
+    if composite and not boxes:  # nothing to repair: the image as it is
+        for top in range(0, height, _READ_ROWS):
+            yield top, np.asarray(pixels[top : top + _READ_ROWS, :])
+        return
     if channels != model.channels and not (channels == 1 and model.channels == 3):
         raise GanDistError(
             f"the model repairs {model.channels}-channel images, this one has {channels}"
@@ -95,11 +103,6 @@ def repair_rows(
         )
     if mask is None:  # a view of one False: no memory whatever the size
         mask = np.broadcast_to(np.False_, (height, width))
-    boxes = _hole_boxes(mask, height, width)
-    if composite and not boxes:
-        for top in range(0, height, _READ_ROWS):
-            yield top, np.asarray(pixels[top : top + _READ_ROWS, :])
-        return
     divisor = model.size_divisor
     tile = max(divisor, tile // divisor * divisor)
     overlap = min(overlap, tile // 2)

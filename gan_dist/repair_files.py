@@ -176,8 +176,11 @@ def repair_files(
     overwrite: bool,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_done: Callable[[FileResult], None] = lambda r: None,
+    on_rows: Callable[[int, int], None] = lambda done, height: None,
 ) -> list[FileResult]:
     """Repair every planned file; a file that fails is a `failed` row, never fatal.
+    `on_done` gets each file's result; `on_rows` (rows done, rows in the image) follows
+    the file being repaired, for images that take minutes.
 
     The model is loaded at the first file that needs it, so re-running an interrupted job
     over a folder that is already done neither downloads nor loads anything. A model that
@@ -195,7 +198,7 @@ def repair_files(
             model = model or load()
             started = time.perf_counter()  # the file's own time, not the model's loading
             try:
-                result = _repair_one(model, job, tile, overlap, batch, max_pixels)
+                result = _repair_one(model, job, tile, overlap, batch, max_pixels, on_rows)
             except GanDistError as exc:
                 result = FileResult(job.image, None, "failed", str(exc))
             except MemoryError:
@@ -210,7 +213,7 @@ def repair_files(
     return results
 
 
-def _repair_one(model, job: Job, tile, overlap, batch, max_pixels) -> FileResult:
+def _repair_one(model, job: Job, tile, overlap, batch, max_pixels, on_rows) -> FileResult:
     suffix = job.target.suffix.lower()
     with ExitStack() as stack:
         picture = _open_image(job.image, suffix, max_pixels, stack)
@@ -234,6 +237,7 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels) -> FileResult
         elif composite:
             raise GanDistError("no mask found (an inpainting model needs one: --mask FILE|DIR)")
         rows = repair_rows(model, picture.pixels, mask, tile, overlap, batch)
+        rows = _counted(rows, height, on_rows)
         if picture.original is not None:  # float or 32-bit data: known values back exactly
             rows = iter([(0, _restore_original(picture.original, rows, mask))])
             notes = [n for n in notes if "rescaled to 0..65535" not in n]
@@ -265,6 +269,12 @@ def _restore_original(original: np.ndarray, rows, mask) -> np.ndarray:
     hole = np.asarray(mask[:, :]) if mask is not None else np.ones(original.shape[:2], bool)
     restored[hole] = from_uint16(repaired, original)[hole]
     return restored
+
+
+def _counted(rows, height: int, on_rows: Callable[[int, int], None]) -> Iterator:
+    for top, values in rows:
+        on_rows(top + len(values), height)  # before: the writer stops at the last tile
+        yield top, values
 
 
 def _with_alpha(rows, alpha) -> Iterator[tuple[int, np.ndarray]]:

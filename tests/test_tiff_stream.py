@@ -222,3 +222,91 @@ def test_an_unchanged_streamed_tiff_is_written_whole(model, tmp_path):
     )
     assert result.status == "no hole"
     assert np.array_equal(tifffile.imread(out), arr)
+
+
+def test_a_long_repair_reports_its_rows(model, tmp_path):
+    arr = gradient16(700, 90, 1)
+    image = tmp_path / "tall.tif"
+    tifffile.imwrite(image, arr[:, :, 0], rowsperstrip=16, compression="zlib")
+    mask_path = tmp_path / "m.tif"
+    tifffile.imwrite(mask_path, holes(700, 90).astype(np.uint8) * 255)
+    seen: list[tuple[int, int]] = []
+    [result] = repair_files(
+        lambda: load_model(str(model)),
+        [Job(image, tmp_path / "out" / "tall.tif", mask_path)],
+        64,
+        16,
+        4,
+        False,
+        on_rows=lambda done, height: seen.append((done, height)),
+    )
+    assert result.status == "repaired", result.detail
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and done[-1] == 700 and {h for _, h in seen} == {700}
+    assert len(seen) > 5
+
+
+def test_a_truncated_uncompressed_scan_fails_alone(model, tmp_path):
+    """A scanner's file cut short (the copy stopped): that file fails, naming no pixel as
+    repaired, and the next file in the folder is still repaired."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a-cut.tif", gradient16(400, 300, 1)[:, :, 0])
+    data = (folder / "a-cut.tif").read_bytes()
+    (folder / "a-cut.tif").write_bytes(data[: len(data) // 2])
+    tifffile.imwrite(folder / "b-fine.tif", gradient16(60, 70, 1)[:, :, 0], rowsperstrip=8)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name, (h, w) in {"a-cut": (400, 300), "b-fine": (60, 70)}.items():
+        tifffile.imwrite(masks / f"{name}.tif", holes(h, w).astype(np.uint8) * 255)
+    out = tmp_path / "out"
+    results = repair_files(
+        lambda: load_model(str(model)),
+        [Job(folder / n, out / n, masks / n) for n in ("a-cut.tif", "b-fine.tif")],
+        64,
+        16,
+        4,
+        False,
+    )
+    assert [r.status for r in results] == ["failed", "repaired"], results
+    assert sorted(p.name for p in out.iterdir()) == ["b-fine.tif"]
+
+
+def test_a_full_disk_mid_write_leaves_nothing(model, tmp_path, small_disk):
+    """The output is written as it is repaired; when the disk fills half-way, no partial
+    file is left that could pass for a finished one."""
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 65536, (1500, 1500), dtype=np.uint16)  # 4.3 MiB, incompressible
+    image = tmp_path / "noise.tif"
+    tifffile.imwrite(image, noise, rowsperstrip=32, compression="zlib")
+    mask_path = tmp_path / "m.tif"
+    tifffile.imwrite(mask_path, holes(1500, 1500).astype(np.uint8) * 255)
+    (small_disk / "filler").write_bytes(b"\0" * (6 << 20))
+    [result] = repair_files(
+        lambda: load_model(str(model)),
+        [Job(image, small_disk / "noise.tif", mask_path)],
+        64,
+        16,
+        4,
+        False,
+    )
+    assert result.status == "failed" and "space" in result.detail.lower(), result.detail
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
+def test_a_tiff_mask_of_another_size_names_both_sizes(model, tmp_path):
+    image = tmp_path / "scan.tif"
+    tifffile.imwrite(image, gradient16(80, 90, 1)[:, :, 0], rowsperstrip=8)
+    mask_path = tmp_path / "m.tif"
+    tifffile.imwrite(mask_path, holes(81, 90).astype(np.uint8) * 255, rowsperstrip=8)
+    [result] = repair_files(
+        lambda: load_model(str(model)),
+        [Job(image, tmp_path / "o" / "s.tif", mask_path)],
+        64,
+        16,
+        4,
+        False,
+    )
+    assert result.status == "failed"
+    assert f"mask {mask_path} is 90x81, the image 90x80" in result.detail
+    assert not (tmp_path / "o").exists()

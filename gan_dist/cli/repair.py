@@ -79,6 +79,12 @@ def repair(
             raise GanDistError(f"{input_path}: no images found")
         with Progress(console=err, transient=True) as bar:
             task = bar.add_task("repair", total=len(planned))
+            rows = bar.add_task("rows of this image", total=None, visible=False)
+
+            def file_done(result) -> None:
+                bar.advance(task)
+                bar.update(rows, visible=False)
+
             results = repair_files(
                 lambda: load_model(model, on, tracking_uri).use_precision(precision),
                 planned,
@@ -87,7 +93,8 @@ def repair(
                 batch,
                 overwrite,
                 max_pixels,
-                lambda r: bar.advance(task),
+                file_done,
+                lambda done, height: bar.update(rows, completed=done, total=height, visible=True),
             )
     counts = {status: sum(r.status == status for r in results) for status in STATUSES}
     if json_summary:
