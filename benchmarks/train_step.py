@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from gan_dist.nets import build_discriminator, build_generator
-from gan_dist.objectives import ADVERSARIAL, reconstruction, structural_dissimilarity
+from gan_dist.objectives import adversarial_for, reconstruction, structural_dissimilarity
 from gan_dist.recipe import load_recipe
 
 
@@ -118,7 +118,7 @@ def plain_step(recipe):
     fmt = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
     G, D = nets(recipe, device, fmt)
     opt_g, opt_d = adam(G, recipe.optim.generator), adam(D, recipe.optim.discriminator)
-    adv, obj = ADVERSARIAL[recipe.objective.adversarial], recipe.objective
+    adv, obj = adversarial_for(recipe.objective), recipe.objective
     b = synthetic(recipe, device, fmt)
     damaged, clean, mask, start = b["damaged"], b["clean"], b["mask"], b.get("start")
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt
 
 from gan_dist.errors import GanDistError
-from gan_dist.recipe import DamageStep, ModelConfig
+from gan_dist.recipe import SAVED, DamageStep, ModelConfig
 
 if TYPE_CHECKING:
     import torch
@@ -116,18 +116,14 @@ class RepairModel:
 
     @property
     def size_divisor(self) -> int:
-        """Every input side must be a multiple of this: the generator's down-samplings must
-        divide it evenly for its skip connections to line up."""
-        from gan_dist.nets.layers import downsamplings
+        """Every input side must be a multiple of this (px): what the generator's family
+        declares, e.g. 2**down-samplings for its skip connections to line up."""
+        from gan_dist.recipe import SAVED, ModelConfig
+        from gan_dist.registry import registry
 
-        gen = self.spec["model"]["generator"]
-        if gen["name"] == "resnet":
-            return 4
-        if gen["name"] == "ffc_resnet":
-            from gan_dist.recipe import FFC_DEPTH
-
-            return 2 ** (gen.get("depth") or FFC_DEPTH)
-        return 2 ** (gen.get("depth") or downsamplings(int(self.spec["train_image_size"])))
+        gen = ModelConfig.model_validate(self.spec["model"], context=SAVED).generator
+        family = registry("generator").get(gen.name)
+        return family.size_divisor(gen.settings, int(self.spec["train_image_size"]))
 
 
 def spec_for(recipe: Recipe, step: int, metrics: dict[str, float]) -> dict[str, Any]:
@@ -149,7 +145,47 @@ def spec_for(recipe: Recipe, step: int, metrics: dict[str, float]) -> dict[str, 
         "tile_size": max(256, data.image_size),
         "step": step,
         "metrics": metrics,
+        "families": families_of(recipe),
     }
+
+
+def families_of(recipe: Recipe) -> dict[str, dict[str, str | None]]:
+    """Which package (and version) provided each family the recipe names, so that a model
+    can say what to install where its nets are missing: {kind: {name, package, version}}."""
+    from gan_dist.registry import registry
+
+    named = {
+        "generator": recipe.model.generator.name,
+        "discriminator": recipe.model.discriminator.name,
+        "objective": recipe.objective.adversarial,
+    }
+    sources = {}
+    for kind, name in named.items():
+        provider = registry(kind).provider(name)
+        sources[kind] = {"name": name, "package": provider.package, "version": provider.version}
+    return sources
+
+
+def _check_families(raw: dict[str, Any], source: str) -> None:
+    """A spec naming a family that is not installed here: say which package provided it."""
+    from gan_dist.registry import Provider, UnknownFamily, registry
+
+    families = raw.get("families")
+    if not isinstance(families, dict):
+        return  # older specs: validation names the family instead
+    for kind in ("generator", "discriminator"):
+        entry = families.get(kind)
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        try:
+            registry(kind).get(entry["name"])
+        except UnknownFamily:
+            provider = Provider(entry.get("package"), entry.get("version"))
+            where = f"{provider.package} {provider.version}" if provider.package else "a module"
+            raise GanDistError(
+                f"{source}: its {kind} '{entry['name']}' comes from {where}, which is not "
+                f"installed here: {provider.install_hint()}"
+            ) from None
 
 
 def export_checkpoint(ckpt_path: Path, folder: Path) -> dict[str, Any]:
@@ -158,7 +194,7 @@ def export_checkpoint(ckpt_path: Path, folder: Path) -> dict[str, Any]:
     from gan_dist.train import checkpoint
 
     ckpt = checkpoint.read(ckpt_path)
-    recipe = Recipe.model_validate(ckpt.state["recipe"])
+    recipe = Recipe.model_validate(ckpt.state["recipe"], context=SAVED)
     spec = spec_for(recipe, ckpt.step, ckpt.state.get("metrics") or {})
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ckpt.path / "ema.safetensors", folder / WEIGHTS)
@@ -190,7 +226,7 @@ def load_files(folder: Path, source: str, device: str = "cpu") -> RepairModel:
             f"{source}: {WEIGHTS} holds NaN or infinite values ({len(broken)} tensors, first "
             f"{broken[0]}); the run diverged or the file is damaged: register another version"
         )
-    model = ModelConfig.model_validate(spec["model"])
+    model = ModelConfig.model_validate(spec["model"], context=SAVED)
     size = int(spec["train_image_size"])
     try:
         with torch.device("meta"):
@@ -235,8 +271,9 @@ def read_spec(path: Path, source: str) -> dict[str, Any]:
         raise GanDistError(str(exc)) from None
     if not isinstance(raw, dict) or raw.get("format") != SPEC_FORMAT:
         raise GanDistError(f"{source}: {SPEC} is not a gan-dist repair model spec")
+    _check_families(raw, source)
     try:
-        return ModelSpec.model_validate(raw).model_dump(mode="json")
+        return ModelSpec.model_validate(raw, context=SAVED).model_dump(mode="json")
     except ValidationError as exc:
         problems = [
             f"{'.'.join(str(p) for p in e['loc']) or '(spec)'}: {e['msg']}"
@@ -335,7 +372,7 @@ def register(source: Path, name: str, tracking_uri: str) -> Registered:
 
     ckpt_path = _checkpoint_of(source)
     ckpt = checkpoint.read(ckpt_path)
-    recipe = Recipe.model_validate(ckpt.state["recipe"])
+    recipe = Recipe.model_validate(ckpt.state["recipe"], context=SAVED)
     client = open_store(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     run_id = ckpt.state.get("tracking_run_id")
@@ -356,7 +393,7 @@ def register(source: Path, name: str, tracking_uri: str) -> Registered:
                 python_model=str(code),
                 artifacts={"spec": str(Path(tmp) / SPEC), "weights": str(Path(tmp) / WEIGHTS)},
                 registered_model_name=name,
-                pip_requirements=[f"gan-dist=={gan_dist.__version__}"],
+                pip_requirements=_requirements(spec),
             )
             run_id = run.info.run_id
     if previous and previous != "FINISHED":
@@ -364,9 +401,24 @@ def register(source: Path, name: str, tracking_uri: str) -> Registered:
     version = str(info.registered_model_version)
     tags = {f"val.{k}": f"{v:.6g}" for k, v in spec["metrics"].items()}
     tags |= {"step": str(ckpt.step), "recipe": recipe.name, "checkpoint": str(ckpt_path)}
+    for kind, entry in spec["families"].items():
+        package = f" ({entry['package']} {entry['version']})" if entry["package"] else ""
+        tags[kind] = f"{entry['name']}{package}"
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     return Registered(name, version, run_id)
+
+
+def _requirements(spec: dict[str, Any]) -> list[str]:
+    """gan-dist and every installed package that provided one of the model's families, at
+    the versions it was trained with (what `mlflow models serve` installs)."""
+    from gan_dist import __version__
+
+    pins = {"gan-dist": __version__}
+    for entry in spec["families"].values():
+        if entry["package"] and entry["version"]:
+            pins.setdefault(entry["package"], entry["version"])
+    return [f"{package}=={version}" for package, version in pins.items()]
 
 
 def promote(name: str, version: str, alias: str, tracking_uri: str) -> None:

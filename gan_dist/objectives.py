@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from gan_dist.recipe import ObjectiveConfig
 
 
 @dataclass(frozen=True)
@@ -39,23 +43,39 @@ class Adversarial:
         return self.real(real_logits).mean() + fake.mean()
 
 
-ADVERSARIAL: dict[str, Adversarial] = {
-    # the non-saturating loss (Goodfellow et al. 2014): binary cross-entropy on logits for D,
-    # -log D(G(z)) for the generator
-    "bce": Adversarial(
+def adversarial_for(objective: ObjectiveConfig) -> Adversarial:
+    """The recipe's adversarial family (`objective.adversarial`, `registry.py`) built with
+    its settings (`objective.adversarial_settings`)."""
+    from gan_dist.registry import registry
+
+    family = registry("objective").get(objective.adversarial)
+    return family.builder()(family.settings.model_validate(objective.adversarial_settings))
+
+
+def non_saturating(settings: Any = None) -> Adversarial:
+    """The non-saturating loss (Goodfellow et al. 2014): binary cross-entropy on logits for
+    D, -log D(G(z)) for the generator."""
+    return Adversarial(
         real=lambda x: F.softplus(-x), fake=lambda x: F.softplus(x), g=lambda x: F.softplus(-x)
-    ),
-    # least squares (Mao et al. 2017)
-    "lsgan": Adversarial(
+    )
+
+
+def least_squares(settings: Any = None) -> Adversarial:
+    """Least squares (Mao et al. 2017)."""
+    return Adversarial(
         real=lambda x: 0.5 * (x - 1) ** 2, fake=lambda x: 0.5 * x**2, g=lambda x: 0.5 * (x - 1) ** 2
-    ),
-    # hinge (Miyato et al. 2018, with spectral normalisation)
-    "hinge": Adversarial(
-        real=lambda x: F.relu(1 - x), fake=lambda x: F.relu(1 + x), g=lambda x: -x
-    ),
-    # Wasserstein critic (Gulrajani et al. 2017); the gradient penalty is added by the trainer
-    "wgan-gp": Adversarial(real=lambda x: -x, fake=lambda x: x, g=lambda x: -x),
-}
+    )
+
+
+def hinge(settings: Any = None) -> Adversarial:
+    """Hinge (Miyato et al. 2018, with spectral normalisation)."""
+    return Adversarial(real=lambda x: F.relu(1 - x), fake=lambda x: F.relu(1 + x), g=lambda x: -x)
+
+
+def wasserstein(settings: Any = None) -> Adversarial:
+    """Wasserstein critic (Gulrajani et al. 2017); the trainer adds the gradient penalty
+    (its family is marked `critic`)."""
+    return Adversarial(real=lambda x: -x, fake=lambda x: x, g=lambda x: -x)
 
 
 def generated_share(mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (
@@ -25,13 +25,17 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    PrivateAttr,
     StrictBool,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from gan_dist.errors import RecipeError
+from gan_dist.registry import Settings, UnknownFamily, registry
 from gan_dist.textfiles import (
     MAX_DEPTH,
     UntrustedTextError,
@@ -248,7 +252,6 @@ def damage_preset(name: str) -> list[dict[str, Any]]:
 
 MIN_IMAGE_SIZE = 32  # px: below it the PatchGAN and DCGAN discriminators run out of pixels
 MAX_IMAGE_SIZE = 8192  # px: a training sample larger than this is a typo, not a crop
-MAX_CHANNELS = 4096  # base channels of a net; beyond it no GPU holds the net
 
 
 class DataConfig(Section):
@@ -330,41 +333,71 @@ class DataConfig(Section):
         return [spec[spec.index("pipe:") + 5 :] for spec in specs] if self.allow_shell else []
 
 
-Norm = Literal["batch", "instance", "layer", "none"]
-FFC_DEPTH = 3  # ffc_resnet's downsamplings when model.generator.depth is unset (LaMa's)
+SAVED = {"saved": True}  # validation context for recipes and specs that gan-dist wrote
 
 
-class GeneratorConfig(Section):
-    name: Literal["unet", "dcgan", "resnet", "ffc_resnet"] = "unet"
-    base_channels: PositiveInt = Field(64, le=MAX_CHANNELS)
-    norm: Norm = "batch"
-    depth: PositiveInt | None = Field(
-        None, description="down-sampling steps; None: from the size (unet), 3 (ffc_resnet)"
-    )
-    blocks: PositiveInt = Field(9, description="residual blocks (resnet, ffc_resnet)")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    gated: StrictBool = Field(
-        False, description="unet: gated convolutions (DeepFill v2), a learned gate per pixel"
-    )
-    global_ratio: float = Field(
-        0.75,
-        gt=0.0,
-        lt=1.0,
-        description="ffc_resnet: share of channels in the Fourier (image-wide) branch",
-    )
+class _FamilyConfig(Section):
+    """`name` picks a family (`registry.py`: built in, installed, or `package.module:name`);
+    every other key is one of that family's typed settings, validated by the family. Saved
+    models and checkpoints are read with `context={"saved": True}`: keys that an older
+    gan-dist wrote for every family alike are dropped instead of refused."""
+
+    model_config = ConfigDict(extra="allow", validate_default=True)
+    _kind: ClassVar[str]
+    _settings: Settings | None = PrivateAttr(None)
+    name: str
 
     @model_validator(mode="after")
-    def _options_of_family(self) -> GeneratorConfig:
-        if self.gated and self.name != "unet":
-            raise ValueError(f"gated: gated convolutions are a unet option, not {self.name}'s")
+    def _family_settings(self, info: ValidationInfo) -> _FamilyConfig:
+        table = registry(self._kind)
+        try:
+            family = table.get(self.name)
+        except UnknownFamily as exc:
+            problems = [("name", str(exc))]
+            raise PydanticCustomError("family", "{problems}", {"problems": problems}) from None
+        given = dict(self.model_extra or {})
+        if info.context and info.context.get("saved"):
+            given = {k: v for k, v in given.items() if k in family.settings.model_fields}
+        try:
+            self._settings = family.settings.model_validate(given)
+        except ValidationError as exc:
+            own = tuple(type(self).model_fields)
+            problems = [_setting_problem(e, family.settings, self.name, own) for e in exc.errors()]
+            raise PydanticCustomError("family", "{problems}", {"problems": problems}) from None
+        self.__pydantic_extra__ = self._settings.model_dump(mode="json")
         return self
 
+    @property
+    def settings(self) -> Settings:
+        """The family's typed settings (its `Settings` subclass)."""
+        assert self._settings is not None
+        return self._settings
 
-class DiscriminatorConfig(Section):
-    name: Literal["patchgan", "dcgan"] = "patchgan"
-    base_channels: PositiveInt = Field(64, le=MAX_CHANNELS)
-    layers: PositiveInt = Field(3, description="strided conv layers (patchgan)")
-    norm: Norm = "batch"
+
+def _setting_problem(
+    err: dict[str, Any], settings: type[Settings], name: str, beside: tuple[str, ...] = ()
+):
+    """(dotted path inside the family's settings, message) for one settings error; `beside`:
+    the section's own keys, also offered for a misspelt key."""
+    where = _format_loc(tuple(err["loc"]))
+    if err["type"] == "extra_forbidden":
+        fields = list(settings.model_fields)
+        hint = _did_you_mean(str(err["loc"][-1]), [*beside, *fields])
+        return where, f"unknown key{hint}; {name} takes {', '.join(fields) or 'no settings'}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] != "missing" and "input" in err and not isinstance(err["input"], dict):
+        msg += f" (got {excerpt(err['input'])})"
+    return where, msg
+
+
+class GeneratorConfig(_FamilyConfig):
+    _kind = "generator"
+    name: str = "unet"
+
+
+class DiscriminatorConfig(_FamilyConfig):
+    _kind = "discriminator"
+    name: str = "patchgan"
     spectral_norm: StrictBool = False
 
 
@@ -383,8 +416,13 @@ class ModelConfig(Section):
 
 
 class ObjectiveConfig(Section):
-    adversarial: Literal["bce", "lsgan", "hinge", "wgan-gp"] = Field(
-        "hinge", description="bce is the non-saturating loss (Goodfellow et al. 2014)"
+    adversarial: str = Field(
+        "hinge",
+        description="an objective family: bce (the non-saturating loss, Goodfellow et al. "
+        "2014), lsgan, hinge, wgan-gp, or an installed one",
+    )
+    adversarial_settings: dict[str, Any] = Field(
+        default_factory=dict, description="the adversarial family's own settings, if any"
     )
     adversarial_weight: NonNegativeFloat = 1.0
     mask_aware: StrictBool = Field(
@@ -409,6 +447,32 @@ class ObjectiveConfig(Section):
     ssim_weight: NonNegativeFloat = Field(0.0, description="weight of 1 - SSIM beside the L1")
     gp_weight: NonNegativeFloat = 0.0
     n_critic: PositiveInt = Field(1, description="discriminator steps per generator step")
+
+    @model_validator(mode="after")
+    def _adversarial_family(self) -> ObjectiveConfig:
+        try:
+            family = registry("objective").get(self.adversarial)
+        except UnknownFamily as exc:
+            raise PydanticCustomError(
+                "family", "{problems}", {"problems": [("adversarial", str(exc))]}
+            ) from None
+        try:
+            settings = family.settings.model_validate(self.adversarial_settings)
+        except ValidationError as exc:
+            problems = [
+                (f"adversarial_settings.{path}", msg)
+                for path, msg in (
+                    _setting_problem(e, family.settings, self.adversarial) for e in exc.errors()
+                )
+            ]
+            raise PydanticCustomError("family", "{problems}", {"problems": problems}) from None
+        self.adversarial_settings = settings.model_dump(mode="json")
+        return self
+
+    @property
+    def critic(self) -> bool:
+        """A Wasserstein critic (wgan-gp): gradient penalty, no real/fake target."""
+        return registry("objective").get(self.adversarial).critic
 
 
 class OptimizerConfig(Section):
@@ -594,8 +658,8 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
-        wgan = self.objective.adversarial == "wgan-gp"
-        if wgan and self.model.discriminator.norm == "batch":
+        wgan = self.objective.critic
+        if wgan and getattr(self.model.discriminator.settings, "norm", None) == "batch":
             raise ValueError(
                 "model.discriminator.norm: batch norm breaks the WGAN-GP gradient penalty "
                 "(it mixes samples in a batch); use layer, instance or none"
@@ -613,12 +677,12 @@ class Recipe(Section):
                 "pixel of a repair is generated)"
             )
         gen = self.model.generator
-        depth = gen.depth or FFC_DEPTH
-        if gen.name == "ffc_resnet" and self.data.image_size % 2**depth:
+        need = registry("generator").get(gen.name).size_divisor(gen.settings, self.data.image_size)
+        if self.data.image_size % need:
             raise ValueError(
-                f"data.image_size: {self.data.image_size} px is not divisible by "
-                f"{2**depth}, which ffc_resnet's {depth} downsamplings need "
-                "(model.generator.depth)"
+                f"data.image_size: {self.data.image_size} px is not a multiple of {need}, "
+                f"which the {gen.name} generator needs (its down-samplings; "
+                "model.generator.depth sets them where the family has it)"
             )
         if self.data.fresh_damage and not any(s.type == "mask" for s in self.data.damage):
             raise ValueError(
@@ -700,7 +764,38 @@ def load_recipe(source: str | Path, overrides: list[str] | None = None) -> Recip
         raw = {}
     if not isinstance(raw, dict):
         raise RecipeError([f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}"])
-    return validate_recipe(apply_overrides(raw, overrides or []), source=str(path))
+    raw = apply_overrides(raw, overrides or [])
+    _switch_families(raw, {tuple(parse_override(text)[0]) for text in overrides or []})
+    return validate_recipe(raw, source=str(path))
+
+
+def _switch_families(raw: dict[str, Any], overridden: set[tuple[str, ...]]) -> None:
+    """A family chosen by --set (`model.generator.name=resnet` on a U-Net recipe) keeps the
+    recipe's settings that it shares and drops the others, which the recipe wrote for its own
+    family; settings given by --set are always checked."""
+    switches = {  # the key naming the family -> its kind, where its settings are
+        ("model", "generator", "name"): ("generator", ("model", "generator")),
+        ("model", "discriminator", "name"): ("discriminator", ("model", "discriminator")),
+        ("objective", "adversarial"): ("objective", ("objective", "adversarial_settings")),
+    }
+    for name_path, (kind, where) in switches.items():
+        name, settings = _at(raw, name_path), _at(raw, where)
+        if name_path not in overridden or not isinstance(settings, dict):
+            continue
+        try:
+            family = registry(kind).get(str(name))
+        except UnknownFamily:
+            continue  # validation says so, listing the names there are
+        section = _fields_at(where) if kind != "objective" else []
+        keep = {*section, *family.settings.model_fields}
+        for key in [k for k in settings if k not in keep and (*where, k) not in overridden]:
+            del settings[key]
+
+
+def _at(raw: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw
 
 
 def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
@@ -772,6 +867,9 @@ def _format_error(err: dict[str, Any]) -> str:
         fields = _fields_at(loc[:-1])
         hint = _did_you_mean(str(loc[-1]), fields) if fields else ""
         return f"{_format_loc(_strip_tags(loc))}: unknown key{hint}"
+    if kind == "family":
+        base = _format_loc(_strip_tags(loc))
+        return "\n".join(f"{base}.{path}: {msg}" for path, msg in err["ctx"]["problems"])
     msg = err["msg"]
     if kind == "value_error":
         msg = msg.removeprefix("Value error, ")

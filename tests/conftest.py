@@ -323,3 +323,29 @@ def pack_cli(*args: str):
     from gan_dist.cli import app
 
     return CliRunner().invoke(app, ["data", "pack", *args], catch_exceptions=False)
+
+
+# --- plugins ---
+
+PLUGIN = Path(__file__).with_name("plugin")
+
+
+@pytest.fixture(scope="session")
+def toy_plugin() -> str:
+    """tests/plugin (package gan-dist-toy) installed into this environment with pip, as a
+    user installs a plugin; its version. Reinstalled every session, so it follows the
+    source."""
+    import importlib
+    import importlib.util
+    from importlib import metadata
+
+    from gan_dist import registry
+
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall"]
+    if importlib.util.find_spec("setuptools"):  # else pip fetches it into an isolated build
+        cmd.append("--no-build-isolation")
+    done = subprocess.run([*cmd, str(PLUGIN)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    importlib.invalidate_caches()
+    registry._entry_points.cache_clear()
+    return metadata.version("gan-dist-toy")

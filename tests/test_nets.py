@@ -222,7 +222,11 @@ def test_gated_unet_gate_is_a_soft_mask_on_features():
 def test_gated_and_ffc_options_are_refused_where_they_mean_nothing():
     from gan_dist.errors import RecipeError
 
-    with pytest.raises(RecipeError, match="model.generator.*gated.*unet option"):
+    with pytest.raises(RecipeError, match="model.generator.gated: unknown key; resnet takes"):
         load_recipe("quickstart", ["model.generator.name=resnet", "model.generator.gated=true"])
-    with pytest.raises(RecipeError, match="global_ratio"):
-        load_recipe("quickstart", ["model.generator.global_ratio=1.0"])
+    with pytest.raises(RecipeError, match="model.generator.global_ratio: unknown key; unet"):
+        load_recipe("quickstart", ["model.generator.global_ratio=0.5"])
+    with pytest.raises(RecipeError, match="model.generator.global_ratio: Input should be less"):
+        load_recipe(
+            "quickstart", ["model.generator.name=ffc_resnet", "model.generator.global_ratio=1.0"]
+        )

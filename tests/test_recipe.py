@@ -80,7 +80,10 @@ trian: {}
     problems = info.value.problems
     assert "data.bach_size: unknown key (did you mean 'batch_size'?)" in problems
     assert "data.damage[0].coverge: unknown key (did you mean 'coverage'?)" in problems
-    assert "model.generator.nme: unknown key (did you mean 'name'?)" in problems
+    assert (
+        "model.generator.nme: unknown key (did you mean 'name'?); unet takes base_channels, "
+        "norm, depth, dropout, gated" in problems
+    )
     assert "trian: unknown key (did you mean 'train'?)" in problems
 
 
@@ -196,7 +199,7 @@ def test_new_objective_and_data_options_are_checked_together(overrides, message)
     ("overrides", "message"),
     [
         (["model.generator.name=ffc_resnet", "data.image_size=36"], "data.image_size: 36 px"),
-        (["model.generator.name=ffc_resnet", "model.generator.depth=10"], "not divisible by 1024"),
+        (["model.generator.name=ffc_resnet", "model.generator.depth=10"], "not a multiple of 1024"),
         (["objective.r1_weight=inf"], "objective.r1_weight"),
     ],
 )

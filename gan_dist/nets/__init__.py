@@ -1,6 +1,5 @@
-"""Generators and discriminators behind registries (name -> builder), as in BasicSR.
-
-A family registers itself in its own module; recipes name it (`model.generator.name`). Every
+"""Generators and discriminators, built from the families a recipe names (`registry.py`;
+the built-in ones are listed in `families.py`, their code is in this package). Every
 generator is wrapped in `RepairNet`, which feeds it the damaged image plus the mask and, for
 inpainting, pastes the known pixels back over its output, so that what is trained, evaluated
 and exported is the same function. With `model.prefill` (biharmonic by default) the holes
@@ -10,7 +9,6 @@ added to that fill.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -18,17 +16,6 @@ from torch import nn
 
 if TYPE_CHECKING:
     from gan_dist.recipe import DiscriminatorConfig, ModelConfig
-
-GENERATORS: dict[str, Callable[..., nn.Module]] = {}
-DISCRIMINATORS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register(table: dict[str, Callable[..., nn.Module]], name: str):
-    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        table[name] = builder
-        return builder
-
-    return add
 
 
 class RepairNet(nn.Module):
@@ -62,10 +49,16 @@ class RepairNet(nn.Module):
 
 
 def build_generator(model: ModelConfig, channels: int, image_size: int) -> RepairNet:
-    _load_families()
-    cfg = model.generator
-    body = GENERATORS[cfg.name](
-        cfg, in_channels=channels + 1, out_channels=channels, image_size=image_size
+    """The recipe's generator family (`registry.py`), wrapped in RepairNet. Raises
+    UnknownFamily when its family is neither built in nor installed."""
+    from gan_dist.registry import registry
+
+    family = registry("generator").get(model.generator.name)
+    body = family.builder()(
+        model.generator.settings,
+        in_channels=channels + 1,
+        out_channels=channels,
+        image_size=image_size,
     )
     return RepairNet(body, model.composite, model.prefill)
 
@@ -73,11 +66,8 @@ def build_generator(model: ModelConfig, channels: int, image_size: int) -> Repai
 def build_discriminator(cfg: DiscriminatorConfig, channels: int, image_size: int) -> nn.Module:
     """Conditional: it sees damaged image, mask and candidate (2C + 1 channels)."""
     from gan_dist.nets.layers import apply_spectral_norm
+    from gan_dist.registry import registry
 
-    _load_families()
-    net = DISCRIMINATORS[cfg.name](cfg, in_channels=2 * channels + 1, image_size=image_size)
+    build = registry("discriminator").get(cfg.name).builder()
+    net = build(cfg.settings, in_channels=2 * channels + 1, image_size=image_size)
     return apply_spectral_norm(net) if cfg.spectral_norm else net
-
-
-def _load_families() -> None:
-    from gan_dist.nets import dcgan, ffc, patchgan, resnet, unet  # noqa: F401 - they register

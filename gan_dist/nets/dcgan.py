@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from gan_dist.nets import DISCRIMINATORS, GENERATORS, register
-from gan_dist.nets.layers import dcgan_init, downsamplings, norm_layer
+from gan_dist.families import DCGANSettings, downsamplings
+from gan_dist.nets.layers import dcgan_init, norm_layer
 
 
 def _encoder(in_ch: int, base: int, steps: int, norm: str) -> tuple[nn.Sequential, int]:
@@ -26,16 +26,17 @@ def _encoder(in_ch: int, base: int, steps: int, norm: str) -> tuple[nn.Sequentia
     return nn.Sequential(*layers), prev
 
 
-@register(GENERATORS, "dcgan")
-def build_generator(cfg, in_channels: int, out_channels: int, image_size: int) -> nn.Module:
-    steps = cfg.depth or downsamplings(image_size)
-    encoder, width = _encoder(in_channels, cfg.base_channels, steps, cfg.norm)
+def build_generator(
+    settings: DCGANSettings, in_channels: int, out_channels: int, image_size: int
+) -> nn.Module:
+    steps = settings.depth or downsamplings(image_size)
+    encoder, width = _encoder(in_channels, settings.base_channels, steps, settings.norm)
     layers: list[nn.Module] = [encoder]
     for i in reversed(range(steps - 1)):
-        nxt = min(cfg.base_channels * 2**i, cfg.base_channels * 8)
+        nxt = min(settings.base_channels * 2**i, settings.base_channels * 8)
         layers += [
             nn.ConvTranspose2d(width, nxt, 4, stride=2, padding=1, bias=False),
-            norm_layer(cfg.norm, nxt),
+            norm_layer(settings.norm, nxt),
             nn.ReLU(inplace=True),
         ]
         width = nxt
@@ -45,10 +46,11 @@ def build_generator(cfg, in_channels: int, out_channels: int, image_size: int) -
     return net
 
 
-@register(DISCRIMINATORS, "dcgan")
-def build_discriminator(cfg, in_channels: int, image_size: int) -> nn.Module:
+def build_discriminator(settings: DCGANSettings, in_channels: int, image_size: int) -> nn.Module:
     """Global: strided convs down to 4x4, then one 4x4 conv to a single logit per image."""
-    encoder, width = _encoder(in_channels, cfg.base_channels, downsamplings(image_size), cfg.norm)
+    encoder, width = _encoder(
+        in_channels, settings.base_channels, downsamplings(image_size), settings.norm
+    )
     net = _WithFeatures(encoder, nn.Conv2d(width, 1, 4))
     dcgan_init(net)
     return net

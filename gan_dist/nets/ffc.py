@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gan_dist.nets import GENERATORS, register
+from gan_dist.families import FFC_DEPTH, FFCResNetSettings
 from gan_dist.nets.layers import norm_layer, upsample_conv
 
 
@@ -160,19 +160,18 @@ class FFCResNet(nn.Module):
         return self.up(torch.cat(pair, dim=1))
 
 
-@register(GENERATORS, "ffc_resnet")
-def build(cfg, in_channels: int, out_channels: int, image_size: int) -> nn.Module:
-    from gan_dist.recipe import FFC_DEPTH
-
-    depth = cfg.depth or FFC_DEPTH
+def build(
+    settings: FFCResNetSettings, in_channels: int, out_channels: int, image_size: int
+) -> nn.Module:
+    depth = settings.depth or FFC_DEPTH
     if image_size % 2**depth:
         raise ValueError(f"ffc_resnet depth {depth} needs an image size divisible by {2**depth}")
     return FFCResNet(
         in_channels,
         out_channels,
-        cfg.base_channels,
+        settings.base_channels,
         depth,
-        cfg.blocks,
-        cfg.global_ratio,
-        cfg.norm,
+        settings.blocks,
+        settings.global_ratio,
+        settings.norm,
     )

@@ -46,12 +46,3 @@ def apply_spectral_norm(module: nn.Module) -> nn.Module:
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             spectral_norm(m)
     return module
-
-
-def downsamplings(image_size: int, smallest: int = 4, most: int = 8) -> int:
-    """How many stride-2 steps take image_size down to `smallest` pixels (at most `most`)."""
-    steps = 0
-    while image_size // 2 >= smallest and steps < most:
-        image_size //= 2
-        steps += 1
-    return steps

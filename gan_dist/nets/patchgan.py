@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from gan_dist.nets import DISCRIMINATORS, register
+from gan_dist.families import PatchGANSettings
 from gan_dist.nets.dcgan import _WithFeatures
 from gan_dist.nets.layers import norm_layer
 
 
-@register(DISCRIMINATORS, "patchgan")
-def build(cfg, in_channels: int, image_size: int) -> nn.Module:
-    base, layers_n = cfg.base_channels, cfg.layers
+def build(settings: PatchGANSettings, in_channels: int, image_size: int) -> nn.Module:
+    base, layers_n = settings.base_channels, settings.layers
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, base, 4, stride=2, padding=1),
         nn.LeakyReLU(0.2, inplace=True),
@@ -22,8 +21,8 @@ def build(cfg, in_channels: int, image_size: int) -> nn.Module:
         nxt = min(base * 2**i, base * 8)
         stride = 2 if i < layers_n else 1
         layers += [
-            nn.Conv2d(width, nxt, 4, stride=stride, padding=1, bias=cfg.norm == "none"),
-            norm_layer(cfg.norm, nxt),
+            nn.Conv2d(width, nxt, 4, stride=stride, padding=1, bias=settings.norm == "none"),
+            norm_layer(settings.norm, nxt),
             nn.LeakyReLU(0.2, inplace=True),
         ]
         width = nxt

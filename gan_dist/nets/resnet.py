@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gan_dist.nets import GENERATORS, register
+from gan_dist.families import ResNetSettings
 from gan_dist.nets.layers import norm_layer, upsample_conv
 
 
@@ -28,11 +28,12 @@ class _Block(nn.Module):
         return x + self.body(x)
 
 
-@register(GENERATORS, "resnet")
-def build(cfg, in_channels: int, out_channels: int, image_size: int) -> nn.Module:
+def build(
+    settings: ResNetSettings, in_channels: int, out_channels: int, image_size: int
+) -> nn.Module:
     if image_size % 4:
         raise ValueError("resnet needs an image size divisible by 4")
-    b, norm = cfg.base_channels, cfg.norm
+    b, norm = settings.base_channels, settings.norm
     layers: list[nn.Module] = [
         nn.ReflectionPad2d(3),
         nn.Conv2d(in_channels, b, 7, bias=False),
@@ -45,7 +46,7 @@ def build(cfg, in_channels: int, out_channels: int, image_size: int) -> nn.Modul
             norm_layer(norm, b * mult * 2),
             nn.ReLU(inplace=True),
         ]
-    layers += [_Block(b * 4, norm, cfg.dropout) for _ in range(cfg.blocks)]
+    layers += [_Block(b * 4, norm, settings.dropout) for _ in range(settings.blocks)]
     for mult in (4, 2):
         layers += [
             upsample_conv(b * mult, b * mult // 2),

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gan_dist.nets import GENERATORS, register
-from gan_dist.nets.layers import downsamplings, norm_layer, upsample_conv
+from gan_dist.families import UNetSettings, downsamplings
+from gan_dist.nets.layers import norm_layer, upsample_conv
 
 
 class Gate(nn.Module):
@@ -84,11 +84,18 @@ class UNet(nn.Module):
         return self.out(x)
 
 
-@register(GENERATORS, "unet")
-def build(cfg, in_channels: int, out_channels: int, image_size: int) -> nn.Module:
-    depth = cfg.depth or downsamplings(image_size)
+def build(
+    settings: UNetSettings, in_channels: int, out_channels: int, image_size: int
+) -> nn.Module:
+    depth = settings.depth or downsamplings(image_size)
     if image_size % 2**depth:
         raise ValueError(f"unet depth {depth} needs an image size divisible by {2**depth}")
     return UNet(
-        in_channels, out_channels, cfg.base_channels, depth, cfg.norm, cfg.dropout, cfg.gated
+        in_channels,
+        out_channels,
+        settings.base_channels,
+        depth,
+        settings.norm,
+        settings.dropout,
+        settings.gated,
     )

@@ -31,7 +31,7 @@ from gan_dist.data.stream import (
 from gan_dist.errors import GanDistError
 from gan_dist.nets import build_discriminator, build_generator
 from gan_dist.objectives import (
-    ADVERSARIAL,
+    adversarial_for,
     feature_matching,
     generated_share,
     gradient_penalty,
@@ -553,7 +553,7 @@ def train_step(
     """One batch: a discriminator update, then (every n_critic steps) a generator update.
     `r1_due`: add the lazy R1 penalty to this discriminator step (objective.r1_weight)."""
     obj = recipe.objective
-    adversarial = ADVERSARIAL[obj.adversarial]
+    adversarial = adversarial_for(obj)
     fmt = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
     damaged, clean, mask, start = (
         batch[k].to(accelerator.device, non_blocking=True).contiguous(memory_format=fmt)
@@ -574,7 +574,7 @@ def train_step(
         real_in = torch.cat([damaged, mask, judged], dim=1)
         fake_in = torch.cat([damaged, mask, fake.detach()], dim=1)
         parts = [real_in, fake_in]
-        if obj.adversarial == "wgan-gp":
+        if obj.critic:
             eps = torch.rand(len(real_in), 1, 1, 1, device=real_in.device)
             interp = (eps * real_in + (1 - eps) * fake_in).requires_grad_(True)
             parts.append(interp)
@@ -589,7 +589,7 @@ def train_step(
             penalty = r1_penalty(real_logits, judged)
             loss_d = loss_d + 0.5 * obj.r1_weight * obj.r1_every * penalty
             losses["d_r1"] = penalty.detach()
-        if obj.adversarial == "wgan-gp":
+        if obj.critic:
             gp = gradient_penalty(chunks[2], interp)
             loss_d = loss_d + obj.gp_weight * gp
             losses["d_gp"] = gp.detach()
