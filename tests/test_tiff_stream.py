@@ -34,10 +34,16 @@ def holes(h: int, w: int) -> np.ndarray:
     return mask
 
 
+def repair_one(model, job: Job, **kw):
+    """One file through `repair_files` (64 px tiles, 16 px overlap, batches of 4); `model` is
+    a model folder or a loaded model."""
+    net = load_model(str(model)) if isinstance(model, Path) else model
+    [result] = repair_files(lambda: net, [job], 64, 16, 4, False, **kw)
+    return result
+
+
 def repair(model: Path, image: Path, mask: Path, out: Path) -> np.ndarray:
-    [result] = repair_files(
-        lambda: load_model(str(model)), [Job(image, out, mask)], 64, 16, 4, False
-    )
+    result = repair_one(model, Job(image, out, mask))
     assert result.status == "repaired", result.detail
     return tifffile.imread(out)
 
@@ -95,14 +101,7 @@ def test_a_min_is_white_scan_reads_inverted_as_the_whole_image_path_does(model, 
     mask_path = tmp_path / "m.png"
     mask_path.write_bytes(encode_png((holes(96, 128) * 255).astype(np.uint8)[:, :, None]))
     streamed = repair(model, image, mask_path, tmp_path / "a" / "mw.tif")
-    [result] = repair_files(
-        lambda: load_model(str(model)),
-        [Job(image, tmp_path / "mw.png", mask_path)],
-        64,
-        16,
-        4,
-        False,
-    )
+    result = repair_one(model, Job(image, tmp_path / "mw.png", mask_path))
     assert result.status == "repaired", result.detail
     assert np.array_equal(streamed, read_image(tmp_path / "mw.png").pixels[:, :, 0])
     known = ~holes(96, 128)
@@ -163,7 +162,7 @@ def peak_numpy_memory(net, folder: Path, height: int, width: int = 1200) -> int:
     out = folder / "out" / f"{height}.tif"
     tracemalloc.start()
     try:
-        [result] = repair_files(lambda: net, [Job(image, out, mask_path)], 64, 16, 4, False)
+        result = repair_one(net, Job(image, out, mask_path))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -198,14 +197,7 @@ def test_a_tiff_broken_half_way_leaves_no_output(model, tmp_path):
     full[::40, :] = 255
     mask_path.write_bytes(encode_png(full))
     out = tmp_path / "out"
-    [result] = repair_files(
-        lambda: load_model(str(model)),
-        [Job(image, out / "broken.tif", mask_path)],
-        64,
-        16,
-        4,
-        False,
-    )
+    result = repair_one(model, Job(image, out / "broken.tif", mask_path))
     assert result.status == "failed" and result.detail
     assert not out.exists() or list(out.iterdir()) == []
 
@@ -217,9 +209,7 @@ def test_an_unchanged_streamed_tiff_is_written_whole(model, tmp_path):
     mask_path = tmp_path / "empty.tif"
     tifffile.imwrite(mask_path, np.zeros((300, 200), np.uint8))
     out = tmp_path / "out" / "clean.tif"
-    [result] = repair_files(
-        lambda: load_model(str(model)), [Job(image, out, mask_path)], 64, 16, 4, False
-    )
+    result = repair_one(model, Job(image, out, mask_path))
     assert result.status == "no hole"
     assert np.array_equal(tifffile.imread(out), arr)
 
@@ -231,13 +221,9 @@ def test_a_long_repair_reports_its_rows(model, tmp_path):
     mask_path = tmp_path / "m.tif"
     tifffile.imwrite(mask_path, holes(700, 90).astype(np.uint8) * 255)
     seen: list[tuple[int, int]] = []
-    [result] = repair_files(
-        lambda: load_model(str(model)),
-        [Job(image, tmp_path / "out" / "tall.tif", mask_path)],
-        64,
-        16,
-        4,
-        False,
+    result = repair_one(
+        model,
+        Job(image, tmp_path / "out" / "tall.tif", mask_path),
         on_rows=lambda done, height: seen.append((done, height)),
     )
     assert result.status == "repaired", result.detail
@@ -282,14 +268,7 @@ def test_a_full_disk_mid_write_leaves_nothing(model, tmp_path, small_disk):
     mask_path = tmp_path / "m.tif"
     tifffile.imwrite(mask_path, holes(1500, 1500).astype(np.uint8) * 255)
     (small_disk / "filler").write_bytes(b"\0" * (6 << 20))
-    [result] = repair_files(
-        lambda: load_model(str(model)),
-        [Job(image, small_disk / "noise.tif", mask_path)],
-        64,
-        16,
-        4,
-        False,
-    )
+    result = repair_one(model, Job(image, small_disk / "noise.tif", mask_path))
     assert result.status == "failed" and "space" in result.detail.lower(), result.detail
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
 
@@ -299,14 +278,7 @@ def test_a_tiff_mask_of_another_size_names_both_sizes(model, tmp_path):
     tifffile.imwrite(image, gradient16(80, 90, 1)[:, :, 0], rowsperstrip=8)
     mask_path = tmp_path / "m.tif"
     tifffile.imwrite(mask_path, holes(81, 90).astype(np.uint8) * 255, rowsperstrip=8)
-    [result] = repair_files(
-        lambda: load_model(str(model)),
-        [Job(image, tmp_path / "o" / "s.tif", mask_path)],
-        64,
-        16,
-        4,
-        False,
-    )
+    result = repair_one(model, Job(image, tmp_path / "o" / "s.tif", mask_path))
     assert result.status == "failed"
     assert f"mask {mask_path} is 90x81, the image 90x80" in result.detail
     assert not (tmp_path / "o").exists()
