@@ -336,3 +336,49 @@ def test_an_empty_mask_writes_the_image_unchanged_over_an_older_output(model, tm
     (row,) = json.loads(result.stdout)["files"]
     assert row["status"] == "no hole"
     assert np.array_equal(read_image(out).pixels, read_image(src).pixels)
+
+
+def test_a_float_tiff_bomb_is_refused_before_it_is_decoded(tmp_path):
+    """A 600 kB file claiming a 12000x12000 float page: refused on its header, not after
+    decoding 576 MB to look for NaN."""
+    import resource
+
+    import tifffile
+
+    from gan_dist.data.images import probe
+
+    path = tmp_path / "bomb.tif"
+    tiles = (np.zeros((1024, 1024), np.float32) for _ in range(144))
+    tifffile.imwrite(
+        path, tiles, shape=(12000, 12000), dtype=np.float32, tile=(1024, 1024), compression="zlib"
+    )
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(GanDistError, match=r"too large \(12000x12000 px"):
+        probe(path, 1_000_000)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 100, f"peak RSS grew {grown_mb:.0f} MB"
+
+
+@pytest.mark.parametrize("role", ["image", "mask"])
+def test_a_one_bit_min_is_white_tiff_is_read(grey, tmp_path, role):
+    """tifffile writes bool pages as min-is-white 1-bit (the fax layout): read as 0/255,
+    inverted, as image and as mask."""
+    import tifffile
+
+    bits = np.zeros((40, 48), bool)
+    bits[10:20, 16:28] = True
+    image, mask = tmp_path / "scan.tif", tmp_path / "mask.tif"
+    if role == "image":
+        tifffile.imwrite(image, bits)
+        tifffile.imwrite(mask, hole(40, 48).astype(np.uint8) * 255)
+    else:
+        tifffile.imwrite(image, np.full((40, 48), 128, np.uint8))
+        tifffile.imwrite(mask, ~hole(40, 48))  # stored as min-is-white: true pixels read black
+    assert read_image(image if role == "image" else mask).pixels.dtype == np.uint8
+    out = tmp_path / "out" / "scan.tif"
+    result = run_cli("repair", str(image), str(out), "--model", str(grey), "--mask", str(mask))
+    assert result.returncode == 0, result.stdout + result.stderr
+    back = read_image(out).pixels[:, :, 0]
+    known = ~hole(40, 48)
+    expected = np.where(bits, 0, 255) if role == "image" else np.full((40, 48), 128)
+    assert np.array_equal(back[known], expected[known])

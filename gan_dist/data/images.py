@@ -70,14 +70,18 @@ def probe(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int, i
         channels = 3 if int(getattr(ds, "SamplesPerPixel", 1)) == 3 else 1
         depth = 16 if int(getattr(ds, "BitsAllocated", 8)) > 8 else 8
     elif suffix in (".tif", ".tiff"):
-        width, height, channels, depth = _probe_tiff(path)
+        width, height, channels, depth = _probe_tiff(path, max_pixels)
     else:
         width, height, channels, depth = _probe_pillow(path)
+    _check_size(width, height, max_pixels)
+    return width, height, channels, depth
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageReadError(
             f"too large ({width}x{height} px, over the {max_pixels:,} pixel limit)"
         )
-    return width, height, channels, depth
 
 
 def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
@@ -238,7 +242,7 @@ def _check_finite(values: np.ndarray) -> None:
 # --- TIFF ----------------------------------------------------------------------------------
 
 
-def _probe_tiff(path: Path) -> tuple[int, int, int, int]:
+def _probe_tiff(path: Path, max_pixels: int) -> tuple[int, int, int, int]:
     import tifffile
 
     try:
@@ -246,8 +250,12 @@ def _probe_tiff(path: Path) -> tuple[int, int, int, int]:
             page = tif.pages[0]
             shape, dtype = page.shape, page.dtype
             samples = page.samplesperpixel
+            # before any decoding: a small file may claim a huge float page (a bomb)
+            _check_size(page.imagewidth, page.imagelength, max_pixels)
             # a float scan with a NaN is refused here, before its depth counts for a pack
             values = page.asarray() if dtype is not None and dtype.kind in "fc" else None
+    except ImageReadError:
+        raise
     except Exception as exc:
         raise ImageReadError(f"not a readable TIFF ({exc})") from None
     if values is not None:
@@ -290,11 +298,11 @@ def _tiff_picture(path: Path) -> Picture:
         arr, alpha = arr[:, :, : arr.shape[2] - 1], arr[:, :, -1].copy()
     if arr.shape[2] not in (1, 3):
         raise ImageReadError(f"TIFF has {arr.shape[2]} channels; expected 1 or 3")
+    if arr.dtype == np.bool_:  # 1-bit (fax, CCITT): 0/255 before any inversion
+        arr = arr.astype(np.uint8) * 255
     if photometric == 0:  # MINISWHITE
         notes.append("min-is-white inverted")
         arr = np.iinfo(arr.dtype).max - arr if arr.dtype.kind == "u" else arr.max() - arr
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8) * 255
     original = None
     if arr.dtype not in (np.uint8, np.uint16):
         original, arr = arr, _to_uint16(arr, notes, f"TIFF {arr.dtype}")
