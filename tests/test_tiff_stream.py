@@ -282,3 +282,34 @@ def test_a_tiff_mask_of_another_size_names_both_sizes(model, tmp_path):
     assert result.status == "failed"
     assert f"mask {mask_path} is 90x81, the image 90x80" in result.detail
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.integration
+def test_sigterm_mid_write_leaves_no_partial_file(model, tmp_path):
+    """A SLURM time limit (SIGTERM) while a scan is written: the half-written file is
+    removed, as on Ctrl-C, and the exit status says a signal stopped it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    h, w = 6000, 1500
+    image = tmp_path / "scan.tif"
+    tifffile.imwrite(image, gradient16(h, w, 1)[:, :, 0], rowsperstrip=64, compression="zlib")
+    mask = np.zeros((h, w), np.uint8)
+    mask[:, ::97] = 255  # a hole in every tile: the repair takes a while
+    tifffile.imwrite(tmp_path / "mask.tif", mask, rowsperstrip=64)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "gan_dist", "repair", str(image), str(out / "scan.tif")]
+    cmd += ["--model", str(model), "--mask", str(tmp_path / "mask.tif"), "--tile", "64"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out.exists() and any(out.iterdir())) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    assert any(p.name.endswith(".partial") for p in out.iterdir()), "no write in progress"
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert list(out.iterdir()) == []

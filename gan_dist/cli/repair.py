@@ -67,6 +67,7 @@ def repair(
     from gan_dist.precision import inference_precision
     from gan_dist.repair_files import STATUSES, plan, repair_files
 
+    _stop_on_sigterm()
     with user_errors():
         if precision not in ("auto", "bf16", "fp32"):
             raise GanDistError(f"--precision {precision}: use auto, bf16 or fp32")
@@ -112,6 +113,17 @@ def repair(
         out.print(f"{tally} ({on}, {run_in})")
     if counts["failed"]:
         raise typer.Exit(1)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a SLURM time limit, `timeout`, `kill`) unwinds like Ctrl-C: the file being
+    written is removed, never left half-written beside the finished ones; exit 143."""
+    import signal
+
+    def stop(signum, frame) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _device(choice: str) -> str:
