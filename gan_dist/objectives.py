@@ -7,8 +7,10 @@ bf16/fp16 training does not round the loss itself.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -45,11 +47,18 @@ class Adversarial:
 
 def adversarial_for(objective: ObjectiveConfig) -> Adversarial:
     """The recipe's adversarial family (`objective.adversarial`, `registry.py`) built with
-    its settings (`objective.adversarial_settings`)."""
+    its settings (`objective.adversarial_settings`); built once, not at every step."""
+    return _adversarial(
+        objective.adversarial, json.dumps(objective.adversarial_settings, sort_keys=True)
+    )
+
+
+@cache
+def _adversarial(name: str, settings: str) -> Adversarial:
     from gan_dist.registry import registry
 
-    family = registry("objective").get(objective.adversarial)
-    return family.builder()(family.settings.model_validate(objective.adversarial_settings))
+    family = registry("objective").get(name)
+    return family.builder()(family.settings.model_validate_json(settings))
 
 
 def non_saturating(settings: Any = None) -> Adversarial:
