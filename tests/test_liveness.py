@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -213,7 +214,9 @@ def test_a_requeued_job_waits_for_the_old_one_then_takes_over(own_shards, tmp_pa
     assert requeued.proc.poll() is None
     old.signal(signal.SIGTERM)  # the old job drains: checkpoint, exit 75
     assert old.finish(timeout=120)[0] == EXIT_PREEMPTED, old.output
-    stopped_at = old.status["step"]
+    # from its own output: status.json is shared, and the requeued job may already have
+    # taken over and written its progress there
+    stopped_at = int(re.search(r"preempted \(SIGTERM\) at step (\d+)", old.output)[1])
     requeued.wait_for("step ")
     assert f"at step {stopped_at}" in requeued.output  # resumed where the old one stopped
     requeued.signal(signal.SIGTERM)
