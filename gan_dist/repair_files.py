@@ -33,8 +33,10 @@ from gan_dist.data.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
     Picture,
+    Storage,
     atomic_file,
-    from_uint16,
+    probe,
+    raw_from_levels,
     read_image,
     to_bit_depth,
     to_channels,
@@ -85,16 +87,25 @@ class FileResult:
 
 
 def plan(
-    input_path: Path, output: Path, masks: Path | None, output_format: str = "same"
+    input_path: Path,
+    output: Path | str,
+    masks: Path | None,
+    output_format: str = "same",
 ) -> list[Job]:
     """A Job for every image under `input_path` (a file or a folder, searched recursively).
+    `output` is a folder when it is one, or when it is given as a string ending in a path
+    separator (`out/`, as typed: a Path drops the slash).
 
     Raises GanDistError, before anything is read or written, when INPUT or --mask does not
     exist, when OUTPUT's suffix cannot be written, or when any output would land on an
-    input image, a mask, inside the input or mask folder, or on another output."""
+    input image, a mask, inside the input or mask folder, on another output, or on a
+    symbolic link (written through, it would replace the file the link points to)."""
     if output_format not in FORMATS:
         raise GanDistError(f"--format {output_format}: use one of {', '.join(FORMATS)}")
-    source, out = input_path.resolve(), output.resolve()
+    as_folder = isinstance(output, str) and output.endswith(("/", "\\"))
+    output = Path(output)
+    # the last component unresolved: a link there is refused below, not followed
+    source, out = input_path.resolve(), output.parent.resolve() / output.name
     if not source.exists():
         raise GanDistError(f"{input_path}: no such file or folder")
     if masks is not None and not masks.exists():
@@ -106,7 +117,7 @@ def plan(
         targets = [out / _output_name(rel, output_format) for rel in rels]
     else:
         images, rels = [source], [Path(source.name)]
-        if out.is_dir() or output.name.endswith(("/", "\\")):
+        if out.is_dir() or as_folder:
             targets = [out / _output_name(rels[0], output_format)]
         else:
             named = out.suffix.lower().lstrip(".").replace("tiff", "tif")
@@ -147,7 +158,7 @@ def _refuse_collisions(
             protected[mask_root] = "the mask"
     written: dict[Path, Path] = {}
     for image, target in zip(images, targets, strict=True):
-        lands = target.resolve()  # follows a symlink already sitting at the output path
+        lands = target.resolve()
         if lands in protected:
             raise GanDistError(
                 f"the output for {image} would overwrite {protected[lands]} ({lands}); "
@@ -159,6 +170,11 @@ def _refuse_collisions(
                     f"the output for {image} would land inside {name} ({lands}); "
                     "choose an OUTPUT outside it"
                 )
+        if target.is_symlink():
+            raise GanDistError(
+                f"the output for {image} would be written through the symbolic link {target} "
+                f"(to {lands}); remove the link or choose another OUTPUT"
+            )
         if lands in written:
             raise GanDistError(
                 f"{written[lands]} and {image} would both be written to {lands}; "
@@ -238,14 +254,17 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels, on_rows) -> F
             raise GanDistError("no mask found (an inpainting model needs one: --mask FILE|DIR)")
         rows = repair_rows(model, picture.pixels, mask, tile, overlap, batch)
         rows = _counted(rows, height, on_rows)
-        if picture.original is not None:  # float or 32-bit data: known values back exactly
-            rows = iter([(0, _restore_original(picture.original, rows, mask))])
-            notes = [n for n in notes if "rescaled to 0..65535" not in n]
+        storage = picture.storage if suffix in TIFF else Storage()
+        if picture.original is not None:  # signed, wide or float: known samples back exactly
+            rows = iter([(0, _restore_original(picture, rows, mask))])
+            notes = [n for n in notes if "rescaled to 0.." not in n]
+        elif storage.min_is_white:  # the samples as they were stored
+            rows = ((top, np.iinfo(v.dtype).max - v) for top, v in rows)
         if picture.alpha is not None and not WRITABLE[suffix][1]:
             notes.append(f"alpha channel dropped ({suffix} output)")
         elif picture.alpha is not None:
             rows = _with_alpha(rows, picture.alpha)
-        _write(job.target, suffix, rows, height)
+        _write(job.target, suffix, rows, height, storage)
     holes = f"{mask.mean():.1%} of pixels" if mask is not None else "all pixels"
     detail = "; ".join(notes if status == "no hole" else [holes, *notes])
     return FileResult(job.image, job.target, status, detail, 0, size)
@@ -261,13 +280,15 @@ def _open_image(path: Path, suffix: str, max_pixels: int, stack: ExitStack):
     return read_image(path, max_pixels)
 
 
-def _restore_original(original: np.ndarray, rows, mask) -> np.ndarray:
-    """The decoded float or 32-bit values with only the hole pixels from the repair (which
-    ran on their 16-bit mapping, `images.from_uint16`)."""
+def _restore_original(picture: Picture, rows, mask) -> np.ndarray:
+    """The samples as decoded (signed, wide or float) with only the hole pixels from the
+    repair, which ran on their levels (`images.raw_from_levels`)."""
+    original = picture.original
     repaired = np.concatenate([r for _, r in rows])
     restored = original.copy()
     hole = np.asarray(mask[:, :]) if mask is not None else np.ones(original.shape[:2], bool)
-    restored[hole] = from_uint16(repaired, original)[hole]
+    new = raw_from_levels(repaired, original, picture.storage.min_is_white)
+    restored[hole] = new[hole]
     return restored
 
 
@@ -279,18 +300,27 @@ def _counted(rows, height: int, on_rows: Callable[[int, int], None]) -> Iterator
 
 def _with_alpha(rows, alpha) -> Iterator[tuple[int, np.ndarray]]:
     for top, values in rows:
-        kept = to_bit_depth(np.asarray(alpha[top : top + len(values), :]), values.itemsize * 8)
-        yield top, np.concatenate([values, kept[:, :, None]], axis=2)
+        kept = np.asarray(alpha[top : top + len(values), :])
+        if values.dtype.kind == "u" and kept.dtype.kind == "u":  # 8-bit alpha on 16-bit
+            kept = to_bit_depth(kept, values.itemsize * 8)
+        yield top, np.concatenate([values, kept[:, :, None].astype(values.dtype)], axis=2)
 
 
-def _write(target: Path, suffix: str, rows: Iterator[tuple[int, np.ndarray]], height: int):
+def _write(
+    target: Path,
+    suffix: str,
+    rows: Iterator[tuple[int, np.ndarray]],
+    height: int,
+    storage: Storage,
+) -> None:
     """Output rows (n, W, C), given top to bottom -> the file, atomically. TIFF is written
-    as the rows come, tile by tile; other formats are encoded from the assembled image."""
+    as the rows come, tile by tile, stored as `storage` says; other formats are encoded
+    from the assembled image."""
     _, first = next(rows)
     bands = chain([first], (values for _, values in rows))
     if suffix in TIFF:
         with atomic_file(target) as fh:
-            write_tiff(fh, (height, *first.shape[1:]), first.dtype, bands)
+            write_tiff(fh, (height, *first.shape[1:]), first.dtype, bands, storage)
     else:
         write_bytes_atomic(target, encode_image(np.concatenate(list(bands)), suffix))
 
@@ -319,20 +349,21 @@ def read_mask(
     as their luma. With a `stack` to close it on, a TIFF mask is read in bands (`TiffMask`)
     instead of whole. Raises GanDistError when the mask's size is not `shape`."""
     try:
+        width, height, _, _ = probe(path, max_pixels)
+        if (height, width) != shape:  # from the header, before any pixel is decoded
+            raise GanDistError(f"{width}x{height}, the image is {shape[1]}x{shape[0]}")
         raster = open_tiff(path, max_pixels) if stack is not None and _is_tiff(path) else None
-        mask = TiffMask(stack.enter_context(raster)) if raster else None
-        values = read_image(path, max_pixels).pixels if mask is None else None
+        picture = read_image(path, max_pixels) if raster is None else None
     except GanDistError as exc:
         raise GanDistError(f"mask {path}: {exc}") from None
-    found = mask.shape if mask is not None else values.shape[:2]
-    if tuple(found) != shape:
-        raise GanDistError(f"mask {path} is {found[1]}x{found[0]}, the image {shape[1]}x{shape[0]}")
-    if mask is None:
-        grey = to_channels(values, 1)[:, :, 0]
-        zero_one = int(grey.max()) == 1
-        mask = _binarise(grey, zero_one)
-    else:
-        zero_one = mask.zero_one
+    if raster is not None:
+        mask = TiffMask(stack.enter_context(raster))
+        return mask, "mask read as 0/1 (1 = hole)" if mask.zero_one else ""
+    if picture.pages > 1:
+        raise GanDistError(f"mask {path} has {picture.pages} pages or frames; give a one-page mask")
+    grey = to_channels(picture.pixels, 1)[:, :, 0]
+    zero_one = int(grey.max()) == 1
+    mask = _binarise(grey, zero_one)
     return mask, "mask read as 0/1 (1 = hole)" if zero_one else ""
 
 

@@ -103,9 +103,13 @@ def test_a_min_is_white_scan_reads_inverted_as_the_whole_image_path_does(model, 
     streamed = repair(model, image, mask_path, tmp_path / "a" / "mw.tif")
     result = repair_one(model, Job(image, tmp_path / "mw.png", mask_path))
     assert result.status == "repaired", result.detail
-    assert np.array_equal(streamed, read_image(tmp_path / "mw.png").pixels[:, :, 0])
+    shown = read_image(tmp_path / "mw.png").pixels[:, :, 0]  # PNG has no min-is-white
+    assert np.array_equal(read_image(tmp_path / "a" / "mw.tif").pixels[:, :, 0], shown)
+    # stored as it came (it was written back min-is-black with every sample inverted)
+    assert tifffile.TiffFile(tmp_path / "a" / "mw.tif").pages[0].photometric == 0
     known = ~holes(96, 128)
-    assert np.array_equal(streamed[known], 65535 - arr[known])
+    assert np.array_equal(streamed[known], arr[known])
+    assert np.array_equal(streamed, 65535 - shown)
 
 
 def test_a_tiff_mask_is_read_by_the_same_rule_as_any_other(tmp_path):
@@ -198,7 +202,9 @@ def test_a_tiff_broken_half_way_leaves_no_output(model, tmp_path):
     mask_path.write_bytes(encode_png(full))
     out = tmp_path / "out"
     result = repair_one(model, Job(image, out / "broken.tif", mask_path))
-    assert result.status == "failed" and result.detail
+    assert result.status == "failed"
+    # said as the whole-image path says it, not as the codec's raw error
+    assert result.detail.startswith("corrupt or unreadable TIFF at rows "), result.detail
     assert not out.exists() or list(out.iterdir()) == []
 
 
@@ -280,7 +286,7 @@ def test_a_tiff_mask_of_another_size_names_both_sizes(model, tmp_path):
     tifffile.imwrite(mask_path, holes(81, 90).astype(np.uint8) * 255, rowsperstrip=8)
     result = repair_one(model, Job(image, tmp_path / "o" / "s.tif", mask_path))
     assert result.status == "failed"
-    assert f"mask {mask_path} is 90x81, the image 90x80" in result.detail
+    assert f"mask {mask_path}: 90x81, the image is 90x80" in result.detail
     assert not (tmp_path / "o").exists()
 
 

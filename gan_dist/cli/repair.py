@@ -17,7 +17,9 @@ MODEL_HELP = (
 
 def repair(
     input_path: Path = typer.Argument(..., metavar="INPUT", help="An image or a folder."),
-    output: Path = typer.Argument(..., help="Output file or folder (relative paths kept)."),
+    output: str = typer.Argument(
+        ..., help="Output file or folder (relative paths kept; `out/` is always a folder)."
+    ),
     model: str = typer.Option(..., "--model", help=MODEL_HELP),
     mask: Path = typer.Option(
         None, help="A mask file, or a folder of masks matched by relative path (white = repair)."

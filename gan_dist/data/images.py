@@ -30,6 +30,16 @@ class ImageReadError(GanDistError):
     """A file that cannot be used as an image; the message is the reason shown to the user."""
 
 
+@dataclass(frozen=True)
+class Storage:
+    """How a TIFF stored its samples, so that repair writes them back the same way: grey as
+    min-is-white (0 = white) and the alpha sample's kind (TIFF ExtraSamples: `assocalpha`
+    for premultiplied colours, `unassalpha`, or `unspecified`)."""
+
+    min_is_white: bool = False
+    alpha: str = "unassalpha"
+
+
 @dataclass
 class Picture:
     """Pixels plus what the reader had to do to them."""
@@ -39,9 +49,10 @@ class Picture:
     extra: dict[str, float] = field(default_factory=dict)
     alpha: np.ndarray | None = None  # (H, W), kept aside: training ignores it, repair restores it
     # the decoded values before they were mapped onto 16 bits (float or 32-bit TIFFs), so
-    # that repair can write known pixels back exactly (see `from_uint16`)
+    # that repair can write known pixels back exactly (see `raw_from_levels`)
     original: np.ndarray | None = None
     pages: int = 1  # pages (TIFF) or frames (DICOM) in the file; pixels come from the first
+    storage: Storage = field(default_factory=lambda: Storage())
 
     @property
     def bit_depth(self) -> int:
@@ -174,7 +185,7 @@ def _pillow_picture(path: Path) -> Picture:
     if im.mode in ("I;16", "I;16B", "I;16L"):
         arr = np.asarray(im).astype(np.uint16)
     elif im.mode in ("I", "F"):
-        arr = _to_uint16(np.asarray(im), notes, f"{im.mode}-mode")
+        arr = _to_levels(np.asarray(im), notes, f"{im.mode}-mode")
     else:
         arr = np.asarray(im)
     if arr.ndim == 2:
@@ -197,36 +208,67 @@ def _deep_png_picture(path: Path) -> Picture:
     return Picture(np.ascontiguousarray(arr), notes, alpha=alpha)
 
 
-def _to_uint16(arr: np.ndarray, notes: list[str], what: str) -> np.ndarray:
-    """Wider integer or float data: keep as is when it fits 16 bits, else rescale and say so.
-    Raises ImageReadError for NaN or infinite values (no rescaling could place them)."""
+def _to_levels(arr: np.ndarray, notes: list[str], what: str, bits: int = 16) -> np.ndarray:
+    """Wider, signed or float data as `bits`-bit levels (uint8 or uint16): kept as is when
+    the values are non-negative integers that fit, else rescaled from their own range, and
+    the note says so. Raises ImageReadError for NaN or infinite values (no rescaling could
+    place them)."""
     import numpy as np
 
     _check_finite(arr)
-
-    if np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= 65535:
-        return arr.astype(np.uint16)
+    target = np.uint8 if bits == 8 else np.uint16
+    top = np.iinfo(target).max
+    if np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= top:
+        return arr.astype(target)
     lo, hi = float(arr.min()), float(arr.max())
-    notes.append(f"{what} values {lo:g}..{hi:g} rescaled to 0..65535")
-    scale = 65535.0 / (hi - lo) if hi > lo else 0.0
-    return np.round((arr.astype(np.float64) - lo) * scale).astype(np.uint16)
+    notes.append(f"{what} values {lo:g}..{hi:g} rescaled to 0..{top}")
+    scale = top / (hi - lo) if hi > lo else 0.0
+    return np.round((arr.astype(np.float64) - lo) * scale).astype(target)
 
 
-def from_uint16(values: np.ndarray, original: np.ndarray) -> np.ndarray:
-    """The inverse of `_to_uint16` for values in `original`'s range and dtype: 16-bit levels
-    back to the float or wide-integer values they stand for (rounded and clipped for
-    integers)."""
+def levels_bits(dtype: np.dtype) -> int:
+    """The depth of the levels that stand for samples of `dtype`: 8 for one-byte samples
+    (int8), else 16."""
+    return 8 if dtype.itemsize == 1 else 16
+
+
+def _white_top(raw: np.ndarray) -> float | int:
+    """What a min-is-white sample is subtracted from: the type's maximum for unsigned
+    integers, else the largest value present (signed and float data have no fixed white)."""
     import numpy as np
 
-    kind = original.dtype.kind
-    if kind in "iu" and original.min() >= 0 and original.max() <= 65535:
-        return values.astype(original.dtype)
-    lo, hi = float(original.min()), float(original.max())
-    out = lo + values.astype(np.float64) * ((hi - lo) / 65535.0)
-    if kind in "iu":
-        info = np.iinfo(original.dtype)
-        out = np.clip(np.round(out), info.min, info.max)
-    return out.astype(original.dtype)
+    return np.iinfo(raw.dtype).max if raw.dtype.kind == "u" else float(raw.max())
+
+
+def _shown(raw: np.ndarray, min_is_white: bool) -> np.ndarray:
+    """Samples as they are shown, 0 = black: unsigned integers exactly, others in float64
+    (a signed subtraction could overflow)."""
+    if not min_is_white:
+        return raw
+    if raw.dtype.kind == "u":
+        return _white_top(raw) - raw
+    return _white_top(raw) - raw.astype("float64")
+
+
+def raw_from_levels(levels: np.ndarray, raw: np.ndarray, min_is_white: bool) -> np.ndarray:
+    """The inverse of the reader's mapping (`_shown`, then `_to_levels`) for new values:
+    levels (H, W, C) uint8/uint16 back to samples of `raw`'s dtype and range, stored as
+    `raw` was (min-is-white or not), rounded and clipped for integer types."""
+    import numpy as np
+
+    shown = _shown(raw, min_is_white)
+    top = float(np.iinfo(levels.dtype).max)
+    lo, hi = float(shown.min()), float(shown.max())
+    if shown.dtype.kind in "iu" and lo >= 0 and hi <= top:
+        values = levels.astype(np.float64)
+    else:
+        values = lo + levels.astype(np.float64) * ((hi - lo) / top)
+    if min_is_white:
+        values = _white_top(raw) - values
+    if raw.dtype.kind in "iu":
+        info = np.iinfo(raw.dtype)
+        values = np.clip(np.round(values), info.min, info.max)
+    return values.astype(raw.dtype)
 
 
 def _check_finite(values: np.ndarray) -> None:
@@ -242,6 +284,49 @@ def _check_finite(values: np.ndarray) -> None:
 # --- TIFF ----------------------------------------------------------------------------------
 
 
+# photometric interpretations read (TIFF 6.0, section 8): grey, RGB, palette, separated
+# (CMYK inks) and YCbCr as JPEG decodes it to RGB; others store values that need a colour
+# transform we do not make (CIELab, raw sensor data, LogLuv)
+_PHOTOMETRIC = {0: "min-is-white", 1: "min-is-black", 2: "RGB", 3: "palette", 5: "CMYK"}
+_JPEG = (6, 7)  # old- and new-style JPEG compression
+
+
+def tiff_storage(page) -> Storage:
+    """How a TIFF page stores grey and alpha (see `Storage`)."""
+    kinds = page.extrasamples
+    alpha = {1: "assocalpha", 2: "unassalpha"}.get(kinds[0] if kinds else 0, "unspecified")
+    return Storage(page.photometric == 0, alpha)
+
+
+def _tiff_form(page) -> tuple[int, int]:
+    """(colour samples, levels depth) of a TIFF page, from its tags alone. Raises
+    ImageReadError for a colour model that would be read as the wrong colours."""
+    photometric = int(page.photometric)
+    ycbcr = photometric == 6 and page.compression in _JPEG
+    if photometric not in _PHOTOMETRIC and not ycbcr:
+        name = getattr(page.photometric, "name", str(photometric))
+        raise ImageReadError(
+            f"TIFF colour model {name} is not supported; convert the file to RGB or greyscale"
+        )
+    colours = {0: 1, 1: 1, 3: 1}.get(photometric, 3)
+    if photometric == 5:
+        colours = page.samplesperpixel - len(page.extrasamples)
+        inkset = page.tags.valueof(332, 1)  # InkSet: 1 is CMYK, 2 named inks
+        if inkset != 1 or colours != 4:
+            raise ImageReadError(
+                f"TIFF with {colours} separated inks is not supported; only CMYK is; "
+                "convert the file to RGB"
+            )
+    if photometric == 3:
+        return 3, 8 if _palette_is_8bit(page.colormap) else 16
+    return colours, levels_bits(page.dtype)
+
+
+def _palette_is_8bit(colormap: np.ndarray) -> bool:
+    """TIFF colour maps are 16-bit; most hold 8-bit colours scaled by 257."""
+    return not (colormap % 257).any()
+
+
 def _probe_tiff(path: Path, max_pixels: int) -> tuple[int, int, int, int]:
     import tifffile
 
@@ -249,9 +334,9 @@ def _probe_tiff(path: Path, max_pixels: int) -> tuple[int, int, int, int]:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
             shape, dtype = page.shape, page.dtype
-            samples = page.samplesperpixel
             # before any decoding: a small file may claim a huge float page (a bomb)
             _check_size(page.imagewidth, page.imagelength, max_pixels)
+            colours, depth = _tiff_form(page)
             # a float scan with a NaN is refused here, before its depth counts for a pack
             values = page.asarray() if dtype is not None and dtype.kind in "fc" else None
     except ImageReadError:
@@ -260,15 +345,16 @@ def _probe_tiff(path: Path, max_pixels: int) -> tuple[int, int, int, int]:
         raise ImageReadError(f"not a readable TIFF ({exc})") from None
     if values is not None:
         _check_finite(values)
-    if len(shape) < 2:
+    if len(shape) < 2 or dtype is None:
         raise ImageReadError(f"TIFF page has shape {shape}, not an image")
-    height, width = (shape[0], shape[1]) if samples == 1 or shape[-1] == samples else shape[1:3]
-    channels = 1 if samples in (1, 2) else 3
-    depth = 8 if dtype is not None and dtype.itemsize == 1 else 16
-    return int(width), int(height), channels, depth
+    return int(page.imagewidth), int(page.imagelength), min(colours, 3), depth
 
 
 def _tiff_picture(path: Path) -> Picture:
+    """A TIFF's first page. Palette and CMYK pages become RGB, min-is-white grey is shown
+    0 = black, signed, wide and float samples become levels (`_to_levels`), and each change
+    is noted; the samples as stored are kept in `original` (and `storage`) so that repair
+    can write the known ones back unchanged."""
     import numpy as np
     import tifffile
 
@@ -276,14 +362,19 @@ def _tiff_picture(path: Path) -> Picture:
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
+            colours, _ = _tiff_form(page)
             arr = page.asarray()
             planar_first = page.planarconfig == 2 or (
-                arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4)
+                arr.ndim == 3 and arr.shape[0] == page.samplesperpixel != arr.shape[-1]
             )
-            photometric = page.photometric
+            photometric = int(page.photometric)
+            colormap = page.colormap if photometric == 3 else None
+            storage = tiff_storage(page)
             pages = len(tif.pages)
             if pages > 1:
                 notes.append(f"first of {pages} pages used")
+    except ImageReadError:
+        raise
     except Exception as exc:
         raise ImageReadError(f"corrupt or unreadable TIFF ({exc})") from None
     if arr.ndim == 3 and planar_first:
@@ -293,21 +384,48 @@ def _tiff_picture(path: Path) -> Picture:
     if arr.ndim != 3:
         raise ImageReadError(f"TIFF page has shape {arr.shape}, not a 2-D image")
     alpha = None
-    if arr.shape[2] in (2, 4):
+    if arr.shape[2] > colours:  # extra samples: the first is alpha (TIFF 6.0, ExtraSamples)
         notes.append("alpha channel dropped")
-        arr, alpha = arr[:, :, : arr.shape[2] - 1], arr[:, :, -1].copy()
-    if arr.shape[2] not in (1, 3):
-        raise ImageReadError(f"TIFF has {arr.shape[2]} channels; expected 1 or 3")
-    if arr.dtype == np.bool_:  # 1-bit (fax, CCITT): 0/255 before any inversion
+        if arr.shape[2] > colours + 1:
+            notes.append(f"{arr.shape[2] - colours - 1} further extra sample(s) dropped")
+        arr, alpha = arr[:, :, :colours], arr[:, :, colours].copy()
+    if colormap is not None:
+        notes.append("palette converted to RGB")
+        arr = np.moveaxis(colormap[:, arr[:, :, 0].astype(np.intp)], 0, -1)
+        arr = (arr // 257).astype(np.uint8) if _palette_is_8bit(colormap) else arr
+    elif arr.dtype == np.bool_:  # 1-bit (fax, CCITT): 0/255, stored as such
         arr = arr.astype(np.uint8) * 255
-    if photometric == 0:  # MINISWHITE
+    elif photometric == 5:
+        notes.append("CMYK converted to RGB")
+        arr = _cmyk_to_rgb(arr)
+    if storage.min_is_white:
         notes.append("min-is-white inverted")
-        arr = np.iinfo(arr.dtype).max - arr if arr.dtype.kind == "u" else arr.max() - arr
+    shown = _shown(arr, storage.min_is_white)
     original = None
-    if arr.dtype not in (np.uint8, np.uint16):
-        original, arr = arr, _to_uint16(arr, notes, f"TIFF {arr.dtype}")
-        alpha = None
-    return Picture(np.ascontiguousarray(arr), notes, alpha=alpha, original=original, pages=pages)
+    if shown.dtype not in (np.uint8, np.uint16):
+        original = arr
+        shown = _to_levels(shown, notes, f"TIFF {arr.dtype}", levels_bits(arr.dtype))
+    return Picture(
+        np.ascontiguousarray(shown),
+        notes,
+        alpha=alpha,
+        original=original,
+        pages=pages,
+        storage=storage,
+    )
+
+
+def _cmyk_to_rgb(cmyk: np.ndarray) -> np.ndarray:
+    """(H, W, 4) ink amounts (0 = none) -> (H, W, 3) RGB of the same dtype, by the naive
+    conversion Pillow also makes (R = (1 - C)(1 - K)); no colour profile is applied."""
+    import numpy as np
+
+    if cmyk.dtype.kind != "u":
+        raise ImageReadError(f"CMYK TIFF with {cmyk.dtype} samples is not supported")
+    top = float(np.iinfo(cmyk.dtype).max)
+    paper = top - cmyk.astype(np.float64)
+    rgb = paper[:, :, :3] * paper[:, :, 3:] / top
+    return np.round(rgb).astype(cmyk.dtype)
 
 
 # --- DICOM ---------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import IO
 
 import numpy as np
 
-from gan_dist.data.images import ImageReadError, probe
+from gan_dist.data.images import ImageReadError, Storage, probe, tiff_storage
 
 MAX_SEGMENT_ROWS = 1024  # a taller compressed strip is decoded whole for every band read
 BAND_ROWS = 256  # rows per read when a caller walks a whole file
@@ -39,16 +39,17 @@ class TiffRaster:
         samples = page.samplesperpixel
         self._planar = samples > 1 and page.planarconfig == 2
         self._invert = page.photometric == 0
-        self.colours = 3 if samples >= 3 else 1
+        self.colours = _colours(page)
         self.dtype = np.dtype(page.dtype)
         self.notes: list[str] = ["min-is-white inverted"] if self._invert else []
         self.pages, self.original = 1, None
+        self.storage = tiff_storage(page)
         self.bit_depth = 8 * self.dtype.itemsize
         self.shape = (height, width, samples)
         self._read = _contiguous_reader(path, page) or _zarr_reader(page)
         self._band: tuple[int, int, np.ndarray] = (0, 0, np.empty((0, width, samples)))
         self.pixels = _Samples(self, slice(0, self.colours))
-        self.alpha = _Samples(self, samples - 1) if samples in (2, 4) else None
+        self.alpha = _Samples(self, self.colours) if samples > self.colours else None
 
     def __enter__(self) -> TiffRaster:
         return self
@@ -68,7 +69,12 @@ class TiffRaster:
         return band[top - cached_top : bottom - cached_top, left:right]
 
     def _decoded(self, top: int, bottom: int, left: int, right: int) -> np.ndarray:
-        values = self._read(top, bottom, left, right)
+        try:
+            values = self._read(top, bottom, left, right)
+        except Exception as exc:  # each codec has its own error type; all mean a bad file
+            raise ImageReadError(
+                f"corrupt or unreadable TIFF at rows {top}-{bottom} ({type(exc).__name__}: {exc})"
+            ) from None
         if self._planar:
             values = np.moveaxis(values, 0, -1)
         values = values.reshape(values.shape[0], values.shape[1], -1)
@@ -110,14 +116,17 @@ def open_tiff(path: Path, max_pixels: int) -> TiffRaster | None:
         len(tif.pages) == 1
         and page.dtype in (np.uint8, np.uint16)
         and page.photometric in _PHOTOMETRIC
-        and page.samplesperpixel in (1, 2, 3, 4)
-        and (page.samplesperpixel in (1, 3) or page.extrasamples)
+        and page.samplesperpixel - _colours(page) in (0, 1)  # at most an alpha sample
         and (_contiguous_reader(path, page) is not None or _segment_rows(page) <= MAX_SEGMENT_ROWS)
     )
     if not streamable:
         tif.close()
         return None
     return TiffRaster(path, page, tif)
+
+
+def _colours(page) -> int:
+    return 3 if page.photometric == 2 else 1
 
 
 def _segment_rows(page) -> int:
@@ -162,16 +171,21 @@ def _zarr_reader(page):
 
 
 def write_tiff(
-    handle: IO[bytes], shape: tuple[int, int, int], dtype: np.dtype, rows: Iterable[np.ndarray]
+    handle: IO[bytes],
+    shape: tuple[int, int, int],
+    dtype: np.dtype,
+    rows: Iterable[np.ndarray],
+    storage: Storage,
 ) -> None:
     """Writes a zlib-compressed TIFF of shape (H, W, C) (C = 2 or 4: the last is alpha) from
     bands of rows (n, W, C) given top to bottom, holding one row of 256 px tiles at a time.
-    Raises ValueError when the rows do not add up to H."""
+    The rows are samples as stored: grey is written min-is-white and the alpha sample of
+    the kind `storage` says. Raises ValueError when the rows do not add up to H."""
     import tifffile
 
     height, width, channels = shape
-    extra = ["unassalpha"] if channels in (2, 4) else None
-    photometric = "rgb" if channels >= 3 else "minisblack"
+    extra = [storage.alpha] if channels in (2, 4) else None
+    photometric = "rgb" if channels >= 3 else "miniswhite" if storage.min_is_white else "minisblack"
     plane = (height, width) if channels == 1 else shape
     tifffile.imwrite(
         handle,

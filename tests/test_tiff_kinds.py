@@ -1,0 +1,222 @@
+"""Every TIFF colour model and sample type a user can hand `repair` is repaired as what it
+shows and written back as it was stored (hostile pass of issue 15, Build 6): palette and CMYK
+pages are converted to RGB and say so, alpha survives float pages, signed samples never wrap,
+min-is-white grey and associated alpha are stored as they came, and colour models that would
+be read as the wrong colours are refused by name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import gradient16, make_model
+from gan_dist.data.images import ImageReadError, probe, raw_from_levels, read_image
+from gan_dist.errors import GanDistError
+from gan_dist.models import load_model
+from gan_dist.repair_files import Job, plan, repair_files
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    return load_model(str(make_model(tmp_path_factory.mktemp("model"))))
+
+
+def box_mask(folder: Path, h: int, w: int) -> tuple[Path, np.ndarray]:
+    hole = np.zeros((h, w), bool)
+    hole[h // 4 : h // 2, w // 3 : w // 2] = True
+    path = folder / "mask.tif"
+    tifffile.imwrite(path, hole.astype(np.uint8) * 255)
+    return path, hole
+
+
+def repaired(net, image: Path, out: Path, mask: Path):
+    [result] = repair_files(lambda: net, [Job(image, out, mask)], 64, 16, 4, False)
+    assert result.status == "repaired", result.detail
+    with tifffile.TiffFile(out) as tif:
+        return result, tif.pages[0].asarray(), tif.pages[0]
+
+
+def agrees_with_probe(path: Path) -> None:
+    """What the header promises (pack plans a folder's depth from it) is what is read."""
+    width, height, channels, depth = probe(path)
+    picture = read_image(path)
+    assert picture.pixels.shape == (height, width, channels)
+    assert picture.bit_depth == depth
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_a_palette_tiff_is_repaired_in_its_colours_not_its_indices(net, tmp_path, depth):
+    """It was repaired as grey indices and written back as a grey image."""
+    h, w = 64, 96
+    index = (np.arange(w)[None, :] // 12 + np.arange(h)[:, None] // 16).astype(np.uint8) % 8
+    colormap = np.zeros((3, 256), np.uint16)
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, (3, 8)) * 257 if depth == 8 else rng.integers(0, 65536, (3, 8))
+    colormap[:, :8] = colours
+    image = tmp_path / "map.tif"
+    tifffile.imwrite(image, index, photometric="palette", colormap=colormap)
+    agrees_with_probe(image)
+    mask, hole = box_mask(tmp_path, h, w)
+
+    result, out, _ = repaired(net, image, tmp_path / "out.tif", mask)
+
+    rgb = np.moveaxis(colours[:, index], 0, -1)
+    rgb = rgb // 257 if depth == 8 else rgb
+    assert out.shape == (h, w, 3) and out.dtype == (np.uint8 if depth == 8 else np.uint16)
+    assert np.array_equal(out[~hole], rgb[~hole])
+    assert "palette converted to RGB" in result.detail
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+def test_a_cmyk_tiff_becomes_rgb_and_its_alpha_stays_alpha(net, tmp_path, alpha):
+    """CMYK came out as RGBA with the black ink as alpha."""
+    h, w = 64, 80
+    inks = (gradient16(h, w, 5 if alpha else 4, seed=3) >> 8).astype(np.uint8)
+    image = tmp_path / "print.tif"
+    extra = ["unassalpha"] if alpha else None
+    tifffile.imwrite(image, inks, photometric="separated", extrasamples=extra)
+    agrees_with_probe(image)
+    mask, hole = box_mask(tmp_path, h, w)
+
+    result, out, _ = repaired(net, image, tmp_path / "out.tif", mask)
+
+    paper = 255.0 - inks[:, :, :4]
+    rgb = np.round(paper[:, :, :3] * paper[:, :, 3:] / 255).astype(np.uint8)
+    assert out.shape == (h, w, 4 if alpha else 3)
+    assert np.array_equal(out[..., :3][~hole], rgb[~hole])
+    if alpha:
+        assert np.array_equal(out[..., 3], inks[..., 4])
+    assert "CMYK converted to RGB" in result.detail
+
+
+def test_a_float_rgba_tiff_keeps_its_alpha_and_its_known_values(net, tmp_path):
+    """The alpha sample of a float (or 32-bit) page was dropped without a word."""
+    h, w = 64, 80
+    values = gradient16(h, w, 4, seed=5).astype(np.float32) / 1000.0 - 20.0
+    image = tmp_path / "float.tif"
+    tifffile.imwrite(image, values, photometric="rgb", extrasamples=["unassalpha"])
+    mask, hole = box_mask(tmp_path, h, w)
+
+    _, out, page = repaired(net, image, tmp_path / "out.tif", mask)
+
+    assert out.shape == (h, w, 4) and out.dtype == np.float32
+    assert np.array_equal(out[..., 3], values[..., 3])
+    assert np.array_equal(out[~hole], values[~hole])
+    assert page.extrasamples == (2,)
+
+
+def test_signed_samples_never_wrap_and_one_byte_data_stays_8_bit(net, tmp_path):
+    """Repaired values above 32767 wrapped to negatives in a non-negative int16 scan, and
+    int8 data became 16-bit levels 0..127 (nearly black to the net) while probe said 8-bit."""
+    reference = np.array([[0, 100], [20000, 32767]], np.int16)
+    top = np.full((2, 2), 65535, np.uint16)
+    assert (raw_from_levels(top, reference, min_is_white=False) == 32767).all()
+
+    small = (gradient16(40, 50, 1)[:, :, 0] >> 9).astype(np.int8)  # 0..127
+    image = tmp_path / "int8.tif"
+    tifffile.imwrite(image, small)
+    agrees_with_probe(image)
+    assert read_image(image).pixels.dtype == np.uint8
+    mask, hole = box_mask(tmp_path, 40, 50)
+    _, out, _ = repaired(net, image, tmp_path / "out.tif", mask)
+    assert out.dtype == np.int8 and (out >= 0).all()
+    assert np.array_equal(out[~hole], small[~hole])
+
+
+@pytest.mark.parametrize("kind", ["1-bit fax", "float"])
+def test_min_is_white_is_stored_as_it_came(net, tmp_path, kind):
+    """Written back min-is-black with every known sample inverted (shown the same, stored
+    differently)."""
+    h, w = 64, 64
+    if kind == "float":
+        samples = gradient16(h, w, 1, seed=7)[:, :, 0].astype(np.float32) / 7.0
+    else:
+        samples = gradient16(h, w, 1, seed=7)[:, :, 0] > 30000
+    image = tmp_path / "scan.tif"
+    tifffile.imwrite(image, samples, photometric="miniswhite")
+    mask, hole = box_mask(tmp_path, h, w)
+
+    _, out, page = repaired(net, image, tmp_path / "out.tif", mask)
+
+    assert page.photometric == 0
+    stored = samples.astype(np.uint8) * 255 if kind == "1-bit fax" else samples
+    assert np.array_equal(out[~hole], stored[~hole])
+
+
+@pytest.mark.parametrize("layout", [{"rowsperstrip": 8}, {"compression": "zlib"}])
+def test_associated_alpha_stays_associated(net, tmp_path, layout):
+    """Premultiplied (associated) alpha was written back as unassociated."""
+    rgba = (gradient16(64, 64, 4, seed=1) >> 8).astype(np.uint8)
+    image = tmp_path / "rgba.tif"
+    tifffile.imwrite(image, rgba, photometric="rgb", extrasamples=["assocalpha"], **layout)
+    mask, hole = box_mask(tmp_path, 64, 64)
+    _, out, page = repaired(net, image, tmp_path / "out.tif", mask)
+    assert page.extrasamples == (1,)
+    assert np.array_equal(out[~hole], rgba[~hole])
+
+
+@pytest.mark.parametrize(
+    ("photometric", "options", "name"),
+    [("cielab", {}, "CIELAB"), ("ycbcr", {"subsampling": (1, 1)}, "YCBCR")],
+)
+def test_colour_models_read_as_wrong_colours_are_refused_by_name(
+    tmp_path, photometric, options, name
+):
+    """Lab values and uncompressed YCbCr were repaired as if they were RGB."""
+    image = tmp_path / "odd.tif"
+    tifffile.imwrite(
+        image, (gradient16(32, 32, 3) >> 8).astype(np.uint8), photometric=photometric, **options
+    )
+    with pytest.raises(ImageReadError, match=f"colour model {name} is not supported"):
+        read_image(image)
+
+
+def test_an_output_folder_given_with_a_trailing_slash_is_a_folder(tmp_path):
+    """`repair in.tif newdir/` wrote a file named `newdir`."""
+    image = tmp_path / "in.tif"
+    tifffile.imwrite(image, np.zeros((8, 8), np.uint8))
+    (job,) = plan(image, f"{tmp_path / 'newdir'}{os.sep}", None)
+    assert job.target == tmp_path / "newdir" / "in.tif"
+
+
+def test_an_output_that_is_a_symlink_is_refused_not_written_through(tmp_path):
+    """`repair in.png out.png --overwrite` replaced the file the link out.png points to."""
+    image = tmp_path / "in.tif"
+    tifffile.imwrite(image, np.zeros((8, 8), np.uint8))
+    elsewhere = tmp_path / "precious.tif"
+    elsewhere.write_bytes(b"keep me")
+    os.symlink(elsewhere, tmp_path / "out.tif")
+    with pytest.raises(GanDistError, match="through the symbolic link"):
+        plan(image, tmp_path / "out.tif", None)
+    assert elsewhere.read_bytes() == b"keep me"
+
+
+def test_a_mask_of_several_pages_is_refused(net, tmp_path):
+    """The first page was used without a word."""
+    image = tmp_path / "in.tif"
+    tifffile.imwrite(image, np.zeros((32, 32), np.uint8))
+    mask = tmp_path / "mask.tif"
+    tifffile.imwrite(mask, np.zeros((3, 32, 32), np.uint8), photometric="minisblack")
+    [result] = repair_files(lambda: net, [Job(image, tmp_path / "o.tif", mask)], 64, 16, 4, False)
+    assert result.status == "failed" and "3 pages" in result.detail
+
+
+def test_a_mask_of_another_size_is_refused_before_it_is_read(net, tmp_path):
+    """A streamed TIFF mask was scanned to the end before its size was compared: a wrong
+    mask cost a pass over the file, and a corrupt one gave the codec's error instead."""
+    image = tmp_path / "in.tif"
+    tifffile.imwrite(image, np.zeros((64, 64), np.uint8))
+    mask = tmp_path / "mask.tif"
+    tifffile.imwrite(mask, np.zeros((65, 64), np.uint8), rowsperstrip=5, compression="zlib")
+    with tifffile.TiffFile(mask) as tif:
+        offset, count = tif.pages[0].dataoffsets[3], tif.pages[0].databytecounts[3]
+    data = bytearray(mask.read_bytes())
+    data[offset : offset + count] = b"\x00" * count
+    mask.write_bytes(bytes(data))
+    [result] = repair_files(lambda: net, [Job(image, tmp_path / "o.tif", mask)], 64, 16, 4, False)
+    assert result.status == "failed"
+    assert result.detail == f"mask {mask}: 64x65, the image is 64x64"
