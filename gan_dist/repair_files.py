@@ -349,7 +349,7 @@ def read_mask(
     as their luma. With a `stack` to close it on, a TIFF mask is read in bands (`TiffMask`)
     instead of whole. Raises GanDistError when the mask's size is not `shape`."""
     try:
-        width, height, _, _ = probe(path, max_pixels)
+        width, height, _, _ = probe(path, max_pixels, check_values=False)
         if (height, width) != shape:  # from the header, before any pixel is decoded
             raise GanDistError(f"{width}x{height}, the image is {shape[1]}x{shape[0]}")
         raster = open_tiff(path, max_pixels) if stack is not None and _is_tiff(path) else None

@@ -67,11 +67,15 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def probe(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int, int, int]:
+def probe(
+    path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, check_values: bool = True
+) -> tuple[int, int, int, int]:
     """(width, height, channels, bit depth) from the header only; raises ImageReadError.
 
     Cheap enough to run over a whole folder first, so that size limits are enforced before
-    any pixel is decoded and channel/bit-depth choices can be made for the whole set.
+    any pixel is decoded and channel/bit-depth choices can be made for the whole set. The
+    one exception, `check_values`: a float TIFF is decoded to refuse NaN or infinite
+    values before its depth counts for a pack (a reader that decodes it anyway skips that).
     """
     _check_not_empty(path)
     suffix = path.suffix.lower()
@@ -81,7 +85,7 @@ def probe(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int, i
         channels = 3 if int(getattr(ds, "SamplesPerPixel", 1)) == 3 else 1
         depth = 16 if int(getattr(ds, "BitsAllocated", 8)) > 8 else 8
     elif suffix in (".tif", ".tiff"):
-        width, height, channels, depth = _probe_tiff(path, max_pixels)
+        width, height, channels, depth = _probe_tiff(path, max_pixels, check_values)
     else:
         width, height, channels, depth = _probe_pillow(path)
     _check_size(width, height, max_pixels)
@@ -97,7 +101,7 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
 
 def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     """Decode to (H, W, 1|3) uint8/uint16; raises ImageReadError with a reason."""
-    probe(path, max_pixels)
+    probe(path, max_pixels, check_values=False)  # decoding checks them
     suffix = path.suffix.lower()
     if suffix in (".dcm", ".dicom"):
         return _dicom_picture(path)
@@ -327,7 +331,7 @@ def _palette_is_8bit(colormap: np.ndarray) -> bool:
     return not (colormap % 257).any()
 
 
-def _probe_tiff(path: Path, max_pixels: int) -> tuple[int, int, int, int]:
+def _probe_tiff(path: Path, max_pixels: int, check_values: bool) -> tuple[int, int, int, int]:
     import tifffile
 
     try:
@@ -338,7 +342,8 @@ def _probe_tiff(path: Path, max_pixels: int) -> tuple[int, int, int, int]:
             _check_size(page.imagewidth, page.imagelength, max_pixels)
             colours, depth = _tiff_form(page)
             # a float scan with a NaN is refused here, before its depth counts for a pack
-            values = page.asarray() if dtype is not None and dtype.kind in "fc" else None
+            floats = check_values and dtype is not None and dtype.kind in "fc"
+            values = page.asarray() if floats else None
     except ImageReadError:
         raise
     except Exception as exc:
@@ -400,6 +405,7 @@ def _tiff_picture(path: Path) -> Picture:
         arr = _cmyk_to_rgb(arr)
     if storage.min_is_white:
         notes.append("min-is-white inverted")
+    _check_finite(arr)  # before min-is-white, which would spread a NaN's maximum
     shown = _shown(arr, storage.min_is_white)
     original = None
     if shown.dtype not in (np.uint8, np.uint16):

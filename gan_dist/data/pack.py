@@ -175,7 +175,7 @@ def _pack(
 
     started = time.perf_counter()
     _validate_options(options)
-    staging, created_out = _prepare_out(out, options.overwrite)
+    staging, created_out, owned = _prepare_out(out, options.overwrite)
     try:
         usable, channels, depth = _probe_all(sources, skipped, options)
         val_keys = _val_split([s.key for s in usable], options.val_fraction, options.seed)
@@ -233,7 +233,7 @@ def _pack(
             },
             "shards": sinks["train"].shards + sinks["val"].shards,
         }
-        _commit(staging, out, manifest)
+        _commit(staging, out, manifest, owned)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if created_out:
@@ -431,12 +431,14 @@ def _index(root: Path, label: str, skipped: list[Skipped]) -> dict[str, Path]:
     return found
 
 
-def _prepare_out(out: Path, overwrite: bool) -> tuple[Path, bool]:
-    """The staging folder inside OUT. Refuses an OUT that holds a pack unless `overwrite`,
-    and, even with it, any file a new pack would replace that no gan-dist manifest there
-    lists: only what an earlier pack wrote is ever replaced."""
+def _prepare_out(out: Path, overwrite: bool) -> tuple[Path, bool, set[str]]:
+    """The staging folder inside OUT, whether OUT was created, and the names of the files
+    an earlier pack wrote there (read once: these, and only these, are replaced at the
+    end). Refuses an OUT that holds a pack unless `overwrite`, and, even with it, any file
+    a new pack would replace that no gan-dist manifest there lists."""
     if out.exists() and not out.is_dir():
         raise GanDistError(f"OUT {out} exists and is not a directory")
+    owned: set[str] = set()
     if out.is_dir():
         owned = _old_pack(out)
         if owned and not overwrite:
@@ -465,7 +467,7 @@ def _prepare_out(out: Path, overwrite: bool) -> tuple[Path, bool]:
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise GanDistError(f"OUT {out} is not writable: {exc.strerror or exc}") from None
-    return staging, created
+    return staging, created, owned
 
 
 def _is_pack_output(name: str) -> bool:
@@ -586,10 +588,10 @@ class _ShardSink:
         self._index += 1
 
 
-def _commit(staging: Path, out: Path, manifest: dict[str, Any]) -> None:
-    """Old outputs go only now that the new ones are complete; the manifest comes last, so a
-    folder with a manifest always holds every shard it lists."""
-    for name in _old_pack(out):
+def _commit(staging: Path, out: Path, manifest: dict[str, Any], owned: set[str]) -> None:
+    """Old outputs (`owned`) go only now that the new ones are complete; the manifest comes
+    last, so a folder with a manifest always holds every shard it lists."""
+    for name in owned:
         (out / name).unlink(missing_ok=True)
     for shard in manifest["shards"]:
         (staging / shard["name"]).rename(out / shard["name"])

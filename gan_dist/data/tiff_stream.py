@@ -106,7 +106,7 @@ def open_tiff(path: Path, max_pixels: int) -> TiffRaster | None:
     Raises ImageReadError for a file that is not a readable TIFF or is over max_pixels."""
     import tifffile
 
-    probe(path, max_pixels)
+    probe(path, max_pixels, check_values=False)
     try:
         tif = tifffile.TiffFile(path)
     except Exception as exc:
