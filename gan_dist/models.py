@@ -394,6 +394,8 @@ def register(source: Path, name: str, tracking_uri: str) -> Registered:
                 artifacts={"spec": str(Path(tmp) / SPEC), "weights": str(Path(tmp) / WEIGHTS)},
                 registered_model_name=name,
                 pip_requirements=_requirements(spec),
+                signature=signature(),
+                input_example=_input_example(),
             )
             run_id = run.info.run_id
     if previous and previous != "FINISHED":
@@ -407,6 +409,45 @@ def register(source: Path, name: str, tracking_uri: str) -> Registered:
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     return Registered(name, version, run_id)
+
+
+def signature():
+    """The served model's MLflow signature (see `mlflow_model.py`): rows of image and mask
+    file bytes in; the repaired file's bytes, its suffix, status and detail out; the tiling
+    of `gan-dist repair` as params with its defaults."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from gan_dist.repair_files import BATCH, OVERLAP, TILE
+
+    inputs = Schema([ColSpec("binary", "image"), ColSpec("binary", "mask", required=False)])
+    outputs = Schema(
+        [ColSpec("binary", "image")]
+        + [ColSpec("string", c) for c in ("format", "status", "detail")]
+    )
+    params = ParamSchema(
+        [
+            ParamSpec("format", "string", "same"),
+            ParamSpec("tile", "long", TILE),
+            ParamSpec("overlap", "long", OVERLAP),
+            ParamSpec("batch", "long", BATCH),
+        ]
+    )
+    return ModelSignature(inputs, outputs, params)
+
+
+def _input_example():
+    """A request MLflow stores with the model (and shows as its sample request): a 32 px
+    8-bit grey image with a square hole in its mask, as PNG bytes."""
+    import numpy as np
+    import pandas as pd
+
+    from gan_dist.data.images import encode_png
+
+    ramp = np.add.outer(np.arange(32), np.arange(32)).astype(np.uint8)[:, :, None] * 4
+    hole = np.zeros_like(ramp)
+    hole[8:24, 8:24] = 255
+    return pd.DataFrame({"image": [encode_png(ramp)], "mask": [encode_png(hole)]})
 
 
 def _requirements(spec: dict[str, Any]) -> list[str]:

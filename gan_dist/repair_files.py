@@ -26,6 +26,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from itertools import chain
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -44,8 +45,9 @@ from gan_dist.data.images import (
 )
 from gan_dist.data.tiff_stream import BAND_ROWS, TiffRaster, open_tiff, write_tiff
 from gan_dist.errors import GanDistError
-from gan_dist.models import RepairModel
-from gan_dist.repair import repair_rows
+
+if TYPE_CHECKING:
+    from gan_dist.models import RepairModel
 
 # what each output suffix can hold: (16-bit, alpha, lossless)
 WRITABLE = {
@@ -58,6 +60,7 @@ WRITABLE = {
     ".jpeg": (False, False, False),
 }
 FORMATS = ("same", "png", "tif")
+TILE, OVERLAP, BATCH = 256, 32, 4  # px, px, tiles per pass: `gan-dist repair`'s defaults
 TIFF = (".tif", ".tiff")
 STATUSES = ("repaired", "failed", "skipped", "no hole")
 
@@ -229,6 +232,56 @@ def repair_files(
     return results
 
 
+def repair_bytes(
+    model: RepairModel,
+    image: bytes,
+    mask: bytes | None,
+    output_format: str = "same",
+    tile: int = TILE,
+    overlap: int = OVERLAP,
+    batch: int = BATCH,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[FileResult, bytes]:
+    """One image file's bytes (PNG, JPEG, TIFF, BMP, WebP or DICOM, recognised by content)
+    repaired exactly as `gan-dist repair` repairs the same file (same mask rule, formats,
+    depth and checks), for the served model. Returns the result row (its `output` is the
+    file name written, e.g. `image.png`) and the output file's bytes, empty when the row's
+    status is not `repaired` or `no hole`. Never raises for a bad image or mask: that is a
+    `failed` row."""
+    import tempfile
+
+    from gan_dist.data.images import suffix_of
+
+    with tempfile.TemporaryDirectory(prefix="gan-dist-serve-") as tmp:
+        folder = Path(tmp)
+        source = folder / "in" / "image"
+        try:
+            source = source.with_suffix(_named(suffix_of, image, "image"))
+            mask_path = folder / f"mask{_named(suffix_of, mask, 'mask')}" if mask else None
+            source.parent.mkdir()
+            source.write_bytes(image)
+            if mask_path is not None:
+                mask_path.write_bytes(mask)
+            [job] = plan(source, f"{folder / 'out'}/", mask_path, output_format)
+        except GanDistError as exc:
+            return FileResult(Path(source.name), None, "failed", str(exc)), b""
+        [result] = repair_files(lambda: model, [job], tile, overlap, batch, False, max_pixels)
+        data = result.output.read_bytes() if result.output is not None else b""
+    # the temporary folder means nothing to the caller: name the parts as they sent them
+    result.detail = result.detail.replace(f"{source.parent}/", "").replace(f"{folder}/", "")
+    result.source = Path(source.name)
+    result.output = Path(job.target.name) if result.output is not None else None
+    return result, data
+
+
+def _named(read: Callable, data: bytes, what: str):
+    """`read(data)` with `what` named in its error."""
+    try:
+        return read(data)
+    except GanDistError as exc:
+        raise GanDistError(f"{what}: {exc}") from None
+
+
 def _repair_one(model, job: Job, tile, overlap, batch, max_pixels, on_rows) -> FileResult:
     suffix = job.target.suffix.lower()
     with ExitStack() as stack:
@@ -252,6 +305,8 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels, on_rows) -> F
                 notes.insert(0, f"mask {job.mask} marks no pixel (white = hole): written unchanged")
         elif composite:
             raise GanDistError("no mask found (an inpainting model needs one: --mask FILE|DIR)")
+        from gan_dist.repair import repair_rows  # torch: not for the CLI's start-up
+
         rows = repair_rows(model, picture.pixels, mask, tile, overlap, batch)
         rows = _counted(rows, height, on_rows)
         storage = picture.storage if suffix in TIFF else Storage()
@@ -451,4 +506,12 @@ def _mask_for(masks: Path, rel: Path) -> Path | None:
     return found[0] if found else None
 
 
-__all__ = ["FileResult", "Job", "encode_image", "plan", "read_mask", "repair_files"]
+__all__ = [
+    "FileResult",
+    "Job",
+    "encode_image",
+    "plan",
+    "read_mask",
+    "repair_bytes",
+    "repair_files",
+]

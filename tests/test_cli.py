@@ -22,6 +22,18 @@ def test_cli_start_up_imports_no_heavy_module():
 
 
 @pytest.mark.integration
+def test_repair_and_the_served_model_share_their_defaults():
+    """The served model repairs like the command only if both tile the same way."""
+    import inspect
+
+    from gan_dist.cli.repair import repair
+    from gan_dist.repair_files import BATCH, OVERLAP, TILE
+
+    options = inspect.signature(repair).parameters
+    defaults = {name: options[name].default.default for name in ("tile", "overlap", "batch")}
+    assert defaults == {"tile": TILE, "overlap": OVERLAP, "batch": BATCH}
+
+
 def test_help_and_version():
     result = run_cli("--help")
     assert result.returncode == 0

@@ -4,6 +4,7 @@ promoting, loading by alias, and a tampered registry artifact."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -133,11 +134,17 @@ def test_a_run_over_http_logs_everything_and_registers_a_usable_model(
     assert not np.array_equal(out[~keep], img[~keep])
 
     import mlflow
+    import pandas as pd
 
     mlflow.set_tracking_uri(server.url)
     model = mlflow.pyfunc.load_model("models:/quickstart-repair@champion")
-    predicted = model.predict({"image": img, "mask": mask > 0})
-    assert np.array_equal(predicted, out)
+    files = {
+        name: (tmp_path / d / "a.png").read_bytes()
+        for name, d in (("image", "in"), ("mask", "masks"))
+    }
+    predicted = model.predict(pd.DataFrame({k: [v] for k, v in files.items()}))
+    assert predicted["status"][0] == "repaired"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(predicted["image"][0]))), out)
 
 
 def test_resumed_training_continues_the_same_run(packed, tmp_path, monkeypatch, mlflow_store):

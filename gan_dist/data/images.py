@@ -67,6 +67,30 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def suffix_of(data: bytes) -> str:
+    """The file suffix of an image file's bytes, from its signature (magic number): .png,
+    .jpg, .tif, .bmp, .webp or .dcm. Raises ImageReadError for anything else."""
+    signatures = (
+        (b"\x89PNG\r\n\x1a\n", ".png"),
+        (b"\xff\xd8\xff", ".jpg"),
+        (b"II*\x00", ".tif"),
+        (b"MM\x00*", ".tif"),
+        (b"II+\x00", ".tif"),  # BigTIFF
+        (b"MM\x00+", ".tif"),
+        (b"BM", ".bmp"),
+    )
+    for magic, suffix in signatures:
+        if data.startswith(magic):
+            return suffix
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    if data[128:132] == b"DICM":
+        return ".dcm"
+    raise ImageReadError(
+        "not a recognised image file (PNG, JPEG, TIFF, BMP, WebP or DICOM bytes expected)"
+    )
+
+
 def probe(
     path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, check_values: bool = True
 ) -> tuple[int, int, int, int]:
