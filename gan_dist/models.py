@@ -306,6 +306,104 @@ def load_model(uri: str, device: str = "cpu", tracking_uri: str | None = None) -
         return load_files(Path(tmp), f"{ckpt}", device)
 
 
+@dataclass
+class InitialWeights:
+    """Where a fine-tuning run starts (`model.init`): the source's generator weights (EMA,
+    as registered), its discriminator's when the source is a run or checkpoint, the
+    source's model settings and channels to check against the recipe, and its lineage."""
+
+    source: str
+    generator: dict[str, torch.Tensor]
+    discriminator: dict[str, torch.Tensor] | None
+    model: dict[str, Any]  # the source's `model` section, as spec.json holds it
+    channels: int
+    image_size: int  # px, the source's training crops
+    parent: str | None  # models:/NAME/VERSION when the source is a registered version
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """The lineage, as run and model-version tags."""
+        return {"init": self.source} | ({"parent": self.parent} if self.parent else {})
+
+    def check_generator(self, model: ModelConfig, channels: int) -> None:
+        """Raises GanDistError naming each generator setting (and the channels) in which the
+        recipe differs from the source: weights only load into the same net."""
+        ours = {"channels": channels, **_flat(model.generator.model_dump(mode="json"))}
+        theirs = {"channels": self.channels, **_flat(self.model["generator"])}
+        differ = [
+            f"{key} {theirs.get(key)} (recipe: {ours.get(key)})"
+            for key in sorted(set(ours) | set(theirs))
+            if ours.get(key) != theirs.get(key)
+        ]
+        if differ:
+            raise GanDistError(
+                f"model.init {self.source}: its generator differs from the recipe's in "
+                f"{', '.join(differ)}; set model.generator (and data.channels) to match it"
+            )
+
+    def discriminator_fits(self, model: ModelConfig) -> bool:
+        """Whether the source has a discriminator of the recipe's family and settings."""
+        ours = model.discriminator.model_dump(mode="json")
+        return self.discriminator is not None and self.model.get("discriminator") == ours
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def initial_weights(source: str, tracking_uri: str | None = None) -> InitialWeights:
+    """The weights `model.init` names: `models:/NAME@ALIAS`, `models:/NAME/VERSION` (a
+    registered generator; the alias is resolved to its version, the lineage recorded),
+    `runs:/RUN_ID/PATH`, a model folder, or a run or checkpoint directory (generator and
+    discriminator). Loaded as data (safetensors, checked like `load_model`), never
+    unpickled. Raises GanDistError for a source that cannot be found or read."""
+    from safetensors.torch import load_file
+
+    parent = _registered_version(source, tracking_uri) if source.startswith("models:/") else None
+    model = load_model(parent or source, "cpu", tracking_uri)
+    discriminator, settings = None, model.spec["model"]
+    if not source.startswith(("models:/", "runs:/")) and not (Path(source) / SPEC).is_file():
+        from gan_dist.train import checkpoint
+
+        ckpt = checkpoint.read(_checkpoint_of(Path(source)))
+        discriminator = load_file(str(ckpt.path / "discriminator.safetensors"))
+        settings = ckpt.state["recipe"]["model"]
+    return InitialWeights(
+        source,
+        {k: v.clone() for k, v in model.net.state_dict().items()},
+        discriminator,
+        settings,
+        model.channels,
+        int(model.spec["train_image_size"]),
+        parent,
+    )
+
+
+def _registered_version(uri: str, tracking_uri: str | None) -> str:
+    """models:/NAME@ALIAS or models:/NAME/VERSION -> models:/NAME/VERSION."""
+    from mlflow.exceptions import MlflowException
+
+    from gan_dist.track import open_store
+    from gan_dist.track import tracking_uri as default_uri
+
+    name, _, version = uri.removeprefix("models:/").partition("/")
+    if version:
+        return uri
+    name, _, alias = name.partition("@")
+    client = open_store(tracking_uri or default_uri(), create=False)
+    try:
+        found = client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        raise GanDistError(f"model.init {uri}: {str(exc).splitlines()[0]}") from None
+    return f"models:/{name}/{found.version}"
+
+
 def _checkpoint_of(path: Path) -> Path:
     from gan_dist.train import checkpoint
 
@@ -403,6 +501,7 @@ def register(source: Path, name: str, tracking_uri: str) -> Registered:
     version = str(info.registered_model_version)
     tags = {f"val.{k}": f"{v:.6g}" for k, v in spec["metrics"].items()}
     tags |= {"step": str(ckpt.step), "recipe": recipe.name, "checkpoint": str(ckpt_path)}
+    tags |= ckpt.state.get("lineage", {})  # init and parent: what it was fine-tuned from
     for kind, entry in spec["families"].items():
         package = f" ({entry['package']} {entry['version']})" if entry["package"] else ""
         tags[kind] = f"{entry['name']}{package}"

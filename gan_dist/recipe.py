@@ -413,6 +413,13 @@ class ModelConfig(Section):
         "fill (biharmonic carries gradients in, harmonic only values); none: the generator "
         "paints holes from scratch, as pix2pix does",
     )
+    init: str | None = Field(
+        None,
+        description="fine-tune: start from these generator weights (and the discriminator's "
+        "when the source is a run or checkpoint): models:/NAME@ALIAS, models:/NAME/VERSION, "
+        "runs:/RUN_ID/PATH, or a run, checkpoint or model folder. The nets must match; "
+        "the source is recorded as the run's parent. Not used when a run resumes",
+    )
 
 
 class ObjectiveConfig(Section):

@@ -124,7 +124,9 @@ class Tracker:
         run_id: str | None,
         enabled: bool,
         context: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
     ) -> None:
+        """`tags`: set on a new run (a resumed one has them already)."""
         self.enabled = enabled and recipe.tracking.enabled
         self.run_id = run_id
         self.status = "FINISHED"  # what the run is marked when the tracker closes
@@ -143,7 +145,9 @@ class Tracker:
         self._client = None
         self._thread = threading.Thread(target=self._work, name="mlflow-tracker", daemon=True)
         self._thread.start()
-        self._submit("other", lambda: self._start(recipe, run_dir, context or {}), START)
+        self._submit(
+            "other", lambda: self._start(recipe, run_dir, context or {}, tags or {}), START
+        )
 
     # --- what the trainer calls ----------------------------------------------------------
 
@@ -328,7 +332,9 @@ class Tracker:
             self._client = open_store(self.uri)
         return self._client
 
-    def _start(self, recipe: Recipe, run_dir: Path, context: dict[str, Any]) -> None:
+    def _start(
+        self, recipe: Recipe, run_dir: Path, context: dict[str, Any], tags: dict[str, str]
+    ) -> None:
         from mlflow.entities import Param
 
         client = self._mlflow()
@@ -347,7 +353,7 @@ class Tracker:
             run = client.create_run(
                 experiment,
                 run_name=run_dir.name,
-                tags={"gan_dist.run_dir": str(run_dir.resolve())},
+                tags={"gan_dist.run_dir": str(run_dir.resolve())} | tags,
             )
             self.run_id, known = run.info.run_id, {}
         params = flatten(recipe.model_dump(mode="json")) | {

@@ -47,6 +47,15 @@ def mlflow_store(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """`gan-dist demo` run once, in a fresh directory, for a quarter of a minute: its result
+    and work dir. It registers `models:/quickstart-repair@champion` in the test store."""
+    cwd = tmp_path_factory.mktemp("demo")
+    result = run_cli("demo", "--workdir", str(cwd / "demo"), "--minutes", "0.25", cwd=cwd)
+    return result, cwd / "demo"
+
+
+@pytest.fixture(scope="session")
 def photo_dir(tmp_path_factory) -> Path:
     """A few real photos (scikit-image's bundled ones), downsized to keep tests quick."""
     import skimage.data

@@ -70,21 +70,21 @@ def test_pack_then_inspect_real_photos(photo_dir, tmp_path):
 
 
 @pytest.mark.integration
-def test_demo_trains_registers_and_its_model_repairs_by_alias(tmp_path):
+def test_demo_trains_registers_and_its_model_repairs_by_alias(demo, tmp_path):
     """The README's main job, in a fresh directory (no ./mlflow.db: the test store)."""
     import numpy as np
     from PIL import Image
 
-    result = run_cli("demo", "--workdir", str(tmp_path / "demo"), "--minutes", "0.25", cwd=tmp_path)
+    result, workdir = demo
     assert result.returncode == 0, result.stderr + result.stdout
     assert "models:/quickstart-repair@champion" in result.stdout
     assert "mlflow ui --backend-store-uri" in result.stdout
-    manifest = json.loads((tmp_path / "demo" / "shards" / "manifest.json").read_text())
+    manifest = json.loads((workdir / "shards" / "manifest.json").read_text())
     assert manifest["counts"]["train"] > 0 and manifest["counts"]["val"] > 0
-    grid = np.asarray(Image.open(tmp_path / "demo" / "repairs.png"))
+    grid = np.asarray(Image.open(workdir / "repairs.png"))
     assert grid.shape[0] > 6 * 128 and grid.shape[1] > 3 * 128
 
-    photo = np.asarray(Image.open(tmp_path / "demo" / "images" / "coffee.png"))[:200, :260]
+    photo = np.asarray(Image.open(workdir / "images" / "coffee.png"))[:200, :260]
     Image.fromarray(photo).save(tmp_path / "coffee.png")
     mask = np.zeros(photo.shape[:2], np.uint8)
     mask[50:90, 100:180] = 255

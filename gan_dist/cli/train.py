@@ -56,4 +56,12 @@ def _run(recipe: str, set_: list[str], run_dir: Path | None, resume: str, stop):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with user_errors():
         loaded = load_recipe(recipe, set_)
-        return run(loaded, run_dir or Path("runs") / loaded.name, resume, stop)
+        initial = None
+        if loaded.model.init:  # resolved only if there is no checkpoint to resume
+            from functools import partial
+
+            from gan_dist.models import initial_weights
+            from gan_dist.track import tracking_uri
+
+            initial = partial(initial_weights, loaded.model.init, tracking_uri(loaded))
+        return run(loaded, run_dir or Path("runs") / loaded.name, resume, stop, initial)

@@ -11,9 +11,11 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -51,6 +53,9 @@ from gan_dist.train.profile import PROFILE_DIR, DataWait, StepProfiler
 from gan_dist.train.progress import Progress
 from gan_dist.train.runlock import RunDirBusy, RunLock
 from gan_dist.train.signals import EXIT_NONFINITE, EXIT_TRACKING, StopFlag, StopRequested
+
+if TYPE_CHECKING:  # given by the caller: train/ never loads models from the registry
+    from gan_dist.models import InitialWeights
 
 log = logging.getLogger("gan_dist.train")
 
@@ -107,9 +112,15 @@ class Outcome:
 
 
 def train(
-    recipe: Recipe, run_dir: Path, resume: str = "auto", stop: StopFlag | None = None
+    recipe: Recipe,
+    run_dir: Path,
+    resume: str = "auto",
+    stop: StopFlag | None = None,
+    initial: Callable[[], InitialWeights] | None = None,
 ) -> Outcome:
     """Train `recipe` on this rank, checkpointing into `run_dir`; every rank calls it.
+    `initial` gives the weights to start from when there is no checkpoint to resume
+    (`model.init`, resolved by the caller: see `models.initial_weights`).
 
     Returns the outcome (completed or preempted: a stop signal, see `signals`). Raises
     GanDistError for what the user must fix (RunDirBusy, DataStalled, NonFiniteLoss,
@@ -121,7 +132,7 @@ def train(
         stack.callback(run.close)
         try:
             with stop.interruptible(grace_s=0):  # start-up: a stop ends it at once
-                run.start(resume)
+                run.start(resume, initial)
             return run.loop(stop)
         except StopRequested as exc:
             return run.stopped(str(exc))
@@ -144,6 +155,7 @@ class _Run:
         self.metrics: dict[str, float] = {}
         self.profiler: StepProfiler | None = None
         self.perceptual: PerceptualMetrics | None = None
+        self.lineage: dict[str, str] = {}  # model.init's source and parent, as tags
 
     @property
     def main(self) -> bool:
@@ -151,7 +163,7 @@ class _Run:
             return self.accelerator.is_main_process
         return os.environ.get("RANK", "0") == "0"
 
-    def start(self, resume: str) -> None:
+    def start(self, resume: str, initial: Callable[[], InitialWeights] | None) -> None:
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs, set_seed
 
@@ -204,6 +216,12 @@ class _Run:
             if ckpt
             else {}
         )
+        started_from = None
+        if ckpt is not None:
+            self.lineage = ckpt.state.get("lineage", {})
+        elif initial is not None:
+            started_from = _initialise(initial(), recipe, G, D, self.ema)
+            self.lineage = started_from[0].tags
         self.ema.module.to(accelerator.device)
         if cfg.compile:
             G, D = torch.compile(G), torch.compile(D)
@@ -255,12 +273,15 @@ class _Run:
             self.progress.message(precision_note)
         if ckpt is not None:
             self.progress.message(f"resumed from {ckpt.path} at step {self.step}")
+        if started_from is not None:
+            self.progress.message(started_from[1])
         self.tracker = Tracker(
             recipe,
             run_dir,
             ckpt.state.get("tracking_run_id") if ckpt else None,
             enabled=self.main,
             context={"world_size": world, "device": str(accelerator.device)},
+            tags={f"gan_dist.{k}": v for k, v in self.lineage.items()},
         )
 
     def save_checkpoint(self, position: dict[int, int] | None = None) -> Path:
@@ -294,6 +315,7 @@ class _Run:
                 "recipe": self.recipe.model_dump(mode="json"),
                 "tracking_run_id": self.tracker.wait_for_run_id(timeout=10),
                 "metrics": self.metrics,
+                "lineage": self.lineage,
             },
             self.recipe.train.keep_checkpoints,
         )
@@ -652,6 +674,34 @@ def _scheduler(opt: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_sch
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _initialise(
+    start: InitialWeights, recipe: Recipe, G: nn.Module, D: nn.Module, ema: EMA
+) -> tuple[InitialWeights, str]:
+    """A fresh run's nets from `model.init`'s weights: the generator (and its EMA) always,
+    the discriminator when the source has one of the recipe's family and settings. Returns
+    the source and what was loaded, in words. Raises GanDistError when the generators
+    differ."""
+    start.check_generator(recipe.model, recipe.data.channels)
+    try:
+        G.load_state_dict(start.generator)
+        ema.module.load_state_dict(start.generator)
+    except RuntimeError:  # same settings, other shapes: a family whose depth follows the size
+        raise GanDistError(
+            f"model.init {start.source}: its generator's weights do not fit the recipe's net "
+            f"at data.image_size={recipe.data.image_size}; the source was trained on "
+            f"{start.image_size} px crops: set data.image_size={start.image_size}"
+        ) from None
+    if start.discriminator_fits(recipe.model):
+        D.load_state_dict(start.discriminator)
+        critic = "discriminator too"
+    elif start.discriminator is None:
+        critic = "discriminator fresh (a registered model or model folder holds none)"
+    else:
+        critic = "discriminator fresh (the source's differs from model.discriminator)"
+    parent = f" ({start.parent})" if start.parent and start.parent != start.source else ""
+    return start, f"initialised from {start.source}{parent}: generator weights, {critic}"
 
 
 def _load(ckpt, recipe: Recipe, G, D, ema, opt_g, opt_d, sched_g, sched_d) -> dict:

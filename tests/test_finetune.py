@@ -1,0 +1,109 @@
+"""Fine-tuning from the registry (`model.init`, issue 16 Build 3): the demo's champion
+fine-tuned on other images starts from its weights, says what it loaded, refuses a net that
+does not match, is not re-initialised on resume, and registers with its parent as a tag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli, tiny, train_quickstart
+from gan_dist.models import load_model
+from gan_dist.nets import build_generator
+from gan_dist.recipe import load_recipe
+from gan_dist.train import checkpoint
+
+pytestmark = pytest.mark.integration
+
+CHAMPION = "models:/quickstart-repair@champion"
+# the demo's nets as the quickstart recipe builds them; the tiny settings on the rest
+DEMO_NETS = {
+    "model.generator.base_channels": None,
+    "model.discriminator.base_channels": None,
+    "data.image_size": 128,
+}
+
+
+@pytest.fixture(scope="module")
+def other_photos(photo_dir, tmp_path_factory) -> Path:
+    """Photos the demo did not train on, at the demo's 128 px (the quickstart U-Net's depth
+    follows the crop size, so a fine-tune keeps it)."""
+    out = tmp_path_factory.mktemp("other") / "shards"
+    packed = run_cli("data", "pack", str(photo_dir), str(out), "--size", "128")
+    assert packed.returncode == 0, packed.stdout + packed.stderr
+    return out
+
+
+def distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Over learned weights; batch-norm statistics follow the new data at once."""
+    learned = [k for k in a if a[k].is_floating_point() and "running_" not in k]
+    return sum(float((a[k] - b[k]).norm()) for k in learned)
+
+
+def test_the_demo_champion_fine_tuned_on_other_images_keeps_its_lineage(
+    demo, other_photos, tmp_path, mlflow_store
+):
+    from mlflow import MlflowClient
+
+    assert demo[0].returncode == 0, demo[0].stderr
+    client = MlflowClient(mlflow_store)
+    parent = client.get_model_version_by_alias("quickstart-repair", "champion").version
+    run_dir = tmp_path / "finetuned"
+    # another seed than the demo's: a net not loaded from the champion would be far from it
+    settings = DEMO_NETS | {
+        "model.init": CHAMPION,
+        "tracking.register_as": "finetuned",
+        "seed": 7,
+    }
+
+    first = train_quickstart(other_photos, 2, run_dir, **settings)
+
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert (
+        f"initialised from {CHAMPION} (models:/quickstart-repair/{parent}): generator weights, "
+        "discriminator fresh" in first.stdout
+    ), first.stdout
+    # the champion's weights, two small steps on: far nearer them than a fresh net is
+    champion = load_model(CHAMPION).net.state_dict()
+    ema = checkpoint.load_file(str(checkpoint.list_checkpoints(run_dir)[0] / "ema.safetensors"))
+    recipe = load_recipe("quickstart", ["data.image_size=128"])
+    torch.manual_seed(7)
+    fresh = build_generator(recipe.model, 3, 128).state_dict()
+    assert distance(ema, champion) < 0.05 * distance(fresh, champion)
+
+    version = client.get_latest_versions("finetuned")[0]
+    assert version.tags["parent"] == f"models:/quickstart-repair/{parent}"
+    assert version.tags["init"] == CHAMPION
+    assert client.get_run(version.run_id).data.tags["gan_dist.parent"] == version.tags["parent"]
+
+    # a resumed fine-tune continues from its checkpoint: the init is not applied again
+    resumed = train_quickstart(other_photos, 3, run_dir, **settings)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout and "initialised from" not in resumed.stdout
+
+    # a run folder as the source brings its discriminator too
+    from_run = train_quickstart(
+        other_photos, 1, tmp_path / "again", **DEMO_NETS, **{"model.init": str(run_dir)}
+    )
+    assert from_run.returncode == 0, from_run.stderr
+    assert f"initialised from {run_dir}: generator weights, discriminator too" in from_run.stdout
+
+
+def test_a_net_that_does_not_match_the_source_is_refused_naming_the_setting(demo, packed, tmp_path):
+    assert demo[0].returncode == 0, demo[0].stderr
+    result = run_cli(
+        "train", "quickstart", *tiny(packed, 2, **{"model.init": CHAMPION}),
+        "--run-dir", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: model.init {CHAMPION}: its generator differs"), line
+    assert "base_channels 16 (recipe: 8)" in line, line
+    missing = train_quickstart(
+        packed, 2, tmp_path / "run2", **{"model.init": str(tmp_path / "nowhere")}
+    )
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr, missing.stderr
+    assert str(tmp_path / "nowhere") in missing.stderr.strip().splitlines()[-1]
+    assert not list(Path(tmp_path / "run2").glob("checkpoints/step-*"))
