@@ -39,6 +39,7 @@ from gan_dist.data.images import (
     probe,
     raw_from_levels,
     read_image,
+    shown_values,
     to_bit_depth,
     to_channels,
     write_bytes_atomic,
@@ -416,8 +417,8 @@ def read_mask(
         return mask, "mask read as 0/1 (1 = hole)" if mask.zero_one else ""
     if picture.pages > 1:
         raise GanDistError(f"mask {path} has {picture.pages} pages or frames; give a one-page mask")
-    grey = to_channels(picture.pixels, 1)[:, :, 0]
-    zero_one = int(grey.max()) == 1
+    grey = to_channels(shown_values(picture), 1)[:, :, 0]
+    zero_one = grey.dtype.kind in "iu" and grey.max() == 1
     mask = _binarise(grey, zero_one)
     return mask, "mask read as 0/1 (1 = hole)" if zero_one else ""
 
@@ -429,9 +430,10 @@ class TiffMask:
 
     def __init__(self, raster: TiffRaster) -> None:
         self.values, self.shape, self.dtype = raster.pixels, raster.shape[:2], np.dtype(bool)
+        self.path = raster.path
         peak = ones = whites = 0
         for top in range(0, self.shape[0], BAND_ROWS):
-            grey = to_channels(self.values[top : top + BAND_ROWS, :], 1)[:, :, 0]
+            grey = self._grey((slice(top, top + BAND_ROWS), slice(None)))
             peak = max(peak, int(grey.max()))
             ones += int(_binarise(grey, zero_one=True).sum())
             whites += int(_binarise(grey, zero_one=False).sum())
@@ -439,7 +441,13 @@ class TiffMask:
         self.holes = ones if self.zero_one else whites
 
     def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        return _binarise(to_channels(self.values[key], 1)[:, :, 0], self.zero_one)
+        return _binarise(self._grey(key), self.zero_one)
+
+    def _grey(self, key: tuple[slice, slice]) -> np.ndarray:
+        try:
+            return to_channels(self.values[key], 1)[:, :, 0]
+        except GanDistError as exc:  # a broken mask, not a broken image
+            raise GanDistError(f"mask {self.path}: {exc}") from None
 
     def any(self) -> bool:
         return self.holes > 0
@@ -449,7 +457,11 @@ class TiffMask:
 
 
 def _binarise(grey: np.ndarray, zero_one: bool) -> np.ndarray:
-    return grey == 1 if zero_one else grey > np.iinfo(grey.dtype).max // 2
+    """Holes: 1 in a 0/1 mask, else above half the type's positive range (127 of 255,
+    32767 of 65535, 63 of int8's 127; 0.5 for float masks, which run 0..1)."""
+    if zero_one:
+        return grey == 1
+    return grey > (0.5 if grey.dtype.kind == "f" else np.iinfo(grey.dtype).max // 2)
 
 
 def encode_image(arr: np.ndarray, suffix: str) -> bytes:

@@ -17,7 +17,7 @@ from conftest import gradient16, make_model
 from gan_dist.data.images import ImageReadError, probe, raw_from_levels, read_image
 from gan_dist.errors import GanDistError
 from gan_dist.models import load_model
-from gan_dist.repair_files import Job, plan, repair_files
+from gan_dist.repair_files import Job, plan, read_mask, repair_files
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +220,75 @@ def test_a_mask_of_another_size_is_refused_before_it_is_read(net, tmp_path):
     [result] = repair_files(lambda: net, [Job(image, tmp_path / "o.tif", mask)], 64, 16, 4, False)
     assert result.status == "failed"
     assert result.detail == f"mask {mask}: 64x65, the image is 64x64"
+
+
+def test_reversed_bit_order_is_decoded_not_memory_mapped(net, tmp_path):
+    """An uncompressed FillOrder=2 page was memory-mapped as stored: 55,381 of 59,200 known
+    pixels came out with their bits reversed."""
+    from PIL import Image, TiffImagePlugin
+
+    stored = (gradient16(120, 100, 1)[:, :, 0] >> 8).astype(np.uint8)
+    image = tmp_path / "reversed.tif"
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[266] = 2  # FillOrder: lowest bit first (tifffile will not write it)
+    Image.fromarray(stored).save(image, tiffinfo=tags)
+    mask, hole = box_mask(tmp_path, 120, 100)
+    _, out, _ = repaired(net, image, tmp_path / "out.tif", mask)
+    assert np.array_equal(out[~hole], tifffile.imread(image)[~hole])
+
+
+def test_a_float64_page_spanning_its_whole_range_repairs_to_finite_values(net, tmp_path):
+    """hi - lo overflowed to inf: 200 hole pixels came out NaN or inf, status repaired."""
+    values = np.linspace(-1.0, 1.0, 64 * 64).reshape(64, 64) * 1.7e308
+    image = tmp_path / "wide.tif"
+    tifffile.imwrite(image, values)
+    mask, hole = box_mask(tmp_path, 64, 64)
+    _, out, _ = repaired(net, image, tmp_path / "out.tif", mask)
+    assert np.isfinite(out).all()
+    assert np.array_equal(out[~hole], values[~hole])
+
+
+@pytest.mark.parametrize(
+    ("kind", "values", "holes"),
+    [
+        ("float all 1.0", np.ones((32, 32), np.float32), 32 * 32),
+        ("float 0 and 0.01", np.where(np.eye(32) > 0, 0.01, 0).astype(np.float32), 0),
+        ("float 0..1", np.where(np.eye(32) > 0, 0.9, 0.2).astype(np.float32), 32),
+        ("int8 0 and 100", np.where(np.eye(32) > 0, 100, 0).astype(np.int8), 32),
+        ("int16 0 and 1", np.eye(32, dtype=np.int16), 32),
+    ],
+)
+def test_masks_of_any_sample_type_follow_the_same_rule(tmp_path, kind, values, holes):
+    """Float and signed masks were rescaled from their own range first: a mask of all 1.0
+    marked nothing, 0.01 on black marked holes, int8 100 marked nothing."""
+    path = tmp_path / "mask.tif"
+    tifffile.imwrite(path, values)
+    mask, _ = read_mask(path, (32, 32), 10**8)
+    assert int(mask.sum()) == holes, kind
+
+
+def test_a_broken_streamed_mask_is_named_as_the_mask(net, tmp_path):
+    """A truncated TIFF mask was reported as a corrupt image."""
+    image = tmp_path / "in.tif"
+    tifffile.imwrite(image, np.zeros((600, 64), np.uint8))
+    mask = tmp_path / "mask.tif"
+    tifffile.imwrite(mask, np.full((600, 64), 255, np.uint8), rowsperstrip=16, compression="zlib")
+    with tifffile.TiffFile(mask) as tif:
+        offset, count = tif.pages[0].dataoffsets[20], tif.pages[0].databytecounts[20]
+    data = bytearray(mask.read_bytes())
+    data[offset : offset + count] = b"\x00" * count
+    mask.write_bytes(bytes(data))
+    [result] = repair_files(lambda: net, [Job(image, tmp_path / "o.tif", mask)], 64, 16, 4, False)
+    assert result.status == "failed"
+    assert result.detail.startswith(f"mask {mask}: corrupt or unreadable TIFF"), result.detail
+
+
+def test_extra_samples_beyond_alpha_fail_the_file_instead_of_being_dropped(net, tmp_path):
+    """RGBA plus a second extra sample came out RGBA, the extra one deleted, exit 0."""
+    samples = (gradient16(48, 64, 5) >> 8).astype(np.uint8)
+    image = tmp_path / "rgba2.tif"
+    tifffile.imwrite(image, samples, photometric="rgb", extrasamples=["unassalpha", "unspecified"])
+    mask, _ = box_mask(tmp_path, 48, 64)
+    [result] = repair_files(lambda: net, [Job(image, tmp_path / "o.tif", mask)], 64, 16, 4, False)
+    assert result.status == "failed" and "2 extra samples" in result.detail
+    assert not (tmp_path / "o.tif").exists()

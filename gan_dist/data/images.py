@@ -250,8 +250,9 @@ def _to_levels(arr: np.ndarray, notes: list[str], what: str, bits: int = 16) -> 
         return arr.astype(target)
     lo, hi = float(arr.min()), float(arr.max())
     notes.append(f"{what} values {lo:g}..{hi:g} rescaled to 0..{top}")
-    scale = top / (hi - lo) if hi > lo else 0.0
-    return np.round((arr.astype(np.float64) - lo) * scale).astype(target)
+    half = hi / 2 - lo / 2  # halved: the span of float64 data may exceed its largest value
+    scale = top / half if half > 0 else 0.0
+    return np.round((arr.astype(np.float64) / 2 - lo / 2) * scale).astype(target)
 
 
 def levels_bits(dtype: np.dtype) -> int:
@@ -278,6 +279,14 @@ def _shown(raw: np.ndarray, min_is_white: bool) -> np.ndarray:
     return _white_top(raw) - raw.astype("float64")
 
 
+def shown_values(picture: Picture) -> np.ndarray:
+    """(H, W, C) samples as they are shown (0 = black), in their own type: `pixels` for
+    8/16-bit data, else the decoded signed, wide or float values (min-is-white inverted)."""
+    if picture.original is None:
+        return picture.pixels
+    return _shown(picture.original, picture.storage.min_is_white)
+
+
 def raw_from_levels(levels: np.ndarray, raw: np.ndarray, min_is_white: bool) -> np.ndarray:
     """The inverse of the reader's mapping (`_shown`, then `_to_levels`) for new values:
     levels (H, W, C) uint8/uint16 back to samples of `raw`'s dtype and range, stored as
@@ -289,14 +298,14 @@ def raw_from_levels(levels: np.ndarray, raw: np.ndarray, min_is_white: bool) -> 
     lo, hi = float(shown.min()), float(shown.max())
     if shown.dtype.kind in "iu" and lo >= 0 and hi <= top:
         values = levels.astype(np.float64)
-    else:
-        values = lo + levels.astype(np.float64) * ((hi - lo) / top)
+    else:  # halved as in `_to_levels`, so that no step overflows
+        values = (lo / 2 + levels.astype(np.float64) * ((hi / 2 - lo / 2) / top)) * 2
     if min_is_white:
         values = _white_top(raw) - values
+    info = np.iinfo(raw.dtype) if raw.dtype.kind in "iu" else np.finfo(raw.dtype)
     if raw.dtype.kind in "iu":
-        info = np.iinfo(raw.dtype)
-        values = np.clip(np.round(values), info.min, info.max)
-    return values.astype(raw.dtype)
+        values = np.round(values)
+    return np.clip(values, info.min, info.max).astype(raw.dtype)
 
 
 def _check_finite(values: np.ndarray) -> None:
@@ -413,10 +422,13 @@ def _tiff_picture(path: Path) -> Picture:
     if arr.ndim != 3:
         raise ImageReadError(f"TIFF page has shape {arr.shape}, not a 2-D image")
     alpha = None
-    if arr.shape[2] > colours:  # extra samples: the first is alpha (TIFF 6.0, ExtraSamples)
+    if arr.shape[2] > colours + 1:
+        raise ImageReadError(
+            f"TIFF has {arr.shape[2] - colours} extra samples beside its {colours} colour "
+            "sample(s); gan-dist keeps at most one (alpha): save the file without the others"
+        )
+    if arr.shape[2] > colours:  # the extra sample: alpha (TIFF 6.0, ExtraSamples)
         notes.append("alpha channel dropped")
-        if arr.shape[2] > colours + 1:
-            notes.append(f"{arr.shape[2] - colours - 1} further extra sample(s) dropped")
         arr, alpha = arr[:, :, :colours], arr[:, :, colours].copy()
     if colormap is not None:
         notes.append("palette converted to RGB")

@@ -136,7 +136,9 @@ def _segment_rows(page) -> int:
 def _contiguous_reader(path: Path, page):
     """Rows of an uncompressed page stored in one piece, through a memory map made for each
     read (so the pages read do not stay resident); None for any other page."""
-    if not (page.is_contiguous and page.compression == 1 and page.predictor == 1):
+    # bytes as stored are the samples only without compression, predictor or reversed bits
+    plain = page.compression == 1 and page.predictor == 1 and page.fillorder == 1
+    if not (page.is_contiguous and plain):
         return None
     dtype = np.dtype(page.dtype).newbyteorder(page.parent.byteorder)
     height, width, samples = page.imagelength, page.imagewidth, page.samplesperpixel
