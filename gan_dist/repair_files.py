@@ -288,7 +288,8 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels, on_rows) -> F
     with ExitStack() as stack:
         picture = _open_image(job.image, suffix, max_pixels, stack)
         height, width = picture.pixels.shape[:2]
-        size = f"{width}x{height} {picture.bit_depth}-bit"
+        kind = picture.original.dtype if picture.original is not None else None
+        size = f"{width}x{height} {kind or f'{picture.bit_depth}-bit'}"
         notes = [n for n in picture.notes if n != "alpha channel dropped"]
         notes += _check_writable(suffix, picture)
         if picture.pages > 1:

@@ -101,8 +101,9 @@ def test_a_float_rgba_tiff_keeps_its_alpha_and_its_known_values(net, tmp_path):
     tifffile.imwrite(image, values, photometric="rgb", extrasamples=["unassalpha"])
     mask, hole = box_mask(tmp_path, h, w)
 
-    _, out, page = repaired(net, image, tmp_path / "out.tif", mask)
+    result, out, page = repaired(net, image, tmp_path / "out.tif", mask)
 
+    assert result.size == f"{w}x{h} float32"  # the file's type, not the 16-bit working scale
     assert out.shape == (h, w, 4) and out.dtype == np.float32
     assert np.array_equal(out[..., 3], values[..., 3])
     assert np.array_equal(out[~hole], values[~hole])
@@ -140,9 +141,10 @@ def test_min_is_white_is_stored_as_it_came(net, tmp_path, kind):
     tifffile.imwrite(image, samples, photometric="miniswhite")
     mask, hole = box_mask(tmp_path, h, w)
 
-    _, out, page = repaired(net, image, tmp_path / "out.tif", mask)
+    result, out, page = repaired(net, image, tmp_path / "out.tif", mask)
 
     assert page.photometric == 0
+    assert ("1-bit read as 8-bit 0/255" in result.detail) == (kind == "1-bit fax")
     stored = samples.astype(np.uint8) * 255 if kind == "1-bit fax" else samples
     assert np.array_equal(out[~hole], stored[~hole])
 

@@ -435,6 +435,7 @@ def _tiff_picture(path: Path) -> Picture:
         arr = np.moveaxis(colormap[:, arr[:, :, 0].astype(np.intp)], 0, -1)
         arr = (arr // 257).astype(np.uint8) if _palette_is_8bit(colormap) else arr
     elif arr.dtype == np.bool_:  # 1-bit (fax, CCITT): 0/255, stored as such
+        notes.append("1-bit read as 8-bit 0/255")
         arr = arr.astype(np.uint8) * 255
     elif photometric == 5:
         notes.append("CMYK converted to RGB")
