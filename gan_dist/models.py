@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError
 
 from gan_dist.errors import GanDistError
 from gan_dist.recipe import SAVED, DamageStep, ModelConfig
@@ -167,34 +167,80 @@ def families_of(recipe: Recipe) -> dict[str, dict[str, str | None]]:
 
 
 def _check_families(raw: dict[str, Any], source: str) -> None:
-    """A spec naming a family that is not installed here: say which package provided it."""
+    """A spec naming a family that cannot be had here: say which package provided it, and
+    whether another version of that package is what is installed."""
     from gan_dist.registry import Provider, UnknownFamily, registry
 
-    families = raw.get("families")
-    if not isinstance(families, dict):
-        return  # older specs: validation names the family instead
-    for kind in ("generator", "discriminator"):
-        entry = families.get(kind)
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            continue
+    for kind, entry in _families(raw):
         try:
             registry(kind).get(entry["name"])
-        except UnknownFamily:
+        except UnknownFamily as exc:
             provider = Provider(entry.get("package"), entry.get("version"))
             where = f"{provider.package} {provider.version}" if provider.package else "a module"
+            installed = _installed(provider.package)
+            if installed is None:
+                raise GanDistError(
+                    f"{source}: its {kind} '{entry['name']}' comes from {where}, which is not "
+                    f"installed here: {provider.install_hint()}"
+                ) from None
             raise GanDistError(
-                f"{source}: its {kind} '{entry['name']}' comes from {where}, which is not "
-                f"installed here: {provider.install_hint()}"
+                f"{source}: its {kind} '{entry['name']}' comes from {where}; "
+                f"{provider.package} {installed} is installed here but does not provide it "
+                f"({exc}): {provider.install_hint()}"
             ) from None
+
+
+def _version_drift(spec: dict[str, Any]) -> list[str]:
+    """Families installed here at another version than the model was trained with."""
+    from gan_dist.registry import Provider
+
+    notes = []
+    for kind, entry in _families(spec):
+        package, version = entry.get("package"), entry.get("version")
+        installed = _installed(package)
+        if package and version and installed and installed != version:
+            hint = Provider(package, version).install_hint()
+            notes.append(
+                f"its {kind} '{entry['name']}' was trained with {package} {version}, and "
+                f"{package} {installed} is installed here ({hint} gives the trained one)"
+            )
+    return notes
+
+
+def _families(raw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, {name, package, version}) of the nets a spec records; older specs have none."""
+    families = raw.get("families")
+    if not isinstance(families, dict):
+        return []
+    return [
+        (kind, entry)
+        for kind in ("generator", "discriminator")
+        if isinstance(entry := families.get(kind), dict) and isinstance(entry.get("name"), str)
+    ]
+
+
+def _installed(package: str | None) -> str | None:
+    from importlib import metadata
+
+    if package is None:
+        return None
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def export_checkpoint(ckpt_path: Path, folder: Path) -> dict[str, Any]:
     """Write the EMA generator of a checkpoint as a repair model (weights + spec)."""
-    from gan_dist.recipe import Recipe
+    from gan_dist.errors import RecipeError
+    from gan_dist.recipe import validate_recipe
     from gan_dist.train import checkpoint
 
     ckpt = checkpoint.read(ckpt_path)
-    recipe = Recipe.model_validate(ckpt.state["recipe"], context=SAVED)
+    try:  # a plugin family that is not installed here is named, with what is available
+        recipe = validate_recipe(ckpt.state["recipe"], f"{ckpt.path / 'state.json'}", SAVED)
+    except RecipeError as exc:  # a model that cannot be loaded (exit 1), not a recipe typo
+        raise GanDistError(str(exc)) from None
     spec = spec_for(recipe, ckpt.step, ckpt.state.get("metrics") or {})
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ckpt.path / "ema.safetensors", folder / WEIGHTS)
@@ -213,6 +259,8 @@ def load_files(folder: Path, source: str, device: str = "cpu") -> RepairModel:
     from gan_dist.nets import build_generator
 
     spec = read_spec(folder / SPEC, source)
+    drift = _version_drift(spec)
+    because = f"; {'; '.join(drift)}" if drift else ""
     try:
         state = load_file(str(folder / WEIGHTS), device="cpu")
     except (OSError, SafetensorError) as exc:
@@ -233,7 +281,7 @@ def load_files(folder: Path, source: str, device: str = "cpu") -> RepairModel:
             shapes = build_generator(model, int(spec["channels"]), size).state_dict()
     except (RuntimeError, ValueError, OverflowError) as exc:
         raise GanDistError(
-            f"{source}: {SPEC} describes a net that cannot be built ({exc})"
+            f"{source}: {SPEC} describes a net that cannot be built ({exc}){because}"
         ) from None
     wrong = sorted(
         set(shapes) ^ set(state)
@@ -247,8 +295,11 @@ def load_files(folder: Path, source: str, device: str = "cpu") -> RepairModel:
     if wrong:
         raise GanDistError(
             f"{source}: weights do not fit the spec's model ({len(wrong)} tensors differ in "
-            f"shape or type, first {wrong[0]}); the two files are from different models"
+            f"shape or type, first {wrong[0]})"
+            + (because or "; the two files are from different models")
         )
+    for note in drift:  # it loads, but may not behave as it was trained to
+        log.warning("%s: %s", source, note)
     net = build_generator(model, int(spec["channels"]), size)
     net.load_state_dict(state)
     return RepairModel(net.to(device).eval().requires_grad_(False), spec, source)
@@ -258,9 +309,7 @@ def read_spec(path: Path, source: str) -> dict[str, Any]:
     """spec.json validated by ModelSpec (bounded in size and nesting); the validated values
     as a dict. Raises GanDistError naming the first problems, e.g. `spec.json: tile_size:
     Input should be greater than 0`."""
-    from pydantic import ValidationError
-
-    from gan_dist.textfiles import UntrustedTextError, check_bounded, excerpt, read_text_file
+    from gan_dist.textfiles import UntrustedTextError, check_bounded, read_text_file
 
     try:
         raw = json.loads(read_text_file(path, "a model spec"))
@@ -275,12 +324,18 @@ def read_spec(path: Path, source: str) -> dict[str, Any]:
     try:
         return ModelSpec.model_validate(raw, context=SAVED).model_dump(mode="json")
     except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(p) for p in e['loc']) or '(spec)'}: {e['msg']}"
-            + (f" (got {excerpt(e['input'])})" if e["type"] != "missing" else "")
-            for e in exc.errors()[:3]
-        ]
-        raise GanDistError(f"{source}: {SPEC}: {'; '.join(problems)}") from None
+        raise GanDistError(f"{source}: {SPEC}: {_problems(exc)}") from None
+
+
+def _problems(exc: ValidationError) -> str:
+    """The first three problems of a validation error, as `dotted.path: message (got ...)`."""
+    from gan_dist.textfiles import excerpt
+
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(spec)'}: {e['msg']}"
+        + (f" (got {excerpt(e['input'])})" if e["type"] != "missing" else "")
+        for e in exc.errors()[:3]
+    )
 
 
 def load_model(uri: str, device: str = "cpu", tracking_uri: str | None = None) -> RepairModel:

@@ -805,9 +805,13 @@ def _at(raw: Any, path: tuple[str, ...]) -> Any:
     return raw
 
 
-def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
+def validate_recipe(
+    raw: dict[str, Any], source: str = "<recipe>", context: dict[str, Any] | None = None
+) -> Recipe:
+    """A Recipe from parsed YAML or a saved recipe (`context=SAVED`); raises RecipeError
+    listing every problem as `dotted.path: message`."""
     try:
-        return Recipe.model_validate(raw)
+        return Recipe.model_validate(raw, context=context)
     except ValidationError as exc:
         raise RecipeError([_format_error(err) for err in exc.errors()], source=source) from None
 

@@ -103,12 +103,10 @@ class Registry:
             return self.builtins[name]
         points = _entry_points(KINDS[self.kind])
         if name in points:
-            return _checked(points[name].load(), f"entry point {name} = {points[name].value}")
+            where = f"entry point {name} = {points[name].value}"
+            return _checked(_imported(points[name].load, where), where)
         if ":" in name:
-            try:
-                return _checked(_resolve(name), name)
-            except ImportError as exc:
-                raise UnknownFamily(f"'{name}': cannot import it ({exc})") from None
+            return _checked(_imported(lambda: _resolve(name), f"'{name}'"), f"'{name}'")
         raise UnknownFamily(self.unknown(name))
 
     def names(self) -> list[str]:
@@ -134,8 +132,8 @@ class Registry:
         close = difflib.get_close_matches(name, names, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return (
-            f"'{name}' is not a {self.kind}{hint} (available: {', '.join(names)}; or a "
-            "package.module:name reference)"
+            f"'{name}' is not {_a(self.kind)} {self.kind}{hint} (available: {', '.join(names)}; "
+            "or a package.module:name reference)"
         )
 
 
@@ -143,10 +141,24 @@ class UnknownFamily(GanDistError):
     """A recipe or model names a family that is neither built in nor installed."""
 
 
+def _imported(load: Callable[[], Any], where: str) -> Any:
+    """A plugin's object; any error importing it (a missing module, a module that raises,
+    a malformed reference) is an UnknownFamily naming it, never a traceback."""
+    try:
+        return load()
+    except Exception as exc:
+        raise UnknownFamily(f"{where}: cannot import it ({type(exc).__name__}: {exc})") from None
+
+
 def _checked(found: Any, where: str) -> Family:
     if not isinstance(found, Family):
-        raise UnknownFamily(f"{where} is a {type(found).__name__}, not a gan_dist Family")
+        kind = type(found).__name__
+        raise UnknownFamily(f"{where} is {_a(kind)} {kind}, not a gan_dist Family")
     return found
+
+
+def _a(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def _resolve(reference: str) -> Any:

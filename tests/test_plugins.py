@@ -125,6 +125,20 @@ def test_train_register_and_repair_with_plugin_families(toy_plugin, packed, tmp_
     known = ~hole(48, 40)
     assert np.array_equal(out[known], image[known]) and not np.array_equal(out, image)
 
+    # the run's checkpoint where its plugin family is missing: named, not a traceback
+    import shutil
+
+    from gan_dist.train import checkpoint
+
+    ckpt = shutil.copytree(checkpoint.list_checkpoints(run_dir)[0], tmp_path / "elsewhere")
+    state = json.loads((ckpt / "state.json").read_text())
+    state["recipe"]["model"]["generator"]["name"] = "gone_resnet"
+    (ckpt / "state.json").write_text(json.dumps(state))
+    result = run_cli("repair", str(tmp_path / "photo.png"), str(tmp_path / "o2.png"),
+                     "--model", str(ckpt), "--mask", str(tmp_path / "mask.png"))  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "model.generator.name: 'gone_resnet' is not a generator" in result.stderr
+
 
 def test_a_model_whose_plugin_is_missing_says_what_to_install(toy_plugin, tmp_path):
     from conftest import make_model
@@ -145,4 +159,67 @@ def test_a_model_whose_plugin_is_missing_says_what_to_install(toy_plugin, tmp_pa
     spec["families"]["generator"] = {"name": "ghost_net", "package": None, "version": None}
     (folder / "spec.json").write_text(json.dumps(spec))
     with pytest.raises(GanDistError, match="comes from a module.*put its module on PYTHONPATH"):
+        load_model(str(folder))
+
+
+def test_a_plugin_that_cannot_be_imported_is_a_recipe_error_not_a_traceback(tmp_path, monkeypatch):
+    """A missing module, a module that raises at import and malformed references gave
+    ModuleNotFoundError, RuntimeError, ValueError and TypeError tracebacks."""
+    (tmp_path / "broken_nets.py").write_text("raise RuntimeError('plugin import blew up')\n")
+    (tmp_path / "odd_nets.py").write_text("count = 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cases = {
+        "broken_nets:fam": "cannot import it (RuntimeError: plugin import blew up)",
+        ":x": "cannot import it (ValueError",
+        ".rel:x": "cannot import it (TypeError",
+        "odd_nets:count": "is an int, not a gan_dist Family",
+    }
+    for name, message in cases.items():
+        with pytest.raises(RecipeError) as caught:
+            toy_recipe(f"model.generator.name={name}")
+        assert f"model.generator.name: '{name}'" in str(caught.value), str(caught.value)
+        assert message in str(caught.value)
+
+
+def test_an_installed_plugin_of_another_version_is_named_as_such(toy_plugin, tmp_path, caplog):
+    """The message said `not installed` when the package was installed but did not provide
+    the family, and blamed the files when it was installed at another version."""
+    from safetensors.torch import save_file
+
+    from gan_dist.models import load_model, spec_for
+    from gan_dist.nets import build_generator
+
+    recipe = toy_recipe(*[f"{k}={v}" for k, v in TOY.items() if v is not None])
+    folder = tmp_path / "model"
+    folder.mkdir()
+    save_file(
+        build_generator(recipe.model, 3, 32).state_dict(), str(folder / "weights.safetensors")
+    )
+    spec = spec_for(recipe, 0, {})
+    assert spec["families"]["generator"] == {
+        "name": "toy_resnet", "package": "gan-dist-toy", "version": toy_plugin,
+    }  # fmt: skip
+    spec["families"]["generator"]["version"] = "0.0.1"  # trained with an older release
+    (folder / "spec.json").write_text(json.dumps(spec))
+    with caplog.at_level("WARNING", logger="gan_dist.models"):
+        load_model(str(folder))  # same settings and shapes: it loads, with a warning
+    assert f"gan-dist-toy 0.0.1, and gan-dist-toy {toy_plugin} is installed here" in caplog.text
+
+    spec["model"]["generator"]["width"] = 16  # its settings changed between releases
+    (folder / "spec.json").write_text(json.dumps(spec))
+    with pytest.raises(
+        GanDistError, match="weights do not fit.*was trained with gan-dist-toy 0.0.1"
+    ):
+        load_model(str(folder))
+
+    spec["model"]["generator"] = {"name": "gone_net"}
+    spec["families"]["generator"] = {
+        "name": "gone_net",
+        "package": "gan-dist-toy",
+        "version": "0.0.1",
+    }
+    (folder / "spec.json").write_text(json.dumps(spec))
+    with pytest.raises(
+        GanDistError, match=f"gan-dist-toy {toy_plugin} is installed here but does not provide it"
+    ):
         load_model(str(folder))
