@@ -37,7 +37,10 @@ def repaired(net, image: Path, out: Path, mask: Path):
     [result] = repair_files(lambda: net, [Job(image, out, mask)], 64, 16, 4, False)
     assert result.status == "repaired", result.detail
     with tifffile.TiffFile(out) as tif:
-        return result, tif.pages[0].asarray(), tif.pages[0]
+        page = tif.pages[0]
+        for tag in page.tags:  # large values are read lazily: read them while it is open
+            _ = tag.value
+        return result, page.asarray(), page
 
 
 def agrees_with_probe(path: Path) -> None:
@@ -294,3 +297,26 @@ def test_extra_samples_beyond_alpha_fail_the_file_instead_of_being_dropped(net, 
     [result] = repair_files(lambda: net, [Job(image, tmp_path / "o.tif", mask)], 64, 16, 4, False)
     assert result.status == "failed" and "2 extra samples" in result.detail
     assert not (tmp_path / "o.tif").exists()
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])  # streamed, and decoded whole
+def test_a_scan_keeps_what_it_says_about_itself(net, tmp_path, dtype):
+    """Resolution (600 dpi became 1 with no unit), colour profile, description, orientation
+    and provenance were dropped from the repaired TIFF."""
+    samples = gradient16(64, 48, 3, seed=9).astype(dtype)
+    image = tmp_path / "scan.tif"
+    profile = bytes(range(256)) * 2
+    tifffile.imwrite(
+        image, samples, photometric="rgb", rowsperstrip=16, resolution=(600, 600),
+        resolutionunit="INCH", description="plate 12, verso", iccprofile=profile,
+        extratags=[(274, "H", 1, 6, True), (315, "s", 0, "A. Scanner", True),
+                   (33432, "s", 0, "(c) Archive", True)],
+        metadata=None,
+    )  # fmt: skip
+    mask, _ = box_mask(tmp_path, 64, 48)
+    _, _, page = repaired(net, image, tmp_path / "out.tif", mask)
+    assert page.resolution == (600.0, 600.0) and page.resolutionunit == 2
+    assert page.description == "plate 12, verso" and page.iccprofile == profile
+    assert page.tags.valueof(274) == 6  # shown turned, as the original is
+    assert page.tags.valueof(315) == "A. Scanner"
+    assert page.tags.valueof(33432) == "(c) Archive"

@@ -38,6 +38,12 @@ class Storage:
 
     min_is_white: bool = False
     alpha: str = "unassalpha"
+    # what a scan's page says about itself, written back unchanged
+    resolution: tuple[float, float] | None = None  # pixels per `resolution_unit`
+    resolution_unit: int | None = None  # TIFF ResolutionUnit: 2 inch, 3 centimetre
+    description: str | None = None
+    icc: bytes | None = None  # the colour profile (ICC)
+    tags: tuple[tuple[int, str, int, object, bool], ...] = ()  # tifffile `extratags`
 
 
 @dataclass
@@ -328,11 +334,33 @@ _PHOTOMETRIC = {0: "min-is-white", 1: "min-is-black", 2: "RGB", 3: "palette", 5:
 _JPEG = (6, 7)  # old- and new-style JPEG compression
 
 
+# text tags a scan carries about itself: DocumentName, Make, Model, DateTime, Artist, Copyright
+_TEXT_TAGS = (269, 271, 272, 306, 315, 33432)
+
+
 def tiff_storage(page) -> Storage:
-    """How a TIFF page stores grey and alpha (see `Storage`)."""
+    """How a TIFF page stores grey and alpha, and what it says about itself (resolution,
+    description, colour profile, orientation, provenance text): see `Storage`."""
     kinds = page.extrasamples
     alpha = {1: "assocalpha", 2: "unassalpha"}.get(kinds[0] if kinds else 0, "unspecified")
-    return Storage(page.photometric == 0, alpha)
+    tags = page.tags
+    text = tuple(
+        (code, "s", 0, value, True)
+        for code in _TEXT_TAGS
+        if isinstance(value := tags.valueof(code), str) and value
+    )
+    orientation = tags.valueof(274)
+    turned = ((274, "H", 1, int(orientation), True),) if orientation not in (None, 1) else ()
+    has_resolution = 282 in tags and 283 in tags
+    return Storage(
+        page.photometric == 0,
+        alpha,
+        tuple(page.resolution) if has_resolution else None,
+        int(page.resolutionunit) if has_resolution else None,
+        page.description or None,
+        page.iccprofile or None,
+        text + turned,
+    )
 
 
 def _tiff_form(page) -> tuple[int, int]:

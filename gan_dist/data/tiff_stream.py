@@ -182,7 +182,8 @@ def write_tiff(
     """Writes a zlib-compressed TIFF of shape (H, W, C) (C = 2 or 4: the last is alpha) from
     bands of rows (n, W, C) given top to bottom, holding one row of 256 px tiles at a time.
     The rows are samples as stored: grey is written min-is-white and the alpha sample of
-    the kind `storage` says. Raises ValueError when the rows do not add up to H."""
+    the kind `storage` says, with the source page's resolution, description, colour
+    profile, orientation and provenance tags. Raises ValueError when the rows do not add up to H."""
     import tifffile
 
     height, width, channels = shape
@@ -198,6 +199,12 @@ def write_tiff(
         photometric=photometric,
         extrasamples=extra,
         compression="zlib",
+        resolution=storage.resolution,
+        resolutionunit=storage.resolution_unit,
+        description=storage.description,
+        iccprofile=storage.icc,
+        extratags=storage.tags,
+        metadata=None,  # no tifffile shape record: the page describes itself as it came
         # tifffile compresses this much at a time, read ahead from the iterator (512 MB
         # by default): one row of tiles keeps memory flat
         buffersize=WRITE_TILE * width * channels * np.dtype(dtype).itemsize,
