@@ -120,7 +120,7 @@ def plan(
         rels = [p.relative_to(source) for p in images]
         targets = [out / _output_name(rel, output_format) for rel in rels]
     else:
-        images, rels = [source], [Path(source.name)]
+        images, rels = [source], [Path(input_path.name)]  # a link's own name, as given
         if out.is_dir() or as_folder:
             targets = [out / _output_name(rels[0], output_format)]
         else:
@@ -391,7 +391,10 @@ def _check_writable(suffix: str, picture: Picture) -> list[str]:
             f"{suffix} cannot hold {picture.original.dtype} pixels; write .tif (--format tif)"
         )
     if picture.bit_depth == 16 and not deep:
-        raise GanDistError(f"{suffix} cannot hold 16-bit pixels; use --format png or tif")
+        raise GanDistError(
+            f"{suffix} cannot hold 16-bit pixels; write .png or .tif (an OUTPUT of that "
+            "suffix, or --format png|tif)"
+        )
     if not lossless:
         return [f"{suffix} output re-encodes the known pixels (lossy); --format png keeps them"]
     return []
@@ -476,7 +479,10 @@ def encode_image(arr: np.ndarray, suffix: str) -> bytes:
     if suffix == ".png":
         return encode_png(arr)  # 1-4 channels at 8 or 16 bits
     if arr.dtype != np.uint8:
-        raise GanDistError(f"{suffix} cannot hold 16-bit pixels; use --format png or tif")
+        raise GanDistError(
+            f"{suffix} cannot hold 16-bit pixels; write .png or .tif (an OUTPUT of that "
+            "suffix, or --format png|tif)"
+        )
     buf = io.BytesIO()
     im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}[suffix]

@@ -320,3 +320,21 @@ def test_a_scan_keeps_what_it_says_about_itself(net, tmp_path, dtype):
     assert page.tags.valueof(274) == 6  # shown turned, as the original is
     assert page.tags.valueof(315) == "A. Scanner"
     assert page.tags.valueof(33432) == "(c) Archive"
+
+
+def test_a_linked_input_file_keeps_its_own_name_in_the_output_folder(tmp_path):
+    """`repair link.tif out/` wrote out/TARGET.tif, while a folder walk keeps link names."""
+    target = tmp_path / "scan-0001.tif"
+    tifffile.imwrite(target, np.zeros((8, 8), np.uint8))
+    os.symlink(target, tmp_path / "plate-12.tif")
+    (job,) = plan(tmp_path / "plate-12.tif", f"{tmp_path / 'out'}/", None)
+    assert job.target == tmp_path / "out" / "plate-12.tif"
+
+
+def test_a_jpeg_tiff_decoded_to_rgb_says_so(net, tmp_path):
+    image = tmp_path / "jpeg.tif"
+    rgb = (gradient16(64, 64, 3) >> 8).astype(np.uint8)
+    tifffile.imwrite(image, rgb, photometric="ycbcr", compression="jpeg")
+    mask, _ = box_mask(tmp_path, 64, 64)
+    result, _, page = repaired(net, image, tmp_path / "out.tif", mask)
+    assert "YCbCr (JPEG) decoded to RGB" in result.detail and page.photometric == 2

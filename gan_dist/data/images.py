@@ -465,6 +465,8 @@ def _tiff_picture(path: Path) -> Picture:
     elif arr.dtype == np.bool_:  # 1-bit (fax, CCITT): 0/255, stored as such
         notes.append("1-bit read as 8-bit 0/255")
         arr = arr.astype(np.uint8) * 255
+    elif photometric == 6:
+        notes.append("YCbCr (JPEG) decoded to RGB")
     elif photometric == 5:
         notes.append("CMYK converted to RGB")
         arr = _cmyk_to_rgb(arr)
