@@ -34,6 +34,7 @@ class DemoResult:
     model_uri: str
     grid: Path
     tracking_uri: str
+    experiment: str  # its id in the tracking store
 
 
 def export_sample_photos(folder: Path, names: tuple[str, ...] = SAMPLE_PHOTOS) -> list[Path]:
@@ -64,7 +65,7 @@ def run_demo(workdir: Path, minutes: float = 2.0, log: Callable[[str], None] = p
     from gan_dist.errors import GanDistError
     from gan_dist.models import promote
     from gan_dist.recipe import load_recipe, resolve_damage
-    from gan_dist.track import tracking_uri
+    from gan_dist.track import experiment_id, open_store, tracking_uri
     from gan_dist.train.trainer import train
 
     images, shards = workdir / "images", workdir / "shards"
@@ -117,7 +118,8 @@ def run_demo(workdir: Path, minutes: float = 2.0, log: Callable[[str], None] = p
     grid = workdir / "repairs.png"
     _repair_grid(model_uri, shards, grid, uri)
     log(f"repaired held-out photos (damaged | repaired | original): {grid}")
-    return DemoResult(shards, run_dir, model_uri, grid, uri)
+    experiment = experiment_id(open_store(uri), recipe.tracking.experiment or recipe.name)
+    return DemoResult(shards, run_dir, model_uri, grid, uri, experiment)
 
 
 def _repair_grid(model_uri: str, shards: Path, grid: Path, uri: str, rows: int = 6) -> None:

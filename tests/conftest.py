@@ -164,11 +164,12 @@ def blank_dicom(path: Path, sop_class: str):
 
 
 class MlflowServer:
-    """`mlflow server` on loopback, stopped (and restartable) by pid. Its backend store is
-    `backend_uri` (e.g. PostgreSQL, as a cluster runs it), else a sqlite file in `root`."""
+    """`mlflow server` (or `mlflow ui`, as the README tells users: `command="ui"`) on
+    loopback, stopped (and restartable) by pid. Its backend store is `backend_uri` (e.g.
+    PostgreSQL, as a cluster runs it), else a sqlite file in `root`."""
 
-    def __init__(self, root: Path, backend_uri: str | None = None) -> None:
-        self.root = root
+    def __init__(self, root: Path, backend_uri: str | None = None, command: str = "server") -> None:
+        self.root, self.command = root, command
         self.backend_uri = backend_uri or f"sqlite:///{root / 'mlflow.db'}"
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -181,7 +182,7 @@ class MlflowServer:
         self.proc = subprocess.Popen(
             [
                 str(exe),
-                "server",
+                self.command,
                 "--host",
                 "127.0.0.1",
                 "--port",

@@ -79,6 +79,7 @@ def test_demo_trains_registers_and_its_model_repairs_by_alias(demo, tmp_path):
     assert result.returncode == 0, result.stderr + result.stdout
     assert "models:/quickstart-repair@champion" in result.stdout
     assert "mlflow ui --backend-store-uri" in result.stdout
+    assert "/runs?workflowType=machine_learning&viewStateShareKey=gan-dist" in result.stdout
     manifest = json.loads((workdir / "shards" / "manifest.json").read_text())
     assert manifest["counts"]["train"] > 0 and manifest["counts"]["val"] > 0
     grid = np.asarray(Image.open(workdir / "repairs.png"))

@@ -89,8 +89,8 @@ def test_a_run_over_http_logs_everything_and_registers_a_usable_model(
         assert key in run.data.metrics, key
     assert [m.step for m in c.get_metric_history(run.info.run_id, "val/psnr")] == [3, 6]
     images = [a.path for a in c.list_artifacts(run.info.run_id, "images")]
-    assert sum(p.endswith(".png") and "samples+step+3+" in p for p in images) == 1
-    assert sum(p.endswith(".png") and "samples+step+6+" in p for p in images) == 1
+    assert sum(p.endswith(".png") and "repair_grid+step+3+" in p for p in images) == 1
+    assert sum(p.endswith(".png") and "repair_grid+step+6+" in p for p in images) == 1
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
     assert {"recipe.yaml", "data"} <= artifacts
     assert {a.path for a in c.list_artifacts(run.info.run_id, "data/train")} == {

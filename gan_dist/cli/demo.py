@@ -17,6 +17,7 @@ def demo(
     the quickstart recipe, register and promote the model in MLflow, repair held-out
     photos with it and draw a before/after grid."""
     from gan_dist.demo import run_demo
+    from gan_dist.track import ui_path
 
     with user_errors():
         result = run_demo(workdir, minutes, log=out.print)
@@ -28,3 +29,4 @@ def demo(
         f"  repair your images: gan-dist repair IN OUT --model {result.model_uri} --mask MASKS"
     )
     out.print(f"  look at the run:    mlflow ui --backend-store-uri {store}")
+    out.print(f"    then open http://127.0.0.1:5000/{ui_path(result.experiment)}")

@@ -633,7 +633,11 @@ def _header(labels: list[str], width: int, gap: int) -> np.ndarray:
     import numpy as np
     from PIL import Image, ImageDraw, ImageFont
 
-    font = ImageFont.load_default(size=max(10, min(18, width // 9)))
+    size = min(18, max(10, width // 9))
+    longest = max(labels, key=len)
+    while size > 6 and ImageFont.load_default(size=size).getlength(longest) > width - 2:
+        size -= 1  # small tiles: a smaller font rather than labels cut at both ends
+    font = ImageFont.load_default(size=size)
     height = font.size + 8
     line = Image.new("RGB", (len(labels) * (width + gap) - gap, height), "white")
     draw = ImageDraw.Draw(line)

@@ -54,6 +54,8 @@ from gan_dist.train.progress import Progress
 from gan_dist.train.runlock import RunDirBusy, RunLock
 from gan_dist.train.signals import EXIT_NONFINITE, EXIT_TRACKING, StopFlag, StopRequested
 
+GRID_KEY = "repair_grid"  # the image of damaged | repaired | original held-out samples
+
 if TYPE_CHECKING:  # given by the caller: train/ never loads models from the registry
     from gan_dist.models import InitialWeights
 
@@ -453,7 +455,7 @@ class _Run:
                             + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
                         )
                 if samples is not None and (step % cfg.sample_every == 0 or last or preempt):
-                    tracker.log_image(_sample_grid(ema.module, samples), "samples", step)
+                    tracker.log_image(_sample_grid(ema.module, samples), GRID_KEY, step)
                 if preempt:
                     self.save_checkpoint()
                     return self.stopped(stop.signal or "a signal on another rank")
