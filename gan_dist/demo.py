@@ -63,7 +63,7 @@ def run_demo(workdir: Path, minutes: float = 2.0, log: Callable[[str], None] = p
     from gan_dist.data.inspect import inspect_shards
     from gan_dist.data.pack import PackOptions, pack_folder
     from gan_dist.errors import GanDistError
-    from gan_dist.models import promote
+    from gan_dist.models import promote, register_completed
     from gan_dist.recipe import load_recipe, resolve_damage
     from gan_dist.track import experiment_id, open_store, tracking_uri
     from gan_dist.train.trainer import train
@@ -103,17 +103,17 @@ def run_demo(workdir: Path, minutes: float = 2.0, log: Callable[[str], None] = p
         )
         stopped.exit_code = 75
         raise stopped
-    if outcome.registered is None:
+    registered = register_completed(recipe, outcome.checkpoint) if outcome.checkpoint else None
+    if registered is None:
         raise GanDistError(
             f"training finished ({outcome.checkpoint}) but the model was not registered; "
             f"see the warning above, then: gan-dist models register {run_dir} --name "
             f"{recipe.tracking.register_as}"
         )
     uri = tracking_uri(recipe)
-    name, version = outcome.registered.removeprefix("models:/").split("/")
-    promote(name, version, "champion", uri)
-    model_uri = f"models:/{name}@champion"
-    log(f"registered {outcome.registered} and promoted it: {model_uri}")
+    promote(registered.name, registered.version, "champion", uri)
+    model_uri = f"models:/{registered.name}@champion"
+    log(f"registered {registered.uri} and promoted it: {model_uri}")
 
     grid = workdir / "repairs.png"
     _repair_grid(model_uri, shards, grid, uri)

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     import torch
 
     from gan_dist.recipe import Recipe
-    from gan_dist.train.perceptual import PerceptualWeights
 
 log = logging.getLogger("gan_dist.models")
 
@@ -604,6 +603,30 @@ def _input_example():
     return pd.DataFrame({"image": [encode_png(ramp)], "mask": [encode_png(hole)]})
 
 
+def register_completed(run: Recipe, checkpoint_path: Path) -> Registered | None:
+    """A completed run's `tracking.register_as`, registered by the command that trained it
+    (`gan-dist train`, the demo): None when the recipe registers nothing or does not track.
+    Training is done and its checkpoint safe, so a registry failure is a warning with the
+    command to retry, never an error."""
+    from gan_dist.track import tracking_uri
+
+    name = run.tracking.register_as
+    if not (name and run.tracking.enabled):
+        return None
+    try:
+        return register(checkpoint_path, name, tracking_uri(run))
+    except Exception as exc:  # the store's failure must not turn a finished run into an error
+        log.warning(
+            "could not register %s as %s (%s); retry with: gan-dist models register %s --name %s",
+            checkpoint_path,
+            name,
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            checkpoint_path,
+            name,
+        )
+        return None
+
+
 def _requirements(spec: dict[str, Any]) -> list[str]:
     """gan-dist and every installed package that provided one of the model's families, at
     the versions it was trained with (what `mlflow models serve` installs)."""
@@ -659,83 +682,3 @@ def list_versions(name: str | None, tracking_uri: str) -> list[dict[str, Any]]:
 
 def _quote(name: str) -> str:
     return name.replace("'", "\\'")
-
-
-def evaluate_model(
-    model: RepairModel,
-    data: Path,
-    batch_size: int = 16,
-    weights: PerceptualWeights | None = None,
-) -> dict[str, float]:
-    """`train/evaluate.py`'s metrics of a model on packed shards (their val split, or
-    train when there is none) or on a folder of clean images, which are first damaged the
-    way the model was trained (the spec's damage preset, a fixed seed). With `weights`, FID,
-    KID and LPIPS too (WeightsError for a bad file, before any image is read).
-
-    A score needs at least one scored sample: shards the model cannot read (other channels,
-    a size its down-samplings do not divide), an empty split, or samples that all fail to
-    decode are a GanDistError saying which, never `samples: 0` and a success."""
-    from pydantic import TypeAdapter
-
-    from gan_dist.data.pack import MANIFEST, PackOptions, pack_folder, read_manifest
-    from gan_dist.data.stream import StreamConfig, make_stream
-    from gan_dist.recipe import DamageStep
-    from gan_dist.train.evaluate import evaluate
-    from gan_dist.train.perceptual import PerceptualMetrics
-
-    if not data.is_dir():
-        raise GanDistError(f"{data}: not a folder of packed shards or of images")
-    device = next(model.net.parameters()).device
-    perceptual = PerceptualMetrics(weights, device) if weights else None
-    skipped: list[dict[str, str]] = []
-    with tempfile.TemporaryDirectory(prefix="gan-dist-eval-") as tmp:
-        if not (data / MANIFEST).is_file():
-            steps = TypeAdapter(list[DamageStep]).validate_python(model.spec["damage"])
-            options = PackOptions(
-                size=int(model.spec["train_image_size"]),
-                channels=model.channels,
-                damage=steps,
-                damage_source=f"model {model.source}",
-                val_fraction=0.0,
-                seed=12345,
-            )
-            packed = pack_folder(data, Path(tmp) / "shards", options)
-            skipped = [{"file": s.path, "reason": s.reason} for s in packed.skipped]
-            data = packed.out
-        manifest = read_manifest(data)
-        _check_shards_fit(model, manifest, data)
-        counts = manifest["counts"]
-        split = "val" if counts.get("val") else "train"
-        if not counts.get(split):
-            raise GanDistError(f"{data}: no samples in its val or train split; nothing to score")
-        stream = make_stream(
-            str(data), StreamConfig(batch_size, model.channels, train=False), split=split
-        )
-        try:
-            metrics = evaluate(model.net, stream, device, perceptual=perceptual)
-        finally:
-            stream.close()
-        if not metrics["samples"]:
-            raise GanDistError(
-                f"{data}: none of the {counts[split]} {split} samples could be scored "
-                f"({stream.skipped} unreadable; see the warnings above)"
-            )
-        return metrics | {"split": split, "skipped": skipped}
-
-
-def _check_shards_fit(model: RepairModel, manifest: dict[str, Any], data: Path) -> None:
-    """Before streaming: a mismatch would make every sample fail, one warning at a time."""
-    channels, size = int(manifest["channels"]), int(manifest["image_size"])
-    if channels != model.channels:
-        raise GanDistError(
-            f"{data} holds {channels}-channel images, the model {model.source} takes "
-            f"{model.channels}-channel ones: evaluate it on shards packed with "
-            f"`gan-dist data pack --channels {model.channels}`, or on a folder of images"
-        )
-    divisor = model.size_divisor
-    if size % divisor:
-        raise GanDistError(
-            f"{data} holds {size} px images; the model {model.source} needs sides that are a "
-            f"multiple of {divisor}: re-pack them (`gan-dist data pack --size "
-            f"{max(divisor, size // divisor * divisor)}`) or evaluate on a folder of images"
-        )

@@ -35,17 +35,16 @@ from gan_dist.data.images import (
     IMAGE_SUFFIXES,
     Picture,
     Storage,
-    atomic_file,
     probe,
     raw_from_levels,
     read_image,
     shown_values,
     to_bit_depth,
     to_channels,
-    write_bytes_atomic,
 )
 from gan_dist.data.tiff_stream import BAND_ROWS, TiffRaster, open_tiff, write_tiff
 from gan_dist.errors import GanDistError
+from gan_dist.files import atomic_file, write_bytes_atomic
 
 if TYPE_CHECKING:
     from gan_dist.models import RepairModel

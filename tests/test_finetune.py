@@ -73,7 +73,7 @@ def test_the_demo_champion_fine_tuned_on_other_images_keeps_its_lineage(
     fresh = build_generator(recipe.model, 3, 128).state_dict()
     assert distance(ema, champion) < 0.05 * distance(fresh, champion)
 
-    version = client.get_latest_versions("finetuned")[0]
+    (version,) = client.search_model_versions("name='finetuned'")
     assert version.tags["parent"] == f"models:/quickstart-repair/{parent}"
     assert version.tags["init"] == CHAMPION
     assert client.get_run(version.run_id).data.tags["gan_dist.parent"] == version.tags["parent"]

@@ -38,7 +38,8 @@ def eval_(
 
     from rich.table import Table
 
-    from gan_dist.models import evaluate_model, load_model
+    from gan_dist.models import load_model
+    from gan_dist.train.evaluate import evaluate_model
     from gan_dist.train.perceptual import PerceptualWeights
 
     with user_errors():

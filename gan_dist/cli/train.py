@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from gan_dist.cli._common import SET_HELP, err, user_errors
+from gan_dist.cli._common import SET_HELP, err, out, user_errors
 
 
 def train(
@@ -45,6 +45,21 @@ def train(
         raise typer.Exit(EXIT_PREEMPTED)
     if outcome.main_process:
         err.print(f"[green]done[/]: step {outcome.step}, checkpoint {outcome.checkpoint}")
+        _register(recipe, set_, outcome.checkpoint)
+
+
+def _register(recipe: str, set_: list[str], checkpoint: Path | None) -> None:
+    """The finished run's model, as `tracking.register_as` asks (rank 0 only)."""
+    from gan_dist.models import register_completed
+    from gan_dist.recipe import load_recipe
+
+    if checkpoint is None:
+        return
+    registered = register_completed(load_recipe(recipe, set_), checkpoint)
+    if registered is not None:
+        out.print(
+            f"registered {registered.uri} (model {registered.name}, version {registered.version})"
+        )
 
 
 def _run(recipe: str, set_: list[str], run_dir: Path | None, resume: str, stop):

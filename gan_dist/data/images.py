@@ -9,15 +9,12 @@ converted) so the caller can tell the user.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from gan_dist.errors import GanDistError
+from gan_dist.files import write_bytes_atomic
 
 if TYPE_CHECKING:
     import numpy as np
@@ -753,32 +750,3 @@ def decode_part(name: str, data: bytes) -> np.ndarray:
 
 def write_png_atomic(path: Path, arr: np.ndarray) -> None:
     write_bytes_atomic(path, encode_png(arr))
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    with atomic_file(path) as fh:
-        fh.write(data)
-
-
-@contextmanager
-def atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    """A binary file to write `path` through: a temp file in the same folder, renamed over
-    `path` only when the block ends without an error, so a reader never sees half a file
-    and a failed write leaves nothing behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)  # reopened by name: tifffile needs a file object whose name is a path
-    try:
-        with open(tmp, "wb") as fh:
-            yield fh
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

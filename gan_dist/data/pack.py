@@ -29,9 +29,9 @@ from gan_dist.data.images import (
     read_image,
     to_bit_depth,
     to_channels,
-    write_bytes_atomic,
 )
 from gan_dist.errors import GanDistError
+from gan_dist.files import write_bytes_atomic
 
 if TYPE_CHECKING:
     import numpy as np

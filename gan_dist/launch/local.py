@@ -17,8 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gan_dist.data.images import write_bytes_atomic
 from gan_dist.errors import GanDistError
+from gan_dist.files import write_bytes_atomic
 from gan_dist.recipe import Recipe, recipe_to_yaml
 from gan_dist.train import checkpoint
 from gan_dist.train import status as run_status

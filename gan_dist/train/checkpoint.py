@@ -31,8 +31,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gan_dist import __version__
-from gan_dist.data.images import write_bytes_atomic
 from gan_dist.errors import GanDistError
+from gan_dist.files import write_bytes_atomic
 
 log = logging.getLogger("gan_dist.train")
 
@@ -60,6 +60,7 @@ class CheckpointWriteError(GanDistError):
 def save(
     accelerator,
     run_dir: Path,
+    *,
     step: int,
     nets: dict[str, torch.nn.Module],
     optimizers: dict[str, Any],

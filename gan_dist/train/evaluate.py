@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torchmetrics.functional.image import (
@@ -21,8 +22,15 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
+from gan_dist.errors import GanDistError
 from gan_dist.train.perceptual import PerceptualMetrics
 from gan_dist.train.swd import HoleSWD
+
+if TYPE_CHECKING:  # the caller loads it: train/ never loads models from the registry
+    from pathlib import Path
+
+    from gan_dist.models import RepairModel
+    from gan_dist.train.perceptual import PerceptualWeights
 
 # Wang et al. 2003's scale weights; small images use the finest scales that fit, renormalised
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -141,3 +149,88 @@ def evaluate(
     if perceptual is not None:
         out.update(perceptual.compute())
     return {k: v for k, v in out.items() if v == v}  # NaN: undefined here (ms_ssim < 21 px)
+
+
+# --- a saved model, outside training (`gan-dist eval`) ------------------------------------
+
+
+def evaluate_model(
+    model: RepairModel,
+    data: Path,
+    batch_size: int = 16,
+    weights: PerceptualWeights | None = None,
+) -> dict[str, float]:
+    """`evaluate`'s metrics of a saved model (`gan-dist eval`) on packed shards (their val
+    split, or train when there is none) or on a folder of clean images, which are first
+    damaged the way the model was trained (the spec's damage preset, a fixed seed). With
+    `weights`, FID, KID and LPIPS too (WeightsError for a bad file, before any image is
+    read).
+
+    A score needs at least one scored sample: shards the model cannot read (other channels,
+    a size its down-samplings do not divide), an empty split, or samples that all fail to
+    decode are a GanDistError saying which, never `samples: 0` and a success."""
+    import tempfile
+    from pathlib import Path
+
+    from pydantic import TypeAdapter
+
+    from gan_dist.data.pack import MANIFEST, PackOptions, pack_folder, read_manifest
+    from gan_dist.data.stream import StreamConfig, make_stream
+    from gan_dist.recipe import DamageStep
+
+    if not data.is_dir():
+        raise GanDistError(f"{data}: not a folder of packed shards or of images")
+    device = next(model.net.parameters()).device
+    perceptual = PerceptualMetrics(weights, device) if weights else None
+    skipped: list[dict[str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="gan-dist-eval-") as tmp:
+        if not (data / MANIFEST).is_file():
+            steps = TypeAdapter(list[DamageStep]).validate_python(model.spec["damage"])
+            options = PackOptions(
+                size=int(model.spec["train_image_size"]),
+                channels=model.channels,
+                damage=steps,
+                damage_source=f"model {model.source}",
+                val_fraction=0.0,
+                seed=12345,
+            )
+            packed = pack_folder(data, Path(tmp) / "shards", options)
+            skipped = [{"file": s.path, "reason": s.reason} for s in packed.skipped]
+            data = packed.out
+        manifest = read_manifest(data)
+        _check_shards_fit(model, manifest, data)
+        counts = manifest["counts"]
+        split = "val" if counts.get("val") else "train"
+        if not counts.get(split):
+            raise GanDistError(f"{data}: no samples in its val or train split; nothing to score")
+        stream = make_stream(
+            str(data), StreamConfig(batch_size, model.channels, train=False), split=split
+        )
+        try:
+            metrics = evaluate(model.net, stream, device, perceptual=perceptual)
+        finally:
+            stream.close()
+        if not metrics["samples"]:
+            raise GanDistError(
+                f"{data}: none of the {counts[split]} {split} samples could be scored "
+                f"({stream.skipped} unreadable; see the warnings above)"
+            )
+        return metrics | {"split": split, "skipped": skipped}
+
+
+def _check_shards_fit(model: RepairModel, manifest: dict[str, Any], data: Path) -> None:
+    """Before streaming: a mismatch would make every sample fail, one warning at a time."""
+    channels, size = int(manifest["channels"]), int(manifest["image_size"])
+    if channels != model.channels:
+        raise GanDistError(
+            f"{data} holds {channels}-channel images, the model {model.source} takes "
+            f"{model.channels}-channel ones: evaluate it on shards packed with "
+            f"`gan-dist data pack --channels {model.channels}`, or on a folder of images"
+        )
+    divisor = model.size_divisor
+    if size % divisor:
+        raise GanDistError(
+            f"{data} holds {size} px images; the model {model.source} needs sides that are a "
+            f"multiple of {divisor}: re-pack them (`gan-dist data pack --size "
+            f"{max(divisor, size // divisor * divisor)}`) or evaluate on a folder of images"
+        )

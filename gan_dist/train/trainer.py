@@ -110,7 +110,6 @@ class Outcome:
     metrics: dict[str, float] = field(default_factory=dict)
     losses: dict[str, float] = field(default_factory=dict)
     main_process: bool = True
-    registered: str | None = None  # models:/NAME/VERSION when the run was registered
 
 
 def train(
@@ -158,6 +157,11 @@ class _Run:
         self.profiler: StepProfiler | None = None
         self.perceptual: PerceptualMetrics | None = None
         self.lineage: dict[str, str] = {}  # model.init's source and parent, as tags
+        # the loop's running state: loss sums since the last log, and what was logged
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.logged: dict[str, float] = {}
+        self.waits: DataWait  # started with the loop, so start-up is not counted as waiting
 
     @property
     def main(self) -> bool:
@@ -294,19 +298,19 @@ class _Run:
         self.last_ckpt = checkpoint.save(
             accelerator,
             self.run_dir,
-            self.step,
-            {"generator": G, "discriminator": D, "ema": self.ema.module},
-            {
+            step=self.step,
+            nets={"generator": G, "discriminator": D, "ema": self.ema.module},
+            optimizers={
                 "generator": self.opt_g.state_dict(),
                 "discriminator": self.opt_d.state_dict(),
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None,
             },
-            {
+            rank_state={
                 "data_position": stream.position if position is None else position,
                 "data_skipped": stream.skipped,
                 "generator_sha256": checkpoint.digest(G),
             },
-            {
+            state={
                 "world_size": accelerator.num_processes,
                 "workers": self.recipe.data.workers,
                 "seed": self.recipe.seed,
@@ -319,143 +323,60 @@ class _Run:
                 "metrics": self.metrics,
                 "lineage": self.lineage,
             },
-            self.recipe.train.keep_checkpoints,
+            keep=self.recipe.train.keep_checkpoints,
         )
         return self.last_ckpt
 
     def loop(self, stop: StopFlag) -> Outcome:
+        """The training loop: a step (`train_step`), then what is due at that step."""
         recipe, accelerator, tracker, progress = (
-            self.recipe,
-            self.accelerator,
-            self.tracker,
-            self.progress,
-        )
-        cfg = recipe.train
-        G, D, opt_g, opt_d, ema = self.G, self.D, self.opt_g, self.opt_d, self.ema
-        rank = accelerator.process_index
-        sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
-        logged: dict[str, float] = {}
-        status = "completed"
+            self.recipe, self.accelerator, self.tracker, self.progress,
+        )  # fmt: skip
+        cfg, objective = recipe.train, recipe.objective
         first_step = self.step + 1
         deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
         with tracker:
-            self._write_status("running")
-            tracker.log_artifact(checkpoint.write_recipe(self.run_dir, recipe_to_yaml(recipe)))
-            for split, shards in (("train", recipe.data.train), ("val", self.val)):
-                if shards and (Path(shards) / MANIFEST).is_file():
-                    tracker.log_artifact(Path(shards) / MANIFEST, f"data/{split}")
-            try:  # the grid's samples are read here: a blocked read must not hold a stop up
-                with stop.interruptible(grace_s=0):
-                    samples = _fixed_samples(recipe, self.val) if tracker.enabled else None
+            try:
+                samples = self._begin(stop, first_step)
             except StopRequested as exc:
                 return self.stopped(str(exc))
-            if cfg.profile_steps:  # as many as this run has left after the skipped ones
-                left = cfg.max_steps - first_step + 1 - StepProfiler.WAIT - StepProfiler.WARMUP
-                if left > 0:
-                    steps = min(cfg.profile_steps, left)
-                    self.profiler = StepProfiler(self.run_dir, steps, rank, first_step)
-                    if steps < cfg.profile_steps:
-                        progress.message(
-                            f"train.profile_steps: this run has {steps} step(s) left to "
-                            f"profile, not {cfg.profile_steps}"
-                        )
-                else:
-                    progress.message(
-                        "train.profile_steps: no steps left to profile in this run (its first "
-                        f"{StepProfiler.WAIT + StepProfiler.WARMUP} are not recorded)"
-                    )
             region = self.profiler.region if self.profiler else _no_region
-            waits = DataWait()
+            self.waits = DataWait()
             while self.step < cfg.max_steps:
-                update_g = (self.step + 1) % recipe.objective.n_critic == 0
-                r1_due = self.step % recipe.objective.r1_every == 0
+                update_g = (self.step + 1) % objective.n_critic == 0
+                r1_due = self.step % objective.r1_every == 0
                 position = self.stream.position
                 try:  # a stalled stream must not hold a stop signal up for long
                     with (
-                        waits.timed(),
+                        self.waits.timed(),
                         region("data_wait"),
                         stop.interruptible(grace_s=DATA_WAIT_GRACE_S),
                     ):
                         batches = [next(self.batches) for _ in range(cfg.grad_accum)]
                 except StopRequested as exc:
                     return self.stopped(str(exc), position)
-                with region("train_step"):
-                    for batch in batches:
-                        losses = train_step(
-                            batch, G, D, opt_g, opt_d, recipe, accelerator, update_g, r1_due
-                        )
+                nets = (self.G, self.D, self.opt_g, self.opt_d, recipe, accelerator)
+                with region("train_step"):  # every micro-batch's losses count, not the last
+                    losses = [train_step(b, *nets, update_g, r1_due) for b in batches]
                 if update_g:
-                    ema.update(accelerator.unwrap_model(G))
-                self.sched_d.step()
-                if update_g:
+                    self.ema.update(accelerator.unwrap_model(self.G))
                     self.sched_g.step()
+                self.sched_d.step()
                 self.step = step = self.step + 1
                 if step == first_step:  # start-up cost, visible in SLURM logs and benchmarks
                     progress.message(
                         f"first step done {_since_start():.1f} s after start (step {step})"
                     )
-                for k, v in losses.items():  # summed on the device: no sync per loss
-                    sums[k] = sums[k] + v if k in sums else v
-                    counts[k] = counts.get(k, 0) + 1
-
-                # one collective and one sync a step: a signal, a non-finite loss, the time
-                # budget spent, or a tracking run that could not start, on any rank? (ranks
-                # must agree to stop at the same step)
-                finite = torch.stack([torch.isfinite(v) for v in losses.values()]).all()
-                local = [
-                    float(stop.requested),
-                    float(time.monotonic() > deadline),
-                    float(tracker.start_failed is not None and recipe.tracking.required),
-                ]
-                flags = torch.cat(
-                    [torch.tensor(local, device=finite.device), (~finite).float().reshape(1)]
-                )
-                reduced = accelerator.reduce(flags, reduction="sum").tolist()
-                preempt, out_of_time, untracked, nonfinite = reduced
-                if nonfinite:
-                    bad = [k for k, v in losses.items() if not math.isfinite(v.item())]
-                    where = f"rank {rank}: {', '.join(bad)}" if bad else "another rank"
-                    raise NonFiniteLoss(
-                        f"non-finite loss at step {step} ({where}); stopped without saving, "
-                        f"last good checkpoint: {self.last_ckpt or 'none'}. Lower the learning "
-                        "rate, enable grad clipping (optim.grad_clip) or use bf16 instead of "
-                        "fp16."
-                    )
-                if untracked:
-                    self._untracked(tracker.start_failed or "see rank 0")
-
-                last = step == cfg.max_steps or bool(out_of_time)
-                if step % cfg.log_every == 0 or last:
-                    # averaged over ranks with the losses, in the same collective
-                    sums["data_wait_frac"] = torch.tensor(waits.fraction(), device=finite.device)
-                    counts["data_wait_frac"] = 1
-                    logged = _mean_over_ranks(sums, counts, accelerator)
-                    sums, counts = {}, {}
-                    tracker.log_metrics(
-                        {f"train/{k}": v for k, v in logged.items()}
-                        | _rates(progress.images_per_s(step), self.sched_g, self.sched_d),
-                        step,
-                    )
-                    self._write_status("running")
-                progress.update(step, logged if step % cfg.log_every == 0 or last else None)
+                preempt, out_of_time = self._agree(losses, stop, deadline)
+                last = step == cfg.max_steps or out_of_time
+                self._log_losses(losses, step % cfg.log_every == 0 or last)
                 if self.val and (step % cfg.eval_every == 0 or last):
                     try:  # cut short by a stop; a read that blocks is interrupted
-                        with stop.interruptible(grace_s=DATA_WAIT_GRACE_S):
-                            metrics = _validate(
-                                ema.module, recipe, self.val, accelerator, stop, self.perceptual
-                            )
+                        self._validate_now(stop)
                     except StopRequested as exc:  # the step is done: one process saves it
                         return self.stopped(str(exc), self.stream.position)
-                    if not stop.requested:  # a pass cut short by a signal is no score
-                        self.metrics = metrics
-                        tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step)
-                        progress.message(
-                            f"step {step} validation: "
-                            + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-                        )
                 if samples is not None and (step % cfg.sample_every == 0 or last or preempt):
-                    tracker.log_image(_sample_grid(ema.module, samples), GRID_KEY, step)
+                    tracker.log_image(_sample_grid(self.ema.module, samples), GRID_KEY, step)
                 if preempt:
                     self.save_checkpoint()
                     return self.stopped(stop.signal or "a signal on another rank")
@@ -468,16 +389,105 @@ class _Run:
                 if self.profiler is not None:
                     self._profiled()
             progress.close()
-            self._write_status(status)
+            self._write_status("completed")
         if tracker.start_failed is not None:  # known for certain only once it has closed
             self._untracked(tracker.start_failed)
-        registered = None
-        if tracker.enabled and recipe.tracking.register_as and self.last_ckpt:
-            registered = _register(
-                self.last_ckpt, recipe.tracking.register_as, tracker.uri, progress
+        return Outcome("completed", self.step, self.last_ckpt, self.metrics, self.logged, self.main)
+
+    def _begin(self, stop: StopFlag, first_step: int):
+        """Before the first step: the status, the recipe and manifests as artifacts, the
+        profiler, and the fixed held-out samples of the repair grid (None when untracked).
+        Raises StopRequested: reading the samples may block, and must not hold a stop up."""
+        recipe, tracker, cfg = self.recipe, self.tracker, self.recipe.train
+        self._write_status("running")
+        tracker.log_artifact(checkpoint.write_recipe(self.run_dir, recipe_to_yaml(recipe)))
+        for split, shards in (("train", recipe.data.train), ("val", self.val)):
+            if shards and (Path(shards) / MANIFEST).is_file():
+                tracker.log_artifact(Path(shards) / MANIFEST, f"data/{split}")
+        with stop.interruptible(grace_s=0):
+            samples = _fixed_samples(recipe, self.val) if tracker.enabled else None
+        if cfg.profile_steps:  # as many as this run has left after the skipped ones
+            left = cfg.max_steps - first_step + 1 - StepProfiler.WAIT - StepProfiler.WARMUP
+            if left > 0:
+                steps = min(cfg.profile_steps, left)
+                rank = self.accelerator.process_index
+                self.profiler = StepProfiler(self.run_dir, steps, rank, first_step)
+                if steps < cfg.profile_steps:
+                    self.progress.message(
+                        f"train.profile_steps: this run has {steps} step(s) left to "
+                        f"profile, not {cfg.profile_steps}"
+                    )
+            else:
+                self.progress.message(
+                    "train.profile_steps: no steps left to profile in this run (its first "
+                    f"{StepProfiler.WAIT + StepProfiler.WARMUP} are not recorded)"
+                )
+        return samples
+
+    def _agree(
+        self, losses: list[dict[str, torch.Tensor]], stop: StopFlag, deadline: float
+    ) -> tuple[bool, bool]:
+        """One collective and one sync a step: a signal, a non-finite loss, the time budget
+        spent, or a tracking run that could not start, on any rank? Ranks must agree to
+        stop at the same step. Returns (preempt, out of time); raises NonFiniteLoss, or
+        TrackingFailed (`_untracked`)."""
+        recipe, tracker = self.recipe, self.tracker
+        finite = torch.stack([torch.isfinite(v) for m in losses for v in m.values()]).all()
+        local = [
+            float(stop.requested),
+            float(time.monotonic() > deadline),
+            float(tracker.start_failed is not None and recipe.tracking.required),
+        ]
+        flags = torch.cat([torch.tensor(local, device=finite.device), (~finite).float().reshape(1)])
+        preempt, out_of_time, untracked, nonfinite = self.accelerator.reduce(
+            flags, reduction="sum"
+        ).tolist()
+        if nonfinite:
+            bad = sorted({k for m in losses for k, v in m.items() if not math.isfinite(v.item())})
+            rank = self.accelerator.process_index
+            where = f"rank {rank}: {', '.join(bad)}" if bad else "another rank"
+            raise NonFiniteLoss(
+                f"non-finite loss at step {self.step} ({where}); stopped without saving, "
+                f"last good checkpoint: {self.last_ckpt or 'none'}. Lower the learning "
+                "rate, enable grad clipping (optim.grad_clip) or use bf16 instead of fp16."
             )
-        return Outcome(
-            status, self.step, self.last_ckpt, self.metrics, logged, self.main, registered
+        if untracked:
+            self._untracked(tracker.start_failed or "see rank 0")
+        return bool(preempt), bool(out_of_time)
+
+    def _log_losses(self, losses: list[dict[str, torch.Tensor]], due: bool) -> None:
+        """Adds the step's losses (one dict per micro-batch) to the running sums (on the
+        device: no sync per loss); when `due`, logs their means over the micro-batches,
+        steps and ranks since the last log."""
+        for micro in losses:
+            for k, v in micro.items():
+                self.sums[k] = self.sums[k] + v if k in self.sums else v
+                self.counts[k] = self.counts.get(k, 0) + 1
+        if due:  # the data wait is averaged over ranks with the losses, in one collective
+            device = next(iter(losses[0].values())).device
+            self.sums["data_wait_frac"] = torch.tensor(self.waits.fraction(), device=device)
+            self.counts["data_wait_frac"] = 1
+            self.logged = _mean_over_ranks(self.sums, self.counts, self.accelerator)
+            self.sums, self.counts = {}, {}
+            rates = _rates(self.progress.images_per_s(self.step), self.sched_g, self.sched_d)
+            train = {f"train/{k}": v for k, v in self.logged.items()}
+            self.tracker.log_metrics(train | rates, self.step)
+            self._write_status("running")
+        self.progress.update(self.step, self.logged if due else None)
+
+    def _validate_now(self, stop: StopFlag) -> None:
+        """The EMA generator's validation metrics, logged and kept for the checkpoint.
+        Raises StopRequested when a stop cuts the pass short."""
+        with stop.interruptible(grace_s=DATA_WAIT_GRACE_S):
+            metrics = _validate(
+                self.ema.module, self.recipe, self.val, self.accelerator, stop, self.perceptual
+            )
+        if stop.requested:  # a pass cut short by a signal is no score
+            return
+        self.metrics = metrics
+        self.tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, self.step)
+        self.progress.message(
+            f"step {self.step} validation: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         )
 
     def _profiled(self) -> None:
@@ -806,29 +816,6 @@ def _validate(
         should_stop=lambda: stop.requested,
         perceptual=perceptual,
     )
-
-
-def _register(ckpt: Path, name: str, uri: str, progress: Progress) -> str | None:
-    """The finished run's EMA generator becomes a model version. Training is done and its
-    checkpoint safe, so a registry failure is a warning with the command to retry."""
-    from gan_dist.models import register
-
-    try:
-        reg = register(ckpt, name, uri)
-    except Exception as exc:  # the store's failure must not turn a finished run into an error
-        import logging
-
-        logging.getLogger("gan_dist.train").warning(
-            "could not register %s as %s (%s); retry with: gan-dist models register %s --name %s",
-            ckpt,
-            name,
-            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-            ckpt,
-            name,
-        )
-        return None
-    progress.message(f"registered {reg.uri} (model {name}, version {reg.version})")
-    return reg.uri
 
 
 def _validation_note(train: str, asked: str | None, val: str | None) -> str:
