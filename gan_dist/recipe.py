@@ -1,9 +1,10 @@
 """Typed recipes: the one config object a run is described by.
 
 A recipe is YAML validated against pydantic models that reject unknown keys, so a typo such as
-`bach_size` is an error with a hint instead of a silently ignored setting. Every section a
-later stage needs (nets, objective, launch...) is declared here now, so recipes written today
-keep validating as the engine grows behind them.
+`bach_size` is an error with a hint instead of a silently ignored setting, and every error
+names its dotted path. The nets and the adversarial objective are families from the registry
+(`registry.py`: built in or from an installed plugin), each validating its own settings; a
+saved recipe (a checkpoint's, a model's spec) is read back with the `SAVED` context.
 """
 
 from __future__ import annotations
@@ -534,7 +535,13 @@ class TrainConfig(Section):
         "no", description="no (fp32; `fp32` is read as no), fp16 or bf16"
     )
     grad_accum: PositiveInt = 1
-    ema: float = Field(0.999, ge=0.0, lt=1.0, description="0 disables the EMA generator")
+    ema: float = Field(
+        0.999,
+        ge=0.0,
+        lt=1.0,
+        description="decay of the EMA generator that validation, samples and export use; "
+        "0: it is the generator itself, no averaging",
+    )
     channels_last: StrictBool = False
     compile: StrictBool = False
     deterministic: StrictBool = False

@@ -201,6 +201,10 @@ def test_eval_scores_shards_and_folders_of_clean_images(inpaint, packed, photo_d
     on_folder = run_cli("eval", "--model", str(inpaint), "--data", str(photo_dir), "--json")
     assert on_folder.returncode == 0, on_folder.stderr
     assert json.loads(on_folder.stdout)["samples"] == len(list(photo_dir.iterdir()))
+    assert json.loads(on_folder.stdout)["split"] is None  # a folder has no split
+    table = run_cli("eval", "--model", str(inpaint), "--data", str(photo_dir), "--device", "cpu")
+    assert table.returncode == 0, table.stderr
+    assert "split" not in table.stdout  # it said "(train split)" of a folder of images
     missing = run_cli("eval", "--model", str(inpaint), "--data", str(photo_dir / "nope"))
     assert missing.returncode == 1 and "nope" in missing.stderr
 

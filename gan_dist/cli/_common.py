@@ -51,3 +51,17 @@ def announce_shell(recipe) -> None:
     for command in recipe.data.shell_commands():
         err.print("[yellow]note:[/] this recipe runs the shell command ", end="")
         err.print(f"{command!r} on every rank (data.allow_shell: true)", markup=False)
+
+
+def resolve_device(choice: str) -> str:
+    """--device: `auto` is CUDA when one is visible, else the CPU; raises GanDistError for
+    `cuda` without one."""
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        from gan_dist.errors import GanDistError
+
+        raise GanDistError("--device cuda: no CUDA device visible; use --device cpu")
+    return choice

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from gan_dist.cli._common import err, out, user_errors
+from gan_dist.cli._common import err, out, resolve_device, user_errors
 from gan_dist.cli.repair import MODEL_HELP
 
 
@@ -31,6 +31,7 @@ def eval_(
         "--lpips-net alex): adds LPIPS. Never downloaded.",
     ),
     lpips_net: str = typer.Option("alex", help="LPIPS backbone: alex, vgg or squeeze."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ) -> None:
     """PSNR, SSIM and MS-SSIM over the image; PSNR, SSIM, L1 and texture (SWD) in the hole;
     FID, KID and LPIPS when given their nets' weights files."""
@@ -44,7 +45,7 @@ def eval_(
 
     with user_errors():
         weights = PerceptualWeights(inception_weights, lpips_weights, lpips_net)
-        loaded = load_model(model, tracking_uri=tracking_uri)
+        loaded = load_model(model, resolve_device(device), tracking_uri)
         metrics = evaluate_model(loaded, data, batch, weights or None)
     for item in metrics["skipped"]:  # images of a folder that could not be scored
         err.print(f"[yellow]skipped[/] {item['file']}: ", end="")
@@ -55,8 +56,10 @@ def eval_(
         out.print_json(json.dumps(report, allow_nan=False))
         return
     skipped = len(metrics.pop("skipped"))
-    title = f"{model} on {data} ({metrics.pop('split')} split"
-    table = Table("metric", "value", title=title + (f", {skipped} skipped)" if skipped else ")"))
+    split = metrics.pop("split")  # None: a folder of images, packed for the evaluation
+    notes = [f"{split} split"] * bool(split) + [f"{skipped} skipped"] * bool(skipped)
+    title = f"{model} on {data}" + (f" ({', '.join(notes)})" if notes else "")
+    table = Table("metric", "value", title=title)
     for key, value in metrics.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     out.print(table)

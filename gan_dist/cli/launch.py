@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from gan_dist.cli._common import SET_HELP, announce_shell, err, out, user_errors
+from gan_dist.train.signals import EXIT_PREEMPTED
 
 
 def launch(
@@ -70,7 +71,7 @@ def launch(
                 dry_run=dry_run,
                 announce=lambda line: err.print(line, markup=False),
             )
-    if code == 75:
+    if code == EXIT_PREEMPTED:
         err.print("[yellow]preempted[/]: checkpoint written; run the same command to resume")
     elif code and not dry_run:
         from gan_dist.launch.local import failure_hint

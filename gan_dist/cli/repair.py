@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from gan_dist.cli._common import err, out, user_errors
+from gan_dist.cli._common import err, out, resolve_device, user_errors
 from gan_dist.data.images import DEFAULT_MAX_PIXELS
 
 MODEL_HELP = (
@@ -73,7 +73,7 @@ def repair(
     with user_errors():
         if precision not in ("auto", "bf16", "fp32"):
             raise GanDistError(f"--precision {precision}: use auto, bf16 or fp32")
-        on = _device(device)
+        on = resolve_device(device)
         run_in = inference_precision(precision, on)
         if precision == "auto" and run_in == "bf16":
             run_in = "bf16 for 8-bit images, fp32 for 16-bit"
@@ -126,15 +126,3 @@ def _stop_on_sigterm() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
-
-
-def _device(choice: str) -> str:
-    import torch
-
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        from gan_dist.errors import GanDistError
-
-        raise GanDistError("--device cuda: no CUDA device visible; use --device cpu")
-    return choice

@@ -24,9 +24,9 @@ def train(
         "path.",
     ),
 ) -> None:
-    """Train a recipe on this process (run one per device: see `accelerate launch` in the
-    README). SIGTERM, SIGUSR1 and Ctrl-C write a checkpoint and exit 75; run the same command
-    to resume."""
+    """Train a recipe on this process; every rank runs it (`gan-dist launch` starts one per
+    device, locally or on SLURM). SIGTERM, SIGUSR1 and Ctrl-C write a checkpoint and exit
+    75; run the same command to resume."""
     # First of all, before the heavy imports: a stop signal during start-up is honoured too.
     from gan_dist.train.signals import EXIT_PREEMPTED, StopFlag, StopRequested
 

@@ -168,7 +168,9 @@ def evaluate_model(
 
     A score needs at least one scored sample: shards the model cannot read (other channels,
     a size its down-samplings do not divide), an empty split, or samples that all fail to
-    decode are a GanDistError saying which, never `samples: 0` and a success."""
+    decode are a GanDistError saying which, never `samples: 0` and a success. Beside the
+    metrics: `split`, the shards' split scored (None for a folder of images) and
+    `skipped`, the images of a folder that could not be scored."""
     import tempfile
     from pathlib import Path
 
@@ -183,8 +185,9 @@ def evaluate_model(
     device = next(model.net.parameters()).device
     perceptual = PerceptualMetrics(weights, device) if weights else None
     skipped: list[dict[str, str]] = []
+    folder = not (data / MANIFEST).is_file()
     with tempfile.TemporaryDirectory(prefix="gan-dist-eval-") as tmp:
-        if not (data / MANIFEST).is_file():
+        if folder:
             steps = TypeAdapter(list[DamageStep]).validate_python(model.spec["damage"])
             options = PackOptions(
                 size=int(model.spec["train_image_size"]),
@@ -215,7 +218,7 @@ def evaluate_model(
                 f"{data}: none of the {counts[split]} {split} samples could be scored "
                 f"({stream.skipped} unreadable; see the warnings above)"
             )
-        return metrics | {"split": split, "skipped": skipped}
+        return metrics | {"split": None if folder else split, "skipped": skipped}
 
 
 def _check_shards_fit(model: RepairModel, manifest: dict[str, Any], data: Path) -> None:

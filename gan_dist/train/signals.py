@@ -1,8 +1,10 @@
 """Stopping on a signal: SLURM sends SIGUSR1 (with --signal) or SIGTERM before it kills a job,
 and a person at a terminal presses Ctrl-C (SIGINT). All three mean "checkpoint and stop".
 
-The handler only raises a flag; the loop finishes its step, checkpoints, and exits with
-EXIT_PREEMPTED so the scheduler (or a wrapper script) knows to requeue. Where the process
+The handler only raises a flag; the loop finishes its step, checkpoints, writes `preempted`
+into status.json and exits with EXIT_PREEMPTED. The sbatch script decides to requeue from
+status.json (a multi-rank launcher's exit code may be any rank's), within
+launch.slurm.max_requeues. Where the process
 could wait without bound (start-up, a data stream that has stalled) the code runs inside
 `StopFlag.interruptible`: a signal there raises `StopRequested` after a grace period, so a
 stop is honoured at any moment. A second Ctrl-C stops at once.

@@ -739,9 +739,7 @@ def _apply_recipe(opt, sched, cfg: OptimizerConfig, saved: dict, name: str) -> N
     current = cfg.model_dump(mode="json")
     changed = [k for k in ("lr", "betas", "weight_decay") if saved.get(k) != current[k]]
     if changed:
-        import logging
-
-        logging.getLogger("gan_dist.train").warning(
+        log.warning(
             "optim.%s: %s changed since the checkpoint; using the recipe's values",
             name,
             ", ".join(changed),
@@ -761,9 +759,7 @@ def _same_shape(ckpt: checkpoint.Checkpoint | None, world: int, data) -> bool:
         return False
     saved = (ckpt.state["world_size"], ckpt.state["workers"])
     if saved != (world, data.workers):
-        import logging
-
-        logging.getLogger("gan_dist.train").warning(
+        log.warning(
             "checkpoint was written by %d process(es) with %d data worker(s), this run has "
             "%d and %d: weights and optimisers resume, data order and random state restart",
             *saved,
