@@ -63,7 +63,7 @@ def run_demo(workdir: Path, minutes: float = 2.0, log: Callable[[str], None] = p
     from gan_dist.data.inspect import inspect_shards
     from gan_dist.data.pack import PackOptions, pack_folder
     from gan_dist.errors import GanDistError
-    from gan_dist.models import promote, register_completed
+    from gan_dist.models import promote_if_as_good, register_completed
     from gan_dist.recipe import load_recipe, resolve_damage
     from gan_dist.track import experiment_id, open_store, tracking_uri
     from gan_dist.train.trainer import train
@@ -111,9 +111,9 @@ def run_demo(workdir: Path, minutes: float = 2.0, log: Callable[[str], None] = p
             f"{recipe.tracking.register_as}"
         )
     uri = tracking_uri(recipe)
-    promote(registered.name, registered.version, "champion", uri)
     model_uri = f"models:/{registered.name}@champion"
-    log(f"registered {registered.uri} and promoted it: {model_uri}")
+    said = promote_if_as_good(registered.name, registered.version, "champion", uri)
+    log(f"registered {registered.uri}; {said}: {model_uri}")
 
     grid = workdir / "repairs.png"
     _repair_grid(model_uri, shards, grid, uri)

@@ -338,7 +338,7 @@ def _problems(exc: ValidationError) -> str:
 
 
 def load_model(uri: str, device: str = "cpu", tracking_uri: str | None = None) -> RepairModel:
-    """`models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/RUN_ID/PATH`, or a local run
+    """`models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/RUN_ID/repair-model`, or a local run
     directory (its newest usable checkpoint), checkpoint directory or model folder."""
     if uri.startswith(("models:/", "runs:/")):
         import mlflow
@@ -414,20 +414,35 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def initial_weights(source: str, tracking_uri: str | None = None) -> InitialWeights:
     """The weights `model.init` names: `models:/NAME@ALIAS`, `models:/NAME/VERSION` (a
     registered generator; the alias is resolved to its version, the lineage recorded),
-    `runs:/RUN_ID/PATH`, a model folder, or a run or checkpoint directory (generator and
+    `runs:/RUN_ID/repair-model`, a model folder, or a run or checkpoint directory (generator and
     discriminator). Loaded as data (safetensors, checked like `load_model`), never
     unpickled. Raises GanDistError for a source that cannot be found or read."""
+    try:
+        return _initial_weights(source, tracking_uri)
+    except GanDistError as exc:  # every error names the setting it came from
+        text = str(exc)
+        raise GanDistError(
+            text if text.startswith("model.init") else f"model.init: {text}"
+        ) from None
+
+
+def _initial_weights(source: str, tracking_uri: str | None) -> InitialWeights:
     from safetensors.torch import load_file
 
     parent = _registered_version(source, tracking_uri) if source.startswith("models:/") else None
     model = load_model(parent or source, "cpu", tracking_uri)
     discriminator, settings = None, model.spec["model"]
-    if not source.startswith(("models:/", "runs:/")) and not (Path(source) / SPEC).is_file():
+    local = not source.startswith(("models:/", "runs:/"))
+    if local:
+        source = str(Path(source).resolve())  # lineage that holds from any directory
+    if local and not (Path(source) / SPEC).is_file():
         from gan_dist.train import checkpoint
 
         ckpt = checkpoint.read(_checkpoint_of(Path(source)))
         discriminator = load_file(str(ckpt.path / "discriminator.safetensors"))
         settings = ckpt.state["recipe"]["model"]
+        run = ckpt.state.get("tracking_run_id")
+        parent = f"runs:/{run}" if run else None  # the run the checkpoint was tracked in
     return InitialWeights(
         source,
         {k: v.clone() for k, v in model.net.state_dict().items()},
@@ -469,8 +484,8 @@ def _checkpoint_of(path: Path) -> Path:
             return found.path
         raise GanDistError(f"{path}: no usable checkpoint in this run directory")
     raise GanDistError(
-        f"{path}: not found. --model takes models:/NAME@ALIAS, models:/NAME/VERSION, "
-        "runs:/RUN_ID/PATH, or a run, checkpoint or model directory"
+        f"{path}: not found; give models:/NAME@ALIAS, models:/NAME/VERSION, "
+        f"runs:/RUN_ID/{ARTIFACT_NAME}, or a run, checkpoint or model directory"
     )
 
 
@@ -484,7 +499,10 @@ def _download(uri: str, dst: Path) -> Path:
         root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except MlflowException as exc:
         where = mlflow.get_tracking_uri()
-        raise GanDistError(f"{uri}: {exc.message} (tracking URI {where})") from None
+        hint = (
+            f"; a run's model is runs:/RUN_ID/{ARTIFACT_NAME}" if uri.startswith("runs:/") else ""
+        )
+        raise GanDistError(f"{uri}: {exc.message} (tracking URI {where}){hint}") from None
     if (root / SPEC).is_file():
         return root
     try:
@@ -514,7 +532,8 @@ class Registered:
 def register(source: Path, name: str, tracking_uri: str) -> Registered:
     """Log a checkpoint's EMA generator into its MLflow run (a new run if the checkpoint
     has none) and register it as a new version of `name`, with its validation metrics as
-    version tags."""
+    version tags. A checkpoint already registered as a version of `name` is that version:
+    registering it again makes no second one."""
     import mlflow
 
     import gan_dist
@@ -522,10 +541,14 @@ def register(source: Path, name: str, tracking_uri: str) -> Registered:
     from gan_dist.track import experiment_id, open_store, run_exists
     from gan_dist.train import checkpoint
 
-    ckpt_path = _checkpoint_of(source)
+    ckpt_path = _checkpoint_of(source).resolve()
     ckpt = checkpoint.read(ckpt_path)
     recipe = Recipe.model_validate(ckpt.state["recipe"], context=SAVED)
     client = open_store(tracking_uri)
+    for version in client.search_model_versions(f"name='{_quote(name)}'"):
+        if version.tags.get("checkpoint") == str(ckpt_path):
+            log.warning("%s is already version %s of %s", ckpt_path, version.version, name)
+            return Registered(name, str(version.version), version.run_id)
     mlflow.set_tracking_uri(tracking_uri)
     run_id = ckpt.state.get("tracking_run_id")
     if run_id is not None and not run_exists(client, run_id):
@@ -637,6 +660,42 @@ def _requirements(spec: dict[str, Any]) -> list[str]:
         if entry["package"] and entry["version"]:
             pins.setdefault(entry["package"], entry["version"])
     return [f"{package}=={version}" for package, version in pins.items()]
+
+
+PROMOTE_BY = "val.hole_psnr"  # the version tag an alias follows (higher is better)
+
+
+def promote_if_as_good(name: str, version: str, alias: str, tracking_uri: str) -> str:
+    """Moves `alias` to `version` unless the version it points at scored better on
+    PROMOTE_BY (a version without the score never blocks, nor loses to, one with it).
+    Returns what happened, in a sentence."""
+    from mlflow.exceptions import MlflowException
+
+    from gan_dist.track import open_store
+
+    client = open_store(tracking_uri, create=False)
+    new = _score(client.get_model_version(name, version).tags)
+    try:
+        current = client.get_model_version_by_alias(name, alias)
+    except MlflowException:  # no version has the alias yet
+        current = None
+    if current is not None and str(current.version) != str(version):
+        old = _score(current.tags)
+        if old is not None and new is not None and new < old:
+            return (
+                f"kept @{alias} on version {current.version} ({PROMOTE_BY} {old:.4g}): "
+                f"version {version} scored {new:.4g}"
+            )
+    promote(name, version, alias, tracking_uri)
+    score = f" ({PROMOTE_BY} {new:.4g})" if new is not None else ""
+    return f"moved @{alias} to version {version}{score}"
+
+
+def _score(tags: dict[str, str]) -> float | None:
+    try:
+        return float(tags[PROMOTE_BY])
+    except (KeyError, ValueError):
+        return None
 
 
 def promote(name: str, version: str, alias: str, tracking_uri: str) -> None:

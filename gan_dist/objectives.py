@@ -132,7 +132,9 @@ def structural_dissimilarity(fake: torch.Tensor, clean: torch.Tensor) -> torch.T
     2017 (Loss Functions for Image Restoration with Neural Networks)."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    fake01, clean01 = (fake.float() + 1) / 2, (clean.float() + 1) / 2
+    from gan_dist.pixels import to_unit
+
+    fake01, clean01 = to_unit(fake.float()), to_unit(clean.float())
     return 1 - structural_similarity_index_measure(fake01, clean01, data_range=1.0)
 
 

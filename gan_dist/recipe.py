@@ -418,7 +418,7 @@ class ModelConfig(Section):
         None,
         description="fine-tune: start from these generator weights (and the discriminator's "
         "when the source is a run or checkpoint): models:/NAME@ALIAS, models:/NAME/VERSION, "
-        "runs:/RUN_ID/PATH, or a run, checkpoint or model folder. The nets must match; "
+        "runs:/RUN_ID/repair-model, or a run, checkpoint or model folder. The nets must match; "
         "the source is recorded as the run's parent. Not used when a run resumes",
     )
 
@@ -569,6 +569,11 @@ class TrackingConfig(Section):
     uri: str | None = Field(None, description="None: $MLFLOW_TRACKING_URI or ./mlflow.db")
     experiment: str | None = Field(None, description="None: the recipe name")
     register_as: str | None = None
+    promote: str | None = Field(
+        None,
+        description="after registering, move this alias (e.g. champion) to the new version "
+        "when its val.hole_psnr is at least the alias's current version's; says which",
+    )
     sample_count: PositiveInt = 8
     flush_timeout_s: NonNegativeFloat = Field(
         60.0, description="at the end, wait this long for MLflow to take what is queued"

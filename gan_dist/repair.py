@@ -37,6 +37,7 @@ from gan_dist.data.images import (
 )
 from gan_dist.errors import GanDistError
 from gan_dist.models import RepairModel
+from gan_dist.pixels import to_signed, to_unit
 
 T = TypeVar("T")
 
@@ -171,7 +172,7 @@ def _finish(pixels: Raster, mask: Raster | None, rows: np.ndarray, top: int, com
     """Blended rows in [-1, 1] -> output rows in the pixels' dtype and channels; for an
     inpainting model, the input's rows with only their hole pixels replaced."""
     n = min(len(rows), pixels.shape[0] - top)
-    values = from_float((rows[:n] + 1) / 2, pixels.dtype)
+    values = from_float(to_unit(rows[:n]), pixels.dtype)
     values = to_channels(values, pixels.shape[2])
     if not composite:
         return values
@@ -208,8 +209,7 @@ def _tile(pixels, mask, y, x, th, tw, channels) -> tuple[np.ndarray, np.ndarray]
     if pad[0][1] or pad[1][1]:
         img = np.pad(img, (*pad, (0, 0)), mode="edge")
         hole = np.pad(hole, pad, mode="edge")
-    top = float(np.iinfo(img.dtype).max)
-    value = to_channels(img, channels).astype(np.float32) * (2 / top) - 1
+    value = to_signed(to_channels(img, channels))
     value[hole] = -1.0
     return value.transpose(2, 0, 1).copy(), hole[None].astype(np.float32)
 

@@ -252,6 +252,12 @@ def repair_bytes(
 
     from gan_dist.data.images import suffix_of
 
+    problem = _settings_problem(output_format, tile, overlap, batch)
+    if problem:
+        return FileResult(Path("image"), None, "failed", f"params: {problem}"), b""
+    if not mask and model.spec["model"]["composite"]:
+        detail = "no mask: an inpainting model needs the mask file's bytes in the mask column"
+        return FileResult(Path("image"), None, "failed", detail), b""
     with tempfile.TemporaryDirectory(prefix="gan-dist-serve-") as tmp:
         folder = Path(tmp)
         source = folder / "in" / "image"
@@ -272,6 +278,22 @@ def repair_bytes(
     result.source = Path(source.name)
     result.output = Path(job.target.name) if result.output is not None else None
     return result, data
+
+
+def _settings_problem(output_format: str, tile: int, overlap: int, batch: int) -> str:
+    """What is wrong with a served request's settings (`gan-dist repair`'s option limits),
+    or an empty string."""
+    problems = [
+        f"format {output_format!r}: use one of {', '.join(FORMATS)}"
+        if output_format not in FORMATS
+        else "",
+        f"tile {tile}: use 16 or more (px)" if tile < 16 else "",
+        f"overlap {overlap}: use 0 or more (px; at most half the tile is used)"
+        if overlap < 0
+        else "",
+        f"batch {batch}: use 1 or more" if batch < 1 else "",
+    ]
+    return "; ".join(p for p in problems if p)
 
 
 def _named(read: Callable, data: bytes, what: str):

@@ -211,13 +211,20 @@ class MlflowServer:
         raise AssertionError(f"mlflow server not healthy in {timeout} s")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
+        if self.proc:
+            stop_group(self.proc)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to a server started with start_new_session (its workers too), SIGKILL if it
+    has not stopped in 30 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

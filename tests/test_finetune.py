@@ -78,6 +78,12 @@ def test_the_demo_champion_fine_tuned_on_other_images_keeps_its_lineage(
     assert version.tags["init"] == CHAMPION
     assert client.get_run(version.run_id).data.tags["gan_dist.parent"] == version.tags["parent"]
 
+    # registering the same checkpoint again makes no second version
+    again = run_cli("models", "register", str(run_dir), "--name", "finetuned")
+    assert again.returncode == 0, again.stderr
+    assert f"registered models:/finetuned/{version.version} " in again.stdout
+    assert len(client.search_model_versions("name='finetuned'")) == 1
+
     # a resumed fine-tune continues from its checkpoint: the init is not applied again
     resumed = train_quickstart(other_photos, 3, run_dir, **settings)
     assert resumed.returncode == 0, resumed.stderr
@@ -88,7 +94,8 @@ def test_the_demo_champion_fine_tuned_on_other_images_keeps_its_lineage(
         other_photos, 1, tmp_path / "again", **DEMO_NETS, **{"model.init": str(run_dir)}
     )
     assert from_run.returncode == 0, from_run.stderr
-    assert f"initialised from {run_dir}: generator weights, discriminator too" in from_run.stdout
+    said = f"initialised from {run_dir} (runs:/"  # the run it was tracked in, as its parent
+    assert said in from_run.stdout and "generator weights, discriminator too" in from_run.stdout
 
 
 def test_a_net_that_does_not_match_the_source_is_refused_naming_the_setting(demo, packed, tmp_path):
@@ -105,5 +112,29 @@ def test_a_net_that_does_not_match_the_source_is_refused_naming_the_setting(demo
         packed, 2, tmp_path / "run2", **{"model.init": str(tmp_path / "nowhere")}
     )
     assert missing.returncode == 1 and "Traceback" not in missing.stderr, missing.stderr
-    assert str(tmp_path / "nowhere") in missing.stderr.strip().splitlines()[-1]
+    line = missing.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: model.init: {tmp_path / 'nowhere'}: not found"), line
     assert not list(Path(tmp_path / "run2").glob("checkpoints/step-*"))
+
+
+def test_an_alias_moves_only_to_a_version_that_scores_as_well(tmp_path):
+    """The demo moved @champion to every new version, a worse one too."""
+    from mlflow import MlflowClient
+
+    from gan_dist.models import promote_if_as_good
+    from gan_dist.track import open_store
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    open_store(store)
+    client = MlflowClient(store)
+    client.create_registered_model("m")
+    for score in ("30.5", "28.1", "30.5", None):
+        version = client.create_model_version("m", source=str(tmp_path)).version
+        if score:
+            client.set_model_version_tag("m", version, "val.hole_psnr", score)
+    said = [promote_if_as_good("m", v, "champion", store) for v in ("1", "2", "3", "4")]
+    assert said[0] == "moved @champion to version 1 (val.hole_psnr 30.5)"
+    assert said[1] == "kept @champion on version 1 (val.hole_psnr 30.5): version 2 scored 28.1"
+    assert said[2] == "moved @champion to version 3 (val.hole_psnr 30.5)"  # as good: newer
+    assert said[3] == "moved @champion to version 4"  # unscored: never blocked
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "4"

@@ -8,7 +8,6 @@ import base64
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from conftest import run_cli, train_quickstart
+from conftest import run_cli, stop_group, train_quickstart
 
 pytestmark = pytest.mark.integration
 
@@ -96,13 +95,7 @@ class ModelServer:
             raise AssertionError(exc.read().decode()[:3000]) from None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
+        stop_group(self.proc)
 
 
 def png(arr: np.ndarray) -> bytes:
@@ -143,13 +136,18 @@ def test_the_served_model_repairs_like_gan_dist_repair(registered, tmp_path):
                 {"image": (files / "scan.tif").read_bytes(), "mask": png(scan_hole)},
                 {"image": b"not an image", "mask": png(hole)},
                 {"image": (files / "photo.png").read_bytes(), "mask": png(hole[:10])},
+                {"image": (files / "photo.png").read_bytes(), "mask": b""},  # none given
             ]
+        )
+        refused = server.invoke(
+            [{"image": (files / "photo.png").read_bytes(), "mask": png(hole)}],
+            {"tile": 0, "batch": -3, "format": "gif"},
         )
     finally:
         server.stop()
     assert server.proc.poll() is not None
 
-    photo_out, scan_out, garbage, wrong_mask = answers
+    photo_out, scan_out, garbage, wrong_mask, no_mask = answers
     assert photo_out["status"] == "repaired" and photo_out["format"] == ".png"
     served = np.asarray(Image.open(io.BytesIO(base64.b64decode(photo_out["image"]))))
     assert np.array_equal(served, np.asarray(Image.open(tmp_path / "out" / "photo.png")))
@@ -165,6 +163,14 @@ def test_the_served_model_repairs_like_gan_dist_repair(registered, tmp_path):
     assert garbage["detail"].startswith("image: not a recognised image file")
     assert wrong_mask["status"] == "failed"
     assert wrong_mask["detail"] == "mask mask.png: 90x10, the image is 90x70"
+    assert no_mask["status"] == "failed" and no_mask["detail"].startswith("no mask: ")
+    # settings the command refuses are refused by name, before anything is decoded (tile 0
+    # and batch -3 were repaired, or failed with a raw islice error)
+    (row,) = refused
+    assert row["status"] == "failed" and row["detail"] == (
+        "params: format 'gif': use one of same, png, tif; tile 0: use 16 or more (px); "
+        "batch -3: use 1 or more"
+    )
 
 
 def test_the_registered_version_carries_a_signature_and_an_example(registered):

@@ -43,6 +43,15 @@ def repaired(net, image: Path, out: Path, mask: Path):
         return result, page.asarray(), page
 
 
+def zero_strip(path: Path, index: int) -> None:
+    """Overwrites strip `index` of a TIFF with zeros: undecodable for zlib."""
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[0].dataoffsets[index], tif.pages[0].databytecounts[index]
+    data = bytearray(path.read_bytes())
+    data[offset : offset + count] = b"\x00" * count
+    path.write_bytes(bytes(data))
+
+
 def agrees_with_probe(path: Path) -> None:
     """What the header promises (pack plans a folder's depth from it) is what is read."""
     width, height, channels, depth = probe(path)
@@ -217,11 +226,7 @@ def test_a_mask_of_another_size_is_refused_before_it_is_read(net, tmp_path):
     tifffile.imwrite(image, np.zeros((64, 64), np.uint8))
     mask = tmp_path / "mask.tif"
     tifffile.imwrite(mask, np.zeros((65, 64), np.uint8), rowsperstrip=5, compression="zlib")
-    with tifffile.TiffFile(mask) as tif:
-        offset, count = tif.pages[0].dataoffsets[3], tif.pages[0].databytecounts[3]
-    data = bytearray(mask.read_bytes())
-    data[offset : offset + count] = b"\x00" * count
-    mask.write_bytes(bytes(data))
+    zero_strip(mask, 3)
     [result] = repair_files(lambda: net, [Job(image, tmp_path / "o.tif", mask)], 64, 16, 4, False)
     assert result.status == "failed"
     assert result.detail == f"mask {mask}: 64x65, the image is 64x64"
@@ -278,11 +283,7 @@ def test_a_broken_streamed_mask_is_named_as_the_mask(net, tmp_path):
     tifffile.imwrite(image, np.zeros((600, 64), np.uint8))
     mask = tmp_path / "mask.tif"
     tifffile.imwrite(mask, np.full((600, 64), 255, np.uint8), rowsperstrip=16, compression="zlib")
-    with tifffile.TiffFile(mask) as tif:
-        offset, count = tif.pages[0].dataoffsets[20], tif.pages[0].databytecounts[20]
-    data = bytearray(mask.read_bytes())
-    data[offset : offset + count] = b"\x00" * count
-    mask.write_bytes(bytes(data))
+    zero_strip(mask, 20)
     [result] = repair_files(lambda: net, [Job(image, tmp_path / "o.tif", mask)], 64, 16, 4, False)
     assert result.status == "failed"
     assert result.detail.startswith(f"mask {mask}: corrupt or unreadable TIFF"), result.detail

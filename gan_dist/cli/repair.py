@@ -10,7 +10,7 @@ from gan_dist.cli._common import err, out, resolve_device, user_errors
 from gan_dist.data.images import DEFAULT_MAX_PIXELS
 
 MODEL_HELP = (
-    "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH, or a run, checkpoint or "
+    "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/repair-model, or a run, checkpoint or "
     "model directory."
 )
 

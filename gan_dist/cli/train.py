@@ -50,16 +50,20 @@ def train(
 
 def _register(recipe: str, set_: list[str], checkpoint: Path | None) -> None:
     """The finished run's model, as `tracking.register_as` asks (rank 0 only)."""
-    from gan_dist.models import register_completed
+    from gan_dist.models import promote_if_as_good, register_completed
     from gan_dist.recipe import load_recipe
+    from gan_dist.track import tracking_uri
 
     if checkpoint is None:
         return
-    registered = register_completed(load_recipe(recipe, set_), checkpoint)
-    if registered is not None:
-        out.print(
-            f"registered {registered.uri} (model {registered.name}, version {registered.version})"
-        )
+    loaded = load_recipe(recipe, set_)
+    registered = register_completed(loaded, checkpoint)
+    if registered is None:
+        return
+    out.print(f"registered {registered.uri} ({registered.name}, version {registered.version})")
+    if loaded.tracking.promote:
+        alias, uri = loaded.tracking.promote, tracking_uri(loaded)
+        out.print(promote_if_as_good(registered.name, registered.version, alias, uri))
 
 
 def _run(recipe: str, set_: list[str], run_dir: Path | None, resume: str, stop):

@@ -38,7 +38,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypedDict
 
 import numpy as np
 import torch
@@ -48,6 +48,7 @@ from gan_dist.data.damage import apply_damage, sample_rng
 from gan_dist.data.images import CODECS, decode_part, sample_part
 from gan_dist.data.pack import read_manifest
 from gan_dist.errors import GanDistError
+from gan_dist.pixels import to_signed
 
 log = logging.getLogger("gan_dist.data")
 
@@ -259,9 +260,7 @@ def _reason_of(exn: Exception) -> str:
 def _to_tensor(arr: np.ndarray, channels: int | None) -> torch.Tensor:
     if channels is not None and arr.shape[2] != channels:
         raise ValueError(f"image has {arr.shape[2]} channels, the recipe expects {channels}")
-    scale = 2.0 / float(np.iinfo(arr.dtype).max)
-    out = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)).astype(np.float32))
-    return out.mul_(scale).sub_(1.0)
+    return torch.from_numpy(to_signed(np.ascontiguousarray(arr.transpose(2, 0, 1))))
 
 
 class _Decode:
@@ -515,8 +514,29 @@ def _worker_start(_worker_id: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def _collate(samples: list[dict[str, Any]], prefill: str = "none") -> dict[str, Any]:
-    batch = {
+class Batch(TypedDict, total=False):
+    """What the stream yields, B samples at a time (image values in [-1, 1], `pixels.py`):
+
+    damaged: (B, C, H, W) the damaged images, holes -1
+    clean: (B, C, H, W) the originals
+    mask: (B, 1, H, W) 1 in the holes, 0 elsewhere
+    start: (B, C, H, W) the holes' prefill (`nets/prefill.py`), when the data workers
+        solved it (on a CPU); absent, the generator fills them itself
+    key: the samples' keys in their shards
+    skipped, pulled: per data worker, samples skipped and pulled so far (for exact resume)
+    """
+
+    damaged: torch.Tensor
+    clean: torch.Tensor
+    mask: torch.Tensor
+    start: torch.Tensor
+    key: list[str]
+    skipped: dict[int, int]
+    pulled: dict[int, int]
+
+
+def _collate(samples: list[dict[str, Any]], prefill: str = "none") -> Batch:
+    batch: Batch = {
         "damaged": torch.stack([s["damaged"] for s in samples]),
         "clean": torch.stack([s["clean"] for s in samples]),
         "mask": torch.stack([s["mask"] for s in samples]),

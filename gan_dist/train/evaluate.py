@@ -23,6 +23,7 @@ from torchmetrics.functional.image import (
 )
 
 from gan_dist.errors import GanDistError
+from gan_dist.pixels import to_unit
 from gan_dist.train.perceptual import PerceptualMetrics
 from gan_dist.train.swd import HoleSWD
 
@@ -118,8 +119,8 @@ def evaluate(
         damaged, clean, mask = (batch[k].to(device) for k in ("damaged", "clean", "mask"))
         with autocast():
             repaired = generator(damaged, mask)
-        pred = ((repaired.float() + 1) / 2).clamp(0, 1)
-        target = (clean.float() + 1) / 2
+        pred = to_unit(repaired.float()).clamp(0, 1)
+        target = to_unit(clean.float())
         m = repair_metrics(pred, target, mask)
         texture.add(pred, target, mask)
         if perceptual is not None:

@@ -23,6 +23,7 @@ from torch import nn
 from gan_dist.data.images import picture_grid
 from gan_dist.data.pack import MANIFEST
 from gan_dist.data.stream import (
+    Batch,
     StreamConfig,
     check_shards,
     check_slots,
@@ -41,6 +42,7 @@ from gan_dist.objectives import (
     reconstruction,
     structural_dissimilarity,
 )
+from gan_dist.pixels import to_uint8
 from gan_dist.precision import effective_precision
 from gan_dist.recipe import OptimizerConfig, Recipe, recipe_to_yaml
 from gan_dist.track import Tracker
@@ -574,7 +576,7 @@ class _Run:
 
 
 def train_step(
-    batch: dict,
+    batch: Batch,
     G: nn.Module,
     D: nn.Module,
     opt_g,
@@ -872,7 +874,7 @@ def _sample_grid(generator: nn.Module, batch: dict[str, torch.Tensor]):
     repaired = generator(batch["damaged"].to(device), batch["mask"].to(device)).float().cpu()
 
     def picture(t: torch.Tensor):
-        return (((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0)).numpy()
+        return to_uint8(t).permute(1, 2, 0).numpy()
 
     return picture_grid(
         [
