@@ -46,6 +46,22 @@ def mlflow_store(tmp_path_factory) -> str:
         yield uri
 
 
+@pytest.fixture(autouse=True)
+def _keep_tracking_uri():
+    """`mlflow.set_tracking_uri` in a test's own process also sets $MLFLOW_TRACKING_URI:
+    without this, every later test's `gan-dist` processes would track into that store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != before:
+        import mlflow
+
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+            mlflow.set_tracking_uri(None)
+        else:
+            mlflow.set_tracking_uri(before)
+
+
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     """`gan-dist demo` run once, in a fresh directory, for a quarter of a minute: its result

@@ -177,7 +177,7 @@ def test_the_registered_version_carries_a_signature_and_an_example(registered):
     import mlflow
 
     store = registered
-    mlflow.set_tracking_uri(store)
+    mlflow.set_tracking_uri(store)  # undone after the test (conftest._keep_tracking_uri)
     info = mlflow.models.get_model_info("models:/serve-test@champion")
     assert info.signature.inputs.input_names() == ["image", "mask"]
     assert info.signature.outputs.input_names() == ["image", "format", "status", "detail"]

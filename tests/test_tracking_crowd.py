@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import pytest
 
 from conftest import MlflowServer, run_cli, tiny, train_quickstart
 from gan_dist.errors import GanDistError
+from gan_dist.train import checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -103,17 +105,20 @@ def test_a_crowd_of_registrations_on_a_fresh_store_all_get_their_version(trained
     The store's folder does not exist yet either."""
     exe = Path(sys.executable).with_name("gan-dist")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "gan_dist"]
+    # one checkpoint each: registering the same checkpoint again makes no new version
+    newest = checkpoint.list_checkpoints(trained_run)[0]
+    copies = [shutil.copytree(newest, tmp_path / "copies" / f"job{i}") for i in range(JOBS)]
     for trial in range(3):
         uri = f"sqlite:///{tmp_path / f'trial{trial}' / 'tracking' / 'mlflow.db'}"
         procs = [
             subprocess.Popen(
-                [*cmd, "models", "register", str(trained_run), "--name", "crowd"],
+                [*cmd, "models", "register", str(copy), "--name", "crowd"],
                 env={**os.environ, "MLFLOW_TRACKING_URI": uri, "COLUMNS": "200"},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
             )
-            for _ in range(JOBS)
+            for copy in copies
         ]
         for code, output in finish_crowd(procs, timeout=240):
             assert code == 0, output[-3000:]
