@@ -168,7 +168,7 @@ def families_of(recipe: Recipe) -> dict[str, dict[str, str | None]]:
 def _check_families(raw: dict[str, Any], source: str) -> None:
     """A spec naming a family that cannot be had here: say which package provided it, and
     whether another version of that package is what is installed."""
-    from gan_dist.registry import Provider, UnknownFamily, registry
+    from gan_dist.registry import Provider, UnknownFamily, installed_version, registry
 
     for kind, entry in _families(raw):
         try:
@@ -176,7 +176,7 @@ def _check_families(raw: dict[str, Any], source: str) -> None:
         except UnknownFamily as exc:
             provider = Provider(entry.get("package"), entry.get("version"))
             where = f"{provider.package} {provider.version}" if provider.package else "a module"
-            installed = _installed(provider.package)
+            installed = installed_version(provider.package)
             if installed is None:
                 raise GanDistError(
                     f"{source}: its {kind} '{entry['name']}' comes from {where}, which is not "
@@ -191,12 +191,12 @@ def _check_families(raw: dict[str, Any], source: str) -> None:
 
 def _version_drift(spec: dict[str, Any]) -> list[str]:
     """Families installed here at another version than the model was trained with."""
-    from gan_dist.registry import Provider
+    from gan_dist.registry import Provider, installed_version
 
     notes = []
     for kind, entry in _families(spec):
         package, version = entry.get("package"), entry.get("version")
-        installed = _installed(package)
+        installed = installed_version(package)
         if package and version and installed and installed != version:
             hint = Provider(package, version).install_hint()
             notes.append(
@@ -216,17 +216,6 @@ def _families(raw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         for kind in ("generator", "discriminator")
         if isinstance(entry := families.get(kind), dict) and isinstance(entry.get("name"), str)
     ]
-
-
-def _installed(package: str | None) -> str | None:
-    from importlib import metadata
-
-    if package is None:
-        return None
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def export_checkpoint(ckpt_path: Path, folder: Path) -> dict[str, Any]:
@@ -382,8 +371,10 @@ class InitialWeights:
     def check_generator(self, model: ModelConfig, channels: int) -> None:
         """Raises GanDistError naming each generator setting (and the channels) in which the
         recipe differs from the source: weights only load into the same net."""
-        ours = {"channels": channels, **_flat(model.generator.model_dump(mode="json"))}
-        theirs = {"channels": self.channels, **_flat(self.model["generator"])}
+        from gan_dist.track import flatten
+
+        ours = {"channels": str(channels), **flatten(model.generator.model_dump(mode="json"))}
+        theirs = {"channels": str(self.channels), **flatten(self.model["generator"])}
         differ = [
             f"{key} {theirs.get(key)} (recipe: {ours.get(key)})"
             for key in sorted(set(ours) | set(theirs))
@@ -399,16 +390,6 @@ class InitialWeights:
         """Whether the source has a discriminator of the recipe's family and settings."""
         ours = model.discriminator.model_dump(mode="json")
         return self.discriminator is not None and self.model.get("discriminator") == ours
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def initial_weights(source: str, tracking_uri: str | None = None) -> InitialWeights:

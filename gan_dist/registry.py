@@ -124,7 +124,7 @@ class Registry:
         top = name.split(":")[0].split(".")[0]
         packages = metadata.packages_distributions().get(top, [])
         if packages:
-            return Provider(packages[0], _version(packages[0]))
+            return Provider(packages[0], installed_version(packages[0]))
         return Provider(None, None)
 
     def unknown(self, name: str) -> str:
@@ -177,7 +177,10 @@ def _entry_points(group: str) -> dict[str, metadata.EntryPoint]:
     return {point.name: point for point in metadata.entry_points(group=group)}
 
 
-def _version(package: str) -> str | None:
+def installed_version(package: str | None) -> str | None:
+    """The installed version of a distribution, or None when it is not installed."""
+    if package is None:
+        return None
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -191,4 +194,13 @@ def registry(kind: str) -> Registry:
     return Registry(kind, BUILTINS[kind])
 
 
-__all__ = ["KINDS", "Family", "Provider", "Registry", "Settings", "UnknownFamily", "registry"]
+__all__ = [
+    "KINDS",
+    "Family",
+    "Provider",
+    "Registry",
+    "Settings",
+    "UnknownFamily",
+    "installed_version",
+    "registry",
+]

@@ -32,7 +32,7 @@ def train(
 
     with StopFlag() as stop:
         try:
-            outcome = _run(recipe, set_, run_dir, resume, stop)
+            loaded, outcome = _run(recipe, set_, run_dir, resume, stop)
         except StopRequested as exc:
             err.print(f"[yellow]stopped[/] ({exc}) before training started; nothing to save")
             if run_dir is not None and os.environ.get("RANK", "0") == "0":
@@ -45,18 +45,16 @@ def train(
         raise typer.Exit(EXIT_PREEMPTED)
     if outcome.main_process:
         err.print(f"[green]done[/]: step {outcome.step}, checkpoint {outcome.checkpoint}")
-        _register(recipe, set_, outcome.checkpoint)
+        _register(loaded, outcome.checkpoint)
 
 
-def _register(recipe: str, set_: list[str], checkpoint: Path | None) -> None:
+def _register(loaded, checkpoint: Path | None) -> None:
     """The finished run's model, as `tracking.register_as` asks (rank 0 only)."""
     from gan_dist.models import promote_if_as_good, register_completed
-    from gan_dist.recipe import load_recipe
     from gan_dist.track import tracking_uri
 
     if checkpoint is None:
         return
-    loaded = load_recipe(recipe, set_)
     registered = register_completed(loaded, checkpoint)
     if registered is None:
         return
@@ -83,4 +81,4 @@ def _run(recipe: str, set_: list[str], run_dir: Path | None, resume: str, stop):
             from gan_dist.track import tracking_uri
 
             initial = partial(initial_weights, loaded.model.init, tracking_uri(loaded))
-        return run(loaded, run_dir or Path("runs") / loaded.name, resume, stop, initial)
+        return loaded, run(loaded, run_dir or Path("runs") / loaded.name, resume, stop, initial)
