@@ -360,7 +360,7 @@ def tiff_storage(page) -> Storage:
     )
 
 
-def _tiff_form(page) -> tuple[int, int]:
+def tiff_form(page) -> tuple[int, int]:
     """(colour samples, levels depth) of a TIFF page, from its tags alone. Raises
     ImageReadError for a colour model that would be read as the wrong colours."""
     photometric = int(page.photometric)
@@ -398,7 +398,7 @@ def _probe_tiff(path: Path, max_pixels: int, check_values: bool) -> tuple[int, i
             shape, dtype = page.shape, page.dtype
             # before any decoding: a small file may claim a huge float page (a bomb)
             _check_size(page.imagewidth, page.imagelength, max_pixels)
-            colours, depth = _tiff_form(page)
+            colours, depth = tiff_form(page)
             # a float scan with a NaN is refused here, before its depth counts for a pack
             floats = check_values and dtype is not None and dtype.kind in "fc"
             values = page.asarray() if floats else None
@@ -425,7 +425,7 @@ def _tiff_picture(path: Path) -> Picture:
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            colours, _ = _tiff_form(page)
+            colours, _ = tiff_form(page)
             arr = page.asarray()
             planar_first = page.planarconfig == 2 or (
                 arr.ndim == 3 and arr.shape[0] == page.samplesperpixel != arr.shape[-1]

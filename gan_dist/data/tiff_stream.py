@@ -18,7 +18,7 @@ from typing import IO
 
 import numpy as np
 
-from gan_dist.data.images import ImageReadError, Storage, probe, tiff_storage
+from gan_dist.data.images import ImageReadError, Storage, probe, tiff_form, tiff_storage
 
 MAX_SEGMENT_ROWS = 1024  # a taller compressed strip is decoded whole for every band read
 BAND_ROWS = 256  # rows per read when a caller walks a whole file
@@ -39,7 +39,7 @@ class TiffRaster:
         samples = page.samplesperpixel
         self._planar = samples > 1 and page.planarconfig == 2
         self._invert = page.photometric == 0
-        self.colours = _colours(page)
+        self.colours = tiff_form(page)[0]
         self.dtype = np.dtype(page.dtype)
         self.notes: list[str] = ["min-is-white inverted"] if self._invert else []
         self.pages, self.original = 1, None
@@ -116,17 +116,13 @@ def open_tiff(path: Path, max_pixels: int) -> TiffRaster | None:
         len(tif.pages) == 1
         and page.dtype in (np.uint8, np.uint16)
         and page.photometric in _PHOTOMETRIC
-        and page.samplesperpixel - _colours(page) in (0, 1)  # at most an alpha sample
+        and page.samplesperpixel - tiff_form(page)[0] in (0, 1)  # at most an alpha sample
         and (_contiguous_reader(path, page) is not None or _segment_rows(page) <= MAX_SEGMENT_ROWS)
     )
     if not streamable:
         tif.close()
         return None
     return TiffRaster(path, page, tif)
-
-
-def _colours(page) -> int:
-    return 3 if page.photometric == 2 else 1
 
 
 def _segment_rows(page) -> int:
