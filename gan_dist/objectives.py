@@ -143,3 +143,58 @@ def feature_matching(real: list[torch.Tensor], fake: list[torch.Tensor]) -> torc
     return sum(
         F.l1_loss(f.float(), r.detach().float()) for r, f in zip(real, fake, strict=True)
     ) / len(real)
+
+
+def texture_swd(
+    fake: torch.Tensor,
+    clean: torch.Tensor,
+    mask: torch.Tensor,
+    positions: int = 256,
+    projections: int = 32,
+) -> torch.Tensor:
+    """A texture loss: the sliced Wasserstein distance between the 7x7 patches of the repair
+    and of the original around the hole, per image and Laplacian level. The descriptors are
+    the hole SWD metric's (train/swd.py, after Karras et al. 2018); training on their
+    distribution follows Heitz et al. 2021 (A Sliced Wasserstein Loss for Neural Texture
+    Synthesis), on pixel pyramids instead of VGG features, so no weights are needed.
+
+    L1 rewards the smooth median of texture it cannot predict, a flat patch; this term only
+    asks that the hole's patches have the original's distribution (its grain), wherever they
+    are, so the two together trade a little fidelity for texture. Fresh random directions
+    (global RNG) each call; each direction's projections are scaled by the original's std so
+    every level counts alike.
+
+    fake, clean: (B, C, H, W) in [-1, 1]; mask (B, 1, H, W), 1 in the hole. `positions`
+    patch centres per image are drawn (with replacement) in the hole and its RING px, the
+    same centres in both images. Returns a float32 scalar >= 0, 0 when the patches match;
+    images without a hole add nothing (an all-known batch gives 0).
+    """
+    from gan_dist.train.swd import LEVELS, PATCH, RING, laplacian_pyramid
+
+    region = F.max_pool2d(mask.float(), 2 * RING + 1, stride=1, padding=RING)
+    has_hole = region.flatten(1).amax(1) > 0
+    total = fake.new_zeros((), dtype=torch.float32)
+    if not has_hole.any():
+        return total
+    fake, clean, region = fake[has_hole].float(), clean[has_hole].float(), region[has_hole]
+    levels = zip(laplacian_pyramid(fake), laplacian_pyramid(clean), strict=True)
+    pad = PATCH // 2
+    offsets = torch.arange(PATCH, device=fake.device)
+    for f, c in levels:
+        b, channels, height, width = f.shape
+        here = F.adaptive_max_pool2d(region, (height, width)).flatten(1)
+        centre = torch.multinomial(here, positions, replacement=True)  # (b, K) in H * W
+        # the K patches as flat indices into the padded level: row-major 7x7 around each centre
+        rows = (centre // width)[..., None, None] + offsets[:, None]
+        cols = (centre % width)[..., None, None] + offsets[None, :]
+        index = (rows * (width + 2 * pad) + cols).flatten(1)  # (b, K * 49)
+        index = index[:, None, :].expand(-1, channels, -1).repeat(2, 1, 1)
+        dirs = torch.randn(channels * PATCH * PATCH, projections, device=f.device)
+        dirs = dirs / dirs.norm(dim=0, keepdim=True)
+        both = F.pad(torch.cat([f, c]), (pad,) * 4, mode="reflect").flatten(2)
+        patches = both.gather(2, index).view(2 * b, channels, positions, PATCH * PATCH)
+        pf, pc = (patches.transpose(1, 2).reshape(2 * b, positions, -1) @ dirs).chunk(2)
+        scale = pc.detach().std(dim=1, keepdim=True).clamp_min(1e-4)
+        gap = (pf / scale).sort(dim=1).values - (pc / scale).sort(dim=1).values
+        total = total + gap.pow(2).mean()
+    return total / LEVELS

@@ -453,6 +453,13 @@ class ObjectiveConfig(Section):
     hole_l1_weight: NonNegativeFloat = Field(0.0, description="extra L1 weight inside the mask")
     feature_matching_weight: NonNegativeFloat = 0.0
     ssim_weight: NonNegativeFloat = Field(0.0, description="weight of 1 - SSIM beside the L1")
+    texture_weight: NonNegativeFloat = Field(
+        0.0,
+        allow_inf_nan=False,
+        description="weight of the texture loss: the sliced Wasserstein distance of the hole's "
+        "7x7 Laplacian-pyramid patches to the original's (objectives.texture_swd, after Heitz "
+        "et al. 2021); asks for the original's grain where L1 alone gives a flat patch; 0: off",
+    )
     gp_weight: NonNegativeFloat = 0.0
     n_critic: PositiveInt = Field(1, description="discriminator steps per generator step")
 

@@ -97,13 +97,15 @@ def two_cpu_ranks(port: str) -> list[str]:
 )
 def test_preempted_and_resumed_run_is_bit_identical(shards, tmp_path, processes, precision):
     # dropout, 1 data worker and augmentation: the RNG state, the worker's stream position
-    # and the turns drawn from it must all resume; the SSIM term rides along. bf16 runs
+    # and the turns drawn from it must all resume; the SSIM and texture terms (the latter
+    # draws patch centres and directions from the global RNG) ride along. bf16 runs
     # with channels_last, as the CPU recipes do.
     extra = {
         "model.generator.dropout": 0.5,
         "data.workers": 1,
         "data.augment": "true",
         "objective.ssim_weight": 1,
+        "objective.texture_weight": 1,
         "train.mixed_precision": precision,
         "train.channels_last": str(precision == "bf16").lower(),
     }
@@ -119,7 +121,7 @@ def test_preempted_and_resumed_run_is_bit_identical(shards, tmp_path, processes,
         )
         out = straight.communicate(timeout=300)[0]
         assert straight.returncode == 0, out
-        assert "g_ssim" in out
+        assert "g_ssim" in out and "g_texture" in out
 
         first = start_train([*args, "--run-dir", str(tmp_path / "b")], launcher=launcher)
         out = interrupt_after(first, "step 4/10")

@@ -41,6 +41,7 @@ from gan_dist.objectives import (
     r1_penalty,
     reconstruction,
     structural_dissimilarity,
+    texture_swd,
 )
 from gan_dist.pixels import to_uint8
 from gan_dist.precision import effective_precision
@@ -656,6 +657,10 @@ def train_step(
                 g_ssim = structural_dissimilarity(fake, clean)
                 loss_g = loss_g + obj.ssim_weight * g_ssim
                 losses["g_ssim"] = g_ssim.detach()
+            if obj.texture_weight:
+                g_texture = texture_swd(fake, clean, mask)
+                loss_g = loss_g + obj.texture_weight * g_texture
+                losses["g_texture"] = g_texture.detach()
             accelerator.backward(loss_g)
             plain_d.requires_grad_(True)
             if recipe.optim.grad_clip and accelerator.sync_gradients:
