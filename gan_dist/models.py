@@ -92,11 +92,13 @@ class RepairModel:
         masks: torch.Tensor,
         precision: str = "fp32",
         starts: torch.Tensor | None = None,
+        origins: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """images (B, C, H, W) in [-1, 1] with holes -1, masks (B, 1, H, W) with 1 in the
         holes -> the net's output (B, C, H, W) in [-1, 1], fp32, on the net's device.
         `starts`: the holes' prefill (B, C, H, W) when the caller solved it (tiled repair);
-        None: the net fills them itself."""
+        None: the net fills them itself. `origins` (B, 2) int: the tiles' top-left corners
+        (px) in the whole image, which position-drawn noise (`model.noise`) depends on."""
         import torch
 
         device = next(self.net.parameters()).device
@@ -107,7 +109,7 @@ class RepairModel:
         if starts is not None:
             starts = starts.to(device, memory_format=fmt)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return self.net(images, masks, starts).float()
+            return self.net(images, masks, starts, origins).float()
 
     @property
     def channels(self) -> int:
@@ -373,8 +375,16 @@ class InitialWeights:
         recipe differs from the source: weights only load into the same net."""
         from gan_dist.track import flatten
 
-        ours = {"channels": str(channels), **flatten(model.generator.model_dump(mode="json"))}
-        theirs = {"channels": str(self.channels), **flatten(self.model["generator"])}
+        ours = {
+            "channels": str(channels),
+            "noise": str(model.noise),
+            **flatten(model.generator.model_dump(mode="json")),
+        }
+        theirs = {
+            "channels": str(self.channels),
+            "noise": str(self.model.get("noise", False)),
+            **flatten(self.model["generator"]),
+        }
         differ = [
             f"{key} {theirs.get(key)} (recipe: {ours.get(key)})"
             for key in sorted(set(ours) | set(theirs))
@@ -383,7 +393,8 @@ class InitialWeights:
         if differ:
             raise GanDistError(
                 f"model.init {self.source}: its generator differs from the recipe's in "
-                f"{', '.join(differ)}; set model.generator (and data.channels) to match it"
+                f"{', '.join(differ)}; set model.generator, model.noise and data.channels to "
+                "match it"
             )
 
     def discriminator_fits(self, model: ModelConfig) -> bool:

@@ -414,6 +414,12 @@ class ModelConfig(Section):
         "fill (biharmonic carries gradients in, harmonic only values); none: the generator "
         "paints holes from scratch, as pix2pix does",
     )
+    noise: StrictBool = Field(
+        False,
+        description="feed the generator a channel of Gaussian noise in the holes (StyleGAN's "
+        "noise inputs), to synthesise grain with objective.texture_weight; repair draws it from "
+        "each pixel's position, so a repair is reproducible and tiles agree",
+    )
     init: str | None = Field(
         None,
         description="fine-tune: start from these generator weights (and the discriminator's "

@@ -127,6 +127,7 @@ def repair_rows(
                 torch.from_numpy(np.stack(masks)),
                 precision,
                 torch.from_numpy(np.stack(starts)) if fills.kind != "none" else None,
+                torch.tensor([(y, x) for x in xs]),
             )
             pred = pred.cpu().numpy().transpose(0, 2, 3, 1)
             for x, p in zip(xs, pred, strict=True):

@@ -4,7 +4,8 @@ generator is wrapped in `RepairNet`, which feeds it the damaged image plus the m
 inpainting, pastes the known pixels back over its output, so that what is trained, evaluated
 and exported is the same function. With `model.prefill` (biharmonic by default) the holes
 are first filled by diffusion (see `prefill.py`) and the generator's output is a correction
-added to that fill.
+added to that fill. With `model.noise` the generator also sees a channel of Gaussian noise
+inside the holes (`noise.py`), from which it can synthesise grain.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ if TYPE_CHECKING:
 class RepairNet(nn.Module):
     """(damaged, mask) -> repaired image in [-1, 1]."""
 
-    def __init__(self, body: nn.Module, composite: bool, prefill: str = "none") -> None:
+    def __init__(
+        self, body: nn.Module, composite: bool, prefill: str = "none", noise: bool = False
+    ) -> None:
         super().__init__()
-        self.body, self.composite, self.prefill = body, composite, prefill
+        self.body, self.composite, self.prefill, self.noise = body, composite, prefill, noise
         if prefill != "none":
             # The correction starts at zero, so an untrained net returns the classical fill.
             last = [m for m in body.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
@@ -32,17 +35,32 @@ class RepairNet(nn.Module):
                 nn.init.zeros_(last[-1].bias)
 
     def forward(
-        self, damaged: torch.Tensor, mask: torch.Tensor, start: torch.Tensor | None = None
+        self,
+        damaged: torch.Tensor,
+        mask: torch.Tensor,
+        start: torch.Tensor | None = None,
+        origins: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`start`: the prefill, when the data pipeline already computed it (training)."""
+        """`start`: the prefill, when the data pipeline already computed it (training).
+        `origins` (B, 2) int: each input's top-left corner (px) in its whole image, where the
+        input is a tile, so that `model.noise` is drawn by position (None: at 0, 0)."""
+        extra = [mask]
+        if self.noise:
+            if self.training:
+                z = torch.randn_like(mask)
+            else:
+                from gan_dist.nets.noise import pixel_noise
+
+                z = pixel_noise(len(mask), *mask.shape[-2:], origins, device=mask.device)
+            extra.append(z.to(mask.dtype) * mask)
         if self.prefill != "none":
             from gan_dist.nets.prefill import fill_holes
 
             if start is None:
                 start = fill_holes(damaged, 1 - mask, self.prefill)
-            out = (start + self.body(torch.cat([start, mask], dim=1))).clamp(-1, 1)
+            out = (start + self.body(torch.cat([start, *extra], dim=1))).clamp(-1, 1)
         else:
-            out = self.body(torch.cat([damaged, mask], dim=1))
+            out = self.body(torch.cat([damaged, *extra], dim=1))
         if self.composite:
             out = mask * out + (1 - mask) * damaged
         return out
@@ -56,11 +74,11 @@ def build_generator(model: ModelConfig, channels: int, image_size: int) -> Repai
     family = registry("generator").get(model.generator.name)
     body = family.builder()(
         model.generator.settings,
-        in_channels=channels + 1,
+        in_channels=channels + 1 + model.noise,
         out_channels=channels,
         image_size=image_size,
     )
-    return RepairNet(body, model.composite, model.prefill)
+    return RepairNet(body, model.composite, model.prefill, model.noise)
 
 
 def build_discriminator(cfg: DiscriminatorConfig, channels: int, image_size: int) -> nn.Module:
