@@ -708,6 +708,16 @@ class Recipe(Section):
                 "objective.mask_aware: needs model.composite: true (without compositing every "
                 "pixel of a repair is generated)"
             )
+        in_holes = (
+            ("model.noise", self.model.noise),
+            ("objective.texture_weight", self.objective.texture_weight),
+        )
+        for key, on in in_holes:
+            if on and not self.model.composite:
+                raise ValueError(
+                    f"{key}: acts in the holes only, and needs model.composite: true "
+                    "(inpainting); a restoration recipe has no hole to draw texture into"
+                )
         gen = self.model.generator
         need = registry("generator").get(gen.name).size_divisor(gen.settings, self.data.image_size)
         if self.data.image_size % need:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gan_dist.nets import build_discriminator, build_generator
+from gan_dist.nets.noise import pixel_noise
 from gan_dist.nets.prefill import fill_holes
 from gan_dist.recipe import load_recipe
 
@@ -162,6 +163,8 @@ def test_recipe_nets_build_for_every_builtin(name):
         ["model.generator.name=ffc_resnet", "model.generator.depth=2", "model.prefill=none"],
         ["model.generator.gated=true"],
         ["model.generator.gated=true", "model.generator.norm=none", "model.prefill=none"],
+        ["model.noise=true"],
+        ["model.noise=true", "model.generator.name=ffc_resnet", "model.generator.blocks=2"],
     ],
 )
 def test_new_generators_shapes_range_composite_and_gradients(overrides):
@@ -230,3 +233,42 @@ def test_gated_and_ffc_options_are_refused_where_they_mean_nothing():
         load_recipe(
             "quickstart", ["model.generator.name=ffc_resnet", "model.generator.global_ratio=1.0"]
         )
+
+
+def test_position_noise_is_standard_normal_white_and_the_same_for_a_tile_as_for_the_image():
+    z = pixel_noise(1, 256, 256)
+    assert abs(z.mean()) < 0.02 and abs(z.std() - 1) < 0.02
+    for shift in ((0, 1), (1, 0), (1, 1)):  # neighbours uncorrelated
+        a = z[..., shift[0] :, shift[1] :]
+        b = z[..., : 256 - shift[0], : 256 - shift[1]]
+        assert abs((a * b).mean()) < 0.02
+    tiles = pixel_noise(2, 64, 48, torch.tensor([[100, 30], [7, 190]]))
+    assert torch.equal(tiles[0, 0], z[0, 0, 100:164, 30:78])
+    assert torch.equal(tiles[1, 0], z[0, 0, 7:71, 190:238])
+    assert not torch.equal(pixel_noise(1, 8, 8, seed=1), pixel_noise(1, 8, 8))
+
+
+def test_noise_generator_is_fresh_in_training_and_drawn_by_position_at_inference():
+    r = load_recipe(
+        "quickstart", ["data.image_size=32", "model.generator.base_channels=4", "model.noise=true"]
+    )
+    torch.manual_seed(0)
+    G = build_generator(r.model, 3, 32)
+    with torch.no_grad():  # an untrained correction is zero: let the noise through
+        for p in G.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    seen = []
+    G.body.register_forward_pre_hook(lambda _, args: seen.append(args[0][:, -1:].clone()))
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    m = _hole(32, 32, (8, 24, 4, 28))
+    known = m.expand_as(x) == 0
+    a, b = G(x, m), G(x, m)
+    assert not torch.equal(a, b) and torch.equal(a[known], b[known])
+    assert torch.equal(seen[-1] * (1 - m), torch.zeros_like(m))  # noise only in the hole
+    G.eval()
+    with torch.no_grad():
+        a, b = G(x, m), G(x, m)
+        assert torch.equal(a, b)
+        whole = pixel_noise(1, 96, 96)
+        G(x, m, origins=torch.tensor([[40, 56]]))
+        assert torch.equal(seen[-1], whole[..., 40:72, 56:88] * m)

@@ -188,6 +188,9 @@ def test_the_lock_wait_must_fit_inside_the_rank_timeout():
         ),
         (["data.fresh_damage=true", "data.damage=denoise"], "data.fresh_damage: data.damage draws"),
         (["objective.r1_every=0"], "objective.r1_every"),
+        (["model.noise=true", "model.composite=false"], "model.noise: acts in the holes"),
+        (["objective.texture_weight=1", "model.composite=false"], "texture_weight: acts in"),
+        (["objective.texture_weight=-1"], "objective.texture_weight"),
     ],
 )
 def test_new_objective_and_data_options_are_checked_together(overrides, message):

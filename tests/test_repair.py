@@ -87,6 +87,20 @@ def test_tiled_and_untiled_agree_away_from_nothing(inpaint):
     assert np.abs(whole - tiled)[mask].mean() < 12  # of 255
 
 
+def test_a_noise_model_repairs_the_same_pixels_every_time_and_its_tiles_agree(tmp_path):
+    """model.noise draws its noise from each pixel's position in the whole image: the same
+    file gives the same repair, and overlapping tiles feed the net the same noise."""
+    model = load_model(str(make_model(tmp_path / "m", "model.noise=true")))
+    img = np.asarray(Image.open(_photo()).convert("RGB").resize((96, 96)))
+    mask = hole(96, 96)
+    whole = repair_array(model, img, mask, tile=96, overlap=0)
+    assert np.array_equal(whole, repair_array(model, img, mask, tile=96, overlap=0))
+    assert np.array_equal(whole[~mask], img[~mask])
+    tiled = repair_array(model, img, mask, tile=48, overlap=16).astype(float)
+    # 0.06 of 255; tiles drawing their noise from their own corner instead: 0.7
+    assert np.abs(whole.astype(float) - tiled)[mask].mean() < 0.3
+
+
 def test_grey_images_through_an_rgb_model_stay_grey(inpaint):
     model = load_model(str(inpaint))
     img = gradient16(40, 40, channels=1)
