@@ -16,8 +16,6 @@ import math
 import torch
 
 _LOW32 = 0xFFFFFFFF
-# Row stride of the position key: images up to a million pixels wide get distinct keys.
-_ROW = 1_000_003
 
 
 def _hash32(h: torch.Tensor) -> torch.Tensor:
@@ -39,14 +37,14 @@ def pixel_noise(
     """Standard normal noise (B, 1, H, W) float32, a function of each pixel's position alone:
     pixel (y, x) of item i is pixel (origins[i, 0] + y, origins[i, 1] + x) of the whole
     image. origins: (B, 2) int64 top-left corners in px (None: all at 0). Box-Muller on two
-    32-bit hashes of the position key."""
+    32-bit hashes of the position: the row is hashed, then the column into it, so no two
+    positions of an image under 2**32 px a side share a key."""
     if origins is None:
         origins = torch.zeros(batch, 2, dtype=torch.int64)
     origins = origins.to(device=device, dtype=torch.int64)
     rows = origins[:, 0, None, None] + torch.arange(height, device=device)[None, :, None]
     cols = origins[:, 1, None, None] + torch.arange(width, device=device)[None, None, :]
-    key = (rows * _ROW + cols) & _LOW32
-    first = _hash32(key ^ (seed & _LOW32))
+    first = _hash32(_hash32((rows & _LOW32) ^ (seed & _LOW32)) ^ (cols & _LOW32))
     second = _hash32(first ^ 0x9E3779B9)
     u1 = (first.double() + 0.5) / 2**32
     u2 = (second.double() + 0.5) / 2**32
