@@ -161,15 +161,21 @@ def texture_swd(
     L1 rewards the smooth median of texture it cannot predict, a flat patch; this term only
     asks that the hole's patches have the original's distribution (its grain), wherever they
     are, so the two together trade a little fidelity for texture. Fresh random directions
-    (global RNG) each call; each direction's projections are scaled by the original's std so
-    every level counts alike.
+    (global RNG) each call; each direction's projections are scaled by their spread in the
+    repair and the original together, at least one 8-bit level, so every level counts alike
+    and a flat original (a black surround, a clear sky) cannot blow the loss up.
 
-    fake, clean: (B, C, H, W) in [-1, 1]; mask (B, 1, H, W), 1 in the hole. `positions`
-    patch centres per image are drawn (with replacement) in the hole and its RING px, the
-    same centres in both images. Returns a float32 scalar >= 0, 0 when the patches match;
-    images without a hole add nothing (an all-known batch gives 0).
+    fake, clean: (B, C, H, W) in [-1, 1], at least 16 px a side; mask (B, 1, H, W), 1 in the
+    hole. `positions` (>= 2) patch centres per image are drawn (with replacement) in the
+    hole and its RING px, the same centres in both images. Returns a float32 scalar >= 0,
+    0 when the patches match; images without a hole add nothing (an all-known batch gives
+    0). Raises ValueError for smaller images.
     """
     from gan_dist.train.swd import LEVELS, PATCH, RING, laplacian_pyramid
+
+    smallest = 4 * 2 ** (LEVELS - 1)  # the coarsest level must exceed the patch's reach
+    if min(fake.shape[-2:]) < smallest:
+        raise ValueError(f"texture_swd: images must be at least {smallest} px a side")
 
     region = F.max_pool2d(mask.float(), 2 * RING + 1, stride=1, padding=RING)
     has_hole = region.flatten(1).amax(1) > 0
@@ -194,7 +200,8 @@ def texture_swd(
         both = F.pad(torch.cat([f, c]), (pad,) * 4, mode="reflect").flatten(2)
         patches = both.gather(2, index).view(2 * b, channels, positions, PATCH * PATCH)
         pf, pc = (patches.transpose(1, 2).reshape(2 * b, positions, -1) @ dirs).chunk(2)
-        scale = pc.detach().std(dim=1, keepdim=True).clamp_min(1e-4)
+        spread = torch.cat([pf, pc], dim=1).detach().std(dim=1, keepdim=True)
+        scale = spread.clamp_min(2 / 255)
         gap = (pf / scale).sort(dim=1).values - (pc / scale).sort(dim=1).values
         total = total + gap.pow(2).mean()
     return total / LEVELS

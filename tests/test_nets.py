@@ -246,6 +246,9 @@ def test_position_noise_is_standard_normal_white_and_the_same_for_a_tile_as_for_
     assert torch.equal(tiles[0, 0], z[0, 0, 100:164, 30:78])
     assert torch.equal(tiles[1, 0], z[0, 0, 7:71, 190:238])
     assert not torch.equal(pixel_noise(1, 8, 8, seed=1), pixel_noise(1, 8, 8))
+    for bad in (torch.zeros(1, 2, dtype=torch.int64), torch.zeros(2, 2)):  # one corner, floats
+        with pytest.raises(ValueError, match=r"origins must be \(2, 2\) integers"):
+            pixel_noise(2, 8, 8, bad)
 
 
 def test_noise_generator_is_fresh_in_training_and_drawn_by_position_at_inference():

@@ -59,6 +59,22 @@ def test_texture_loss_is_zero_on_the_original_and_on_a_batch_without_holes():
     assert texture_swd(flat, clean, torch.zeros_like(mask)) == 0
 
 
+def test_texture_loss_stays_bounded_when_the_original_is_flat():
+    """Grain in a hole of a flat original (a black surround, a clear sky) is wrong, but by
+    as much as a flat patch in grain, not by thousands: the scale of each direction is the
+    spread of both images, at least one 8-bit level (it was the original's alone, 1e-4 at
+    least, and 0.1 of noise scored 168,605)."""
+    clean, mask = torch.zeros(2, 3, 48, 48), torch.zeros(2, 1, 48, 48)
+    mask[:, :, 12:36, 10:38] = 1
+    g = torch.Generator().manual_seed(0)
+    for std in (1 / 255, 0.01, 0.1, 0.5):
+        noisy = clean + std * mask * torch.randn(clean.shape, generator=g)
+        torch.manual_seed(0)
+        assert 0 < texture_swd(noisy, clean, mask) < 3
+    with pytest.raises(ValueError, match="at least 16 px"):
+        texture_swd(clean[..., :12, :12], clean[..., :12, :12], mask[..., :12, :12])
+
+
 def test_texture_loss_scores_a_flat_hole_far_above_the_same_grain_elsewhere():
     """Grain of the same statistics but other values (another noise draw) is the texture the
     loss asks for: it scores near 0, a flat patch far above, whatever their L1 says."""

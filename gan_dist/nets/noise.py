@@ -36,11 +36,17 @@ def pixel_noise(
 ) -> torch.Tensor:
     """Standard normal noise (B, 1, H, W) float32, a function of each pixel's position alone:
     pixel (y, x) of item i is pixel (origins[i, 0] + y, origins[i, 1] + x) of the whole
-    image. origins: (B, 2) int64 top-left corners in px (None: all at 0). Box-Muller on two
+    image. origins: (B, 2) integer top-left corners in px (None: all at 0; anything else
+    raises ValueError). Box-Muller on two
     32-bit hashes of the position: the row is hashed, then the column into it, so no two
     positions of an image under 2**32 px a side share a key."""
     if origins is None:
         origins = torch.zeros(batch, 2, dtype=torch.int64)
+    if tuple(origins.shape) != (batch, 2) or origins.is_floating_point():
+        raise ValueError(
+            f"pixel_noise: origins must be ({batch}, 2) integers, got {tuple(origins.shape)} "
+            f"{origins.dtype}"
+        )
     origins = origins.to(device=device, dtype=torch.int64)
     rows = origins[:, 0, None, None] + torch.arange(height, device=device)[None, :, None]
     cols = origins[:, 1, None, None] + torch.arange(width, device=device)[None, None, :]
