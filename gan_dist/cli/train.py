@@ -5,10 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from gan_dist.cli._common import SET_HELP, err, out, user_errors
+
+if TYPE_CHECKING:
+    from gan_dist.recipe import Recipe
+    from gan_dist.train.trainer import Outcome
 
 
 def train(
@@ -48,7 +53,7 @@ def train(
         _register(loaded, outcome.checkpoint)
 
 
-def _register(loaded, checkpoint: Path | None) -> None:
+def _register(loaded: Recipe, checkpoint: Path | None) -> None:
     """The finished run's model, as `tracking.register_as` asks (rank 0 only)."""
     from gan_dist.models import promote_if_as_good, register_completed
     from gan_dist.track import tracking_uri
@@ -64,7 +69,9 @@ def _register(loaded, checkpoint: Path | None) -> None:
         out.print(promote_if_as_good(registered.name, registered.version, alias, uri))
 
 
-def _run(recipe: str, set_: list[str], run_dir: Path | None, resume: str, stop):
+def _run(
+    recipe: str, set_: list[str], run_dir: Path | None, resume: str, stop
+) -> tuple[Recipe, Outcome]:
     import logging
 
     from gan_dist.recipe import load_recipe
