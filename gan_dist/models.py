@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, Validat
 
 from gan_dist.errors import GanDistError
 from gan_dist.recipe import SAVED, DamageStep, ModelConfig
+from gan_dist.registry import shown as _shown
 
 if TYPE_CHECKING:
     import torch
@@ -123,8 +124,8 @@ class RepairModel:
         from gan_dist.registry import registry
 
         gen = ModelConfig.model_validate(self.spec["model"], context=SAVED).generator
-        family = registry("generator").get(gen.name)
-        return family.size_divisor(gen.settings, int(self.spec["train_image_size"]))
+        family = registry("generator").get(gen.name, saved=True)
+        return family.divisor(gen.settings, int(self.spec["train_image_size"]))
 
 
 def spec_for(recipe: Recipe, step: int, metrics: dict[str, float]) -> dict[str, Any]:
@@ -169,23 +170,33 @@ def families_of(recipe: Recipe) -> dict[str, dict[str, str | None]]:
 
 def _check_families(raw: dict[str, Any], source: str) -> None:
     """A spec naming a family that cannot be had here: say which package provided it, and
-    whether another version of that package is what is installed."""
+    whether another version of that package is what is installed. Names are looked up as
+    a saved model's (`Registry.get(saved=True)`): no module a spec names is imported."""
     from gan_dist.registry import Provider, UnknownFamily, installed_version, registry
 
     for kind, entry in _families(raw):
         try:
-            registry(kind).get(entry["name"])
+            registry(kind).get(entry["name"], saved=True)
         except UnknownFamily as exc:
+            if ":" in entry["name"]:  # a module reference: refused, whatever is installed
+                raise GanDistError(f"{source}: its {kind} {exc}") from None
             provider = Provider(entry.get("package"), entry.get("version"))
-            where = f"{provider.package} {provider.version}" if provider.package else "a module"
+            if not provider.valid:
+                raise GanDistError(
+                    f"{source}: its {kind} {_shown(entry['name'])} is not available here, and "
+                    f"the model names an invalid package for it: {provider.install_hint()}"
+                ) from None
             installed = installed_version(provider.package)
             if installed is None:
+                where = f"comes from {provider}, which is not installed here"
+                if provider.package is None:
+                    where = "comes from a module"
                 raise GanDistError(
-                    f"{source}: its {kind} '{entry['name']}' comes from {where}, which is not "
-                    f"installed here: {provider.install_hint()}"
+                    f"{source}: its {kind} {_shown(entry['name'])} {where}: "
+                    f"{provider.install_hint()}"
                 ) from None
             raise GanDistError(
-                f"{source}: its {kind} '{entry['name']}' comes from {where}; "
+                f"{source}: its {kind} {_shown(entry['name'])} comes from {provider}; "
                 f"{provider.package} {installed} is installed here but does not provide it "
                 f"({exc}): {provider.install_hint()}"
             ) from None
@@ -197,13 +208,15 @@ def _version_drift(spec: dict[str, Any]) -> list[str]:
 
     notes = []
     for kind, entry in _families(spec):
-        package, version = entry.get("package"), entry.get("version")
-        installed = installed_version(package)
-        if package and version and installed and installed != version:
-            hint = Provider(package, version).install_hint()
+        provider = Provider(entry.get("package"), entry.get("version"))
+        if not (provider.valid and provider.package and provider.version):
+            continue
+        installed = installed_version(provider.package)
+        if installed and installed != provider.version:
             notes.append(
-                f"its {kind} '{entry['name']}' was trained with {package} {version}, and "
-                f"{package} {installed} is installed here ({hint} gives the trained one)"
+                f"its {kind} {_shown(entry['name'])} was trained with {provider}, and "
+                f"{provider.package} {installed} is installed here ({provider.install_hint()} "
+                "gives the trained one)"
             )
     return notes
 
@@ -499,9 +512,11 @@ def _download(uri: str, dst: Path) -> Path:
         return root
     try:
         flavor = yaml.safe_load((root / "MLmodel").read_text())["flavors"]["python_function"]
-        spec = root / flavor["artifacts"]["spec"]["path"]
+        spec = (root / flavor["artifacts"]["spec"]["path"]).resolve()
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         raise GanDistError(f"{uri}: not a gan-dist repair model (no {SPEC})") from None
+    if not spec.is_relative_to(root.resolve()):  # an MLmodel may name any path
+        raise GanDistError(f"{uri}: its MLmodel points outside the model's files; refusing it")
     if (spec.parent / WEIGHTS).is_file():
         return spec.parent
     raise GanDistError(f"{uri}: the model's {WEIGHTS} is missing")

@@ -55,10 +55,16 @@ def adversarial_for(objective: ObjectiveConfig) -> Adversarial:
 
 @cache
 def _adversarial(name: str, settings: str) -> Adversarial:
-    from gan_dist.registry import registry
+    from gan_dist.registry import PluginError, registry
 
     family = registry("objective").get(name)
-    return family.builder()(family.settings.model_validate_json(settings))
+    built = family.run("its builder", family.builder(), family.validate(json.loads(settings)))
+    if not isinstance(built, Adversarial):
+        kind = type(built).__name__
+        raise PluginError(
+            f"{family.label}: its builder returned {kind}, not a gan_dist.objectives.Adversarial"
+        )
+    return built
 
 
 def non_saturating(settings: Any = None) -> Adversarial:

@@ -337,6 +337,12 @@ class DataConfig(Section):
 SAVED = {"saved": True}  # validation context for recipes and specs that gan-dist wrote
 
 
+def _saved(info: ValidationInfo) -> bool:
+    """Whether what is validated was read from a file gan-dist wrote (`SAVED`): a model's
+    spec or a checkpoint's recipe, which name only families that need no module import."""
+    return bool(info.context and info.context.get("saved"))
+
+
 class _FamilyConfig(Section):
     """`name` picks a family (`registry.py`: built in, installed, or `package.module:name`);
     every other key is one of that family's typed settings, validated by the family. Saved
@@ -350,17 +356,17 @@ class _FamilyConfig(Section):
 
     @model_validator(mode="after")
     def _family_settings(self, info: ValidationInfo) -> _FamilyConfig:
-        table = registry(self._kind)
+        saved = _saved(info)
         try:
-            family = table.get(self.name)
+            family = registry(self._kind).get(self.name, saved)
         except UnknownFamily as exc:
             problems = [("name", str(exc))]
             raise PydanticCustomError("family", "{problems}", {"problems": problems}) from None
         given = dict(self.model_extra or {})
-        if info.context and info.context.get("saved"):
+        if saved:
             given = {k: v for k, v in given.items() if k in family.settings.model_fields}
         try:
-            self._settings = family.settings.model_validate(given)
+            self._settings = family.validate(given)
         except ValidationError as exc:
             own = tuple(type(self).model_fields)
             problems = [_setting_problem(e, family.settings, self.name, own) for e in exc.errors()]
@@ -470,15 +476,15 @@ class ObjectiveConfig(Section):
     n_critic: PositiveInt = Field(1, description="discriminator steps per generator step")
 
     @model_validator(mode="after")
-    def _adversarial_family(self) -> ObjectiveConfig:
+    def _adversarial_family(self, info: ValidationInfo) -> ObjectiveConfig:
         try:
-            family = registry("objective").get(self.adversarial)
+            family = registry("objective").get(self.adversarial, _saved(info))
         except UnknownFamily as exc:
             raise PydanticCustomError(
                 "family", "{problems}", {"problems": [("adversarial", str(exc))]}
             ) from None
         try:
-            settings = family.settings.model_validate(self.adversarial_settings)
+            settings = family.validate(self.adversarial_settings)
         except ValidationError as exc:
             problems = [
                 (f"adversarial_settings.{path}", msg)
@@ -719,7 +725,7 @@ class Recipe(Section):
                     "(inpainting); a restoration recipe has no hole to draw texture into"
                 )
         gen = self.model.generator
-        need = registry("generator").get(gen.name).size_divisor(gen.settings, self.data.image_size)
+        need = registry("generator").get(gen.name).divisor(gen.settings, self.data.image_size)
         if self.data.image_size % need:
             raise ValueError(
                 f"data.image_size: {self.data.image_size} px is not a multiple of {need}, "

@@ -22,17 +22,22 @@ critic (objectives). Nothing here imports torch: builders are imported when a ne
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gan_dist.errors import GanDistError
+from gan_dist.textfiles import excerpt
+
+log = logging.getLogger("gan_dist.registry")
 
 KINDS = {
     "generator": "gan_dist.generators",
@@ -60,11 +65,14 @@ class Family:
         (N, in_channels, S, S) in [-1, 1] to (N, out_channels, S, S) in [-1, 1];
         discriminators `build(settings, in_channels, image_size) -> nn.Module` returning
         logits, and `(logits, features)` when called with `features=True`; objectives
-        `build(settings) -> gan_dist.objectives.Adversarial`.
+        `build(settings) -> gan_dist.objectives.Adversarial`. The arguments are passed by
+        these names (settings positionally).
     settings: the family's recipe keys, a `Settings` subclass.
     size_divisor: (settings, training image size px) -> px every input side must be a
-        multiple of (generators: 2**downsamplings; 1 when any size works).
+        multiple of (generators: 2**downsamplings; 1 when any size works): an int >= 1.
     critic: objectives only: a Wasserstein critic (gradient penalty, no real/fake target).
+    label, plugin: set by `Registry.get`: who provides the family, in words, and whether
+        its code is a plugin's (whose faults are named as the plugin's, see `run`).
     """
 
     build: Callable[..., Any] | str
@@ -72,55 +80,187 @@ class Family:
     size_divisor: Callable[[Any, int], int] = _no_divisor
     critic: bool = False
     about: str = ""
+    label: str = ""
+    plugin: bool = False
 
     def builder(self) -> Callable[..., Any]:
-        return _resolve(self.build) if isinstance(self.build, str) else self.build
+        if isinstance(self.build, str):
+            return self.run("its builder reference", _resolve, self.build)
+        return self.build
+
+    def run(
+        self,
+        what: str,
+        call: Callable[..., Any],
+        *args: Any,
+        passes: tuple[type[BaseException], ...] = (),
+        **kwargs: Any,
+    ) -> Any:
+        """`call(*args, **kwargs)`; for a plugin family, anything it raises (SystemExit
+        included: a plugin must not end the process, least of all with status 0) except
+        KeyboardInterrupt and the `passes` kinds is a PluginError naming the family, its
+        package and `what`."""
+        if not self.plugin:
+            return call(*args, **kwargs)
+        try:
+            return call(*args, **kwargs)
+        except (KeyboardInterrupt, *passes):
+            raise
+        except BaseException as exc:
+            raise PluginError(f"{self.label}: {what} failed ({_raised(exc)})") from None
+
+    def validate(self, given: dict[str, Any]) -> Settings:
+        """The family's typed settings from a recipe's keys. Raises pydantic's
+        ValidationError for bad values, PluginError for a plugin settings class that fails
+        otherwise."""
+        return self.run(
+            "its settings", self.settings.model_validate, given, passes=(ValidationError,)
+        )
+
+    def divisor(self, settings: Any, image_size: int) -> int:
+        """px every input side must be a multiple of, from `size_divisor`. Raises
+        PluginError when it is not a whole number >= 1."""
+        value = self.run("its size_divisor", self.size_divisor, settings, image_size)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PluginError(
+                f"{self.label}: size_divisor returned {excerpt(value)} for {image_size} px; "
+                "it must return a whole number of px, 1 or more"
+            )
+        return value
 
 
 @dataclass(frozen=True)
 class Provider:
     """The distribution a family came from: (`gan-dist`, its version) for built-ins, an
-    installed package's name and version, or (None, None) for a module on the path only."""
+    installed package's name and version, or (None, None) for a module on the path only.
+    Read back from a model file, both are a stranger's text until `valid` says otherwise."""
 
     package: str | None
     version: str | None
 
+    @property
+    def valid(self) -> bool:
+        """A PEP 508 distribution name and a PEP 440 version (or none): text that can be
+        shown inside a command without quoting tricks."""
+        from packaging.utils import InvalidName, canonicalize_name
+        from packaging.version import InvalidVersion, Version
+
+        if self.package is None:
+            return self.version is None
+        if not isinstance(self.package, str) or not isinstance(self.version, str | None):
+            return False
+        try:
+            canonicalize_name(self.package, validate=True)
+            if self.version is not None:
+                Version(self.version)
+        except (InvalidName, InvalidVersion):
+            return False
+        return True
+
+    def __str__(self) -> str:
+        """`package version`, the package alone, or `a module`; an invalid record is not
+        echoed (it is a stranger's text)."""
+        if self.package is None and self.version is None:
+            return "a module"
+        if not self.valid:
+            return "a package whose recorded name or version is invalid"
+        return f"{self.package} {self.version}" if self.version else str(self.package)
+
     def install_hint(self) -> str:
+        """What to do to have the family: a pip command only for a valid name and version
+        (a model file could otherwise print any shell command for the user to paste)."""
+        if not self.valid:
+            return (
+                "the model file names an invalid package (not a PEP 508 name with a PEP 440 "
+                "version): it may have been altered; get the model from its source again"
+            )
         if self.package is None:
             return "put its module on PYTHONPATH"
-        return f"pip install '{self.package}=={self.version}'"
+        if self.version is None:
+            return f"pip install '{self.package}'"
+        from packaging.version import Version
+
+        return f"pip install '{self.package}=={Version(self.version)}'"
 
 
 @dataclass
 class Registry:
+    """The families of one kind, by name: built-in ones, then installed entry points."""
+
     kind: str
     builtins: dict[str, Family] = field(default_factory=dict)
 
-    def get(self, name: str) -> Family:
-        """The family a recipe's name stands for. Raises UnknownFamily (a GanDistError)
-        naming what is available and the closest names."""
-        if name in self.builtins:
-            return self.builtins[name]
+    def get(self, name: str, saved: bool = False) -> Family:
+        """The family a name stands for, with its `label` set. `saved`: the name was read
+        from a file gan-dist wrote (a model's spec.json, a checkpoint's recipe), which anyone
+        may have altered: it may name only a built-in family, an installed entry point, or
+        an installed entry point's own `module:attribute`; any other module reference is
+        refused without importing it.
+
+        Raises UnknownFamily (a GanDistError) naming what is available and the closest
+        names, naming both packages when two installed ones declare the name, and naming
+        the entry point when importing it fails in any way (sys.exit included)."""
         points = _entry_points(KINDS[self.kind])
+        if name in self.builtins:
+            if name in points:
+                _warn_shadowed(self.kind, name, points[name])
+            return dataclasses.replace(
+                self.builtins[name], label=f"{self.kind} '{name}' (built in)"
+            )
         if name in points:
-            where = f"entry point {name} = {points[name].value}"
-            return _checked(_imported(points[name].load, where), where)
+            if len(points[name]) > 1:
+                raise UnknownFamily(self._ambiguous(name, points[name]))
+            [point] = points[name]
+            where = f"entry point {name} = {point.value} of {_dist(point)}"
+            return self._plugin(point.load, where, f"{self.kind} '{name}' ({_dist(point)})")
         if ":" in name:
-            return _checked(_imported(lambda: _resolve(name), f"'{name}'"), f"'{name}'")
+            quoted = shown(name)
+            declared = [p for found in points.values() for p in found if p.value == name]
+            if saved and not declared:
+                raise UnknownFamily(
+                    f"{quoted} is a module reference, and a model file may name only built-in "
+                    f"or installed {self.kind}s (a file can be altered; gan-dist imports no "
+                    "module it names): install the package that provides it with a "
+                    f"gan_dist.{self.kind}s entry point (README: Plugins)"
+                )
+            provider = self.provider(name)
+            label = f"{self.kind} {quoted} ({provider})"
+            return self._plugin(lambda: _resolve(name), quoted, label)
         raise UnknownFamily(self.unknown(name))
+
+    def _plugin(self, load: Callable[[], Any], where: str, label: str) -> Family:
+        found = _imported(load, where)
+        if not isinstance(found, Family):
+            kind = type(found).__name__
+            raise UnknownFamily(f"{where} is {_a(kind)} {kind}, not a gan_dist Family")
+        settings = found.settings
+        if not (isinstance(settings, type) and issubclass(settings, BaseModel)):
+            raise UnknownFamily(f"{where}: its settings is not a pydantic model class")
+        if not (callable(found.build) or isinstance(found.build, str)):
+            raise UnknownFamily(f"{where}: its build is not callable")
+        return dataclasses.replace(found, label=label, plugin=True)
+
+    def _ambiguous(self, name: str, points: list[metadata.EntryPoint]) -> str:
+        both = " and ".join(f"{_dist(p)} ({p.value})" for p in points)
+        return (
+            f"'{name}': two installed packages declare {_a(self.kind)} {self.kind} of this "
+            f"name, {both}; uninstall one, or name the one you mean by its reference, e.g. "
+            f"'{points[0].value}'"
+        )
 
     def names(self) -> list[str]:
         """Built-in and installed names, sorted."""
         return sorted({*self.builtins, *_entry_points(KINDS[self.kind])})
 
     def provider(self, name: str) -> Provider:
+        """Which distribution provides `name` here (for a model to record)."""
         if name in self.builtins:
             from gan_dist import __version__
 
             return Provider("gan-dist", __version__)
-        point = _entry_points(KINDS[self.kind]).get(name)
-        if point is not None and point.dist is not None:
-            return Provider(point.dist.name, point.dist.version)
+        found = _entry_points(KINDS[self.kind]).get(name, [])
+        if len(found) == 1 and found[0].dist is not None:
+            return Provider(found[0].dist.name, found[0].dist.version)
         top = name.split(":")[0].split(".")[0]
         packages = metadata.packages_distributions().get(top, [])
         if packages:
@@ -132,8 +272,8 @@ class Registry:
         close = difflib.get_close_matches(name, names, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return (
-            f"'{name}' is not {_a(self.kind)} {self.kind}{hint} (available: {', '.join(names)}; "
-            "or a package.module:name reference)"
+            f"{shown(name)} is not {_a(self.kind)} {self.kind}{hint} (available: "
+            f"{', '.join(names)}; or a package.module:name reference)"
         )
 
 
@@ -141,20 +281,59 @@ class UnknownFamily(GanDistError):
     """A recipe or model names a family that is neither built in nor installed."""
 
 
+class PluginError(GanDistError):
+    """A plugin family broke its contract (a builder that raises or returns the wrong
+    thing, a size_divisor of 0, a net too large to allocate) or tried to end the process."""
+
+    exit_code = 2
+
+
 def _imported(load: Callable[[], Any], where: str) -> Any:
-    """A plugin's object; any error importing it (a missing module, a module that raises,
-    a malformed reference) is an UnknownFamily naming it, never a traceback."""
+    """A plugin's object; anything importing it raises (a missing module, a module that
+    raises, a malformed reference, sys.exit) is an UnknownFamily naming it, never a
+    traceback and never the end of the process. Ctrl-C stays Ctrl-C."""
     try:
         return load()
-    except Exception as exc:
-        raise UnknownFamily(f"{where}: cannot import it ({type(exc).__name__}: {exc})") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        raise UnknownFamily(f"{where}: cannot import it ({_raised(exc)})") from None
 
 
-def _checked(found: Any, where: str) -> Family:
-    if not isinstance(found, Family):
-        kind = type(found).__name__
-        raise UnknownFamily(f"{where} is {_a(kind)} {kind}, not a gan_dist Family")
-    return found
+def _raised(exc: BaseException) -> str:
+    """What plugin code did, in one line: `called sys.exit(0)` or `TypeError: ...`."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({excerpt(exc.code, 40)})"
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else ""
+    first = first if first.isprintable() else repr(first)[1:-1]
+    return type(exc).__name__ + (f": {first[:200]}" if first else "")
+
+
+def shown(name: str) -> str:
+    """A name in quotes as given, or as an escaped excerpt when it holds control
+    characters or is long (a model file's text must not write over the terminal)."""
+    if name.isprintable() and len(name) <= 100:
+        return f"'{name}'"
+    return excerpt(name, 100)
+
+
+def _dist(point: metadata.EntryPoint) -> str:
+    dist = point.dist
+    return f"{dist.name} {dist.version}" if dist is not None else "an unknown package"
+
+
+@cache
+def _warn_shadowed(kind: str, name: str, points: tuple[metadata.EntryPoint, ...]) -> None:
+    """Once per process: an installed package declares a built-in name, which wins."""
+    theirs = ", ".join(f"{_dist(p)} ({p.value})" for p in points)
+    log.warning(
+        "%s '%s': the built-in family is used; %s also declares one of this name: name it by "
+        "its reference to use it",
+        kind,
+        name,
+        theirs,
+    )
 
 
 def _a(word: str) -> str:
@@ -173,8 +352,14 @@ def _resolve(reference: str) -> Any:
 
 
 @cache
-def _entry_points(group: str) -> dict[str, metadata.EntryPoint]:
-    return {point.name: point for point in metadata.entry_points(group=group)}
+def _entry_points(group: str) -> dict[str, tuple[metadata.EntryPoint, ...]]:
+    """Installed entry points of a group by name; a name several distributions declare
+    keeps them all (the same distribution seen twice on the path counts once)."""
+    found: dict[str, dict[tuple[str, str], metadata.EntryPoint]] = {}
+    for point in metadata.entry_points(group=group):
+        owner = point.dist.name if point.dist is not None else ""
+        found.setdefault(point.name, {}).setdefault((owner.lower(), point.value), point)
+    return {name: tuple(points.values()) for name, points in found.items()}
 
 
 def installed_version(package: str | None) -> str | None:
@@ -197,10 +382,12 @@ def registry(kind: str) -> Registry:
 __all__ = [
     "KINDS",
     "Family",
+    "PluginError",
     "Provider",
     "Registry",
     "Settings",
     "UnknownFamily",
     "installed_version",
     "registry",
+    "shown",
 ]

@@ -27,9 +27,9 @@ class RepairNet(nn.Module):
     ) -> None:
         super().__init__()
         self.body, self.composite, self.prefill, self.noise = body, composite, prefill, noise
-        if prefill != "none":
+        last = [m for m in body.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        if prefill != "none" and last:
             # The correction starts at zero, so an untrained net returns the classical fill.
-            last = [m for m in body.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
             nn.init.zeros_(last[-1].weight)
             if last[-1].bias is not None:
                 nn.init.zeros_(last[-1].bias)
@@ -66,26 +66,34 @@ class RepairNet(nn.Module):
         return out
 
 
-def build_generator(model: ModelConfig, channels: int, image_size: int) -> RepairNet:
-    """The recipe's generator family (`registry.py`), wrapped in RepairNet. Raises
-    UnknownFamily when its family is neither built in nor installed."""
+def build_generator(
+    model: ModelConfig, channels: int, image_size: int, copies: int = 1
+) -> RepairNet:
+    """The recipe's generator family (`registry.py`), wrapped in RepairNet. `copies`: how
+    many times its weights' size the caller will hold (1 to repair; training holds
+    gradients, two Adam moments and the EMA too), checked against free memory before the
+    net is allocated (see `contract.built`). Raises UnknownFamily when its family is
+    neither built in nor installed, PluginError when a plugin's net breaks its contract
+    or would not fit."""
+    from gan_dist.nets.contract import built
     from gan_dist.registry import registry
 
     family = registry("generator").get(model.generator.name)
-    body = family.builder()(
-        model.generator.settings,
-        in_channels=channels + 1 + model.noise,
-        out_channels=channels,
-        image_size=image_size,
-    )
+    dims = {"in_channels": channels + 1 + model.noise, "out_channels": channels}
+    body = built(family, "generator", model.generator.settings, dims, image_size, copies)
     return RepairNet(body, model.composite, model.prefill, model.noise)
 
 
-def build_discriminator(cfg: DiscriminatorConfig, channels: int, image_size: int) -> nn.Module:
-    """Conditional: it sees damaged image, mask and candidate (2C + 1 channels)."""
+def build_discriminator(
+    cfg: DiscriminatorConfig, channels: int, image_size: int, copies: int = 1
+) -> nn.Module:
+    """Conditional: it sees damaged image, mask and candidate (2C + 1 channels). `copies`
+    and errors as `build_generator`."""
+    from gan_dist.nets.contract import built
     from gan_dist.nets.layers import apply_spectral_norm
     from gan_dist.registry import registry
 
-    build = registry("discriminator").get(cfg.name).builder()
-    net = build(cfg.settings, in_channels=2 * channels + 1, image_size=image_size)
+    family = registry("discriminator").get(cfg.name)
+    dims = {"in_channels": 2 * channels + 1}
+    net = built(family, "discriminator", cfg.settings, dims, image_size, copies)
     return apply_spectral_norm(net) if cfg.spectral_norm else net

@@ -46,6 +46,7 @@ from gan_dist.objectives import (
 from gan_dist.pixels import to_uint8
 from gan_dist.precision import effective_precision
 from gan_dist.recipe import OptimizerConfig, Recipe, recipe_to_yaml
+from gan_dist.registry import PluginError
 from gan_dist.track import Tracker
 from gan_dist.train import checkpoint
 from gan_dist.train import status as run_status
@@ -100,6 +101,14 @@ def _no_region(name: str) -> contextlib.nullcontext:
     return contextlib.nullcontext()
 
 
+def _caller(exc: BaseException) -> str:
+    """Where an exception was raised: the innermost frame's file and line."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "code"
+
+
 def _say(text: str) -> None:
     if os.environ.get("RANK", "0") == "0":
         print(text, flush=True)
@@ -143,6 +152,14 @@ def train(
         except Exception as exc:
             run.failed(exc)
             raise
+        except SystemExit as exc:  # code in a net or loss (a plugin's) must not end a run as done
+            error = PluginError(
+                f"{_caller(exc)} called sys.exit({exc.code!r}) during training at step "
+                f"{run.step}; nothing after the last checkpoint ({run.last_ckpt or 'none'}) "
+                "was saved"
+            )
+            run.failed(error)
+            raise error from None
 
 
 class _Run:
@@ -211,8 +228,11 @@ class _Run:
 
         # nets: identical initial weights on every rank, then per-rank randomness
         set_seed(recipe.seed)
-        G = build_generator(recipe.model, data.channels, data.image_size)
-        D = build_discriminator(recipe.model.discriminator, data.channels, data.image_size)
+        # the memory held: weights, gradients, two Adam moments (and the generator's EMA)
+        G = build_generator(recipe.model, data.channels, data.image_size, copies=5)
+        D = build_discriminator(
+            recipe.model.discriminator, data.channels, data.image_size, copies=4
+        )
         if cfg.channels_last:
             G = G.to(memory_format=torch.channels_last)
             D = D.to(memory_format=torch.channels_last)
