@@ -77,3 +77,46 @@ def test_ms_ssim_is_left_out_where_it_would_only_repeat_ssim():
         img = _grain(0, side)
         m = repair_metrics(img, img, torch.zeros(4, 1, side, side))
         assert bool(torch.isnan(m["ms_ssim"]).all()) != defined, side
+
+
+def _score(repair: torch.Tensor, original: torch.Tensor, mask: torch.Tensor) -> float:
+    swd = HoleSWD(per_image=64, seed=0)
+    swd.add(repair, original, mask)
+    return swd.compute()["swd"]
+
+
+@pytest.mark.parametrize("grey", [0.0, 0.5, 1.0])
+def test_a_near_exact_fill_of_a_flat_region_scores_near_zero(grey):
+    """Flat originals (a grey card, a black surround, a white sky) were divided by their
+    own spread, floored at 1e-8: the diffusion prefill of a flat hole, exact but for float
+    rounding, scored 1,100 while a smudge in texture scored 420, and validation, eval and
+    promotion ranked by it (issue 24). A fill off by whole levels still counts."""
+    from gan_dist.nets.prefill import fill_holes
+
+    original = torch.full((4, 3, 64, 64), grey)
+    mask = torch.zeros(4, 1, 64, 64)
+    mask[..., 16:48, 16:48] = 1
+    damaged = original * (1 - mask)
+    prefill = (fill_holes(damaged * 2 - 1, 1 - mask, "biharmonic") + 1) / 2  # [-1, 1] nets
+    assert (prefill - original).abs().max() < 1e-4  # exact but for float rounding
+    rounding = 1e-6 * torch.randn(original.shape, generator=torch.Generator().manual_seed(0))
+    near = prefill + rounding * mask  # a net's fill of it, off in the 6th decimal
+    smudged = _grain(1) * (1 - mask) + 0.5 * mask
+    smudge = _score(smudged, _grain(1), mask)
+    assert _score(prefill, original, mask) < 1 and _score(near, original, mask) < 1
+    assert 1 < 0.05 * smudge
+    a_level_off = original * (1 - mask) + (original + (1 if grey < 1 else -1) / 255) * mask
+    assert 1 < _score(a_level_off, original, mask) < smudge
+
+
+def test_the_floor_leaves_textured_scores_as_they_were():
+    """Grain spreads far more than one level: the floor does not touch its scale."""
+    original, other = _grain(1), _grain(2)
+    mask = torch.zeros(4, 1, 64, 64)
+    mask[..., 16:48, 16:48] = 1
+    repair = original * (1 - mask) + other * mask
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(300, 3, 49, generator=g), torch.rand(300, 3, 49, generator=g) * 0.5
+    unfloored = sliced_wasserstein(a, b, torch.Generator().manual_seed(1), floor=1e-8)
+    assert sliced_wasserstein(a, b, torch.Generator().manual_seed(1)) == unfloored
+    assert _score(repair, original, mask) > 0

@@ -20,6 +20,7 @@ PATCH = 7
 LEVELS = 3  # 128 px images: 128, 64, 32 px levels
 RING = 4  # px around the hole whose patches count as the repair's surroundings
 PROJECTIONS = 512
+LEVEL = 1 / 255  # one 8-bit level of [0, 1] images: the least spread a descriptor is scaled by
 
 
 def laplacian_pyramid(images: torch.Tensor, levels: int = LEVELS) -> list[torch.Tensor]:
@@ -62,18 +63,25 @@ def hole_patches(
 
 
 def sliced_wasserstein(
-    a: torch.Tensor, b: torch.Tensor, generator: torch.Generator, projections: int = PROJECTIONS
+    a: torch.Tensor,
+    b: torch.Tensor,
+    generator: torch.Generator,
+    projections: int = PROJECTIONS,
+    floor: float = LEVEL,
 ) -> float:
     """SWD between descriptor sets a (N, C, P) and b (M, C, P), 0 for identical sets in any
     order; unequal sizes are compared at their common quantiles. Both are normalised per
     channel by the statistics of the two together: the paper normalises each set on its
     own, which would stretch a flat repair's faint detail up to the original's contrast and
-    hide exactly the texture loss this measures. Raises ValueError for an empty set."""
+    hide exactly the texture loss this measures. The spread is floored at `floor` (one 8-bit
+    level of [0, 1] images, as the texture loss floors its scale): a flat region has almost
+    none, and dividing by it would blow a sub-level difference up to a score far above that
+    of a smudged texture. Raises ValueError for an empty set."""
     if len(a) == 0 or len(b) == 0:
         raise ValueError("sliced_wasserstein: an empty patch set")
     both = torch.cat([a, b]).double()
     mean = both.mean(dim=(0, 2), keepdim=True)
-    std = both.std(dim=(0, 2), keepdim=True).clamp_min(1e-8)
+    std = both.std(dim=(0, 2), keepdim=True).clamp_min(floor)
     a, b = ((x.double() - mean) / std for x in (a, b))
     a, b = a.flatten(1), b.flatten(1)
     dirs = torch.randn(a.shape[1], projections, generator=generator, dtype=torch.float64)
