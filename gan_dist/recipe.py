@@ -814,7 +814,29 @@ def load_recipe(source: str | Path, overrides: list[str] | None = None) -> Recip
         raise RecipeError([f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}"])
     raw = apply_overrides(raw, overrides or [])
     _switch_families(raw, {tuple(parse_override(text)[0]) for text in overrides or []})
-    return validate_recipe(raw, source=str(path))
+    shipped = not Path(
+        str(source)
+    ).is_file()  # a built-in recipe's name: its own file is not the user's
+    label = f"the built-in recipe {source}" if shipped else str(path)
+    try:
+        return validate_recipe(raw, source=label)
+    except RecipeError as exc:
+        raise RecipeError(_blame_overrides(exc.problems, overrides or []), exc.source) from None
+
+
+def _blame_overrides(problems: list[str], overrides: list[str]) -> list[str]:
+    """Each `dotted.path: message` at or under a path a --set gave ends by naming that
+    --set: the typo is on the command line, not in the recipe file."""
+    out = []
+    for problem in problems:
+        where = problem.split(": ", 1)[0]
+        given = [
+            text
+            for text in overrides
+            if (key := text.partition("=")[0].strip()) == where or where.startswith(key + ".")
+        ]
+        out.append(f"{problem} (from --set {given[-1]})" if given else problem)
+    return out
 
 
 def _switch_families(raw: dict[str, Any], overridden: set[tuple[str, ...]]) -> None:

@@ -71,11 +71,28 @@ def shard_urls(spec: str, split: str = "train", allow_shell: bool = False) -> li
         )
     local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
     missing = [u for u in local if not Path(u).is_file()]
+    if missing and urls == [spec]:  # one name, not a pattern: a folder or a file not there
+        what = "shard file" if spec.endswith(".tar") else "folder of packed shards"
+        raise GanDistError(
+            f"{spec}: no such {what}{_near(path)}; pack images into one with "
+            f"`gan-dist data pack IMAGES {spec}`"
+        )
     if missing:
         raise GanDistError(
-            f"{len(missing)} of {len(urls)} shards in {spec!r} do not exist (first: {missing[0]})"
+            f"{spec}: {len(missing)} of the {len(urls)} shards it names do not exist "
+            f"(first: {missing[0]})"
         )
     return urls
+
+
+def _near(path: Path) -> str:
+    """`(did you mean 'x'?)` for a sibling whose name is close to a missing path's."""
+    import difflib
+
+    parent = path.parent if path.parent.is_dir() else None
+    names = [p.name for p in parent.iterdir()] if parent is not None else []
+    close = difflib.get_close_matches(path.name, names, n=1)
+    return f" (did you mean {str(path.with_name(close[0]))!r}?)" if close else ""
 
 
 def check_shards(
@@ -93,7 +110,10 @@ def check_shards(
         manifest = read_manifest(path)
         found = (manifest["channels"], manifest["image_size"])
     else:
-        urls = shard_urls(spec, split, allow_shell)
+        try:
+            urls = shard_urls(spec, split, allow_shell)
+        except GanDistError as exc:
+            raise GanDistError(f"{field}: {exc}") from None
         local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
         if not local:
             return

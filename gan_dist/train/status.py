@@ -59,9 +59,17 @@ def read(run_dir: Path) -> dict | None:
         return None
 
 
-def write_if_free(run_dir: Path, status: str, step: int, checkpoint: Path | None) -> bool:
-    """For a process stopped before it took the run dir's lock (a signal during start-up):
-    write the status only if no other trainer holds the run dir. Returns whether it did."""
+def write_if_free(
+    run_dir: Path,
+    status: str,
+    step: int,
+    checkpoint: Path | None,
+    error: str | None = None,
+    cause: str | None = None,
+) -> bool:
+    """For a process stopped or failed before it took the run dir's lock (a signal during
+    start-up, data that is not there): write the status only if no other trainer holds the
+    run dir. Returns whether it did."""
     from gan_dist.train.runlock import RunDirBusy, RunLock
 
     if checkpoint is None:  # the newest complete checkpoint, without reading it
@@ -73,7 +81,7 @@ def write_if_free(run_dir: Path, status: str, step: int, checkpoint: Path | None
     except RunDirBusy:
         return False
     try:
-        write(run_dir, status, step, checkpoint)
+        write(run_dir, status, step, checkpoint, error, cause)
     finally:
         lock.release()
     return True

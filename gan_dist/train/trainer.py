@@ -208,12 +208,7 @@ class _Run:
             ],
         )
         rank, world = accelerator.process_index, accelerator.num_processes
-        launch = recipe.launch
-        wait = launch.rank_timeout_s / 2 if launch.lock_wait_s is None else launch.lock_wait_s
-        self.lock = _lock_run_dir(run_dir, accelerator, wait)
-        if cfg.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
+        # the data first: a wrong path must not leave a run folder behind
         check_shards(
             data.train, data.channels, data.image_size, "data.train", "train", data.allow_shell
         )
@@ -223,6 +218,12 @@ class _Run:
             check_shards(
                 self.val, data.channels, data.image_size, "data.val", "val", data.allow_shell
             )
+        launch = recipe.launch
+        wait = launch.rank_timeout_s / 2 if launch.lock_wait_s is None else launch.lock_wait_s
+        self.lock = _lock_run_dir(run_dir, accelerator, wait)
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
         ckpt = checkpoint.resolve(run_dir, resume)
         self.last_ckpt, self.step = (ckpt.path, ckpt.step) if ckpt else (None, 0)
 
@@ -571,7 +572,13 @@ class _Run:
         user = isinstance(exc, GanDistError)
         if not user:  # a crash (often another rank's death seen in a collective): its kind
             first = f"{type(exc).__name__}: {first}"
-        self._write_status("failed", error=first, cause="user" if user else "crash")
+        cause = "user" if user else "crash"
+        if self.lock is None and self.main and self.run_dir.is_dir():
+            # failed before taking the run dir (its data is not there): a launcher that made
+            # the folder reads the outcome from it; a plain `train` made no folder to leave
+            with contextlib.suppress(OSError):
+                run_status.write_if_free(self.run_dir, "failed", self.step, None, first, cause)
+        self._write_status("failed", error=first, cause=cause)
 
     def _write_status(
         self, status: str, error: str | None = None, cause: str | None = None

@@ -1,0 +1,49 @@
+"""A newcomer's first hour with their own photos (issue 24, findings 15 and 20): what they
+type wrong is named where they typed it, and a start that fails leaves nothing behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_cli
+from gan_dist.errors import RecipeError
+from gan_dist.recipe import load_recipe
+
+
+def test_a_set_typo_is_blamed_on_the_set_not_on_the_installed_recipe_file():
+    with pytest.raises(RecipeError) as caught:
+        load_recipe("quickstart", ["data.bach_size=3", "model.generator.base_channels=-1"])
+    assert caught.value.source == "the built-in recipe quickstart"  # not /site-packages/...
+    problems = caught.value.problems
+    assert any(
+        p.startswith("data.bach_size: unknown key") and p.endswith("(from --set data.bach_size=3)")
+        for p in problems
+    ), problems
+    assert any(p.endswith("(from --set model.generator.base_channels=-1)") for p in problems)
+
+
+def test_a_problem_in_the_file_itself_names_the_file(tmp_path):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("name: mine\ndata: {train: shards, bach_size: 3}\n")
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(str(recipe), ["data.workers=0"])
+    assert caught.value.source == str(recipe)
+    assert all("from --set" not in p for p in caught.value.problems), caught.value.problems
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("shards/photoz", "shards/photoz: no such folder of packed shards (did you mean "
+         "'shards/photos'?); pack images into one with `gan-dist data pack IMAGES shards/photoz`"),
+        ("shards/one.tar", "shards/one.tar: no such shard file"),
+        ("shards/p-{000..003}.tar", "4 of the 4 shards it names do not exist"),
+    ],
+)  # fmt: skip
+def test_a_wrong_data_path_is_named_and_leaves_no_run_folder(given, said, tmp_path):
+    (tmp_path / "shards" / "photos").mkdir(parents=True)
+    result = run_cli("train", "quickstart", "--set", f"data.train={given}", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"error: data.train: {given}" in result.stderr and said in result.stderr, result.stderr
+    assert not (tmp_path / "runs").exists()  # "1 of 1 shards ... do not exist", and runs/quickstart
