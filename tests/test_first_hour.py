@@ -47,3 +47,32 @@ def test_a_wrong_data_path_is_named_and_leaves_no_run_folder(given, said, tmp_pa
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"error: data.train: {given}" in result.stderr and said in result.stderr, result.stderr
     assert not (tmp_path / "runs").exists()  # "1 of 1 shards ... do not exist", and runs/quickstart
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("uri", "said"),
+    [
+        ("models:/quickstart-repiar@champion",
+         "no registered model named 'quickstart-repiar' (did you mean 'quickstart-repair'?); "
+         "registered: "),
+        ("models:/quickstart-repair@champoin",
+         "quickstart-repair has no alias @champoin (did you mean @champion?); its aliases: "
+         "@champion -> "),
+        ("models:/quickstart-repair/999", "quickstart-repair has no version 999; its versions: "),
+        ("models:/quickstart-repair", "give a version or an alias: models:/quickstart-repair/"),
+    ],
+)  # fmt: skip
+def test_a_wrong_model_uri_lists_what_is_registered(demo, uri, said, tmp_path):
+    """It said only "Registered Model with name=... not found"."""
+    from gan_dist.errors import GanDistError
+    from gan_dist.models import initial_weights, load_model
+
+    assert demo[0].returncode == 0, demo[0].stderr
+    with pytest.raises(GanDistError) as caught:
+        load_model(uri)
+    assert said in str(caught.value), str(caught.value)
+    if "@" in uri:  # fine-tuning resolves aliases itself
+        with pytest.raises(GanDistError) as caught:
+            initial_weights(uri)
+        assert said in str(caught.value), str(caught.value)
