@@ -76,3 +76,43 @@ def test_a_wrong_model_uri_lists_what_is_registered(demo, uri, said, tmp_path):
         with pytest.raises(GanDistError) as caught:
             initial_weights(uri)
         assert said in str(caught.value), str(caught.value)
+
+
+def test_a_small_folder_holds_out_several_photos():
+    """5% of 26 photos was one photo: every grid sample and every validation score came
+    from crops of one leaf."""
+    from gan_dist.data.pack import _val_split
+
+    keys = [f"photo{i:02d}.jpg" for i in range(26)]
+    assert len(_val_split(keys, 0.05, 0)) == 4
+    assert len(_val_split([f"p{i}" for i in range(200)], 0.05, 0)) == 10  # the fraction rules
+    assert len(_val_split(keys[:10], 0.05, 0)) == 2  # a fifth of a small folder
+    assert len(_val_split(keys[:3], 0.05, 0)) == 1
+    assert len(_val_split(keys, 0.0, 0)) == 0  # none asked, none held out
+
+
+def test_the_repair_grid_shows_several_held_out_photos(tmp_path):
+    """The grid took the first samples of the val split, which a pack writes photo by
+    photo: eight crops of one image."""
+    import numpy as np
+    from PIL import Image
+
+    from gan_dist.data.pack import pack_folder
+    from gan_dist.train.trainer import _fixed_samples
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(26):  # each photo one colour of its own, so a crop names its photo
+        Image.fromarray(np.full((64, 64, 3), (i * 9, 255 - i * 9, 40), np.uint8)).save(
+            photos / f"p{i:02d}.png"
+        )
+    from conftest import options
+
+    pack_folder(photos, tmp_path / "shards", options(size=32, crops_per_image=4, val_fraction=0.05))
+    recipe = load_recipe(
+        "quickstart",
+        [f"data.train={tmp_path / 'shards'}", "data.image_size=32", "tracking.sample_count=8"],
+    )
+    samples = _fixed_samples(recipe, str(tmp_path / "shards"))
+    colours = {tuple(c[:, 0, 0].tolist()) for c in samples["clean"]}
+    assert len(samples["clean"]) == 8 and len(colours) >= 3, colours

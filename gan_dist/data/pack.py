@@ -525,6 +525,9 @@ def codec_for(asked: str, depth: int) -> str:
     return asked
 
 
+MIN_VAL_SOURCES = 4  # source images held out at least, where there are 20 or more
+
+
 def _val_split(keys: list[str], fraction: float, seed: int) -> set[str]:
     """Split by source image (all crops of one image land in one split, so validation never
     sees training pixels), by a seeded hash so adding images leaves others where they were."""
@@ -535,8 +538,10 @@ def _val_split(keys: list[str], fraction: float, seed: int) -> set[str]:
         keys,
         key=lambda k: hashlib.blake2b(f"{seed}:{k}".encode("utf-8", "surrogateescape")).digest(),
     )
-    count = min(len(keys) - 1, max(1, round(fraction * len(keys))))
-    return set(ranked[:count])
+    # a small folder still holds out a few images (a fifth at most), so that validation and
+    # the repair grid are not crops of one photo
+    count = max(round(fraction * len(keys)), min(MIN_VAL_SOURCES, len(keys) // 5), 1)
+    return set(ranked[: min(len(keys) - 1, count)])
 
 
 class _ShardSink:

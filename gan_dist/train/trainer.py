@@ -878,15 +878,20 @@ def _rates(images_per_s: float, sched_g, sched_d) -> dict[str, float]:
     return out
 
 
+GRID_POOL = 8  # the grid's samples are spread over this many times as many held-out ones
+
+
 def _fixed_samples(recipe: Recipe, val: str | None) -> dict[str, torch.Tensor] | None:
     """The same held-out samples every time, so the grids over steps show one repair
-    improving. Validation samples when there are any, else the first training samples."""
-    data = recipe.data
+    improving. Validation samples when there are any, else the first training samples,
+    evenly spaced over the first GRID_POOL x tracking.sample_count: a pack writes an
+    image's crops one after another, so the first few would all be crops of one photo."""
+    data, count = recipe.data, recipe.tracking.sample_count
     split = "val" if val else "train"
     stream = make_stream(
         val or data.train,
         StreamConfig(
-            recipe.tracking.sample_count,
+            GRID_POOL * count,
             data.channels,
             train=False,
             workers=0,
@@ -895,7 +900,12 @@ def _fixed_samples(recipe: Recipe, val: str | None) -> dict[str, torch.Tensor] |
         split=split,
     )
     with torch.random.fork_rng(devices=[]):  # a DataLoader draws its seed: keep resume exact
-        return next(iter(stream), None)
+        pool = next(iter(stream), None)
+    if pool is None:
+        return None
+    size = len(pool["clean"])
+    picks = torch.linspace(0, size - 1, min(count, size)).round().long()
+    return {k: v[picks] for k, v in pool.items() if isinstance(v, torch.Tensor) and len(v) == size}
 
 
 @torch.no_grad()
