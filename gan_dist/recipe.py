@@ -275,7 +275,12 @@ class DataConfig(Section):
         description="px; the nets' smallest input is 32 px",
     )
     batch_size: PositiveInt = Field(16, le=65536, description="per device")
-    workers: NonNegativeInt = Field(4, le=256)
+    workers: NonNegativeInt = Field(
+        default_factory=lambda: default_workers(),
+        le=256,
+        description="data worker processes per rank; unset: up to 4, leaving this process a "
+        "core of its own (1 on a 2-core machine)",
+    )
     shuffle_buffer: NonNegativeInt = 1000
     stall_timeout_s: PositiveFloat = Field(
         60.0,
@@ -332,6 +337,15 @@ class DataConfig(Section):
         """The pipe: commands this recipe runs (empty unless data.allow_shell)."""
         specs = [v for v in (self.train, self.val) if v and "pipe:" in v]
         return [spec[spec.index("pipe:") + 5 :] for spec in specs] if self.allow_shell else []
+
+
+def default_workers() -> int:
+    """Data workers when a recipe sets none: up to 4, one core fewer than this process may
+    use (torch warns, and the loop waits, when workers outnumber the cores)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(4, (cores or 1) - 1))
 
 
 SAVED = {"saved": True}  # validation context for recipes and specs that gan-dist wrote

@@ -116,3 +116,13 @@ def test_the_repair_grid_shows_several_held_out_photos(tmp_path):
     samples = _fixed_samples(recipe, str(tmp_path / "shards"))
     colours = {tuple(c[:, 0, 0].tolist()) for c in samples["clean"]}
     assert len(samples["clean"]) == 8 and len(colours) >= 3, colours
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(1, 0), (2, 1), (3, 2), (16, 4)])
+def test_a_recipe_without_workers_takes_what_the_machine_has(cores, workers, tmp_path, monkeypatch):
+    """4 workers on 2 cores: two torch warnings, and a main process with no core."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("name: mine\ndata: {train: shards}\n")
+    assert load_recipe(str(recipe)).data.workers == workers
+    assert load_recipe(str(recipe), ["data.workers=3"]).data.workers == 3
