@@ -126,3 +126,67 @@ def test_a_recipe_without_workers_takes_what_the_machine_has(cores, workers, tmp
     recipe.write_text("name: mine\ndata: {train: shards}\n")
     assert load_recipe(str(recipe)).data.workers == workers
     assert load_recipe(str(recipe), ["data.workers=3"]).data.workers == 3
+
+
+def test_the_time_left_honours_the_time_budget(monkeypatch):
+    """`eta 24m28s` under an 8-minute budget, `eta 9m18s` under the demo's 2."""
+    import time
+
+    from gan_dist.train.progress import Progress
+
+    now = time.monotonic()
+    bar = Progress(False, 0, 300, 8, deadline=now + 8 * 60)
+    bar.start_time -= 60  # a minute for the first 12 steps: 300 steps would take 25 min
+    assert 7 * 60 < bar.seconds_left(12) <= 8 * 60
+    bar.deadline = now + 3600  # the steps end first
+    assert 23 * 60 < bar.seconds_left(12) < 25 * 60
+    budget_only = Progress(False, 0, None, 8, deadline=now + 120)
+    assert 100 < budget_only.seconds_left(5) <= 120
+    assert Progress(False, 0, None, 8).seconds_left(5) == float("inf")
+
+
+@pytest.mark.integration
+def test_after_ctrl_c_the_last_thing_on_the_terminal_is_what_to_do(packed, tmp_path):
+    """The progress bar was drawn again after the "preempted ... run the same command"
+    line, on a terminal."""
+    import os
+    import pty
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import tiny
+
+    exe = [sys.executable, "-m", "gan_dist"]
+    main, child = pty.openpty()
+    settings = tiny(packed, 100000, **{"train.log_every": 1})
+    proc = subprocess.Popen(
+        [*exe, "train", "quickstart", *settings, "--run-dir", str(tmp_path / "run")],
+        stdin=child, stdout=child, stderr=child, env={**os.environ, "COLUMNS": "160"},
+    )  # fmt: skip
+    os.close(child)
+    seen, deadline, sent = b"", time.monotonic() + 180, False
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([main], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        if not sent and b"img/s" in seen:  # the bar is up and training
+            proc.send_signal(signal.SIGINT)
+            sent = True
+        if proc.poll() is not None and not ready:
+            break
+    proc.wait(timeout=60)
+    os.close(main)
+    text = seen.decode(errors="replace")
+    assert proc.returncode == 75, text[-2000:]
+    tail = text[text.rindex("preempted (") :]
+    assert "Run the same command to resume" in tail, tail
+    assert "img/s" not in tail and "train " not in tail.split("resume", 1)[1], tail

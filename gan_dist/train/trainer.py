@@ -359,6 +359,7 @@ class _Run:
         cfg, objective = recipe.train, recipe.objective
         first_step = self.step + 1
         deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
+        progress.deadline = deadline  # its time left is the sooner of steps and budget
         with tracker:
             try:
                 samples = self._begin(stop, first_step)
@@ -560,6 +561,8 @@ class _Run:
             with contextlib.suppress(OSError):
                 run_status.write_if_free(self.run_dir, "preempted", self.step, self.last_ckpt)
         self._write_status("preempted")
+        if hasattr(self, "progress"):  # the bar's last state above the last word, not after it
+            self.progress.close()
         say = self.progress.message if hasattr(self, "progress") else _say
         say(
             f"preempted ({signal_name}) at step {self.step}; checkpoint "
@@ -593,6 +596,8 @@ class _Run:
             log.warning("could not write %s: %s", self.run_dir / run_status.STATUS_FILE, exc)
 
     def close(self) -> None:
+        if hasattr(self, "progress"):  # before the command prints how the run ended
+            self.progress.close()
         if self.profiler is not None:
             self.profiler.close()
         if self.stream is not None:
