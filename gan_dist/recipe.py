@@ -560,7 +560,11 @@ class MetricWeightsConfig(Section):
 
 
 class TrainConfig(Section):
-    max_steps: PositiveInt = 10_000
+    max_steps: PositiveInt | None = Field(
+        10_000,
+        description="stop (with a checkpoint) at this step; null: only train.max_minutes stops "
+        "the run",
+    )
     max_minutes: PositiveFloat | None = Field(
         None, description="also stop (with a checkpoint) after this much training time"
     )
@@ -710,6 +714,17 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
+        train = self.train
+        if train.max_steps is None and train.max_minutes is None:
+            raise ValueError(
+                "train.max_steps: null trains until train.max_minutes, which is not set; set "
+                "one of them"
+            )
+        if train.max_steps is None and self.optim.schedule.kind != "constant":
+            raise ValueError(
+                f"optim.schedule.kind: {self.optim.schedule.kind} decays over train.max_steps, "
+                "which is null (a time budget only); use constant, or set train.max_steps"
+            )
         wgan = self.objective.critic
         if wgan and getattr(self.model.discriminator.settings, "norm", None) == "batch":
             raise ValueError(

@@ -190,3 +190,30 @@ def test_after_ctrl_c_the_last_thing_on_the_terminal_is_what_to_do(packed, tmp_p
     tail = text[text.rindex("preempted (") :]
     assert "Run the same command to resume" in tail, tail
     assert "img/s" not in tail and "train " not in tail.split("resume", 1)[1], tail
+
+
+def test_a_time_budget_alone_needs_no_step_count():
+    """`train.max_minutes=8` stopped at quickstart's 300 steps: the budget was capped by a
+    step count the user never chose."""
+    recipe = load_recipe("quickstart", ["train.max_steps=null", "train.max_minutes=8"])
+    assert recipe.train.max_steps is None
+    with pytest.raises(RecipeError, match="train.max_steps: null trains until train.max_minutes"):
+        load_recipe("quickstart", ["train.max_steps=null"])
+    with pytest.raises(RecipeError, match="optim.schedule.kind: cosine decays over"):
+        load_recipe(
+            "quickstart",
+            ["train.max_steps=null", "train.max_minutes=8", "optim.schedule.kind=cosine"],
+        )
+
+
+@pytest.mark.integration
+def test_training_on_a_time_budget_stops_on_time_with_a_checkpoint(packed, tmp_path):
+    from conftest import tiny
+
+    settings = tiny(packed, 1, **{"train.max_steps": "null", "train.max_minutes": 0.15})
+    result = run_cli("train", "quickstart", *settings, "--run-dir", str(tmp_path / "run"))
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "time budget of 0.15 min spent at step" in out, out
+    assert "eta" in out and "step 1 |" in out  # lines with no total: `step N | ...`
+    assert list((tmp_path / "run" / "checkpoints").iterdir())

@@ -367,7 +367,7 @@ class _Run:
                 return self.stopped(str(exc))
             region = self.profiler.region if self.profiler else _no_region
             self.waits = DataWait()
-            while self.step < cfg.max_steps:
+            while self.step < (cfg.max_steps or math.inf):
                 update_g = (self.step + 1) % objective.n_critic == 0
                 r1_due = self.step % objective.r1_every == 0
                 position = self.stream.position
@@ -432,7 +432,8 @@ class _Run:
         with stop.interruptible(grace_s=0):
             samples = _fixed_samples(recipe, self.val) if tracker.enabled else None
         if cfg.profile_steps:  # as many as this run has left after the skipped ones
-            left = cfg.max_steps - first_step + 1 - StepProfiler.WAIT - StepProfiler.WARMUP
+            total = cfg.max_steps or math.inf
+            left = total - first_step + 1 - StepProfiler.WAIT - StepProfiler.WARMUP
             if left > 0:
                 steps = min(cfg.profile_steps, left)
                 rank = self.accelerator.process_index
@@ -717,6 +718,8 @@ def _scheduler(opt: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_sch
     def factor(step: int) -> float:
         if step < sched.warmup_steps:
             return (step + 1) / sched.warmup_steps
+        if total is None:  # a time budget only: the recipe allows a constant schedule alone
+            return 1.0
         frac = (step - sched.warmup_steps) / max(1, total - sched.warmup_steps)
         if sched.kind == "linear":
             return max(0.0, 1.0 - frac)
