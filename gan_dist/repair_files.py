@@ -5,8 +5,11 @@ and the promise that nothing a user hands us is ever lost.
   output would land on an input image or a mask, inside the input or mask folder, or on
   another output is refused whole.
 - Masks match images by exact relative path and full stem (`day.jpg` takes `day.png`, never
-  `day.1.png`; `photo[1].jpg` takes `photo[1].png`: nothing in a name is a pattern). Two
-  masks that could belong to one image fail that image, naming both.
+  `day.1.png`; `photo[1].jpg` takes `photo[1].png`: nothing in a name is a pattern), or by
+  the stem and a mask suffix: `day_mask`, `day-mask`, LaMa's `day_mask000` (`_mask_candidates`).
+  Two masks that could belong to one image fail that image, naming both; an image without
+  one names the files looked for and the masks no image took. A mask folder may be the
+  image folder (LaMa's layout): the masks in it are then not repaired as images.
 - One binarisation rule (`read_mask`): white, above half the file's range, is a hole; a mask
   holding only the values 0 and 1 (a common export) is read with 1 as the hole, and the
   summary says so. A mask without a hole pixel has its own status (`no hole`); the image
@@ -20,7 +23,9 @@ and the promise that nothing a user hands us is ever lost.
 from __future__ import annotations
 
 import io
+import re
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
@@ -67,13 +72,15 @@ STATUSES = ("repaired", "failed", "skipped", "no hole")
 
 @dataclass
 class Job:
-    """One image to repair: where it comes from, where it goes, its mask, and a reason it
-    cannot be repaired found while planning (an ambiguous mask)."""
+    """One image to repair: where it comes from, where it goes, its mask, a reason it
+    cannot be repaired found while planning (an ambiguous mask), and, when a mask folder
+    held none for it, what was looked for (the reason an inpainting model fails it)."""
 
     image: Path
     target: Path
     mask: Path | None
     problem: str = ""
+    no_mask: str = ""
 
 
 @dataclass
@@ -116,34 +123,49 @@ def plan(
     mask_root = masks.resolve() if masks is not None else None
     if source.is_dir():
         images = sorted(p for p in source.rglob("*") if p.is_file() and _is_image(p))
+        if mask_root is not None and mask_root != source and mask_root.is_relative_to(source):
+            images = [p for p in images if not p.is_relative_to(mask_root)]  # masks, not images
         rels = [p.relative_to(source) for p in images]
-        targets = [out / _output_name(rel, output_format) for rel in rels]
     else:
         images, rels = [source], [Path(input_path.name)]  # a link's own name, as given
-        if out.is_dir() or as_folder:
-            targets = [out / _output_name(rels[0], output_format)]
-        else:
-            named = out.suffix.lower().lstrip(".").replace("tiff", "tif")
-            if output_format != "same" and named != output_format:
-                raise GanDistError(
-                    f"--format {output_format} but OUTPUT {output} ends in {out.suffix}; "
-                    "give one or the other"
-                )
-            if out.suffix.lower() not in WRITABLE:
-                raise GanDistError(
-                    f"OUTPUT {output}: cannot write {out.suffix or 'files without a suffix'}; "
-                    f"use one of {', '.join(sorted(WRITABLE))}"
-                )
-            targets = [out]
+    pairing = None
+    if mask_root is not None and mask_root.is_dir():
+        pairing = _MaskPairing(mask_root, images, rels)
+        kept = [i for i, image in enumerate(images) if not pairing.is_mask(image)]
+        images, rels = [images[i] for i in kept], [rels[i] for i in kept]
+    if source.is_dir():
+        targets = [out / _output_name(rel, output_format) for rel in rels]
+    elif out.is_dir() or as_folder:
+        targets = [out / _output_name(rels[0], output_format)]
+    else:
+        named = out.suffix.lower().lstrip(".").replace("tiff", "tif")
+        if output_format != "same" and named != output_format:
+            raise GanDistError(
+                f"--format {output_format} but OUTPUT {output} ends in {out.suffix}; "
+                "give one or the other"
+            )
+        if out.suffix.lower() not in WRITABLE:
+            raise GanDistError(
+                f"OUTPUT {output}: cannot write {out.suffix or 'files without a suffix'}; "
+                f"use one of {', '.join(sorted(WRITABLE))}"
+            )
+        targets = [out]
     _refuse_collisions(source, images, targets, mask_root)
     jobs = []
     for image, rel, target in zip(images, rels, targets, strict=True):
-        job = Job(image, target, None)
-        if mask_root is not None:
-            try:
-                job.mask = _mask_for(mask_root, rel)
-            except GanDistError as exc:
-                job.problem = str(exc)
+        job = Job(image, target, mask_root if pairing is None else None)
+        if pairing is not None:
+            found = pairing.masks(image)
+            if len(found) == 1:
+                job.mask = found[0]
+            elif found:
+                names = ", ".join(str(p) for p in found[:-1]) + f" and {found[-1]}"
+                job.problem = (
+                    f"{len(found)} masks could belong to this image: {names}; keep one, or "
+                    "repair it once per mask with --mask FILE"
+                )
+            else:
+                job.no_mask = pairing.looked_for(image, rel)
         jobs.append(job)
     return jobs
 
@@ -326,6 +348,8 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels, on_rows) -> F
             if composite and not mask.any():  # an inpainting model keeps every pixel
                 status = "no hole"
                 notes.insert(0, f"mask {job.mask} marks no pixel (white = hole): written unchanged")
+        elif composite and job.no_mask:
+            raise GanDistError(f"no mask found: {job.no_mask}")
         elif composite:
             raise GanDistError("no mask found (an inpainting model needs one: --mask FILE|DIR)")
         from gan_dist.repair import repair_rows  # torch: not for the CLI's start-up
@@ -528,22 +552,83 @@ def _output_name(rel: Path, output_format: str) -> Path:
     return rel.with_suffix(".png") if rel.suffix.lower() in (".dcm", ".dicom") else rel
 
 
-def _mask_for(masks: Path, rel: Path) -> Path | None:
-    """The mask file itself, or the one image file in the mask folder with the image's
-    relative folder and full stem (any image suffix). Raises GanDistError naming both when
-    two files could be the mask."""
-    if masks.is_file():
-        return masks
-    folder = masks / rel.parent
-    if not folder.is_dir():
-        return None
-    found = sorted(
-        p for p in folder.iterdir() if p.stem == rel.stem and _is_image(p) and p.is_file()
-    )
-    if len(found) > 1:
-        names = " and ".join(str(p) for p in found[:2])
-        raise GanDistError(f"two masks could belong to this image: {names}; keep one")
-    return found[0] if found else None
+# a mask's own name for the image of stem `base`: base_mask, base-mask, and LaMa's numbered
+# base_mask000, base_mask001... (one base per name: the last `_mask` is the one stripped)
+_MASK_NAME = re.compile(r"(?P<base>.+)[_-]mask[0-9]*")
+
+
+class _MaskPairing:
+    """Which files of a mask folder could be each image's mask. For the image `a/X.jpg`
+    they are the image files in MASKS/a/ of full stem `X` (any image suffix), `X_mask`,
+    `X-mask` or `X_mask` plus digits, never the image itself; a file whose full stem is
+    another image's own (`face_mask.png` when `face_mask.jpg` is repaired too) is that
+    image's only. Where MASKS/a/ is the image's own folder (LaMa keeps `X.png` beside
+    `X_mask000.png`), only the mask names count: `X.png` and `X.jpg` there are two images,
+    and a file named as the mask of an image beside it is a mask, never repaired itself.
+
+    The folder is listed once, so pairing a folder of n images costs O(n)."""
+
+    def __init__(self, root: Path, images: list[Path], rels: list[Path]) -> None:
+        self.root = root
+        self.files = sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p))
+        by_stem: dict[tuple[Path, str], list[Path]] = defaultdict(list)
+        by_base: dict[tuple[Path, str], list[Path]] = defaultdict(list)
+        for path in self.files:
+            folder = path.parent.relative_to(root)
+            by_stem[folder, path.stem].append(path)
+            if named := _MASK_NAME.fullmatch(path.stem):
+                by_base[folder, named["base"]].append(path)
+        own: dict[Path, list[Path]] = {}
+        named_for: dict[Path, list[Path]] = {}
+        for image, rel in zip(images, rels, strict=True):
+            key = (rel.parent, rel.stem)
+            shared = self._shared(image, rel)
+            own[image] = [] if shared else [p for p in by_stem[key] if not _same(p, image)]
+            named_for[image] = [p for p in by_base[key] if not _same(p, image)]
+        claimed = {p for found in own.values() for p in found}
+        self._found = {
+            image: sorted(own[image] + [p for p in named_for[image] if p not in claimed])
+            for image in images
+        }
+        self._taken = {p.resolve() for found in self._found.values() for p in found}
+        self._free: list[Path] | None = None  # the masks no image took, listed on a miss
+
+    def _shared(self, image: Path, rel: Path) -> bool:
+        return (self.root / rel.parent).resolve() == image.parent.resolve()
+
+    def is_mask(self, image: Path) -> bool:
+        """Whether an input image file is some other image's mask (a shared folder)."""
+        return image.resolve() in self._taken
+
+    def masks(self, image: Path) -> list[Path]:
+        """The files that could be `image`'s mask, sorted."""
+        return self._found[image]
+
+    def looked_for(self, image: Path, rel: Path) -> str:
+        """For an image without a mask: the names looked for and the masks no image took,
+        those in the same folder first."""
+        folder, stem = self.root / rel.parent, rel.stem
+        named = f"{stem}_mask.png, {stem}-mask.png or {stem}_mask000.png"
+        shared = self._shared(image, rel)
+        where = f"{named} beside it" if shared else f"{folder / stem}.png, {named}"
+        told = f"looked for {where} (any image suffix, any number)"
+        if shared and (base := _MASK_NAME.fullmatch(stem)):
+            told += f"; its own name reads as a mask of {base['base']}, which is not there"
+        if not folder.is_dir():
+            return f"{told}; {folder} does not exist"
+        if self._free is None:
+            taken = self._taken | {p.resolve() for p in self._found}
+            self._free = [p for p in self.files if p.resolve() not in taken]
+        free = sorted(self._free, key=lambda p: p.parent != folder)  # stable: same folder first
+        if not free:
+            return f"{told}; every mask in {self.root} belongs to another image"
+        shown = ", ".join(str(p) for p in free[:4])
+        more = f" and {len(free) - 4} more" if len(free) > 4 else ""
+        return f"{told}; masks no image took: {shown}{more}"
+
+
+def _same(a: Path, b: Path) -> bool:
+    return a == b or a.resolve() == b.resolve()
 
 
 __all__ = [

@@ -102,6 +102,14 @@ def test_an_output_suffix_that_cannot_be_written_is_refused_before_work(tmp_path
         ("a*b?.png", ["axxbz.png", "a*b?.png"], "a*b?.png"),
         ("scan.v2.tif", ["scan.png", "scan.v2.png"], "scan.v2.png"),
         ("sub/x.png", ["x.png"], None),  # same stem, other folder
+        ("day.jpg", ["day_mask.png"], "day_mask.png"),
+        ("day.jpg", ["day-mask.tif"], "day-mask.tif"),
+        ("day.jpg", ["day_mask001.png"], "day_mask001.png"),  # LaMa's numbered masks
+        ("day.jpg", ["daymask.png", "day_masks.png", "day.mask.png", "day_mask_a.png"], None),
+        ("day.jpg", ["day_mask.1.png", "Day_mask.png", "xday_mask.png"], None),
+        ("a[1]*.jpg", ["a[1]*_mask.png", "a1x_mask.png"], "a[1]*_mask.png"),
+        ("day_mask.jpg", ["day_mask.png"], "day_mask.png"),  # an image's own stem ends in _mask
+        ("day_mask.jpg", ["day_mask_mask.png"], "day_mask_mask.png"),
     ],
 )
 def test_masks_match_by_exact_relative_path_and_full_stem(tmp_path, image, masks, expected):
@@ -126,6 +134,113 @@ def test_two_masks_for_one_image_fail_that_image_naming_both(model, tmp_path):
     assert rows["a.png"]["status"] == "failed"
     assert "a.png" in rows["a.png"]["detail"] and "a.tif" in rows["a.png"]["detail"]
     assert rows["b.png"]["status"] == "repaired"
+
+
+@pytest.mark.parametrize(
+    "masks",
+    [
+        ["day.png", "day_mask.png"],
+        ["day_mask000.png", "day_mask001.png", "day_mask002.png"],  # LaMa: one case each
+        ["day-mask.png", "day_mask.tif"],
+    ],
+)
+def test_every_mask_that_could_be_an_images_own_is_named_and_none_chosen(tmp_path, masks):
+    photo(tmp_path / "src" / "day.jpg")
+    for name in masks:
+        mask_file(tmp_path / "masks" / name)
+    (job,) = plan(tmp_path / "src", tmp_path / "out", tmp_path / "masks")
+    assert job.mask is None and f"{len(masks)} masks could belong" in job.problem
+    assert all(str(tmp_path / "masks" / name) in job.problem for name in masks)
+
+
+def test_a_mask_named_as_another_images_own_stem_is_that_images_only(tmp_path):
+    """`face_mask.png` is the mask of `face_mask.jpg` (full stem), not a second candidate
+    of `face.jpg`; alone, it would have been face.jpg's by the `_mask` convention."""
+    for name in ("face.jpg", "face_mask.jpg", "car.jpg"):
+        photo(tmp_path / "src" / name)
+    for name in ("face.png", "face_mask.png", "car_mask.png"):
+        mask_file(tmp_path / "masks" / name)
+    jobs = {j.image.name: j for j in plan(tmp_path / "src", tmp_path / "out", tmp_path / "masks")}
+    assert {n: (j.mask.name, j.problem) for n, j in jobs.items()} == {
+        "face.jpg": ("face.png", ""),
+        "face_mask.jpg": ("face_mask.png", ""),
+        "car.jpg": ("car_mask.png", ""),
+    }
+
+
+def test_a_missing_mask_names_the_file_looked_for_and_the_masks_left_over(tmp_path):
+    photo(tmp_path / "src" / "a" / "day.jpg")
+    photo(tmp_path / "src" / "a" / "night.jpg")
+    for name in ("a/night.png", "a/Day.png", "b/day.png", "a/day_maske.png"):
+        mask_file(tmp_path / "masks" / name)
+    jobs = {j.image.name: j for j in plan(tmp_path / "src", tmp_path / "out", tmp_path / "masks")}
+    assert jobs["night.jpg"].mask == tmp_path / "masks" / "a" / "night.png"
+    told = jobs["day.jpg"].no_mask
+    assert jobs["day.jpg"].mask is None and jobs["day.jpg"].problem == ""
+    assert f"looked for {tmp_path / 'masks' / 'a' / 'day'}.png, day_mask.png" in told
+    left = told.split("masks no image took: ")[1]
+    assert left.split(", ") == [
+        str(tmp_path / "masks" / n) for n in ("a/Day.png", "a/day_maske.png", "b/day.png")
+    ]  # the same folder first; night.png was taken
+    missing = plan(tmp_path / "src", tmp_path / "out", tmp_path / "masks" / "b")
+    assert "masks/b/a does not exist" in {j.image.name: j for j in missing}["day.jpg"].no_mask
+
+
+def test_lama_layout_masks_beside_their_images_are_masks_not_images(model, tmp_path):
+    """LaMa's eval folders keep `x.png` beside `x_mask000.png`: with the same folder as INPUT
+    and --mask, the masks pair with their images and are never repaired themselves; an
+    image without one says what was looked for, and outputs still may not land inside."""
+    lama = tmp_path / "lama"
+    for name in ("one.png", "two.jpg", "sub/three.png", "lonely.png", "day.png", "day.jpg"):
+        photo(lama / name)
+    for name in ("one_mask000.png", "two_mask.png", "sub/three-mask.png", "day_mask.png"):
+        mask_file(lama / name)
+    before = snapshot(lama)
+    jobs = {str(j.image.relative_to(lama)): j for j in plan(lama, tmp_path / "out", lama)}
+    assert sorted(jobs) == [
+        "day.jpg",
+        "day.png",
+        "lonely.png",
+        "one.png",
+        "sub/three.png",
+        "two.jpg",
+    ]
+    assert jobs["one.png"].mask == lama / "one_mask000.png"
+    assert jobs["sub/three.png"].mask == lama / "sub" / "three-mask.png"
+    assert jobs["day.png"].mask == jobs["day.jpg"].mask == lama / "day_mask.png"  # not each other
+    with pytest.raises(GanDistError, match="inside INPUT"):
+        plan(lama, lama / "out", lama)
+
+    args = [str(lama), str(tmp_path / "out"), "--mask", str(lama), "--json"]
+    result = run_cli("repair", *args, "--model", str(model))
+    assert result.returncode == 1, result.stdout + result.stderr  # lonely.png has no mask
+    rows = {Path(r["source"]).name: r for r in json.loads(result.stdout)["files"]}
+    assert sorted(rows) == ["day.jpg", "day.png", "lonely.png", "one.png", "three.png", "two.jpg"]
+    assert rows["lonely.png"]["status"] == "failed"
+    assert "looked for lonely_mask.png, lonely-mask.png" in rows["lonely.png"]["detail"]
+    assert all(r["status"] == "repaired" for n, r in rows.items() if n != "lonely.png")
+    written = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.*"))
+    assert written == ["day.jpg", "day.png", "one.png", "sub/three.png", "two.jpg"]
+    assert snapshot(lama) == before
+
+
+def test_a_mask_folder_or_file_inside_input_is_not_repaired_as_images(tmp_path):
+    photo(tmp_path / "src" / "day.jpg")
+    mask_file(tmp_path / "src" / "masks" / "day.png")
+    mask_file(tmp_path / "src" / "masks" / "spare.png")
+    mask_file(tmp_path / "src" / "hole.png")
+    jobs = {
+        j.image.name: j
+        for j in plan(tmp_path / "src", tmp_path / "out", tmp_path / "src" / "masks")
+    }
+    assert sorted(jobs) == ["day.jpg", "hole.png"]
+    assert jobs["day.jpg"].mask == tmp_path / "src" / "masks" / "day.png"
+    jobs = plan(tmp_path / "src", tmp_path / "out", tmp_path / "src" / "hole.png")
+    assert sorted(str(j.image.relative_to(tmp_path / "src")) for j in jobs) == [
+        "day.jpg",
+        "masks/day.png",
+        "masks/spare.png",
+    ]
 
 
 @pytest.mark.parametrize(
