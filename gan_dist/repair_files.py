@@ -16,7 +16,8 @@ and the promise that nothing a user hands us is ever lost.
   is written unchanged, so a folder's output is complete and no older output survives.
 - Known pixels are copied exactly, at the input's depth and channels. Lossless inputs are
   written losslessly (WebP too); JPEG output re-encodes the known pixels, and the summary
-  says so (`--format png` keeps them).
+  says so (`--format png` keeps them). Where the reader mapped values onto levels (DICOM),
+  the output and the summary say how (`images.ValueMapping`).
 - Every failure that belongs to one file is a row of the summary; the folder goes on.
 """
 
@@ -28,7 +29,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -357,9 +358,14 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels, on_rows) -> F
         rows = repair_rows(model, picture.pixels, mask, tile, overlap, batch)
         rows = _counted(rows, height, on_rows)
         storage = picture.storage if suffix in TIFF else Storage()
+        mapping = picture.mapping
+        if mapping is not None:  # said once, and only where the levels are what is written
+            notes = [n for n in notes if n != mapping.describe()]
+            if picture.original is None:
+                storage = replace(storage, description=mapping.describe(), text=mapping.as_text())
+                notes.append(mapping.describe())
         if picture.original is not None:  # signed, wide or float: known samples back exactly
             rows = iter([(0, _restore_original(picture, rows, mask))])
-            notes = [n for n in notes if "rescaled to 0.." not in n]
         elif storage.min_is_white:  # the samples as they were stored
             rows = ((top, np.iinfo(v.dtype).max - v) for top, v in rows)
         if picture.alpha is not None and not WRITABLE[suffix][1]:
@@ -415,16 +421,16 @@ def _write(
     height: int,
     storage: Storage,
 ) -> None:
-    """Output rows (n, W, C), given top to bottom -> the file, atomically. TIFF is written
-    as the rows come, tile by tile, stored as `storage` says; other formats are encoded
-    from the assembled image."""
+    """Output rows (n, W, C), given top to bottom -> the file, atomically, with what
+    `storage` says about the picture. TIFF is written as the rows come, tile by tile,
+    stored as `storage` says; other formats are encoded from the assembled image."""
     _, first = next(rows)
     bands = chain([first], (values for _, values in rows))
     if suffix in TIFF:
         with atomic_file(target) as fh:
             write_tiff(fh, (height, *first.shape[1:]), first.dtype, bands, storage)
     else:
-        write_bytes_atomic(target, encode_image(np.concatenate(list(bands)), suffix))
+        write_bytes_atomic(target, encode_image(np.concatenate(list(bands)), suffix, storage))
 
 
 def _check_writable(suffix: str, picture: Picture) -> list[str]:
@@ -513,16 +519,16 @@ def _binarise(grey: np.ndarray, zero_one: bool) -> np.ndarray:
     return grey > (0.5 if grey.dtype.kind == "f" else np.iinfo(grey.dtype).max // 2)
 
 
-def encode_image(arr: np.ndarray, suffix: str) -> bytes:
+def encode_image(arr: np.ndarray, suffix: str, storage: Storage | None = None) -> bytes:
     """Bytes of the format the suffix names (not TIFF: `tiff_stream.write_tiff`), at the
     array's depth (16-bit stays 16-bit); a 2nd or 4th channel is alpha. WebP is written
-    lossless, JPEG at quality 95."""
+    lossless, JPEG at quality 95. PNG carries `storage`'s text chunks."""
     from PIL import Image
 
-    from gan_dist.data.images import encode_png
+    from gan_dist.data.images import encode_png, png_with_metadata
 
-    if suffix == ".png":
-        return encode_png(arr)  # 1-4 channels at 8 or 16 bits
+    if suffix == ".png":  # 1-4 channels at 8 or 16 bits
+        return png_with_metadata(encode_png(arr), storage or Storage())
     if arr.dtype != np.uint8:
         raise GanDistError(
             f"{suffix} cannot hold 16-bit pixels; write .png or .tif (an OUTPUT of that "

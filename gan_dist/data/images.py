@@ -41,6 +41,76 @@ class Storage:
     description: str | None = None
     icc: bytes | None = None  # the colour profile (ICC)
     tags: tuple[tuple[int, str, int, object, bool], ...] = ()  # tifffile `extratags`
+    text: tuple[tuple[str, str], ...] = ()  # PNG text chunks (keyword, text)
+
+
+@dataclass(frozen=True)
+class ValueMapping:
+    """How a picture's levels stand for the values its file held, where a reader mapped
+    those onto levels and the output keeps the levels (DICOM modality values, I- and F-mode
+    images): value = first + (last - first) * level / top, for every sample. `first` is
+    above `last` where the reader inverted the values (MONOCHROME1: level 0 is the largest).
+    Written beside the levels (PNG text, TIFF description) so the values can be recovered."""
+
+    what: str  # "DICOM modality values"
+    first: float  # the value of level 0
+    last: float  # the value of level `top`
+    top: int  # 65535 or 255
+    units: str = ""  # "HU" where the file says so
+    # (slope, intercept) where every value is intercept + slope * an integer (a DICOM
+    # rescale): rounding onto that grid recovers known values exactly
+    grid: tuple[float, float] | None = None
+
+    def values(self, levels: np.ndarray) -> np.ndarray:
+        """float64 values of `levels` (any shape), on `grid` where there is one."""
+        import numpy as np
+
+        values = self.first + (self.last - self.first) * (levels.astype(np.float64) / self.top)
+        if self.grid is not None:
+            slope, intercept = self.grid
+            values = intercept + slope * np.round((values - intercept) / slope)
+        return values
+
+    def describe(self) -> str:
+        """One line for people and scripts, every number exact: `DICOM modality values
+        -1024..3071 HU mapped to 0..65535: value = -1024 + 4095 * level / 65535, rounded to
+        the nearest -1024 + 1 * k (rescale slope 1, intercept -1024)`."""
+        units = f" {self.units}" if self.units else ""
+        step = self.last - self.first
+        sign = "-" if step < 0 else "+"
+        text = (
+            f"{self.what} {_exact(self.first)}..{_exact(self.last)}{units} mapped to "
+            f"0..{self.top}: value = {_exact(self.first)} {sign} {_exact(abs(step))} * level "
+            f"/ {self.top}"
+        )
+        if self.grid is not None:
+            slope, intercept = (_exact(v) for v in self.grid)
+            text += (
+                f", rounded to the nearest {intercept} + {slope} * k (rescale slope {slope}, "
+                f"intercept {intercept})"
+            )
+        return text
+
+    def as_text(self) -> tuple[tuple[str, str], ...]:
+        """PNG text chunks: `Description` (`describe`) and `gan-dist:values`, the same as
+        JSON (`what`, `levels` [0, top], `values` [first, last], `units`, `slope`,
+        `intercept`)."""
+        import json
+
+        record = {
+            "what": self.what,
+            "levels": [0, self.top],
+            "values": [self.first, self.last],
+            "units": self.units,
+        }
+        if self.grid is not None:
+            record |= {"slope": self.grid[0], "intercept": self.grid[1]}
+        return (("Description", self.describe()), ("gan-dist:values", json.dumps(record)))
+
+
+def _exact(value: float) -> str:
+    """A number as it round-trips: `-1024` for whole numbers, else Python's shortest repr."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 2**53 else repr(value)
 
 
 @dataclass
@@ -56,6 +126,8 @@ class Picture:
     original: np.ndarray | None = None
     pages: int = 1  # pages (TIFF) or frames (DICOM) in the file; pixels come from the first
     storage: Storage = field(default_factory=lambda: Storage())
+    # what the levels stand for, where the reader mapped values onto them (`_to_levels`, DICOM)
+    mapping: ValueMapping | None = None
 
     @property
     def bit_depth(self) -> int:
@@ -199,7 +271,7 @@ def _pillow_picture(path: Path) -> Picture:
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"corrupt or truncated {fmt or 'image'} data ({exc})") from None
     mode = im.mode
-    alpha = None
+    alpha, mapping = None, None
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
         notes.append("alpha channel dropped")
         alpha = np.asarray(im.convert("RGBA").getchannel("A"))
@@ -216,12 +288,12 @@ def _pillow_picture(path: Path) -> Picture:
     if im.mode in ("I;16", "I;16B", "I;16L"):
         arr = np.asarray(im).astype(np.uint16)
     elif im.mode in ("I", "F"):
-        arr = _to_levels(np.asarray(im), notes, f"{im.mode}-mode")
+        arr, mapping = _to_levels(np.asarray(im), notes, f"{im.mode}-mode values")
     else:
         arr = np.asarray(im)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return Picture(np.ascontiguousarray(arr), notes, alpha=alpha)
+    return Picture(np.ascontiguousarray(arr), notes, alpha=alpha, mapping=mapping)
 
 
 def _deep_png_picture(path: Path) -> Picture:
@@ -239,23 +311,26 @@ def _deep_png_picture(path: Path) -> Picture:
     return Picture(np.ascontiguousarray(arr), notes, alpha=alpha)
 
 
-def _to_levels(arr: np.ndarray, notes: list[str], what: str, bits: int = 16) -> np.ndarray:
+def _to_levels(
+    arr: np.ndarray, notes: list[str], what: str, bits: int = 16
+) -> tuple[np.ndarray, ValueMapping | None]:
     """Wider, signed or float data as `bits`-bit levels (uint8 or uint16): kept as is when
-    the values are non-negative integers that fit, else rescaled from their own range, and
-    the note says so. Raises ImageReadError for NaN or infinite values (no rescaling could
-    place them)."""
+    the values are non-negative integers that fit (no mapping), else rescaled from their
+    own range, and the mapping (also a note) says how. Raises ImageReadError for NaN or
+    infinite values (no rescaling could place them)."""
     import numpy as np
 
     _check_finite(arr)
     target = np.uint8 if bits == 8 else np.uint16
-    top = np.iinfo(target).max
+    top = int(np.iinfo(target).max)
     if np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= top:
-        return arr.astype(target)
+        return arr.astype(target), None
     lo, hi = float(arr.min()), float(arr.max())
-    notes.append(f"{what} values {lo:g}..{hi:g} rescaled to 0..{top}")
+    mapping = ValueMapping(what, lo, hi, top)
+    notes.append(mapping.describe())
     half = hi / 2 - lo / 2  # halved: the span of float64 data may exceed its largest value
     scale = top / half if half > 0 else 0.0
-    return np.round((arr.astype(np.float64) / 2 - lo / 2) * scale).astype(target)
+    return np.round((arr.astype(np.float64) / 2 - lo / 2) * scale).astype(target), mapping
 
 
 def levels_bits(dtype: np.dtype) -> int:
@@ -471,10 +546,11 @@ def _tiff_picture(path: Path) -> Picture:
         notes.append("min-is-white inverted")
     _check_finite(arr)  # before min-is-white, which would spread a NaN's maximum
     shown = _shown(arr, storage.min_is_white)
-    original = None
+    original, mapping = None, None
     if shown.dtype not in (np.uint8, np.uint16):
         original = arr
-        shown = _to_levels(shown, notes, f"TIFF {arr.dtype}", levels_bits(arr.dtype))
+        what = f"TIFF {arr.dtype} values"
+        shown, mapping = _to_levels(shown, notes, what, levels_bits(arr.dtype))
     return Picture(
         np.ascontiguousarray(shown),
         notes,
@@ -482,6 +558,7 @@ def _tiff_picture(path: Path) -> Picture:
         original=original,
         pages=pages,
         storage=storage,
+        mapping=mapping,
     )
 
 
@@ -516,8 +593,8 @@ def _read_dicom(path: Path, header_only: bool = False):
 
 def _dicom_picture(path: Path) -> Picture:
     """Modality LUT (rescale slope/intercept) applied, MONOCHROME1 inverted, then the real
-    value range mapped linearly onto 16 bits; the mapping is kept so values can be recovered.
-    """
+    value range mapped linearly onto 16 bits; `mapping` says how, so that repair's output
+    carries it and the modality values can be recovered (`extra` keeps the range too)."""
     import numpy as np
 
     ds = _read_dicom(path)
@@ -537,7 +614,8 @@ def _dicom_picture(path: Path) -> Picture:
         frames = values.shape[0]
         notes.append(f"first of {frames} frames used")
         values = values[0]
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+    inverted = str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    if inverted:
         notes.append("MONOCHROME1 inverted")
         values = values.max() + values.min() - values
     lo, hi = float(values.min()), float(values.max())
@@ -545,7 +623,34 @@ def _dicom_picture(path: Path) -> Picture:
     arr = np.round((values - lo) * scale).astype(np.uint16)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return Picture(arr, notes, {"dicom_min": lo, "dicom_max": hi}, pages=frames)
+    mapping = ValueMapping(
+        "DICOM modality values",
+        hi if inverted else lo,
+        lo if inverted else hi,
+        65535,
+        _dicom_units(ds),
+        _dicom_grid(ds, raw),
+    )
+    extra = {"dicom_min": lo, "dicom_max": hi}
+    return Picture(arr, notes, extra, pages=frames, mapping=mapping)
+
+
+def _dicom_units(ds) -> str:
+    """The modality values' units: Rescale Type where the file gives one (`HU`, `OD`,
+    `US` for unspecified is left out), else HU for CT (PS3.3 C.8.2.1)."""
+    kind = str(getattr(ds, "RescaleType", "") or "").strip()
+    if kind and kind != "US":
+        return kind
+    return "HU" if str(getattr(ds, "Modality", "")).upper() == "CT" else ""
+
+
+def _dicom_grid(ds, raw: np.ndarray) -> tuple[float, float] | None:
+    """(slope, intercept) when every modality value is intercept + slope * a stored integer:
+    a linear rescale (or none) of integer samples; None for a Modality LUT or float data."""
+    if "ModalityLUTSequence" in ds or raw.dtype.kind not in "iu":
+        return None
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    return slope, float(getattr(ds, "RescaleIntercept", 0) or 0)
 
 
 # --- Conversions ---------------------------------------------------------------------------
@@ -653,6 +758,37 @@ def encode_png(arr: np.ndarray) -> bytes:
 
     plane = arr[:, :, 0] if arr.shape[2] == 1 else arr
     return imagecodecs.png_encode(np.ascontiguousarray(plane), level=1)  # views, e.g. a slice
+
+
+def png_with_metadata(data: bytes, storage: Storage) -> bytes:
+    """PNG bytes (as `encode_png` makes them: no ancillary chunk) with what `storage` says
+    about the picture: its text chunks (tEXt, or iTXt for text beyond Latin-1), inserted
+    after IHDR, where every chunk that must precede the image data may go."""
+    import zlib
+
+    chunks = [_png_text(key, value) for key, value in storage.text]
+    if not chunks:
+        return data
+    end = 8 + 4 + 4 + 13 + 4  # signature, then IHDR: length, type, 13 bytes, CRC
+    if data[12:16] != b"IHDR":
+        raise ValueError("not a PNG that starts with its IHDR chunk")
+    made = [
+        len(payload).to_bytes(4, "big")
+        + kind
+        + payload
+        + zlib.crc32(kind + payload).to_bytes(4, "big")
+        for kind, payload in chunks
+    ]
+    return data[:end] + b"".join(made) + data[end:]
+
+
+def _png_text(key: str, value: str) -> tuple[bytes, bytes]:
+    """A tEXt chunk, or iTXt (UTF-8) for a text Latin-1 cannot hold (PNG 1.2, 4.2.3)."""
+    name = key.encode("latin-1", "replace")[:79]
+    try:
+        return b"tEXt", name + b"\0" + value.encode("latin-1")
+    except UnicodeEncodeError:
+        return b"iTXt", name + b"\0\0\0\0\0" + value.encode("utf-8")
 
 
 def decode_png(data: bytes) -> np.ndarray:

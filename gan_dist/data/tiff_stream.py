@@ -42,7 +42,7 @@ class TiffRaster:
         self.colours = tiff_form(page)[0]
         self.dtype = np.dtype(page.dtype)
         self.notes: list[str] = ["min-is-white inverted"] if self._invert else []
-        self.pages, self.original = 1, None
+        self.pages, self.original, self.mapping = 1, None, None
         self.storage = tiff_storage(page)
         self.bit_depth = 8 * self.dtype.itemsize
         self.shape = (height, width, samples)
