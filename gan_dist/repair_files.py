@@ -66,6 +66,7 @@ WRITABLE = {
     ".jpeg": (False, False, False),
 }
 FORMATS = ("same", "png", "tif")
+SIDE_LIMITS = {".jpg": 65535, ".jpeg": 65535, ".webp": 16383}  # px: the formats' own limits
 TILE, OVERLAP, BATCH = 256, 32, 4  # px, px, tiles per pass: `gan-dist repair`'s defaults
 TIFF = (".tif", ".tiff")
 STATUSES = ("repaired", "failed", "skipped", "no hole")
@@ -372,7 +373,7 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels, on_rows) -> F
             notes.append(f"alpha channel dropped ({suffix} output)")
         elif picture.alpha is not None:
             rows = _with_alpha(rows, picture.alpha)
-        _write(job.target, suffix, rows, height, storage)
+        notes += _write(job.target, suffix, rows, height, storage)
     holes = f"{mask.mean():.1%} of pixels" if mask is not None else "all pixels"
     detail = "; ".join(notes if status == "no hole" else [holes, *notes])
     return FileResult(job.image, job.target, status, detail, 0, size)
@@ -420,23 +421,36 @@ def _write(
     rows: Iterator[tuple[int, np.ndarray]],
     height: int,
     storage: Storage,
-) -> None:
+) -> list[str]:
     """Output rows (n, W, C), given top to bottom -> the file, atomically, with what
     `storage` says about the picture. TIFF is written as the rows come, tile by tile,
-    stored as `storage` says; other formats are encoded from the assembled image."""
+    stored as `storage` says; other formats are encoded from the assembled image. Returns
+    what the summary should say about the file written."""
     _, first = next(rows)
     bands = chain([first], (values for _, values in rows))
     if suffix in TIFF:
         with atomic_file(target) as fh:
-            write_tiff(fh, (height, *first.shape[1:]), first.dtype, bands, storage)
-    else:
-        write_bytes_atomic(target, encode_image(np.concatenate(list(bands)), suffix, storage))
+            bigtiff = write_tiff(fh, (height, *first.shape[1:]), first.dtype, bands, storage)
+        grown = bigtiff and not storage.bigtiff  # a BigTIFF source goes without saying
+        return ["written as BigTIFF (it could pass 4 GB)"] if grown else []
+    write_bytes_atomic(target, encode_image(np.concatenate(list(bands)), suffix, storage))
+    return []
 
 
 def _check_writable(suffix: str, picture: Picture) -> list[str]:
-    """Before any computing: refuse an output format that would cut the pixels' depth;
-    the notes a lossy one needs."""
+    """Before any computing: refuse an output format that would cut the pixels' depth or
+    cannot hold their size (it would fail at the very end); the notes a lossy one needs."""
     deep, _, lossless = WRITABLE[suffix]
+    height, width, channels = picture.pixels.shape
+    side = SIDE_LIMITS.get(suffix)
+    if side is not None and max(height, width) > side:
+        raise GanDistError(
+            f"{suffix} cannot hold {width}x{height} px (at most {side:,} px a side); "
+            "write .png or .tif (--format png|tif)"
+        )
+    row = -(-width * (24 if channels == 3 else 8) // 32) * 4  # BMP rows: 4-byte aligned
+    if suffix == ".bmp" and 54 + 1024 + row * height >= 2**32:  # 32-bit file size field
+        raise GanDistError(f"{suffix} cannot hold {width}x{height} px (4 GB); write .png or .tif")
     if picture.original is not None and suffix not in TIFF:
         raise GanDistError(
             f"{suffix} cannot hold {picture.original.dtype} pixels; write .tif (--format tif)"

@@ -349,6 +349,23 @@ def test_16_bit_into_a_format_that_cannot_hold_it_fails_before_computing(model, 
     assert not (tmp_path / "deep.jpg").exists()
 
 
+@pytest.mark.parametrize("suffix, width", [(".jpg", 65_536), (".jpeg", 70_000), (".webp", 16_384)])
+def test_a_size_the_output_format_cannot_hold_fails_before_computing(
+    model, tmp_path, suffix, width
+):
+    """JPEG holds at most 65,535 px a side and WebP 16,383: such an image used to be
+    repaired whole and fail in the encoder, at the very end."""
+    from gan_dist.models import load_model
+    from gan_dist.repair_files import repair_files
+
+    Image.fromarray(np.zeros((2, width, 3), np.uint8) + 90).save(tmp_path / "wide.png")
+    Image.fromarray(np.full((2, width), 255, np.uint8)).save(tmp_path / "m.png")
+    (job,) = plan(tmp_path / "wide.png", tmp_path / f"out{suffix}", tmp_path / "m.png")
+    (result,) = repair_files(lambda: load_model(str(model)), [job], 32, 8, 4, False)
+    assert result.status == "failed" and f"cannot hold {width}x2 px" in result.detail
+    assert result.seconds < 5 and not (tmp_path / f"out{suffix}").exists()
+
+
 # --- one file never stops a folder; every file is named whole ---------------------------------
 
 

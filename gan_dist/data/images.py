@@ -42,6 +42,7 @@ class Storage:
     icc: bytes | None = None  # the colour profile (ICC)
     tags: tuple[tuple[int, str, int, object, bool], ...] = ()  # tifffile `extratags`
     text: tuple[tuple[str, str], ...] = ()  # PNG text chunks (keyword, text)
+    bigtiff: bool = False  # the file was a BigTIFF: so is its repair
 
 
 @dataclass(frozen=True)
@@ -412,7 +413,8 @@ _TEXT_TAGS = (269, 271, 272, 306, 315, 33432)
 
 def tiff_storage(page) -> Storage:
     """How a TIFF page stores grey and alpha, and what it says about itself (resolution,
-    description, colour profile, orientation, provenance text): see `Storage`."""
+    description, colour profile, orientation, provenance text), and whether its file is a
+    BigTIFF: see `Storage`."""
     kinds = page.extrasamples
     alpha = {1: "assocalpha", 2: "unassalpha"}.get(kinds[0] if kinds else 0, "unspecified")
     tags = page.tags
@@ -432,6 +434,7 @@ def tiff_storage(page) -> Storage:
         page.description or None,
         page.iccprofile or None,
         text + turned,
+        bigtiff=bool(page.parent.is_bigtiff),
     )
 
 
