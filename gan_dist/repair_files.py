@@ -15,9 +15,13 @@ and the promise that nothing a user hands us is ever lost.
   summary says so. A mask without a hole pixel has its own status (`no hole`); the image
   is written unchanged, so a folder's output is complete and no older output survives.
 - Known pixels are copied exactly, at the input's depth and channels. Lossless inputs are
-  written losslessly (WebP too); JPEG output re-encodes the known pixels, and the summary
-  says so (`--format png` keeps them). Where the reader mapped values onto levels (DICOM),
-  the output and the summary say how (`images.ValueMapping`).
+  written losslessly (WebP too); JPEG output is encoded with its source's tables and
+  subsampling, and the summary says how far that moved the known pixels (`--format png`
+  keeps them). Where the reader mapped values onto levels (DICOM), the output and the
+  summary say how (`images.ValueMapping`).
+- What a file says about its picture (colour profile, EXIF less the orientation applied,
+  resolution, text) is written into the output in the terms its format holds
+  (`data.metadata`, `_storage_for`); the summary names what a format cannot hold.
 - Every failure that belongs to one file is a row of the summary; the folder goes on.
 """
 
@@ -67,6 +71,14 @@ WRITABLE = {
 }
 FORMATS = ("same", "png", "tif")
 SIDE_LIMITS = {".jpg": 65535, ".jpeg": 65535, ".webp": 16383}  # px: the formats' own limits
+# what each output format holds of what a file says about its picture (`_storage_for`)
+HOLDS = {
+    ".png": ("colour profile", "EXIF", "resolution"),
+    ".jpg": ("colour profile", "EXIF", "resolution"),
+    ".jpeg": ("colour profile", "EXIF", "resolution"),
+    ".webp": ("colour profile", "EXIF"),
+    ".bmp": ("resolution",),
+}
 TILE, OVERLAP, BATCH = 256, 32, 4  # px, px, tiles per pass: `gan-dist repair`'s defaults
 TIFF = (".tif", ".tiff")
 STATUSES = ("repaired", "failed", "skipped", "no hole")
@@ -336,7 +348,9 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels, on_rows) -> F
         kind = picture.original.dtype if picture.original is not None else None
         size = f"{width}x{height} {kind or f'{picture.bit_depth}-bit'}"
         notes = [n for n in picture.notes if n != "alpha channel dropped"]
-        notes += _check_writable(suffix, picture)
+        _check_writable(suffix, picture)
+        storage, told = _storage_for(suffix, picture)
+        notes += told
         if picture.pages > 1:
             raise GanDistError(
                 f"{picture.pages} pages or frames: repair writes one; split the file and "
@@ -358,12 +372,13 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels, on_rows) -> F
 
         rows = repair_rows(model, picture.pixels, mask, tile, overlap, batch)
         rows = _counted(rows, height, on_rows)
-        storage = picture.storage if suffix in TIFF else Storage()
         mapping = picture.mapping
         if mapping is not None:  # said once, and only where the levels are what is written
             notes = [n for n in notes if n != mapping.describe()]
             if picture.original is None:
-                storage = replace(storage, description=mapping.describe(), text=mapping.as_text())
+                told = mapping.as_text()
+                text = told + tuple(t for t in storage.text if t[0] not in dict(told))
+                storage = replace(storage, description=mapping.describe(), text=text)
                 notes.append(mapping.describe())
         if picture.original is not None:  # signed, wide or float: known samples back exactly
             rows = iter([(0, _restore_original(picture, rows, mask))])
@@ -373,7 +388,7 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels, on_rows) -> F
             notes.append(f"alpha channel dropped ({suffix} output)")
         elif picture.alpha is not None:
             rows = _with_alpha(rows, picture.alpha)
-        notes += _write(job.target, suffix, rows, height, storage)
+        notes += _write(job.target, suffix, rows, height, storage, mask)
     holes = f"{mask.mean():.1%} of pixels" if mask is not None else "all pixels"
     detail = "; ".join(notes if status == "no hole" else [holes, *notes])
     return FileResult(job.image, job.target, status, detail, 0, size)
@@ -421,11 +436,13 @@ def _write(
     rows: Iterator[tuple[int, np.ndarray]],
     height: int,
     storage: Storage,
+    mask: np.ndarray | TiffMask | None,
 ) -> list[str]:
     """Output rows (n, W, C), given top to bottom -> the file, atomically, with what
     `storage` says about the picture. TIFF is written as the rows come, tile by tile,
     stored as `storage` says; other formats are encoded from the assembled image. Returns
-    what the summary should say about the file written."""
+    what the summary should say about the file written: a lossy format's change to the
+    known pixels (outside `mask`), measured on the bytes written."""
     _, first = next(rows)
     bands = chain([first], (values for _, values in rows))
     if suffix in TIFF:
@@ -433,14 +450,34 @@ def _write(
             bigtiff = write_tiff(fh, (height, *first.shape[1:]), first.dtype, bands, storage)
         grown = bigtiff and not storage.bigtiff  # a BigTIFF source goes without saying
         return ["written as BigTIFF (it could pass 4 GB)"] if grown else []
-    write_bytes_atomic(target, encode_image(np.concatenate(list(bands)), suffix, storage))
-    return []
+    image = np.concatenate(list(bands))
+    data = encode_image(image, suffix, storage)
+    told = [] if WRITABLE[suffix][2] or mask is None else _reencoded(data, image, mask, suffix)
+    write_bytes_atomic(target, data)
+    return told
 
 
-def _check_writable(suffix: str, picture: Picture) -> list[str]:
+def _reencoded(data: bytes, meant: np.ndarray, mask, suffix: str) -> list[str]:
+    """How far a lossy file's known pixels (outside `mask`) are from what was meant, in
+    levels, from its bytes decoded; nothing where no pixel is known."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        back = np.asarray(im).reshape(meant.shape)
+    known = ~np.asarray(mask[:, :])
+    change = np.abs(back.astype(np.int32) - meant.astype(np.int32))[known]
+    if not change.size:
+        return []
+    return [
+        f"known pixels re-encoded ({suffix}): mean change {change.mean():.2f} levels, max "
+        f"{change.max()} (--format png keeps them exact)"
+    ]
+
+
+def _check_writable(suffix: str, picture: Picture) -> None:
     """Before any computing: refuse an output format that would cut the pixels' depth or
-    cannot hold their size (it would fail at the very end); the notes a lossy one needs."""
-    deep, _, lossless = WRITABLE[suffix]
+    cannot hold their size (it would fail at the very end)."""
+    deep = WRITABLE[suffix][0]
     height, width, channels = picture.pixels.shape
     side = SIDE_LIMITS.get(suffix)
     if side is not None and max(height, width) > side:
@@ -460,9 +497,59 @@ def _check_writable(suffix: str, picture: Picture) -> list[str]:
             f"{suffix} cannot hold 16-bit pixels; write .png or .tif (an OUTPUT of that "
             "suffix, or --format png|tif)"
         )
-    if not lossless:
-        return [f"{suffix} output re-encodes the known pixels (lossy); --format png keeps them"]
-    return []
+
+
+def _storage_for(suffix: str, picture: Picture) -> tuple[Storage, list[str]]:
+    """What the output file says about its picture: the source's colour profile, EXIF,
+    resolution and text, in the terms the output format holds them (`HOLDS`), and TIFF's
+    own sample storage for a TIFF. The notes name what is dropped: a profile of another
+    colour space than the pixels' (a CMYK JPEG's, now RGB), what the format cannot hold."""
+    from gan_dist.data.metadata import (
+        ICC_SPACES,
+        JPEG_MAX_EXIF,
+        exif_from_tags,
+        exif_tiff_tags,
+        icc_space,
+    )
+
+    storage, notes = picture.storage, []
+    channels = picture.pixels.shape[2]
+    if storage.icc is not None:
+        space = icc_space(storage.icc)  # a space it does not name is not judged
+        if space in ICC_SPACES and space != ("RGB" if channels == 3 else "GRAY"):
+            notes.append(f"{space} colour profile dropped: the pixels are {channels}-channel")
+            storage = replace(storage, icc=None)
+    if suffix in TIFF:
+        if storage.exif is None:
+            return storage, notes
+        # what a TIFF holds of EXIF: its IFD0 text, as tags of the page's own
+        taken = dict((t[0], t) for t in exif_tiff_tags(storage.exif))
+        description = taken.pop(270, None)
+        have = {t[0] for t in storage.tags}
+        tags = storage.tags + tuple(t for code, t in taken.items() if code not in have)
+        if description is not None and storage.description is None:
+            storage = replace(storage, description=description[3])
+        notes.append("EXIF kept as TIFF tags (description, make, model, date, artist, copyright)")
+        return replace(storage, tags=tags, exif=None), notes
+    exif = storage.exif or exif_from_tags(storage.tags)
+    if suffix in (".jpg", ".jpeg") and exif is not None and len(exif) > JPEG_MAX_EXIF:
+        notes.append(f"EXIF of {len(exif):,} bytes not kept (a JPEG holds 64 kB)")
+        exif = None
+    held = HOLDS[suffix]
+    present = {"colour profile": storage.icc, "EXIF": exif, "resolution": storage.resolution}
+    lost = [name for name, value in present.items() if value and name not in held]
+    if lost:
+        notes.append(f"{', '.join(lost)} not kept ({suffix} cannot hold it)")
+    kept = replace(
+        storage,
+        min_is_white=False,
+        alpha="unassalpha",
+        bigtiff=False,
+        icc=storage.icc if "colour profile" in held else None,
+        exif=exif if "EXIF" in held else None,
+        resolution=storage.resolution if "resolution" in held else None,
+    )
+    return kept, notes
 
 
 def read_mask(
@@ -536,13 +623,18 @@ def _binarise(grey: np.ndarray, zero_one: bool) -> np.ndarray:
 def encode_image(arr: np.ndarray, suffix: str, storage: Storage | None = None) -> bytes:
     """Bytes of the format the suffix names (not TIFF: `tiff_stream.write_tiff`), at the
     array's depth (16-bit stays 16-bit); a 2nd or 4th channel is alpha. WebP is written
-    lossless, JPEG at quality 95. PNG carries `storage`'s text chunks."""
+    lossless; JPEG with the source's quantization tables, subsampling and progression
+    where `storage` has them (`metadata.JpegCoding`), else at quality 95. Each format
+    carries what of `storage` it holds (`HOLDS`; PNG also its text, JPEG its comment).
+    Raises GanDistError for 16-bit pixels in an 8-bit format."""
     from PIL import Image
 
-    from gan_dist.data.images import encode_png, png_with_metadata
+    from gan_dist.data.images import encode_png
+    from gan_dist.data.metadata import png_with_metadata
 
+    storage = storage or Storage()
     if suffix == ".png":  # 1-4 channels at 8 or 16 bits
-        return png_with_metadata(encode_png(arr), storage or Storage())
+        return png_with_metadata(encode_png(arr), storage)
     if arr.dtype != np.uint8:
         raise GanDistError(
             f"{suffix} cannot hold 16-bit pixels; write .png or .tif (an OUTPUT of that "
@@ -551,9 +643,33 @@ def encode_image(arr: np.ndarray, suffix: str, storage: Storage | None = None) -
     buf = io.BytesIO()
     im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}[suffix]
-    options = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True, "exact": True}}
-    im.save(buf, format=fmt, **options.get(fmt, {}))
+    options: dict[str, object] = {"icc_profile": storage.icc, "exif": storage.exif}
+    dpi = _dpi(storage)
+    if fmt == "JPEG":
+        coding = storage.jpeg
+        if coding is None:
+            options["quality"] = 95
+        else:
+            options["qtables"] = [list(table) for table in coding.qtables]
+            options |= {"subsampling": coding.subsampling} if coding.subsampling >= 0 else {}
+            options["progressive"] = coding.progressive
+        if storage.description:
+            options["comment"] = storage.description.encode("latin-1", "replace")
+        options["dpi"] = dpi
+    elif fmt == "WEBP":
+        options |= {"lossless": True, "exact": True}
+    else:  # BMP holds a resolution only
+        options = {"dpi": dpi}
+    im.save(buf, format=fmt, **{k: v for k, v in options.items() if v is not None})
     return buf.getvalue()
+
+
+def _dpi(storage: Storage) -> tuple[float, float] | None:
+    """The resolution in pixels per inch, where `storage` has one in inches or centimetres."""
+    if storage.resolution is None or storage.resolution_unit not in (2, 3):
+        return None
+    per_unit = 2.54 if storage.resolution_unit == 3 else 1.0
+    return (storage.resolution[0] * per_unit, storage.resolution[1] * per_unit)
 
 
 def _is_tiff(path: Path) -> bool:

@@ -4,6 +4,7 @@ silently left unrepaired, and one odd file never stops a folder."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -315,7 +316,7 @@ def test_lossless_webp_stays_lossless_and_jpeg_is_named(model, tmp_path):
     result = run_cli("repair", *args, "--model", str(model))
     assert result.returncode == 0, result.stdout + result.stderr
     rows = {Path(r["source"]).name: r for r in json.loads(result.stdout)["files"]}
-    assert "re-encodes the known pixels" in rows["b.jpg"]["detail"]
+    assert "known pixels re-encoded (.jpg): mean change " in rows["b.jpg"]["detail"]
     m = hole(40, 48)
     webp = read_image(tmp_path / "out" / "a.webp").pixels
     assert np.array_equal(webp[~m], arr[~m])
@@ -514,3 +515,207 @@ def test_a_one_bit_min_is_white_tiff_is_read(grey, tmp_path, role):
     known = ~hole(40, 48)
     expected = np.where(bits, 0, 255) if role == "image" else np.full((40, 48), 128)
     assert np.array_equal(back[known], expected[known])
+
+
+# --- what a file says about its picture survives its repair ----------------------------------
+
+
+@functools.cache
+def srgb() -> bytes:
+    """An sRGB profile, made once (a profile made records the second it was made)."""
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def camera_exif(orientation: int = 1):
+    """EXIF as a camera writes it: make and model in IFD0, the date taken in the Exif IFD."""
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0112] = "Canon", "EOS 5D", orientation
+    exif.get_ifd(0x8769)[0x9003] = "2021:06:05 14:03:02"  # DateTimeOriginal
+    return exif
+
+
+def astronaut(h: int = 96, w: int = 128) -> np.ndarray:
+    import skimage.data
+
+    return skimage.data.astronaut()[100 : 100 + h, 150 : 150 + w]
+
+
+def repaired(model: Path, image: Path, out: Path, mask: Path):
+    from gan_dist.models import load_model
+    from gan_dist.repair_files import repair_files
+
+    (job,) = plan(image, out, mask)
+    (result,) = repair_files(lambda: load_model(str(model)), [job], 32, 8, 4, False)
+    assert result.status == "repaired", result.detail
+    return result
+
+
+def test_a_jpeg_keeps_its_exif_profile_quality_and_subsampling(model, tmp_path):
+    """The reported case: a q100 4:2:2 JPEG with EXIF (camera, date taken) and an ICC
+    profile came back q95 4:2:0 with neither, and without a word on its known pixels."""
+    from PIL import JpegImagePlugin
+
+    arr = astronaut(96, 128)
+    source = tmp_path / "photo.jpg"
+    Image.fromarray(arr).save(
+        source, quality=100, subsampling=1, exif=camera_exif(6), icc_profile=srgb(), dpi=(300, 300)
+    )
+    mask = mask_file(tmp_path / "m.png", 128, 96)  # the picture turned: 96 wide, 128 high
+    result = repaired(model, source, tmp_path / "out.jpg", mask)
+    with Image.open(source) as before, Image.open(tmp_path / "out.jpg") as after:
+        assert after.info["icc_profile"] == srgb()
+        assert JpegImagePlugin.get_sampling(after) == 1  # 4:2:2, as it came
+        assert after.quantization == before.quantization  # its quality, as it came
+        assert after.info["dpi"] == (300, 300)
+        exif = after.getexif()
+        assert (exif[0x010F], exif[0x0110]) == ("Canon", "EOS 5D")
+        assert exif.get_ifd(0x8769)[0x9003] == "2021:06:05 14:03:02"
+        assert exif.get(0x0112, 1) == 1  # the pixels were turned on reading
+        assert after.size == (96, 128)
+    change = result.detail.split("known pixels re-encoded (.jpg): mean change ")[1]
+    mean, most = float(change.split(" levels")[0]), int(change.split("max ")[1].split(" ")[0])
+    decoded, written = read_image(source).pixels, read_image(tmp_path / "out.jpg").pixels
+    known = ~hole(128, 96)
+    diff = np.abs(decoded.astype(int) - written)[known]
+    assert mean == pytest.approx(diff.mean(), abs=0.01) and most == diff.max()
+    assert mean < 1.0  # its own tables: q95 4:2:0 moved them 1.1 levels on average
+
+
+@pytest.mark.parametrize(
+    "source, output",
+    [
+        ("a.png", "out.png"),
+        ("a16.png", "out.png"),
+        ("a.webp", "out.webp"),
+        ("a.jpg", "out.png"),
+        ("a.jpg", "out.tif"),
+        ("a.tif", "out.png"),
+        ("a.tif", "out.jpg"),
+        ("a.png", "out.jpg"),
+        ("a.bmp", "out.bmp"),
+        ("a.jpg", "out.bmp"),
+    ],
+)
+def test_what_a_file_says_about_its_picture_survives_in_every_format(
+    model, tmp_path, source, output
+):
+    """Colour profile, EXIF (less an applied orientation) and resolution, in whatever terms
+    the output format holds them: PNG chunks, JPEG and WebP segments, TIFF tags, BMP's
+    resolution. What the output cannot hold is named."""
+    import tifffile
+
+    arr = astronaut(40, 48)
+    path = tmp_path / source
+    icc, exif = srgb(), camera_exif()
+    if source == "a16.png":
+        from PIL import PngImagePlugin
+
+        tmp = tmp_path / "eight.png"
+        Image.fromarray(arr).save(tmp, icc_profile=icc, exif=exif, dpi=(300, 300))
+        chunks = tmp.read_bytes()[33:].split(b"IDAT")[0][:-4]  # its metadata chunks, as made
+        deep = encode_png(arr.astype(np.uint16) * 257)
+        path.write_bytes(deep[:33] + chunks + deep[33:])
+        assert PngImagePlugin.PngImageFile(path).info["icc_profile"] == icc
+    elif source.endswith(".tif"):
+        tifffile.imwrite(
+            path,
+            arr,
+            photometric="rgb",
+            iccprofile=icc,
+            resolution=(300, 300),
+            resolutionunit=2,
+            extratags=[(271, "s", 0, "Canon", True), (272, "s", 0, "EOS 5D", True)],
+        )
+    elif source.endswith(".bmp"):
+        Image.fromarray(arr).save(path, dpi=(300, 300))
+    else:
+        options = {"lossless": True} if source.endswith(".webp") else {}
+        Image.fromarray(arr).save(path, icc_profile=icc, exif=exif, dpi=(300, 300), **options)
+    result = repaired(model, path, tmp_path / output, mask_file(tmp_path / "m.png"))
+    out = tmp_path / output
+    lost = [n for n in result.detail.split("; ") if "not kept" in n or "dropped" in n]
+    if output.endswith(".tif"):
+        with tifffile.TiffFile(out) as tif:
+            page = tif.pages[0]
+            assert page.iccprofile == icc
+            assert page.resolution == pytest.approx((300, 300), abs=0.01)
+            assert page.tags.valueof(271) == "Canon" and page.tags.valueof(272) == "EOS 5D"
+        assert lost == [], result.detail
+        return
+    with Image.open(out) as im:
+        if output.endswith(".bmp"):  # a resolution is all BMP holds; the rest is named
+            assert im.info["dpi"] == pytest.approx((300, 300), abs=0.5)
+            held = (
+                lost == []
+                if source.endswith(".bmp")
+                else lost == ["colour profile, EXIF not kept (.bmp cannot hold it)"]
+            )
+            assert held, result.detail
+            return
+        assert im.info.get("icc_profile") == icc
+        made = im.getexif()
+        assert (made.get(0x010F), made.get(0x0110)) == ("Canon", "EOS 5D")
+        if not source.endswith(".tif"):
+            assert made.get_ifd(0x8769).get(0x9003) == "2021:06:05 14:03:02"
+        if not output.endswith(".webp"):  # WebP holds no resolution (nor did its source)
+            assert im.info["dpi"] == pytest.approx((300, 300), abs=0.01)
+    assert lost == [], result.detail
+
+
+def test_a_colour_profile_that_no_longer_fits_the_pixels_is_dropped_and_said(model, tmp_path):
+    """A CMYK JPEG is repaired as RGB: its CMYK profile would tell a colour-managed viewer
+    to read the RGB samples as inks."""
+    cmyk_profile = b"\0" * 16 + b"CMYK" + b"\0" * 108
+    arr = astronaut(40, 48)
+    Image.fromarray(arr).convert("CMYK").save(tmp_path / "inks.jpg", icc_profile=cmyk_profile)
+    result = repaired(
+        model, tmp_path / "inks.jpg", tmp_path / "out.png", mask_file(tmp_path / "m.png")
+    )
+    assert "CMYK colour profile dropped: the pixels are 3-channel" in result.detail
+    with Image.open(tmp_path / "out.png") as im:
+        assert "icc_profile" not in im.info
+
+
+def test_png_text_survives_a_second_repair(model, tmp_path):
+    """A repaired DICOM's PNG says what its levels stand for; repairing it again (another
+    hole) must not lose that."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("gan-dist:values", '{"values": [-1024.0, 3071.0]}')
+    info.add_itxt("Title", "naïve ☃")
+    Image.fromarray(astronaut(40, 48)).save(tmp_path / "a.png", pnginfo=info)
+    repaired(model, tmp_path / "a.png", tmp_path / "out.png", mask_file(tmp_path / "m.png"))
+    with Image.open(tmp_path / "out.png") as im:
+        assert im.text == {"gan-dist:values": '{"values": [-1024.0, 3071.0]}', "Title": "naïve ☃"}
+
+
+def test_the_served_model_keeps_what_a_jpeg_says_about_itself(model, tmp_path):
+    import io
+
+    from gan_dist.models import load_model
+    from gan_dist.repair_files import repair_bytes
+
+    buf = io.BytesIO()
+    Image.fromarray(astronaut(40, 48)).save(buf, "JPEG", exif=camera_exif(), icc_profile=srgb())
+    mask = mask_file(tmp_path / "m.png").read_bytes()
+    result, data = repair_bytes(load_model(str(model)), buf.getvalue(), mask, tile=32, overlap=8)
+    assert result.status == "repaired", result.detail
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.info["icc_profile"] == srgb() and im.getexif()[0x010F] == "Canon"
+
+
+def test_exif_too_long_for_a_jpeg_is_named_instead_of_failing_the_write(model, tmp_path):
+    """A PNG's EXIF may be any size; a JPEG's APP1 segment holds 64 kB, and Pillow refused
+    the whole file at the very end."""
+    exif = camera_exif()
+    exif[0x010E] = "x" * 70_000  # ImageDescription
+    Image.fromarray(astronaut(40, 48)).save(tmp_path / "a.png", exif=exif, icc_profile=srgb())
+    result = repaired(
+        model, tmp_path / "a.png", tmp_path / "out.jpg", mask_file(tmp_path / "m.png")
+    )
+    assert "EXIF of 70," in result.detail and "not kept (a JPEG holds 64 kB)" in result.detail
+    with Image.open(tmp_path / "out.jpg") as im:
+        assert im.info["icc_profile"] == srgb() and "exif" not in im.info

@@ -19,6 +19,8 @@ from gan_dist.files import write_bytes_atomic
 if TYPE_CHECKING:
     import numpy as np
 
+    from gan_dist.data.metadata import JpegCoding
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom"}
 DEFAULT_MAX_PIXELS = 10_000 * 10_000
 
@@ -29,20 +31,23 @@ class ImageReadError(GanDistError):
 
 @dataclass(frozen=True)
 class Storage:
-    """How a TIFF stored its samples, so that repair writes them back the same way: grey as
-    min-is-white (0 = white) and the alpha sample's kind (TIFF ExtraSamples: `assocalpha`
-    for premultiplied colours, `unassalpha`, or `unspecified`)."""
+    """How a file stored its samples and what it says about its picture, so that repair
+    writes them back the same way (`gan_dist.data.metadata`). TIFF: grey as min-is-white
+    (0 = white), the alpha sample's kind (ExtraSamples: `assocalpha` for premultiplied
+    colours, `unassalpha`, or `unspecified`), BigTIFF; JPEG: its coding."""
 
     min_is_white: bool = False
     alpha: str = "unassalpha"
-    # what a scan's page says about itself, written back unchanged
+    # what a file says about its picture, written back unchanged where the output holds it
     resolution: tuple[float, float] | None = None  # pixels per `resolution_unit`
     resolution_unit: int | None = None  # TIFF ResolutionUnit: 2 inch, 3 centimetre
-    description: str | None = None
+    description: str | None = None  # TIFF ImageDescription, a JPEG comment
     icc: bytes | None = None  # the colour profile (ICC)
     tags: tuple[tuple[int, str, int, object, bool], ...] = ()  # tifffile `extratags`
     text: tuple[tuple[str, str], ...] = ()  # PNG text chunks (keyword, text)
     bigtiff: bool = False  # the file was a BigTIFF: so is its repair
+    exif: bytes | None = None  # `Exif\0\0` and EXIF as kept (`metadata.neutral_exif`)
+    jpeg: JpegCoding | None = None  # a JPEG's tables and subsampling, to encode its repair alike
 
 
 @dataclass(frozen=True)
@@ -256,8 +261,13 @@ def _probe_pillow(path: Path) -> tuple[int, int, int, int]:
 
 
 def _pillow_picture(path: Path) -> Picture:
+    """PNG (8-bit, or grey 16-bit), JPEG, WebP or BMP through Pillow: EXIF orientation
+    applied, palette, CMYK and other colour models as RGB, alpha kept aside, and what the
+    file says about its picture in `storage` (`metadata`)."""
     import numpy as np
     from PIL import ImageOps
+
+    from gan_dist.data.metadata import jpeg_coding, pillow_storage, png_storage
 
     notes: list[str] = []
     im = _open_pillow(path)
@@ -266,11 +276,18 @@ def _pillow_picture(path: Path) -> Picture:
         if fmt == "PNG" and _png_deep_colour_type(path) is not None:
             return _deep_png_picture(path)
         im.load()
-        if im.getexif().get(0x0112, 1) != 1:  # exif_transpose copies even when it is 1
+        info, coding = dict(im.info), jpeg_coding(im)  # as the file has them, before turning
+        turned = int(im.getexif().get(0x0112, 1) or 1)
+        if turned != 1:  # exif_transpose copies even when it is 1
             im = ImageOps.exif_transpose(im)
             notes.append("EXIF orientation applied")
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"corrupt or truncated {fmt or 'image'} data ({exc})") from None
+    if fmt == "PNG":
+        storage, told = png_storage(path, turned)
+    else:
+        storage, told = pillow_storage(info, turned, coding)
+    notes += told
     mode = im.mode
     alpha, mapping = None, None
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
@@ -294,22 +311,27 @@ def _pillow_picture(path: Path) -> Picture:
         arr = np.asarray(im)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return Picture(np.ascontiguousarray(arr), notes, alpha=alpha, mapping=mapping)
+    return Picture(np.ascontiguousarray(arr), notes, alpha=alpha, storage=storage, mapping=mapping)
 
 
 def _deep_png_picture(path: Path) -> Picture:
+    """A 16-bit colour or grey + alpha PNG, through imagecodecs (Pillow cuts it to 8 bits);
+    what it says about its picture in `storage`, its EXIF orientation kept (not applied)."""
     import imagecodecs
     import numpy as np
+
+    from gan_dist.data.metadata import png_storage
 
     try:
         arr = imagecodecs.png_decode(path.read_bytes())
     except Exception as exc:
         raise ImageReadError(f"corrupt or truncated 16-bit PNG data ({exc})") from None
-    notes, alpha = [], None
+    storage, notes = png_storage(path)
+    alpha = None
     if arr.shape[2] in (2, 4):  # grey + alpha, RGBA
         notes.append("alpha channel dropped")
         arr, alpha = arr[:, :, :-1], arr[:, :, -1].copy()
-    return Picture(np.ascontiguousarray(arr), notes, alpha=alpha)
+    return Picture(np.ascontiguousarray(arr), notes, alpha=alpha, storage=storage)
 
 
 def _to_levels(
@@ -761,37 +783,6 @@ def encode_png(arr: np.ndarray) -> bytes:
 
     plane = arr[:, :, 0] if arr.shape[2] == 1 else arr
     return imagecodecs.png_encode(np.ascontiguousarray(plane), level=1)  # views, e.g. a slice
-
-
-def png_with_metadata(data: bytes, storage: Storage) -> bytes:
-    """PNG bytes (as `encode_png` makes them: no ancillary chunk) with what `storage` says
-    about the picture: its text chunks (tEXt, or iTXt for text beyond Latin-1), inserted
-    after IHDR, where every chunk that must precede the image data may go."""
-    import zlib
-
-    chunks = [_png_text(key, value) for key, value in storage.text]
-    if not chunks:
-        return data
-    end = 8 + 4 + 4 + 13 + 4  # signature, then IHDR: length, type, 13 bytes, CRC
-    if data[12:16] != b"IHDR":
-        raise ValueError("not a PNG that starts with its IHDR chunk")
-    made = [
-        len(payload).to_bytes(4, "big")
-        + kind
-        + payload
-        + zlib.crc32(kind + payload).to_bytes(4, "big")
-        for kind, payload in chunks
-    ]
-    return data[:end] + b"".join(made) + data[end:]
-
-
-def _png_text(key: str, value: str) -> tuple[bytes, bytes]:
-    """A tEXt chunk, or iTXt (UTF-8) for a text Latin-1 cannot hold (PNG 1.2, 4.2.3)."""
-    name = key.encode("latin-1", "replace")[:79]
-    try:
-        return b"tEXt", name + b"\0" + value.encode("latin-1")
-    except UnicodeEncodeError:
-        return b"iTXt", name + b"\0\0\0\0\0" + value.encode("utf-8")
 
 
 def decode_png(data: bytes) -> np.ndarray:

@@ -219,15 +219,23 @@ def write_tiff(
         compression="zlib",
         resolution=storage.resolution,
         resolutionunit=storage.resolution_unit,
-        description=storage.description,
+        description=_tiff_text(storage.description),
         iccprofile=storage.icc,
-        extratags=storage.tags,
+        extratags=[(*tag[:3], _tiff_text(tag[3]), *tag[4:]) for tag in storage.tags],
         metadata=None,  # no tifffile shape record: the page describes itself as it came
         # tifffile compresses this much at a time, read ahead from the iterator (512 MB
         # by default): one row of tiles keeps memory flat
         buffersize=WRITE_TILE * width * channels * np.dtype(dtype).itemsize,
     )
     return bigtiff
+
+
+def _tiff_text(value):
+    """A text value as tifffile writes it: str when ASCII (what TIFF 6.0 asks), else its
+    UTF-8 bytes (which tifffile would otherwise refuse, after the repair)."""
+    if isinstance(value, str) and not value.isascii():
+        return value.encode("utf-8")
+    return value
 
 
 def _tiles(rows: Iterable[np.ndarray], height: int, width: int, channels: int) -> Iterator:
