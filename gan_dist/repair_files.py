@@ -5,25 +5,35 @@ and the promise that nothing a user hands us is ever lost.
   output would land on an input image or a mask, inside the input or mask folder, or on
   another output is refused whole.
 - Masks match images by exact relative path and full stem (`day.jpg` takes `day.png`, never
-  `day.1.png`; `photo[1].jpg` takes `photo[1].png`: nothing in a name is a pattern). Two
-  masks that could belong to one image fail that image, naming both.
+  `day.1.png`; `photo[1].jpg` takes `photo[1].png`: nothing in a name is a pattern), or by
+  the stem and a mask suffix: `day_mask`, `day-mask`, LaMa's `day_mask000` (`_mask_candidates`).
+  Two masks that could belong to one image fail that image, naming both; an image without
+  one names the files looked for and the masks no image took. A mask folder may be the
+  image folder (LaMa's layout): the masks in it are then not repaired as images.
 - One binarisation rule (`read_mask`): white, above half the file's range, is a hole; a mask
   holding only the values 0 and 1 (a common export) is read with 1 as the hole, and the
   summary says so. A mask without a hole pixel has its own status (`no hole`); the image
   is written unchanged, so a folder's output is complete and no older output survives.
 - Known pixels are copied exactly, at the input's depth and channels. Lossless inputs are
-  written losslessly (WebP too); JPEG output re-encodes the known pixels, and the summary
-  says so (`--format png` keeps them).
+  written losslessly (WebP too); JPEG output is encoded with its source's tables and
+  subsampling, and the summary says how far that moved the known pixels (`--format png`
+  keeps them). Where the reader mapped values onto levels (DICOM), the output and the
+  summary say how (`images.ValueMapping`).
+- What a file says about its picture (colour profile, EXIF less the orientation applied,
+  resolution, text) is written into the output in the terms its format holds
+  (`data.metadata`, `_storage_for`); the summary names what a format cannot hold.
 - Every failure that belongs to one file is a row of the summary; the folder goes on.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,6 +70,15 @@ WRITABLE = {
     ".jpeg": (False, False, False),
 }
 FORMATS = ("same", "png", "tif")
+SIDE_LIMITS = {".jpg": 65535, ".jpeg": 65535, ".webp": 16383}  # px: the formats' own limits
+# what each output format holds of what a file says about its picture (`_storage_for`)
+HOLDS = {
+    ".png": ("colour profile", "EXIF", "resolution"),
+    ".jpg": ("colour profile", "EXIF", "resolution"),
+    ".jpeg": ("colour profile", "EXIF", "resolution"),
+    ".webp": ("colour profile", "EXIF"),
+    ".bmp": ("resolution",),
+}
 TILE, OVERLAP, BATCH = 256, 32, 4  # px, px, tiles per pass: `gan-dist repair`'s defaults
 TIFF = (".tif", ".tiff")
 STATUSES = ("repaired", "failed", "skipped", "no hole")
@@ -67,13 +86,15 @@ STATUSES = ("repaired", "failed", "skipped", "no hole")
 
 @dataclass
 class Job:
-    """One image to repair: where it comes from, where it goes, its mask, and a reason it
-    cannot be repaired found while planning (an ambiguous mask)."""
+    """One image to repair: where it comes from, where it goes, its mask, a reason it
+    cannot be repaired found while planning (an ambiguous mask), and, when a mask folder
+    held none for it, what was looked for (the reason an inpainting model fails it)."""
 
     image: Path
     target: Path
     mask: Path | None
     problem: str = ""
+    no_mask: str = ""
 
 
 @dataclass
@@ -116,34 +137,49 @@ def plan(
     mask_root = masks.resolve() if masks is not None else None
     if source.is_dir():
         images = sorted(p for p in source.rglob("*") if p.is_file() and _is_image(p))
+        if mask_root is not None and mask_root != source and mask_root.is_relative_to(source):
+            images = [p for p in images if not p.is_relative_to(mask_root)]  # masks, not images
         rels = [p.relative_to(source) for p in images]
-        targets = [out / _output_name(rel, output_format) for rel in rels]
     else:
         images, rels = [source], [Path(input_path.name)]  # a link's own name, as given
-        if out.is_dir() or as_folder:
-            targets = [out / _output_name(rels[0], output_format)]
-        else:
-            named = out.suffix.lower().lstrip(".").replace("tiff", "tif")
-            if output_format != "same" and named != output_format:
-                raise GanDistError(
-                    f"--format {output_format} but OUTPUT {output} ends in {out.suffix}; "
-                    "give one or the other"
-                )
-            if out.suffix.lower() not in WRITABLE:
-                raise GanDistError(
-                    f"OUTPUT {output}: cannot write {out.suffix or 'files without a suffix'}; "
-                    f"use one of {', '.join(sorted(WRITABLE))}"
-                )
-            targets = [out]
+    pairing = None
+    if mask_root is not None and mask_root.is_dir():
+        pairing = _MaskPairing(mask_root, images, rels)
+        kept = [i for i, image in enumerate(images) if not pairing.is_mask(image)]
+        images, rels = [images[i] for i in kept], [rels[i] for i in kept]
+    if source.is_dir():
+        targets = [out / _output_name(rel, output_format) for rel in rels]
+    elif out.is_dir() or as_folder:
+        targets = [out / _output_name(rels[0], output_format)]
+    else:
+        named = out.suffix.lower().lstrip(".").replace("tiff", "tif")
+        if output_format != "same" and named != output_format:
+            raise GanDistError(
+                f"--format {output_format} but OUTPUT {output} ends in {out.suffix}; "
+                "give one or the other"
+            )
+        if out.suffix.lower() not in WRITABLE:
+            raise GanDistError(
+                f"OUTPUT {output}: cannot write {out.suffix or 'files without a suffix'}; "
+                f"use one of {', '.join(sorted(WRITABLE))}"
+            )
+        targets = [out]
     _refuse_collisions(source, images, targets, mask_root)
     jobs = []
     for image, rel, target in zip(images, rels, targets, strict=True):
-        job = Job(image, target, None)
-        if mask_root is not None:
-            try:
-                job.mask = _mask_for(mask_root, rel)
-            except GanDistError as exc:
-                job.problem = str(exc)
+        job = Job(image, target, mask_root if pairing is None else None)
+        if pairing is not None:
+            found = pairing.masks(image)
+            if len(found) == 1:
+                job.mask = found[0]
+            elif found:
+                names = ", ".join(str(p) for p in found[:-1]) + f" and {found[-1]}"
+                job.problem = (
+                    f"{len(found)} masks could belong to this image: {names}; keep one, or "
+                    "repair it once per mask with --mask FILE"
+                )
+            else:
+                job.no_mask = pairing.looked_for(image, rel)
         jobs.append(job)
     return jobs
 
@@ -312,7 +348,9 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels, on_rows) -> F
         kind = picture.original.dtype if picture.original is not None else None
         size = f"{width}x{height} {kind or f'{picture.bit_depth}-bit'}"
         notes = [n for n in picture.notes if n != "alpha channel dropped"]
-        notes += _check_writable(suffix, picture)
+        _check_writable(suffix, picture)
+        storage, told = _storage_for(suffix, picture)
+        notes += told
         if picture.pages > 1:
             raise GanDistError(
                 f"{picture.pages} pages or frames: repair writes one; split the file and "
@@ -326,23 +364,31 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels, on_rows) -> F
             if composite and not mask.any():  # an inpainting model keeps every pixel
                 status = "no hole"
                 notes.insert(0, f"mask {job.mask} marks no pixel (white = hole): written unchanged")
+        elif composite and job.no_mask:
+            raise GanDistError(f"no mask found: {job.no_mask}")
         elif composite:
             raise GanDistError("no mask found (an inpainting model needs one: --mask FILE|DIR)")
         from gan_dist.repair import repair_rows  # torch: not for the CLI's start-up
 
         rows = repair_rows(model, picture.pixels, mask, tile, overlap, batch)
         rows = _counted(rows, height, on_rows)
-        storage = picture.storage if suffix in TIFF else Storage()
+        mapping = picture.mapping
+        if mapping is not None:  # said once, and only where the levels are what is written
+            notes = [n for n in notes if n != mapping.describe()]
+            if picture.original is None:
+                told = mapping.as_text()
+                text = told + tuple(t for t in storage.text if t[0] not in dict(told))
+                storage = replace(storage, description=mapping.describe(), text=text)
+                notes.append(mapping.describe())
         if picture.original is not None:  # signed, wide or float: known samples back exactly
             rows = iter([(0, _restore_original(picture, rows, mask))])
-            notes = [n for n in notes if "rescaled to 0.." not in n]
         elif storage.min_is_white:  # the samples as they were stored
             rows = ((top, np.iinfo(v.dtype).max - v) for top, v in rows)
         if picture.alpha is not None and not WRITABLE[suffix][1]:
             notes.append(f"alpha channel dropped ({suffix} output)")
         elif picture.alpha is not None:
             rows = _with_alpha(rows, picture.alpha)
-        _write(job.target, suffix, rows, height, storage)
+        notes += _write(job.target, suffix, rows, height, storage, mask)
     holes = f"{mask.mean():.1%} of pixels" if mask is not None else "all pixels"
     detail = "; ".join(notes if status == "no hole" else [holes, *notes])
     return FileResult(job.image, job.target, status, detail, 0, size)
@@ -390,23 +436,58 @@ def _write(
     rows: Iterator[tuple[int, np.ndarray]],
     height: int,
     storage: Storage,
-) -> None:
-    """Output rows (n, W, C), given top to bottom -> the file, atomically. TIFF is written
-    as the rows come, tile by tile, stored as `storage` says; other formats are encoded
-    from the assembled image."""
+    mask: np.ndarray | TiffMask | None,
+) -> list[str]:
+    """Output rows (n, W, C), given top to bottom -> the file, atomically, with what
+    `storage` says about the picture. TIFF is written as the rows come, tile by tile,
+    stored as `storage` says; other formats are encoded from the assembled image. Returns
+    what the summary should say about the file written: a lossy format's change to the
+    known pixels (outside `mask`), measured on the bytes written."""
     _, first = next(rows)
     bands = chain([first], (values for _, values in rows))
     if suffix in TIFF:
         with atomic_file(target) as fh:
-            write_tiff(fh, (height, *first.shape[1:]), first.dtype, bands, storage)
-    else:
-        write_bytes_atomic(target, encode_image(np.concatenate(list(bands)), suffix))
+            bigtiff = write_tiff(fh, (height, *first.shape[1:]), first.dtype, bands, storage)
+        grown = bigtiff and not storage.bigtiff  # a BigTIFF source goes without saying
+        return ["written as BigTIFF (it could pass 4 GB)"] if grown else []
+    image = np.concatenate(list(bands))
+    data = encode_image(image, suffix, storage)
+    told = [] if WRITABLE[suffix][2] or mask is None else _reencoded(data, image, mask, suffix)
+    write_bytes_atomic(target, data)
+    return told
 
 
-def _check_writable(suffix: str, picture: Picture) -> list[str]:
-    """Before any computing: refuse an output format that would cut the pixels' depth;
-    the notes a lossy one needs."""
-    deep, _, lossless = WRITABLE[suffix]
+def _reencoded(data: bytes, meant: np.ndarray, mask, suffix: str) -> list[str]:
+    """How far a lossy file's known pixels (outside `mask`) are from what was meant, in
+    levels, from its bytes decoded; nothing where no pixel is known."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        back = np.asarray(im).reshape(meant.shape)
+    known = ~np.asarray(mask[:, :])
+    change = np.abs(back.astype(np.int32) - meant.astype(np.int32))[known]
+    if not change.size:
+        return []
+    return [
+        f"known pixels re-encoded ({suffix}): mean change {change.mean():.2f} levels, max "
+        f"{change.max()} (--format png keeps them exact)"
+    ]
+
+
+def _check_writable(suffix: str, picture: Picture) -> None:
+    """Before any computing: refuse an output format that would cut the pixels' depth or
+    cannot hold their size (it would fail at the very end)."""
+    deep = WRITABLE[suffix][0]
+    height, width, channels = picture.pixels.shape
+    side = SIDE_LIMITS.get(suffix)
+    if side is not None and max(height, width) > side:
+        raise GanDistError(
+            f"{suffix} cannot hold {width}x{height} px (at most {side:,} px a side); "
+            "write .png or .tif (--format png|tif)"
+        )
+    row = -(-width * (24 if channels == 3 else 8) // 32) * 4  # BMP rows: 4-byte aligned
+    if suffix == ".bmp" and 54 + 1024 + row * height >= 2**32:  # 32-bit file size field
+        raise GanDistError(f"{suffix} cannot hold {width}x{height} px (4 GB); write .png or .tif")
     if picture.original is not None and suffix not in TIFF:
         raise GanDistError(
             f"{suffix} cannot hold {picture.original.dtype} pixels; write .tif (--format tif)"
@@ -416,9 +497,59 @@ def _check_writable(suffix: str, picture: Picture) -> list[str]:
             f"{suffix} cannot hold 16-bit pixels; write .png or .tif (an OUTPUT of that "
             "suffix, or --format png|tif)"
         )
-    if not lossless:
-        return [f"{suffix} output re-encodes the known pixels (lossy); --format png keeps them"]
-    return []
+
+
+def _storage_for(suffix: str, picture: Picture) -> tuple[Storage, list[str]]:
+    """What the output file says about its picture: the source's colour profile, EXIF,
+    resolution and text, in the terms the output format holds them (`HOLDS`), and TIFF's
+    own sample storage for a TIFF. The notes name what is dropped: a profile of another
+    colour space than the pixels' (a CMYK JPEG's, now RGB), what the format cannot hold."""
+    from gan_dist.data.metadata import (
+        ICC_SPACES,
+        JPEG_MAX_EXIF,
+        exif_from_tags,
+        exif_tiff_tags,
+        icc_space,
+    )
+
+    storage, notes = picture.storage, []
+    channels = picture.pixels.shape[2]
+    if storage.icc is not None:
+        space = icc_space(storage.icc)  # a space it does not name is not judged
+        if space in ICC_SPACES and space != ("RGB" if channels == 3 else "GRAY"):
+            notes.append(f"{space} colour profile dropped: the pixels are {channels}-channel")
+            storage = replace(storage, icc=None)
+    if suffix in TIFF:
+        if storage.exif is None:
+            return storage, notes
+        # what a TIFF holds of EXIF: its IFD0 text, as tags of the page's own
+        taken = dict((t[0], t) for t in exif_tiff_tags(storage.exif))
+        description = taken.pop(270, None)
+        have = {t[0] for t in storage.tags}
+        tags = storage.tags + tuple(t for code, t in taken.items() if code not in have)
+        if description is not None and storage.description is None:
+            storage = replace(storage, description=description[3])
+        notes.append("EXIF kept as TIFF tags (description, make, model, date, artist, copyright)")
+        return replace(storage, tags=tags, exif=None), notes
+    exif = storage.exif or exif_from_tags(storage.tags)
+    if suffix in (".jpg", ".jpeg") and exif is not None and len(exif) > JPEG_MAX_EXIF:
+        notes.append(f"EXIF of {len(exif):,} bytes not kept (a JPEG holds 64 kB)")
+        exif = None
+    held = HOLDS[suffix]
+    present = {"colour profile": storage.icc, "EXIF": exif, "resolution": storage.resolution}
+    lost = [name for name, value in present.items() if value and name not in held]
+    if lost:
+        notes.append(f"{', '.join(lost)} not kept ({suffix} cannot hold it)")
+    kept = replace(
+        storage,
+        min_is_white=False,
+        alpha="unassalpha",
+        bigtiff=False,
+        icc=storage.icc if "colour profile" in held else None,
+        exif=exif if "EXIF" in held else None,
+        resolution=storage.resolution if "resolution" in held else None,
+    )
+    return kept, notes
 
 
 def read_mask(
@@ -489,16 +620,21 @@ def _binarise(grey: np.ndarray, zero_one: bool) -> np.ndarray:
     return grey > (0.5 if grey.dtype.kind == "f" else np.iinfo(grey.dtype).max // 2)
 
 
-def encode_image(arr: np.ndarray, suffix: str) -> bytes:
+def encode_image(arr: np.ndarray, suffix: str, storage: Storage | None = None) -> bytes:
     """Bytes of the format the suffix names (not TIFF: `tiff_stream.write_tiff`), at the
     array's depth (16-bit stays 16-bit); a 2nd or 4th channel is alpha. WebP is written
-    lossless, JPEG at quality 95."""
+    lossless; JPEG with the source's quantization tables, subsampling and progression
+    where `storage` has them (`metadata.JpegCoding`), else at quality 95. Each format
+    carries what of `storage` it holds (`HOLDS`; PNG also its text, JPEG its comment).
+    Raises GanDistError for 16-bit pixels in an 8-bit format."""
     from PIL import Image
 
     from gan_dist.data.images import encode_png
+    from gan_dist.data.metadata import png_with_metadata
 
-    if suffix == ".png":
-        return encode_png(arr)  # 1-4 channels at 8 or 16 bits
+    storage = storage or Storage()
+    if suffix == ".png":  # 1-4 channels at 8 or 16 bits
+        return png_with_metadata(encode_png(arr), storage)
     if arr.dtype != np.uint8:
         raise GanDistError(
             f"{suffix} cannot hold 16-bit pixels; write .png or .tif (an OUTPUT of that "
@@ -507,9 +643,33 @@ def encode_image(arr: np.ndarray, suffix: str) -> bytes:
     buf = io.BytesIO()
     im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}[suffix]
-    options = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True, "exact": True}}
-    im.save(buf, format=fmt, **options.get(fmt, {}))
+    options: dict[str, object] = {"icc_profile": storage.icc, "exif": storage.exif}
+    dpi = _dpi(storage)
+    if fmt == "JPEG":
+        coding = storage.jpeg
+        if coding is None:
+            options["quality"] = 95
+        else:
+            options["qtables"] = [list(table) for table in coding.qtables]
+            options |= {"subsampling": coding.subsampling} if coding.subsampling >= 0 else {}
+            options["progressive"] = coding.progressive
+        if storage.description:
+            options["comment"] = storage.description.encode("latin-1", "replace")
+        options["dpi"] = dpi
+    elif fmt == "WEBP":
+        options |= {"lossless": True, "exact": True}
+    else:  # BMP holds a resolution only
+        options = {"dpi": dpi}
+    im.save(buf, format=fmt, **{k: v for k, v in options.items() if v is not None})
     return buf.getvalue()
+
+
+def _dpi(storage: Storage) -> tuple[float, float] | None:
+    """The resolution in pixels per inch, where `storage` has one in inches or centimetres."""
+    if storage.resolution is None or storage.resolution_unit not in (2, 3):
+        return None
+    per_unit = 2.54 if storage.resolution_unit == 3 else 1.0
+    return (storage.resolution[0] * per_unit, storage.resolution[1] * per_unit)
 
 
 def _is_tiff(path: Path) -> bool:
@@ -528,22 +688,83 @@ def _output_name(rel: Path, output_format: str) -> Path:
     return rel.with_suffix(".png") if rel.suffix.lower() in (".dcm", ".dicom") else rel
 
 
-def _mask_for(masks: Path, rel: Path) -> Path | None:
-    """The mask file itself, or the one image file in the mask folder with the image's
-    relative folder and full stem (any image suffix). Raises GanDistError naming both when
-    two files could be the mask."""
-    if masks.is_file():
-        return masks
-    folder = masks / rel.parent
-    if not folder.is_dir():
-        return None
-    found = sorted(
-        p for p in folder.iterdir() if p.stem == rel.stem and _is_image(p) and p.is_file()
-    )
-    if len(found) > 1:
-        names = " and ".join(str(p) for p in found[:2])
-        raise GanDistError(f"two masks could belong to this image: {names}; keep one")
-    return found[0] if found else None
+# a mask's own name for the image of stem `base`: base_mask, base-mask, and LaMa's numbered
+# base_mask000, base_mask001... (one base per name: the last `_mask` is the one stripped)
+_MASK_NAME = re.compile(r"(?P<base>.+)[_-]mask[0-9]*")
+
+
+class _MaskPairing:
+    """Which files of a mask folder could be each image's mask. For the image `a/X.jpg`
+    they are the image files in MASKS/a/ of full stem `X` (any image suffix), `X_mask`,
+    `X-mask` or `X_mask` plus digits, never the image itself; a file whose full stem is
+    another image's own (`face_mask.png` when `face_mask.jpg` is repaired too) is that
+    image's only. Where MASKS/a/ is the image's own folder (LaMa keeps `X.png` beside
+    `X_mask000.png`), only the mask names count: `X.png` and `X.jpg` there are two images,
+    and a file named as the mask of an image beside it is a mask, never repaired itself.
+
+    The folder is listed once, so pairing a folder of n images costs O(n)."""
+
+    def __init__(self, root: Path, images: list[Path], rels: list[Path]) -> None:
+        self.root = root
+        self.files = sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p))
+        by_stem: dict[tuple[Path, str], list[Path]] = defaultdict(list)
+        by_base: dict[tuple[Path, str], list[Path]] = defaultdict(list)
+        for path in self.files:
+            folder = path.parent.relative_to(root)
+            by_stem[folder, path.stem].append(path)
+            if named := _MASK_NAME.fullmatch(path.stem):
+                by_base[folder, named["base"]].append(path)
+        own: dict[Path, list[Path]] = {}
+        named_for: dict[Path, list[Path]] = {}
+        for image, rel in zip(images, rels, strict=True):
+            key = (rel.parent, rel.stem)
+            shared = self._shared(image, rel)
+            own[image] = [] if shared else [p for p in by_stem[key] if not _same(p, image)]
+            named_for[image] = [p for p in by_base[key] if not _same(p, image)]
+        claimed = {p for found in own.values() for p in found}
+        self._found = {
+            image: sorted(own[image] + [p for p in named_for[image] if p not in claimed])
+            for image in images
+        }
+        self._taken = {p.resolve() for found in self._found.values() for p in found}
+        self._free: list[Path] | None = None  # the masks no image took, listed on a miss
+
+    def _shared(self, image: Path, rel: Path) -> bool:
+        return (self.root / rel.parent).resolve() == image.parent.resolve()
+
+    def is_mask(self, image: Path) -> bool:
+        """Whether an input image file is some other image's mask (a shared folder)."""
+        return image.resolve() in self._taken
+
+    def masks(self, image: Path) -> list[Path]:
+        """The files that could be `image`'s mask, sorted."""
+        return self._found[image]
+
+    def looked_for(self, image: Path, rel: Path) -> str:
+        """For an image without a mask: the names looked for and the masks no image took,
+        those in the same folder first."""
+        folder, stem = self.root / rel.parent, rel.stem
+        named = f"{stem}_mask.png, {stem}-mask.png or {stem}_mask000.png"
+        shared = self._shared(image, rel)
+        where = f"{named} beside it" if shared else f"{folder / stem}.png, {named}"
+        told = f"looked for {where} (any image suffix, any number)"
+        if shared and (base := _MASK_NAME.fullmatch(stem)):
+            told += f"; its own name reads as a mask of {base['base']}, which is not there"
+        if not folder.is_dir():
+            return f"{told}; {folder} does not exist"
+        if self._free is None:
+            taken = self._taken | {p.resolve() for p in self._found}
+            self._free = [p for p in self.files if p.resolve() not in taken]
+        free = sorted(self._free, key=lambda p: p.parent != folder)  # stable: same folder first
+        if not free:
+            return f"{told}; every mask in {self.root} belongs to another image"
+        shown = ", ".join(str(p) for p in free[:4])
+        more = f" and {len(free) - 4} more" if len(free) > 4 else ""
+        return f"{told}; masks no image took: {shown}{more}"
+
+
+def _same(a: Path, b: Path) -> bool:
+    return a == b or a.resolve() == b.resolve()
 
 
 __all__ = [

@@ -4,6 +4,7 @@ silently left unrepaired, and one odd file never stops a folder."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -102,6 +103,14 @@ def test_an_output_suffix_that_cannot_be_written_is_refused_before_work(tmp_path
         ("a*b?.png", ["axxbz.png", "a*b?.png"], "a*b?.png"),
         ("scan.v2.tif", ["scan.png", "scan.v2.png"], "scan.v2.png"),
         ("sub/x.png", ["x.png"], None),  # same stem, other folder
+        ("day.jpg", ["day_mask.png"], "day_mask.png"),
+        ("day.jpg", ["day-mask.tif"], "day-mask.tif"),
+        ("day.jpg", ["day_mask001.png"], "day_mask001.png"),  # LaMa's numbered masks
+        ("day.jpg", ["daymask.png", "day_masks.png", "day.mask.png", "day_mask_a.png"], None),
+        ("day.jpg", ["day_mask.1.png", "Day_mask.png", "xday_mask.png"], None),
+        ("a[1]*.jpg", ["a[1]*_mask.png", "a1x_mask.png"], "a[1]*_mask.png"),
+        ("day_mask.jpg", ["day_mask.png"], "day_mask.png"),  # an image's own stem ends in _mask
+        ("day_mask.jpg", ["day_mask_mask.png"], "day_mask_mask.png"),
     ],
 )
 def test_masks_match_by_exact_relative_path_and_full_stem(tmp_path, image, masks, expected):
@@ -126,6 +135,113 @@ def test_two_masks_for_one_image_fail_that_image_naming_both(model, tmp_path):
     assert rows["a.png"]["status"] == "failed"
     assert "a.png" in rows["a.png"]["detail"] and "a.tif" in rows["a.png"]["detail"]
     assert rows["b.png"]["status"] == "repaired"
+
+
+@pytest.mark.parametrize(
+    "masks",
+    [
+        ["day.png", "day_mask.png"],
+        ["day_mask000.png", "day_mask001.png", "day_mask002.png"],  # LaMa: one case each
+        ["day-mask.png", "day_mask.tif"],
+    ],
+)
+def test_every_mask_that_could_be_an_images_own_is_named_and_none_chosen(tmp_path, masks):
+    photo(tmp_path / "src" / "day.jpg")
+    for name in masks:
+        mask_file(tmp_path / "masks" / name)
+    (job,) = plan(tmp_path / "src", tmp_path / "out", tmp_path / "masks")
+    assert job.mask is None and f"{len(masks)} masks could belong" in job.problem
+    assert all(str(tmp_path / "masks" / name) in job.problem for name in masks)
+
+
+def test_a_mask_named_as_another_images_own_stem_is_that_images_only(tmp_path):
+    """`face_mask.png` is the mask of `face_mask.jpg` (full stem), not a second candidate
+    of `face.jpg`; alone, it would have been face.jpg's by the `_mask` convention."""
+    for name in ("face.jpg", "face_mask.jpg", "car.jpg"):
+        photo(tmp_path / "src" / name)
+    for name in ("face.png", "face_mask.png", "car_mask.png"):
+        mask_file(tmp_path / "masks" / name)
+    jobs = {j.image.name: j for j in plan(tmp_path / "src", tmp_path / "out", tmp_path / "masks")}
+    assert {n: (j.mask.name, j.problem) for n, j in jobs.items()} == {
+        "face.jpg": ("face.png", ""),
+        "face_mask.jpg": ("face_mask.png", ""),
+        "car.jpg": ("car_mask.png", ""),
+    }
+
+
+def test_a_missing_mask_names_the_file_looked_for_and_the_masks_left_over(tmp_path):
+    photo(tmp_path / "src" / "a" / "day.jpg")
+    photo(tmp_path / "src" / "a" / "night.jpg")
+    for name in ("a/night.png", "a/Day.png", "b/day.png", "a/day_maske.png"):
+        mask_file(tmp_path / "masks" / name)
+    jobs = {j.image.name: j for j in plan(tmp_path / "src", tmp_path / "out", tmp_path / "masks")}
+    assert jobs["night.jpg"].mask == tmp_path / "masks" / "a" / "night.png"
+    told = jobs["day.jpg"].no_mask
+    assert jobs["day.jpg"].mask is None and jobs["day.jpg"].problem == ""
+    assert f"looked for {tmp_path / 'masks' / 'a' / 'day'}.png, day_mask.png" in told
+    left = told.split("masks no image took: ")[1]
+    assert left.split(", ") == [
+        str(tmp_path / "masks" / n) for n in ("a/Day.png", "a/day_maske.png", "b/day.png")
+    ]  # the same folder first; night.png was taken
+    missing = plan(tmp_path / "src", tmp_path / "out", tmp_path / "masks" / "b")
+    assert "masks/b/a does not exist" in {j.image.name: j for j in missing}["day.jpg"].no_mask
+
+
+def test_lama_layout_masks_beside_their_images_are_masks_not_images(model, tmp_path):
+    """LaMa's eval folders keep `x.png` beside `x_mask000.png`: with the same folder as INPUT
+    and --mask, the masks pair with their images and are never repaired themselves; an
+    image without one says what was looked for, and outputs still may not land inside."""
+    lama = tmp_path / "lama"
+    for name in ("one.png", "two.jpg", "sub/three.png", "lonely.png", "day.png", "day.jpg"):
+        photo(lama / name)
+    for name in ("one_mask000.png", "two_mask.png", "sub/three-mask.png", "day_mask.png"):
+        mask_file(lama / name)
+    before = snapshot(lama)
+    jobs = {str(j.image.relative_to(lama)): j for j in plan(lama, tmp_path / "out", lama)}
+    assert sorted(jobs) == [
+        "day.jpg",
+        "day.png",
+        "lonely.png",
+        "one.png",
+        "sub/three.png",
+        "two.jpg",
+    ]
+    assert jobs["one.png"].mask == lama / "one_mask000.png"
+    assert jobs["sub/three.png"].mask == lama / "sub" / "three-mask.png"
+    assert jobs["day.png"].mask == jobs["day.jpg"].mask == lama / "day_mask.png"  # not each other
+    with pytest.raises(GanDistError, match="inside INPUT"):
+        plan(lama, lama / "out", lama)
+
+    args = [str(lama), str(tmp_path / "out"), "--mask", str(lama), "--json"]
+    result = run_cli("repair", *args, "--model", str(model))
+    assert result.returncode == 1, result.stdout + result.stderr  # lonely.png has no mask
+    rows = {Path(r["source"]).name: r for r in json.loads(result.stdout)["files"]}
+    assert sorted(rows) == ["day.jpg", "day.png", "lonely.png", "one.png", "three.png", "two.jpg"]
+    assert rows["lonely.png"]["status"] == "failed"
+    assert "looked for lonely_mask.png, lonely-mask.png" in rows["lonely.png"]["detail"]
+    assert all(r["status"] == "repaired" for n, r in rows.items() if n != "lonely.png")
+    written = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.*"))
+    assert written == ["day.jpg", "day.png", "one.png", "sub/three.png", "two.jpg"]
+    assert snapshot(lama) == before
+
+
+def test_a_mask_folder_or_file_inside_input_is_not_repaired_as_images(tmp_path):
+    photo(tmp_path / "src" / "day.jpg")
+    mask_file(tmp_path / "src" / "masks" / "day.png")
+    mask_file(tmp_path / "src" / "masks" / "spare.png")
+    mask_file(tmp_path / "src" / "hole.png")
+    jobs = {
+        j.image.name: j
+        for j in plan(tmp_path / "src", tmp_path / "out", tmp_path / "src" / "masks")
+    }
+    assert sorted(jobs) == ["day.jpg", "hole.png"]
+    assert jobs["day.jpg"].mask == tmp_path / "src" / "masks" / "day.png"
+    jobs = plan(tmp_path / "src", tmp_path / "out", tmp_path / "src" / "hole.png")
+    assert sorted(str(j.image.relative_to(tmp_path / "src")) for j in jobs) == [
+        "day.jpg",
+        "masks/day.png",
+        "masks/spare.png",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -200,7 +316,7 @@ def test_lossless_webp_stays_lossless_and_jpeg_is_named(model, tmp_path):
     result = run_cli("repair", *args, "--model", str(model))
     assert result.returncode == 0, result.stdout + result.stderr
     rows = {Path(r["source"]).name: r for r in json.loads(result.stdout)["files"]}
-    assert "re-encodes the known pixels" in rows["b.jpg"]["detail"]
+    assert "known pixels re-encoded (.jpg): mean change " in rows["b.jpg"]["detail"]
     m = hole(40, 48)
     webp = read_image(tmp_path / "out" / "a.webp").pixels
     assert np.array_equal(webp[~m], arr[~m])
@@ -232,6 +348,23 @@ def test_16_bit_into_a_format_that_cannot_hold_it_fails_before_computing(model, 
     result = run_cli("repair", *args, "--mask", str(mask_file(tmp_path / "m.png")))
     assert result.returncode == 1 and "cannot hold 16-bit" in result.stdout
     assert not (tmp_path / "deep.jpg").exists()
+
+
+@pytest.mark.parametrize("suffix, width", [(".jpg", 65_536), (".jpeg", 70_000), (".webp", 16_384)])
+def test_a_size_the_output_format_cannot_hold_fails_before_computing(
+    model, tmp_path, suffix, width
+):
+    """JPEG holds at most 65,535 px a side and WebP 16,383: such an image used to be
+    repaired whole and fail in the encoder, at the very end."""
+    from gan_dist.models import load_model
+    from gan_dist.repair_files import repair_files
+
+    Image.fromarray(np.zeros((2, width, 3), np.uint8) + 90).save(tmp_path / "wide.png")
+    Image.fromarray(np.full((2, width), 255, np.uint8)).save(tmp_path / "m.png")
+    (job,) = plan(tmp_path / "wide.png", tmp_path / f"out{suffix}", tmp_path / "m.png")
+    (result,) = repair_files(lambda: load_model(str(model)), [job], 32, 8, 4, False)
+    assert result.status == "failed" and f"cannot hold {width}x2 px" in result.detail
+    assert result.seconds < 5 and not (tmp_path / f"out{suffix}").exists()
 
 
 # --- one file never stops a folder; every file is named whole ---------------------------------
@@ -382,3 +515,207 @@ def test_a_one_bit_min_is_white_tiff_is_read(grey, tmp_path, role):
     known = ~hole(40, 48)
     expected = np.where(bits, 0, 255) if role == "image" else np.full((40, 48), 128)
     assert np.array_equal(back[known], expected[known])
+
+
+# --- what a file says about its picture survives its repair ----------------------------------
+
+
+@functools.cache
+def srgb() -> bytes:
+    """An sRGB profile, made once (a profile made records the second it was made)."""
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def camera_exif(orientation: int = 1):
+    """EXIF as a camera writes it: make and model in IFD0, the date taken in the Exif IFD."""
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0112] = "Canon", "EOS 5D", orientation
+    exif.get_ifd(0x8769)[0x9003] = "2021:06:05 14:03:02"  # DateTimeOriginal
+    return exif
+
+
+def astronaut(h: int = 96, w: int = 128) -> np.ndarray:
+    import skimage.data
+
+    return skimage.data.astronaut()[100 : 100 + h, 150 : 150 + w]
+
+
+def repaired(model: Path, image: Path, out: Path, mask: Path):
+    from gan_dist.models import load_model
+    from gan_dist.repair_files import repair_files
+
+    (job,) = plan(image, out, mask)
+    (result,) = repair_files(lambda: load_model(str(model)), [job], 32, 8, 4, False)
+    assert result.status == "repaired", result.detail
+    return result
+
+
+def test_a_jpeg_keeps_its_exif_profile_quality_and_subsampling(model, tmp_path):
+    """The reported case: a q100 4:2:2 JPEG with EXIF (camera, date taken) and an ICC
+    profile came back q95 4:2:0 with neither, and without a word on its known pixels."""
+    from PIL import JpegImagePlugin
+
+    arr = astronaut(96, 128)
+    source = tmp_path / "photo.jpg"
+    Image.fromarray(arr).save(
+        source, quality=100, subsampling=1, exif=camera_exif(6), icc_profile=srgb(), dpi=(300, 300)
+    )
+    mask = mask_file(tmp_path / "m.png", 128, 96)  # the picture turned: 96 wide, 128 high
+    result = repaired(model, source, tmp_path / "out.jpg", mask)
+    with Image.open(source) as before, Image.open(tmp_path / "out.jpg") as after:
+        assert after.info["icc_profile"] == srgb()
+        assert JpegImagePlugin.get_sampling(after) == 1  # 4:2:2, as it came
+        assert after.quantization == before.quantization  # its quality, as it came
+        assert after.info["dpi"] == (300, 300)
+        exif = after.getexif()
+        assert (exif[0x010F], exif[0x0110]) == ("Canon", "EOS 5D")
+        assert exif.get_ifd(0x8769)[0x9003] == "2021:06:05 14:03:02"
+        assert exif.get(0x0112, 1) == 1  # the pixels were turned on reading
+        assert after.size == (96, 128)
+    change = result.detail.split("known pixels re-encoded (.jpg): mean change ")[1]
+    mean, most = float(change.split(" levels")[0]), int(change.split("max ")[1].split(" ")[0])
+    decoded, written = read_image(source).pixels, read_image(tmp_path / "out.jpg").pixels
+    known = ~hole(128, 96)
+    diff = np.abs(decoded.astype(int) - written)[known]
+    assert mean == pytest.approx(diff.mean(), abs=0.01) and most == diff.max()
+    assert mean < 1.0  # its own tables: q95 4:2:0 moved them 1.1 levels on average
+
+
+@pytest.mark.parametrize(
+    "source, output",
+    [
+        ("a.png", "out.png"),
+        ("a16.png", "out.png"),
+        ("a.webp", "out.webp"),
+        ("a.jpg", "out.png"),
+        ("a.jpg", "out.tif"),
+        ("a.tif", "out.png"),
+        ("a.tif", "out.jpg"),
+        ("a.png", "out.jpg"),
+        ("a.bmp", "out.bmp"),
+        ("a.jpg", "out.bmp"),
+    ],
+)
+def test_what_a_file_says_about_its_picture_survives_in_every_format(
+    model, tmp_path, source, output
+):
+    """Colour profile, EXIF (less an applied orientation) and resolution, in whatever terms
+    the output format holds them: PNG chunks, JPEG and WebP segments, TIFF tags, BMP's
+    resolution. What the output cannot hold is named."""
+    import tifffile
+
+    arr = astronaut(40, 48)
+    path = tmp_path / source
+    icc, exif = srgb(), camera_exif()
+    if source == "a16.png":
+        from PIL import PngImagePlugin
+
+        tmp = tmp_path / "eight.png"
+        Image.fromarray(arr).save(tmp, icc_profile=icc, exif=exif, dpi=(300, 300))
+        chunks = tmp.read_bytes()[33:].split(b"IDAT")[0][:-4]  # its metadata chunks, as made
+        deep = encode_png(arr.astype(np.uint16) * 257)
+        path.write_bytes(deep[:33] + chunks + deep[33:])
+        assert PngImagePlugin.PngImageFile(path).info["icc_profile"] == icc
+    elif source.endswith(".tif"):
+        tifffile.imwrite(
+            path,
+            arr,
+            photometric="rgb",
+            iccprofile=icc,
+            resolution=(300, 300),
+            resolutionunit=2,
+            extratags=[(271, "s", 0, "Canon", True), (272, "s", 0, "EOS 5D", True)],
+        )
+    elif source.endswith(".bmp"):
+        Image.fromarray(arr).save(path, dpi=(300, 300))
+    else:
+        options = {"lossless": True} if source.endswith(".webp") else {}
+        Image.fromarray(arr).save(path, icc_profile=icc, exif=exif, dpi=(300, 300), **options)
+    result = repaired(model, path, tmp_path / output, mask_file(tmp_path / "m.png"))
+    out = tmp_path / output
+    lost = [n for n in result.detail.split("; ") if "not kept" in n or "dropped" in n]
+    if output.endswith(".tif"):
+        with tifffile.TiffFile(out) as tif:
+            page = tif.pages[0]
+            assert page.iccprofile == icc
+            assert page.resolution == pytest.approx((300, 300), abs=0.01)
+            assert page.tags.valueof(271) == "Canon" and page.tags.valueof(272) == "EOS 5D"
+        assert lost == [], result.detail
+        return
+    with Image.open(out) as im:
+        if output.endswith(".bmp"):  # a resolution is all BMP holds; the rest is named
+            assert im.info["dpi"] == pytest.approx((300, 300), abs=0.5)
+            held = (
+                lost == []
+                if source.endswith(".bmp")
+                else lost == ["colour profile, EXIF not kept (.bmp cannot hold it)"]
+            )
+            assert held, result.detail
+            return
+        assert im.info.get("icc_profile") == icc
+        made = im.getexif()
+        assert (made.get(0x010F), made.get(0x0110)) == ("Canon", "EOS 5D")
+        if not source.endswith(".tif"):
+            assert made.get_ifd(0x8769).get(0x9003) == "2021:06:05 14:03:02"
+        if not output.endswith(".webp"):  # WebP holds no resolution (nor did its source)
+            assert im.info["dpi"] == pytest.approx((300, 300), abs=0.01)
+    assert lost == [], result.detail
+
+
+def test_a_colour_profile_that_no_longer_fits_the_pixels_is_dropped_and_said(model, tmp_path):
+    """A CMYK JPEG is repaired as RGB: its CMYK profile would tell a colour-managed viewer
+    to read the RGB samples as inks."""
+    cmyk_profile = b"\0" * 16 + b"CMYK" + b"\0" * 108
+    arr = astronaut(40, 48)
+    Image.fromarray(arr).convert("CMYK").save(tmp_path / "inks.jpg", icc_profile=cmyk_profile)
+    result = repaired(
+        model, tmp_path / "inks.jpg", tmp_path / "out.png", mask_file(tmp_path / "m.png")
+    )
+    assert "CMYK colour profile dropped: the pixels are 3-channel" in result.detail
+    with Image.open(tmp_path / "out.png") as im:
+        assert "icc_profile" not in im.info
+
+
+def test_png_text_survives_a_second_repair(model, tmp_path):
+    """A repaired DICOM's PNG says what its levels stand for; repairing it again (another
+    hole) must not lose that."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("gan-dist:values", '{"values": [-1024.0, 3071.0]}')
+    info.add_itxt("Title", "naïve ☃")
+    Image.fromarray(astronaut(40, 48)).save(tmp_path / "a.png", pnginfo=info)
+    repaired(model, tmp_path / "a.png", tmp_path / "out.png", mask_file(tmp_path / "m.png"))
+    with Image.open(tmp_path / "out.png") as im:
+        assert im.text == {"gan-dist:values": '{"values": [-1024.0, 3071.0]}', "Title": "naïve ☃"}
+
+
+def test_the_served_model_keeps_what_a_jpeg_says_about_itself(model, tmp_path):
+    import io
+
+    from gan_dist.models import load_model
+    from gan_dist.repair_files import repair_bytes
+
+    buf = io.BytesIO()
+    Image.fromarray(astronaut(40, 48)).save(buf, "JPEG", exif=camera_exif(), icc_profile=srgb())
+    mask = mask_file(tmp_path / "m.png").read_bytes()
+    result, data = repair_bytes(load_model(str(model)), buf.getvalue(), mask, tile=32, overlap=8)
+    assert result.status == "repaired", result.detail
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.info["icc_profile"] == srgb() and im.getexif()[0x010F] == "Canon"
+
+
+def test_exif_too_long_for_a_jpeg_is_named_instead_of_failing_the_write(model, tmp_path):
+    """A PNG's EXIF may be any size; a JPEG's APP1 segment holds 64 kB, and Pillow refused
+    the whole file at the very end."""
+    exif = camera_exif()
+    exif[0x010E] = "x" * 70_000  # ImageDescription
+    Image.fromarray(astronaut(40, 48)).save(tmp_path / "a.png", exif=exif, icc_profile=srgb())
+    result = repaired(
+        model, tmp_path / "a.png", tmp_path / "out.jpg", mask_file(tmp_path / "m.png")
+    )
+    assert "EXIF of 70," in result.detail and "not kept (a JPEG holds 64 kB)" in result.detail
+    with Image.open(tmp_path / "out.jpg") as im:
+        assert im.info["icc_profile"] == srgb() and "exif" not in im.info

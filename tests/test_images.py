@@ -126,6 +126,10 @@ def test_dicom_rescale_and_monochrome1(tmp_path):
     assert pic.extra == {"dicom_min": -1024.0, "dicom_max": 2 * 4095 - 1024.0}
     # inverted: the brightest raw value is now the darkest, linear in between
     assert pic.pixels[1, 1, 0] == 0 and pic.pixels[0, 0, 0] == 65535
+    # the mapping gives the modality values back, inversion included, and says so
+    assert (pic.mapping.first, pic.mapping.last) == (2 * 4095 - 1024, -1024)
+    assert np.array_equal(pic.mapping.values(pic.pixels[:, :, 0]), raw * 2.0 - 1024)
+    assert "values 7166..-1024 mapped to 0..65535" in pic.mapping.describe()
     real = pydicom.data.get_testdata_file("CT_small.dcm")
     ct = read_image(__import__("pathlib").Path(real))
     assert ct.pixels.dtype == np.uint16 and ct.pixels.shape == (128, 128, 1)

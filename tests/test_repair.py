@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from conftest import blank_dicom, gradient16, hole, make_model, run_cli
@@ -14,6 +15,7 @@ from gan_dist.data.images import decode_png, encode_png, read_image
 from gan_dist.models import load_model
 from gan_dist.precision import inference_precision
 from gan_dist.repair import repair_array
+from gan_dist.repair_files import plan, repair_files
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +206,106 @@ def test_dicom_in_gives_16_bit_png_out(inpaint, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     out = decode_png((tmp_path / "out.png").read_bytes())
     assert out.dtype == np.uint16 and out.shape == (64, 64, 1)
+
+
+def dicom(
+    path: Path,
+    raw: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    bits: tuple[int, int] = (16, 16),
+    rescale: tuple[float, float] | None = None,
+    modality: str = "CT",
+) -> Path:
+    """A DICOM file of `raw` stored samples ((H, W) grey or (H, W, 3) RGB; signed when
+    their dtype is), `bits` allocated and stored, and a (slope, intercept) rescale."""
+    ds = blank_dicom(path, "1.2.840.10008.5.1.4.1.1.7")
+    ds.Modality, ds.Rows, ds.Columns = modality, *raw.shape[:2]
+    ds.SamplesPerPixel = 3 if raw.ndim == 3 else 1
+    if raw.ndim == 3:
+        ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits[0], bits[1], bits[1] - 1
+    ds.PixelRepresentation = int(raw.dtype.kind == "i")
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    ds.PixelData = raw.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_modality_values_come_back_from_the_output_and_its_summary(inpaint, tmp_path):
+    """Every DICOM kind is written as 16-bit levels of its own value range; the PNG's text
+    chunks and the --json detail say how, and known pixels give back their modality values
+    exactly. Two CT pixels worth -790 and 30 in two scans share one level, and still do."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.pixels import apply_modality_lut
+
+    src, masks = tmp_path / "scans", tmp_path / "masks"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    ramp = np.arange(48 * 40).reshape(48, 40)
+    dicom(src / "ct_a.dcm", (ramp % 469).astype(np.uint16), rescale=(1, -1024))  # -1024..-556
+    dicom(src / "ct_b.dcm", (ramp % 469 + 820).astype(np.uint16), rescale=(1, -1024))  # -204..264
+    grid = rng.integers(0, 4096, (48, 40), dtype=np.uint16)
+    dicom(src / "mono1.dcm", grid, "MONOCHROME1", (16, 12), (2, -1024))  # 12 bits stored in 16
+    dicom(src / "signed.dcm", (ramp - 900).astype(np.int16), rescale=(0.5, 10.25), modality="MR")
+    dicom(src / "eight.dcm", (ramp % 256).astype(np.uint8), bits=(8, 8), modality="OT")
+    rgb = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    dicom(src / "rgb.dcm", rgb, "RGB", (8, 8), modality="US")
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        (src / name).write_bytes(Path(pydicom.data.get_testdata_file(name)).read_bytes())
+    masks.mkdir()
+    for path in src.iterdir():
+        h, w = pydicom.dcmread(path).pixel_array.shape[:2]
+        Image.fromarray(hole(h, w).astype(np.uint8) * 255).save(masks / f"{path.stem}.png")
+
+    result = run_cli(
+        "repair",
+        str(src),
+        str(tmp_path / "out"),
+        "--model",
+        str(inpaint),
+        "--mask",
+        str(masks),
+        "--json",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {Path(r["source"]).stem: r for r in json.loads(result.stdout)["files"]}
+    known_at = {}
+    for path in sorted(src.iterdir()):
+        ds = pydicom.dcmread(path)
+        truth = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+        truth = truth if truth.ndim == 3 else truth[:, :, None]
+        out = tmp_path / "out" / f"{path.stem}.png"
+        levels = decode_png(out.read_bytes())
+        text = Image.open(out).text
+        record = json.loads(text["gan-dist:values"])
+        assert record["levels"] == [0, 65535] and record["what"] == "DICOM modality values"
+        first, last = record["values"]
+        assert text["Description"] in rows[path.stem]["detail"]  # the summary says the same
+        assert text["Description"].startswith(f"DICOM modality values {first:g}..{last:g}")
+        values = first + (last - first) * levels.astype(np.float64) / 65535
+        if "slope" in record:  # back onto the rescale's grid: exact
+            slope, intercept = record["slope"], record["intercept"]
+            values = intercept + slope * np.round((values - intercept) / slope)
+        else:
+            values = np.round(values)  # integer samples
+        known = ~hole(*levels.shape[:2])
+        assert np.array_equal(values[known], truth[known]), path.name
+        known_at[path.stem] = (levels, values)
+    assert rows["CT_small"]["detail"].count("HU mapped to 0..65535") == 1
+    assert "MONOCHROME1 inverted" in rows["mono1"]["detail"]
+    # the reported case: one level, two scans, two modality values
+    (y, x) = np.argwhere(known_at["ct_a"][1][:, :, 0] == -790)[0]
+    (v, u) = np.argwhere(known_at["ct_b"][1][:, :, 0] == 30)[0]
+    assert known_at["ct_a"][0][y, x, 0] == known_at["ct_b"][0][v, u, 0]
+    # a TIFF output says the same in its description
+    (job,) = plan(src / "mono1.dcm", tmp_path / "mono1.tif", masks / "mono1.png")
+    (done,) = repair_files(lambda: load_model(str(inpaint)), [job], 32, 8, 4, False)
+    with tifffile.TiffFile(tmp_path / "mono1.tif") as tif:
+        description = tif.pages[0].description
+    assert done.status == "repaired" and description in done.detail
+    assert description == Image.open(tmp_path / "out" / "mono1.png").text["Description"]
 
 
 def test_eval_scores_shards_and_folders_of_clean_images(inpaint, packed, photo_dir):

@@ -303,23 +303,23 @@ def test_extra_samples_beyond_alpha_fail_the_file_instead_of_being_dropped(net, 
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32])  # streamed, and decoded whole
 def test_a_scan_keeps_what_it_says_about_itself(net, tmp_path, dtype):
     """Resolution (600 dpi became 1 with no unit), colour profile, description, orientation
-    and provenance were dropped from the repaired TIFF."""
+    and provenance were dropped from the repaired TIFF; text beyond ASCII failed it."""
     samples = gradient16(64, 48, 3, seed=9).astype(dtype)
     image = tmp_path / "scan.tif"
     profile = bytes(range(256)) * 2
     tifffile.imwrite(
         image, samples, photometric="rgb", rowsperstrip=16, resolution=(600, 600),
-        resolutionunit="INCH", description="plate 12, verso", iccprofile=profile,
-        extratags=[(274, "H", 1, 6, True), (315, "s", 0, "A. Scanner", True),
+        resolutionunit="INCH", description="Tafel 12, Rückseite".encode(), iccprofile=profile,
+        extratags=[(274, "H", 1, 6, True), (315, "s", 0, "Zoë Scanner".encode(), True),
                    (33432, "s", 0, "(c) Archive", True)],
         metadata=None,
     )  # fmt: skip
     mask, _ = box_mask(tmp_path, 64, 48)
     _, _, page = repaired(net, image, tmp_path / "out.tif", mask)
     assert page.resolution == (600.0, 600.0) and page.resolutionunit == 2
-    assert page.description == "plate 12, verso" and page.iccprofile == profile
+    assert page.description == "Tafel 12, Rückseite" and page.iccprofile == profile
     assert page.tags.valueof(274) == 6  # shown turned, as the original is
-    assert page.tags.valueof(315) == "A. Scanner"
+    assert page.tags.valueof(315) == "Zoë Scanner"  # UTF-8: tifffile refused it after the repair
     assert page.tags.valueof(33432) == "(c) Archive"
 
 

@@ -12,8 +12,8 @@ import pytest
 import tifffile
 
 from conftest import gradient16, make_model
-from gan_dist.data.images import encode_png, read_image
-from gan_dist.data.tiff_stream import open_tiff
+from gan_dist.data.images import Storage, encode_png, read_image
+from gan_dist.data.tiff_stream import CLASSIC_LIMIT, needs_bigtiff, open_tiff, write_tiff
 from gan_dist.models import load_model
 from gan_dist.repair import repair_array
 from gan_dist.repair_files import Job, read_mask, repair_files
@@ -319,3 +319,52 @@ def test_sigterm_mid_write_leaves_no_partial_file(model, tmp_path):
     proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, big",
+    [
+        ((70_000, 70_000, 1), np.uint8, True),  # 4.9 GB
+        ((30_000, 30_000, 3), np.uint16, True),  # 5.4 GB
+        ((46_000, 46_000, 1), np.uint16, False),  # 4.23 GB: its headroom still fits
+        ((46_300, 46_300, 1), np.uint16, True),  # 4.29 GB: only zlib's worst case passes
+        ((24_000, 24_000, 4), np.uint16, True),  # 4.6 GB: colour and alpha, 16-bit
+        ((20_000, 20_000, 3), np.uint8, False),  # 1.2 GB
+    ],
+)
+def test_bigtiff_is_decided_from_the_uncompressed_size_before_writing(shape, dtype, big):
+    assert needs_bigtiff(shape, dtype, Storage()) is big
+    assert CLASSIC_LIMIT == 2**32
+
+
+def test_a_tiff_that_could_pass_the_classic_limit_is_written_as_bigtiff(tmp_path):
+    """The limit lowered to 100 kB: a 240x200 RGB 16-bit page (288 kB) is written BigTIFF,
+    one under it stays classic; both read back the same."""
+    arr = gradient16(240, 200, 3)
+    for name, limit, big in (("big.tif", 100_000, True), ("small.tif", 10**7, False)):
+        with open(tmp_path / name, "wb") as fh:
+            assert write_tiff(fh, arr.shape, arr.dtype, iter([arr]), Storage(), limit) is big
+        with tifffile.TiffFile(tmp_path / name) as tif:
+            assert tif.is_bigtiff is big and np.array_equal(tif.asarray(), arr)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])  # streamed, and read whole
+def test_a_bigtiff_comes_back_a_bigtiff(model, tmp_path, dtype):
+    arr = gradient16(150, 120, 1)[:, :, 0].astype(dtype)
+    image = tmp_path / "scan.tif"
+    tifffile.imwrite(image, arr, bigtiff=True, rowsperstrip=32, compression="zlib")
+    if dtype == np.uint16:
+        assert open_tiff(image, 10**8) is not None
+    mask_path = tmp_path / "m.png"
+    mask_path.write_bytes(encode_png((holes(150, 120) * 255).astype(np.uint8)[:, :, None]))
+    for name, source in (("big.tif", image), ("classic.tif", tmp_path / "classic.tif")):
+        if name == "classic.tif":
+            tifffile.imwrite(source, arr, rowsperstrip=32)
+        result = repair_one(model, Job(source, tmp_path / "out" / name, mask_path))
+        assert result.status == "repaired", result.detail
+        assert "BigTIFF" not in result.detail  # nothing new to say: it came as one
+        with tifffile.TiffFile(tmp_path / "out" / name) as tif:
+            assert tif.is_bigtiff is (name == "big.tif")
+            back = tif.asarray()
+        known = ~holes(150, 120)
+        assert back.dtype == arr.dtype and np.array_equal(back[known], arr[known])

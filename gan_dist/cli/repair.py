@@ -57,8 +57,10 @@ def repair(
 ) -> None:
     """Repair images; exits 1 if any file failed (the others are still written).
 
-    Masks match images by relative path and full stem (`a/day.jpg` takes `a/day.png`); white
-    is a hole, or 1 in a mask of only 0 and 1. No output may land on an input or a mask."""
+    Masks match images by relative path and full stem (`a/day.jpg` takes `a/day.png`,
+    `a/day_mask.png`, `a/day-mask.png` or LaMa's `a/day_mask000.png`; --mask may be INPUT
+    itself); white is a hole, or 1 in a mask of only 0 and 1. No output may land on an
+    input or a mask."""
     import json
 
     from rich.progress import Progress

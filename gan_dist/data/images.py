@@ -19,6 +19,8 @@ from gan_dist.files import write_bytes_atomic
 if TYPE_CHECKING:
     import numpy as np
 
+    from gan_dist.data.metadata import JpegCoding
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom"}
 DEFAULT_MAX_PIXELS = 10_000 * 10_000
 
@@ -29,18 +31,92 @@ class ImageReadError(GanDistError):
 
 @dataclass(frozen=True)
 class Storage:
-    """How a TIFF stored its samples, so that repair writes them back the same way: grey as
-    min-is-white (0 = white) and the alpha sample's kind (TIFF ExtraSamples: `assocalpha`
-    for premultiplied colours, `unassalpha`, or `unspecified`)."""
+    """How a file stored its samples and what it says about its picture, so that repair
+    writes them back the same way (`gan_dist.data.metadata`). TIFF: grey as min-is-white
+    (0 = white), the alpha sample's kind (ExtraSamples: `assocalpha` for premultiplied
+    colours, `unassalpha`, or `unspecified`), BigTIFF; JPEG: its coding."""
 
     min_is_white: bool = False
     alpha: str = "unassalpha"
-    # what a scan's page says about itself, written back unchanged
+    # what a file says about its picture, written back unchanged where the output holds it
     resolution: tuple[float, float] | None = None  # pixels per `resolution_unit`
     resolution_unit: int | None = None  # TIFF ResolutionUnit: 2 inch, 3 centimetre
-    description: str | None = None
+    description: str | None = None  # TIFF ImageDescription, a JPEG comment
     icc: bytes | None = None  # the colour profile (ICC)
     tags: tuple[tuple[int, str, int, object, bool], ...] = ()  # tifffile `extratags`
+    text: tuple[tuple[str, str], ...] = ()  # PNG text chunks (keyword, text)
+    bigtiff: bool = False  # the file was a BigTIFF: so is its repair
+    exif: bytes | None = None  # `Exif\0\0` and EXIF as kept (`metadata.neutral_exif`)
+    jpeg: JpegCoding | None = None  # a JPEG's tables and subsampling, to encode its repair alike
+
+
+@dataclass(frozen=True)
+class ValueMapping:
+    """How a picture's levels stand for the values its file held, where a reader mapped
+    those onto levels and the output keeps the levels (DICOM modality values, I- and F-mode
+    images): value = first + (last - first) * level / top, for every sample. `first` is
+    above `last` where the reader inverted the values (MONOCHROME1: level 0 is the largest).
+    Written beside the levels (PNG text, TIFF description) so the values can be recovered."""
+
+    what: str  # "DICOM modality values"
+    first: float  # the value of level 0
+    last: float  # the value of level `top`
+    top: int  # 65535 or 255
+    units: str = ""  # "HU" where the file says so
+    # (slope, intercept) where every value is intercept + slope * an integer (a DICOM
+    # rescale): rounding onto that grid recovers known values exactly
+    grid: tuple[float, float] | None = None
+
+    def values(self, levels: np.ndarray) -> np.ndarray:
+        """float64 values of `levels` (any shape), on `grid` where there is one."""
+        import numpy as np
+
+        values = self.first + (self.last - self.first) * (levels.astype(np.float64) / self.top)
+        if self.grid is not None:
+            slope, intercept = self.grid
+            values = intercept + slope * np.round((values - intercept) / slope)
+        return values
+
+    def describe(self) -> str:
+        """One line for people and scripts, every number exact: `DICOM modality values
+        -1024..3071 HU mapped to 0..65535: value = -1024 + 4095 * level / 65535, rounded to
+        the nearest -1024 + 1 * k (rescale slope 1, intercept -1024)`."""
+        units = f" {self.units}" if self.units else ""
+        step = self.last - self.first
+        sign = "-" if step < 0 else "+"
+        text = (
+            f"{self.what} {_exact(self.first)}..{_exact(self.last)}{units} mapped to "
+            f"0..{self.top}: value = {_exact(self.first)} {sign} {_exact(abs(step))} * level "
+            f"/ {self.top}"
+        )
+        if self.grid is not None:
+            slope, intercept = (_exact(v) for v in self.grid)
+            text += (
+                f", rounded to the nearest {intercept} + {slope} * k (rescale slope {slope}, "
+                f"intercept {intercept})"
+            )
+        return text
+
+    def as_text(self) -> tuple[tuple[str, str], ...]:
+        """PNG text chunks: `Description` (`describe`) and `gan-dist:values`, the same as
+        JSON (`what`, `levels` [0, top], `values` [first, last], `units`, `slope`,
+        `intercept`)."""
+        import json
+
+        record = {
+            "what": self.what,
+            "levels": [0, self.top],
+            "values": [self.first, self.last],
+            "units": self.units,
+        }
+        if self.grid is not None:
+            record |= {"slope": self.grid[0], "intercept": self.grid[1]}
+        return (("Description", self.describe()), ("gan-dist:values", json.dumps(record)))
+
+
+def _exact(value: float) -> str:
+    """A number as it round-trips: `-1024` for whole numbers, else Python's shortest repr."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 2**53 else repr(value)
 
 
 @dataclass
@@ -56,6 +132,8 @@ class Picture:
     original: np.ndarray | None = None
     pages: int = 1  # pages (TIFF) or frames (DICOM) in the file; pixels come from the first
     storage: Storage = field(default_factory=lambda: Storage())
+    # what the levels stand for, where the reader mapped values onto them (`_to_levels`, DICOM)
+    mapping: ValueMapping | None = None
 
     @property
     def bit_depth(self) -> int:
@@ -183,8 +261,13 @@ def _probe_pillow(path: Path) -> tuple[int, int, int, int]:
 
 
 def _pillow_picture(path: Path) -> Picture:
+    """PNG (8-bit, or grey 16-bit), JPEG, WebP or BMP through Pillow: EXIF orientation
+    applied, palette, CMYK and other colour models as RGB, alpha kept aside, and what the
+    file says about its picture in `storage` (`metadata`)."""
     import numpy as np
     from PIL import ImageOps
+
+    from gan_dist.data.metadata import jpeg_coding, pillow_storage, png_storage
 
     notes: list[str] = []
     im = _open_pillow(path)
@@ -193,13 +276,20 @@ def _pillow_picture(path: Path) -> Picture:
         if fmt == "PNG" and _png_deep_colour_type(path) is not None:
             return _deep_png_picture(path)
         im.load()
-        if im.getexif().get(0x0112, 1) != 1:  # exif_transpose copies even when it is 1
+        info, coding = dict(im.info), jpeg_coding(im)  # as the file has them, before turning
+        turned = int(im.getexif().get(0x0112, 1) or 1)
+        if turned != 1:  # exif_transpose copies even when it is 1
             im = ImageOps.exif_transpose(im)
             notes.append("EXIF orientation applied")
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"corrupt or truncated {fmt or 'image'} data ({exc})") from None
+    if fmt == "PNG":
+        storage, told = png_storage(path, turned)
+    else:
+        storage, told = pillow_storage(info, turned, coding)
+    notes += told
     mode = im.mode
-    alpha = None
+    alpha, mapping = None, None
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
         notes.append("alpha channel dropped")
         alpha = np.asarray(im.convert("RGBA").getchannel("A"))
@@ -216,46 +306,54 @@ def _pillow_picture(path: Path) -> Picture:
     if im.mode in ("I;16", "I;16B", "I;16L"):
         arr = np.asarray(im).astype(np.uint16)
     elif im.mode in ("I", "F"):
-        arr = _to_levels(np.asarray(im), notes, f"{im.mode}-mode")
+        arr, mapping = _to_levels(np.asarray(im), notes, f"{im.mode}-mode values")
     else:
         arr = np.asarray(im)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return Picture(np.ascontiguousarray(arr), notes, alpha=alpha)
+    return Picture(np.ascontiguousarray(arr), notes, alpha=alpha, storage=storage, mapping=mapping)
 
 
 def _deep_png_picture(path: Path) -> Picture:
+    """A 16-bit colour or grey + alpha PNG, through imagecodecs (Pillow cuts it to 8 bits);
+    what it says about its picture in `storage`, its EXIF orientation kept (not applied)."""
     import imagecodecs
     import numpy as np
+
+    from gan_dist.data.metadata import png_storage
 
     try:
         arr = imagecodecs.png_decode(path.read_bytes())
     except Exception as exc:
         raise ImageReadError(f"corrupt or truncated 16-bit PNG data ({exc})") from None
-    notes, alpha = [], None
+    storage, notes = png_storage(path)
+    alpha = None
     if arr.shape[2] in (2, 4):  # grey + alpha, RGBA
         notes.append("alpha channel dropped")
         arr, alpha = arr[:, :, :-1], arr[:, :, -1].copy()
-    return Picture(np.ascontiguousarray(arr), notes, alpha=alpha)
+    return Picture(np.ascontiguousarray(arr), notes, alpha=alpha, storage=storage)
 
 
-def _to_levels(arr: np.ndarray, notes: list[str], what: str, bits: int = 16) -> np.ndarray:
+def _to_levels(
+    arr: np.ndarray, notes: list[str], what: str, bits: int = 16
+) -> tuple[np.ndarray, ValueMapping | None]:
     """Wider, signed or float data as `bits`-bit levels (uint8 or uint16): kept as is when
-    the values are non-negative integers that fit, else rescaled from their own range, and
-    the note says so. Raises ImageReadError for NaN or infinite values (no rescaling could
-    place them)."""
+    the values are non-negative integers that fit (no mapping), else rescaled from their
+    own range, and the mapping (also a note) says how. Raises ImageReadError for NaN or
+    infinite values (no rescaling could place them)."""
     import numpy as np
 
     _check_finite(arr)
     target = np.uint8 if bits == 8 else np.uint16
-    top = np.iinfo(target).max
+    top = int(np.iinfo(target).max)
     if np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= top:
-        return arr.astype(target)
+        return arr.astype(target), None
     lo, hi = float(arr.min()), float(arr.max())
-    notes.append(f"{what} values {lo:g}..{hi:g} rescaled to 0..{top}")
+    mapping = ValueMapping(what, lo, hi, top)
+    notes.append(mapping.describe())
     half = hi / 2 - lo / 2  # halved: the span of float64 data may exceed its largest value
     scale = top / half if half > 0 else 0.0
-    return np.round((arr.astype(np.float64) / 2 - lo / 2) * scale).astype(target)
+    return np.round((arr.astype(np.float64) / 2 - lo / 2) * scale).astype(target), mapping
 
 
 def levels_bits(dtype: np.dtype) -> int:
@@ -337,7 +435,8 @@ _TEXT_TAGS = (269, 271, 272, 306, 315, 33432)
 
 def tiff_storage(page) -> Storage:
     """How a TIFF page stores grey and alpha, and what it says about itself (resolution,
-    description, colour profile, orientation, provenance text): see `Storage`."""
+    description, colour profile, orientation, provenance text), and whether its file is a
+    BigTIFF: see `Storage`."""
     kinds = page.extrasamples
     alpha = {1: "assocalpha", 2: "unassalpha"}.get(kinds[0] if kinds else 0, "unspecified")
     tags = page.tags
@@ -357,6 +456,7 @@ def tiff_storage(page) -> Storage:
         page.description or None,
         page.iccprofile or None,
         text + turned,
+        bigtiff=bool(page.parent.is_bigtiff),
     )
 
 
@@ -471,10 +571,11 @@ def _tiff_picture(path: Path) -> Picture:
         notes.append("min-is-white inverted")
     _check_finite(arr)  # before min-is-white, which would spread a NaN's maximum
     shown = _shown(arr, storage.min_is_white)
-    original = None
+    original, mapping = None, None
     if shown.dtype not in (np.uint8, np.uint16):
         original = arr
-        shown = _to_levels(shown, notes, f"TIFF {arr.dtype}", levels_bits(arr.dtype))
+        what = f"TIFF {arr.dtype} values"
+        shown, mapping = _to_levels(shown, notes, what, levels_bits(arr.dtype))
     return Picture(
         np.ascontiguousarray(shown),
         notes,
@@ -482,6 +583,7 @@ def _tiff_picture(path: Path) -> Picture:
         original=original,
         pages=pages,
         storage=storage,
+        mapping=mapping,
     )
 
 
@@ -516,8 +618,8 @@ def _read_dicom(path: Path, header_only: bool = False):
 
 def _dicom_picture(path: Path) -> Picture:
     """Modality LUT (rescale slope/intercept) applied, MONOCHROME1 inverted, then the real
-    value range mapped linearly onto 16 bits; the mapping is kept so values can be recovered.
-    """
+    value range mapped linearly onto 16 bits; `mapping` says how, so that repair's output
+    carries it and the modality values can be recovered (`extra` keeps the range too)."""
     import numpy as np
 
     ds = _read_dicom(path)
@@ -537,7 +639,8 @@ def _dicom_picture(path: Path) -> Picture:
         frames = values.shape[0]
         notes.append(f"first of {frames} frames used")
         values = values[0]
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+    inverted = str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    if inverted:
         notes.append("MONOCHROME1 inverted")
         values = values.max() + values.min() - values
     lo, hi = float(values.min()), float(values.max())
@@ -545,7 +648,34 @@ def _dicom_picture(path: Path) -> Picture:
     arr = np.round((values - lo) * scale).astype(np.uint16)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return Picture(arr, notes, {"dicom_min": lo, "dicom_max": hi}, pages=frames)
+    mapping = ValueMapping(
+        "DICOM modality values",
+        hi if inverted else lo,
+        lo if inverted else hi,
+        65535,
+        _dicom_units(ds),
+        _dicom_grid(ds, raw),
+    )
+    extra = {"dicom_min": lo, "dicom_max": hi}
+    return Picture(arr, notes, extra, pages=frames, mapping=mapping)
+
+
+def _dicom_units(ds) -> str:
+    """The modality values' units: Rescale Type where the file gives one (`HU`, `OD`,
+    `US` for unspecified is left out), else HU for CT (PS3.3 C.8.2.1)."""
+    kind = str(getattr(ds, "RescaleType", "") or "").strip()
+    if kind and kind != "US":
+        return kind
+    return "HU" if str(getattr(ds, "Modality", "")).upper() == "CT" else ""
+
+
+def _dicom_grid(ds, raw: np.ndarray) -> tuple[float, float] | None:
+    """(slope, intercept) when every modality value is intercept + slope * a stored integer:
+    a linear rescale (or none) of integer samples; None for a Modality LUT or float data."""
+    if "ModalityLUTSequence" in ds or raw.dtype.kind not in "iu":
+        return None
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    return slope, float(getattr(ds, "RescaleIntercept", 0) or 0)
 
 
 # --- Conversions ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ MAX_SEGMENT_ROWS = 1024  # a taller compressed strip is decoded whole for every 
 BAND_ROWS = 256  # rows per read when a caller walks a whole file
 CACHE_ROWS = 512  # a read of at most this many rows fetches (and keeps) whole-width rows
 WRITE_TILE = 256  # px, the side of the tiles written
+CLASSIC_LIMIT = 2**32  # bytes: past this a TIFF needs BigTIFF's 64-bit offsets
 _PHOTOMETRIC = {0: "miniswhite", 1: "minisblack", 2: "rgb"}
 
 
@@ -42,7 +43,7 @@ class TiffRaster:
         self.colours = tiff_form(page)[0]
         self.dtype = np.dtype(page.dtype)
         self.notes: list[str] = ["min-is-white inverted"] if self._invert else []
-        self.pages, self.original = 1, None
+        self.pages, self.original, self.mapping = 1, None, None
         self.storage = tiff_storage(page)
         self.bit_depth = 8 * self.dtype.itemsize
         self.shape = (height, width, samples)
@@ -168,21 +169,41 @@ def _zarr_reader(page):
     return read
 
 
+def needs_bigtiff(
+    shape: tuple[int, int, int], dtype: np.dtype, storage: Storage, limit: int = CLASSIC_LIMIT
+) -> bool:
+    """Whether a TIFF that `write_tiff` writes of shape (H, W, C) could pass `limit` bytes
+    (classic TIFF's 32-bit offsets), decided before a byte is written: its uncompressed
+    size, plus 1% for zlib on data it cannot shrink (deflate's stored blocks add 5 bytes
+    in 64 KiB), 64 bytes a tile for its offset, byte count and zlib framing, the page's
+    own metadata, and 1 MiB for the tags."""
+    height, width, channels = shape
+    raw = height * width * channels * np.dtype(dtype).itemsize
+    tiles = -(-height // WRITE_TILE) * -(-width // WRITE_TILE)
+    told = len(storage.icc or b"") + len((storage.description or "").encode())
+    told += sum(len(str(tag[3]).encode()) for tag in storage.tags)
+    return raw + raw // 100 + 64 * tiles + told + 2**20 > limit
+
+
 def write_tiff(
     handle: IO[bytes],
     shape: tuple[int, int, int],
     dtype: np.dtype,
     rows: Iterable[np.ndarray],
     storage: Storage,
-) -> None:
+    classic_limit: int = CLASSIC_LIMIT,
+) -> bool:
     """Writes a zlib-compressed TIFF of shape (H, W, C) (C = 2 or 4: the last is alpha) from
     bands of rows (n, W, C) given top to bottom, holding one row of 256 px tiles at a time.
     The rows are samples as stored: grey is written min-is-white and the alpha sample of
     the kind `storage` says, with the source page's resolution, description, colour
-    profile, orientation and provenance tags. Raises ValueError when the rows do not add up to H."""
+    profile, orientation and provenance tags. The file is a BigTIFF where the source was
+    one or where it could pass `classic_limit` bytes (`needs_bigtiff`); returns whether it
+    is. Raises ValueError when the rows do not add up to H."""
     import tifffile
 
     height, width, channels = shape
+    bigtiff = storage.bigtiff or needs_bigtiff(shape, dtype, storage, classic_limit)
     extra = [storage.alpha] if channels in (2, 4) else None
     photometric = "rgb" if channels >= 3 else "miniswhite" if storage.min_is_white else "minisblack"
     plane = (height, width) if channels == 1 else shape
@@ -192,19 +213,29 @@ def write_tiff(
         shape=plane,
         dtype=dtype,
         tile=(WRITE_TILE, WRITE_TILE),
+        bigtiff=bigtiff,
         photometric=photometric,
         extrasamples=extra,
         compression="zlib",
         resolution=storage.resolution,
         resolutionunit=storage.resolution_unit,
-        description=storage.description,
+        description=_tiff_text(storage.description),
         iccprofile=storage.icc,
-        extratags=storage.tags,
+        extratags=[(*tag[:3], _tiff_text(tag[3]), *tag[4:]) for tag in storage.tags],
         metadata=None,  # no tifffile shape record: the page describes itself as it came
         # tifffile compresses this much at a time, read ahead from the iterator (512 MB
         # by default): one row of tiles keeps memory flat
         buffersize=WRITE_TILE * width * channels * np.dtype(dtype).itemsize,
     )
+    return bigtiff
+
+
+def _tiff_text(value):
+    """A text value as tifffile writes it: str when ASCII (what TIFF 6.0 asks), else its
+    UTF-8 bytes (which tifffile would otherwise refuse, after the repair)."""
+    if isinstance(value, str) and not value.isascii():
+        return value.encode("utf-8")
+    return value
 
 
 def _tiles(rows: Iterable[np.ndarray], height: int, width: int, channels: int) -> Iterator:
