@@ -326,3 +326,77 @@ def test_validation_follows_the_training_pack(shards, photo_dir, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"validating on {shards} (not the pack data.train names)" in result.stdout
     assert "samples 8," in result.stdout
+
+
+def test_checkpoints_hold_the_plain_nets_however_they_are_wrapped(tmp_path):
+    """Finding 10: a compiled net (under DDP too) was saved under `_orig_mod.` names."""
+    import torch.distributed as dist
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    names = list(net.state_dict())
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    try:
+        wrapped = {
+            "compiled": torch.compile(net),
+            "compiled, then DDP": DDP(torch.compile(net)),  # what the trainer builds
+            "DDP, then compiled": torch.compile(DDP(net)),
+            "DDP": DDP(net),
+        }
+        for how, module in wrapped.items():
+            assert list(checkpoint.plain(module).state_dict()) == names, how
+            assert checkpoint.plain(module) is net, how
+    finally:
+        dist.destroy_process_group()
+    assert checkpoint.plain(net) is net
+    old = {f"_orig_mod.{k}": v for k, v in net.state_dict().items()}
+    assert list(checkpoint.without_compiled_names(old)) == names
+
+
+def test_a_compiled_run_resumes_uncompiled_registers_and_starts_a_fine_tune(shards, tmp_path):
+    """Finding 10: a `train.compile: true` run's checkpoint was refused by a resume without
+    compile ("model settings must match") and model.init from it died with a traceback."""
+    run = tmp_path / "run"
+    compiled = train_quickstart(shards, 1, run, **{"train.compile": "true"})
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+    for net in ("generator", "discriminator", "ema"):
+        assert not [k for k in weights(run, 1, net) if "_orig_mod" in k], net
+
+    resumed = train_quickstart(shards, 2, run)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resumed from" in resumed.stdout
+    _uses_a_compiled_runs_checkpoint(run, tmp_path, shards)
+
+
+def test_checkpoints_with_compiled_names_from_older_versions_still_load(shards, tmp_path):
+    """Checkpoints an older gan-dist wrote for compiled runs carry `_orig_mod.` names:
+    resume, export and model.init read them under the net's own names."""
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    assert train_quickstart(shards, 1, run).returncode == 0
+    folder = run / "checkpoints" / "step-00000001"
+    for net in ("generator", "discriminator", "ema"):
+        old = {f"_orig_mod.{k}": v for k, v in weights(run, 1, net).items()}
+        save_file(old, str(folder / f"{net}.safetensors"))
+
+    resumed = train_quickstart(shards, 2, run, "--resume", str(folder))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resumed from {folder} at step 1" in resumed.stdout
+    _uses_a_compiled_runs_checkpoint(folder, tmp_path, shards)
+
+
+def _uses_a_compiled_runs_checkpoint(source: Path, tmp_path: Path, shards: Path) -> None:
+    """The model exported from `source` loads, registers, and starts a fine-tune with both
+    its nets."""
+    from gan_dist.models import load_model
+
+    assert load_model(str(source)).net is not None
+    registered = run_cli("models", "register", str(source), "--name", "from-compiled")
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    tuned = train_quickstart(shards, 1, tmp_path / "tuned", **{"model.init": source})
+    assert tuned.returncode == 0 and "Traceback" not in tuned.stderr, tuned.stderr
+    assert "generator weights, discriminator too" in tuned.stdout, tuned.stdout

@@ -297,7 +297,7 @@ class _Run:
         """A checkpoint at the current step; `position`: the data stream's position to
         record, when the last batches drawn were not trained on."""
         accelerator, stream = self.accelerator, self.stream
-        G, D = accelerator.unwrap_model(self.G), accelerator.unwrap_model(self.D)
+        G, D = checkpoint.plain(self.G), checkpoint.plain(self.D)  # no `_orig_mod.` names
         self.last_ckpt = checkpoint.save(
             accelerator,
             self.run_dir,
@@ -712,15 +712,26 @@ def _initialise(
             f"at data.image_size={recipe.data.image_size}; the source was trained on "
             f"{start.image_size} px crops: set data.image_size={start.image_size}"
         ) from None
-    if start.discriminator_fits(recipe.model):
-        D.load_state_dict(start.discriminator)
+    if start.discriminator_fits(recipe.model) and _loads(D, start.discriminator):
         critic = "discriminator too"
+    elif start.discriminator_fits(recipe.model):  # same settings, a size-dependent net
+        critic = f"discriminator fresh (the source's was built for {start.image_size} px crops)"
     elif start.discriminator is None:
         critic = "discriminator fresh (a registered model or model folder holds none)"
     else:
         critic = "discriminator fresh (the source's differs from model.discriminator)"
     parent = f" ({start.parent})" if start.parent and start.parent != start.source else ""
     return start, f"initialised from {start.source}{parent}: generator weights, {critic}"
+
+
+def _loads(net: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    """Whether `state` has `net`'s names and shapes (then it is loaded; else `net` is left
+    as it was): a net whose layers follow the crop size takes no weights of another size."""
+    mine = net.state_dict()
+    if state.keys() != mine.keys() or any(state[k].shape != v.shape for k, v in mine.items()):
+        return False
+    net.load_state_dict(state)
+    return True
 
 
 def _load(ckpt, recipe: Recipe, G, D, ema, opt_g, opt_d, sched_g, sched_d) -> dict:
