@@ -400,3 +400,20 @@ def _uses_a_compiled_runs_checkpoint(source: Path, tmp_path: Path, shards: Path)
     tuned = train_quickstart(shards, 1, tmp_path / "tuned", **{"model.init": source})
     assert tuned.returncode == 0 and "Traceback" not in tuned.stderr, tuned.stderr
     assert "generator weights, discriminator too" in tuned.stdout, tuned.stdout
+
+
+def test_a_discriminator_of_other_shapes_is_not_half_loaded():
+    """model.init from a source whose discriminator has the recipe's settings but was built
+    for another crop size: the net keeps its fresh weights (no traceback, nothing mixed)."""
+    from torch import nn
+
+    from gan_dist.train.trainer import _loads
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(4, 2))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(4, 3)).state_dict()
+    assert not _loads(net, other)
+    assert_identical(net.state_dict(), before)
+    same = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(4, 2)).state_dict()
+    assert _loads(net, same)
+    assert_identical(net.state_dict(), same)
