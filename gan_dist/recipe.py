@@ -429,7 +429,8 @@ class ModelConfig(Section):
         description="fine-tune: start from these generator weights (and the discriminator's "
         "when the source is a run or checkpoint): models:/NAME@ALIAS, models:/NAME/VERSION, "
         "runs:/RUN_ID/repair-model, or a run, checkpoint or model folder. The nets must match; "
-        "the source is recorded as the run's parent. Not used when a run resumes",
+        "the source is recorded as the run's parent. A resume continues from its checkpoint and "
+        "refuses an init the run did not start from",
     )
 
 
