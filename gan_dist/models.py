@@ -235,6 +235,8 @@ def _families(raw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def export_checkpoint(ckpt_path: Path, folder: Path) -> dict[str, Any]:
     """Write the EMA generator of a checkpoint as a repair model (weights + spec)."""
+    from safetensors.torch import load_file, save_file
+
     from gan_dist.errors import RecipeError
     from gan_dist.recipe import validate_recipe
     from gan_dist.train import checkpoint
@@ -246,7 +248,12 @@ def export_checkpoint(ckpt_path: Path, folder: Path) -> dict[str, Any]:
         raise GanDistError(str(exc)) from None
     spec = spec_for(recipe, ckpt.step, ckpt.state.get("metrics") or {})
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ckpt.path / "ema.safetensors", folder / WEIGHTS)
+    saved = load_file(str(ckpt.path / "ema.safetensors"))
+    weights = checkpoint.without_compiled_names(saved)
+    if weights.keys() == saved.keys():
+        shutil.copyfile(ckpt.path / "ema.safetensors", folder / WEIGHTS)
+    else:  # a compiled run's names, from an older gan-dist: the model holds the net's own
+        save_file(weights, str(folder / WEIGHTS))
     (folder / SPEC).write_text(json.dumps(spec, indent=2))
     return spec
 
@@ -260,12 +267,13 @@ def load_files(folder: Path, source: str, device: str = "cpu") -> RepairModel:
     from safetensors.torch import load_file
 
     from gan_dist.nets import build_generator
+    from gan_dist.train.checkpoint import without_compiled_names
 
     spec = read_spec(folder / SPEC, source)
     drift = _version_drift(spec)
     because = f"; {'; '.join(drift)}" if drift else ""
     try:
-        state = load_file(str(folder / WEIGHTS), device="cpu")
+        state = without_compiled_names(load_file(str(folder / WEIGHTS), device="cpu"))
     except (OSError, SafetensorError) as exc:
         raise GanDistError(
             f"{source}: {WEIGHTS} is not a valid safetensors file ({exc}); refusing to load it. "
@@ -432,8 +440,6 @@ def initial_weights(source: str, tracking_uri: str | None = None) -> InitialWeig
 
 
 def _initial_weights(source: str, tracking_uri: str | None) -> InitialWeights:
-    from safetensors.torch import load_file
-
     parent = _registered_version(source, tracking_uri) if source.startswith("models:/") else None
     model = load_model(parent or source, "cpu", tracking_uri)
     discriminator, settings = None, model.spec["model"]
@@ -444,7 +450,7 @@ def _initial_weights(source: str, tracking_uri: str | None) -> InitialWeights:
         from gan_dist.train import checkpoint
 
         ckpt = checkpoint.read(_checkpoint_of(Path(source)))
-        discriminator = load_file(str(ckpt.path / "discriminator.safetensors"))
+        discriminator = checkpoint.load_weights(ckpt.path, "discriminator")
         settings = ckpt.state["recipe"]["model"]
         run = ckpt.state.get("tracking_run_id")
         parent = f"runs:/{run}" if run else None  # the run the checkpoint was tracked in

@@ -124,7 +124,11 @@ def read_yaml_file(path: Path, what: str = "a recipe") -> Any:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    """Every recipe section: unknown keys refused, defaults validated, and no float field
+    takes inf or nan (a weight, rate, timeout or range of either is always a typo or a
+    mistake, and would only surface mid-training as a non-finite loss)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 def _ordered(value: tuple[float, float]) -> tuple[float, float]:
@@ -445,7 +449,8 @@ class ModelConfig(Section):
         description="fine-tune: start from these generator weights (and the discriminator's "
         "when the source is a run or checkpoint): models:/NAME@ALIAS, models:/NAME/VERSION, "
         "runs:/RUN_ID/repair-model, or a run, checkpoint or model folder. The nets must match; "
-        "the source is recorded as the run's parent. Not used when a run resumes",
+        "the source is recorded as the run's parent. A resume continues from its checkpoint and "
+        "refuses an init the run did not start from",
     )
 
 
@@ -466,7 +471,6 @@ class ObjectiveConfig(Section):
     )
     r1_weight: NonNegativeFloat = Field(
         0.0,
-        allow_inf_nan=False,
         description="gamma of the R1 penalty gamma/2 * E||grad D(real)||^2 (Mescheder et al. "
         "2018); 0: off",
     )
@@ -481,7 +485,6 @@ class ObjectiveConfig(Section):
     ssim_weight: NonNegativeFloat = Field(0.0, description="weight of 1 - SSIM beside the L1")
     texture_weight: NonNegativeFloat = Field(
         0.0,
-        allow_inf_nan=False,
         description="weight of the texture loss: the sliced Wasserstein distance of the hole's "
         "7x7 Laplacian-pyramid patches to the original's (objectives.texture_swd, after Heitz "
         "et al. 2021); asks for the original's grain where L1 alone gives a flat patch; 0: off",

@@ -47,9 +47,10 @@ KINDS = {
 
 
 class Settings(BaseModel):
-    """Base of every family's settings: typed, unknown keys refused."""
+    """Base of every family's settings: typed, unknown keys refused, floats finite (as in
+    every recipe section)."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 def _no_divisor(settings: Any, image_size: int) -> int:

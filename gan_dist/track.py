@@ -125,8 +125,10 @@ class Tracker:
         enabled: bool,
         context: dict[str, Any] | None = None,
         tags: dict[str, str] | None = None,
+        resume_tags: dict[str, str] | None = None,
     ) -> None:
-        """`tags`: set on a new run (a resumed one has them already)."""
+        """`tags`: set on a new run (a resumed one has them already); `resume_tags`: set on
+        the run either way (what this resume changed: MLflow params cannot change)."""
         self.enabled = enabled and recipe.tracking.enabled
         self.run_id = run_id
         self.status = "FINISHED"  # what the run is marked when the tracker closes
@@ -146,7 +148,9 @@ class Tracker:
         self._thread = threading.Thread(target=self._work, name="mlflow-tracker", daemon=True)
         self._thread.start()
         self._submit(
-            "other", lambda: self._start(recipe, run_dir, context or {}, tags or {}), START
+            "other",
+            lambda: self._start(recipe, run_dir, context or {}, tags or {}, resume_tags or {}),
+            START,
         )
 
     # --- what the trainer calls ----------------------------------------------------------
@@ -333,9 +337,14 @@ class Tracker:
         return self._client
 
     def _start(
-        self, recipe: Recipe, run_dir: Path, context: dict[str, Any], tags: dict[str, str]
+        self,
+        recipe: Recipe,
+        run_dir: Path,
+        context: dict[str, Any],
+        tags: dict[str, str],
+        resume_tags: dict[str, str],
     ) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param, RunTag
 
         client = self._mlflow()
         if self.run_id is not None and not run_exists(client, self.run_id):
@@ -365,6 +374,10 @@ class Tracker:
         changed = {k: v for k, v in params.items() if k in known and known[k] != v}
         for key, value in changed.items():  # params are immutable: record the change
             client.set_tag(self.run_id, f"changed_on_resume.{key}", f"{known[key]} -> {value}")
+        if resume_tags:
+            notes = [RunTag(k, v) for k, v in resume_tags.items()]
+            for i in range(0, len(notes), 100):
+                client.log_batch(self.run_id, tags=notes[i : i + 100], synchronous=True)
         self._started = True
 
 

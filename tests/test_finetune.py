@@ -138,3 +138,46 @@ def test_an_alias_moves_only_to_a_version_that_scores_as_well(tmp_path):
     assert said[2] == "moved @champion to version 3 (val.hole_psnr 30.5)"  # as good: newer
     assert said[3] == "moved @champion to version 4"  # unscored: never blocked
     assert str(client.get_model_version_by_alias("m", "champion").version) == "4"
+
+
+def files_of(run: Path) -> dict[Path, bytes]:
+    """Every file of a run dir but the lock's record of who held it last."""
+    return {
+        p.relative_to(run): p.read_bytes()
+        for p in run.rglob("*")
+        if p.is_file() and p.name != "lock.json"
+    }
+
+
+def test_the_readme_fine_tune_where_a_run_trained_before_is_refused_and_changes_nothing(
+    packed, photo_dir, tmp_path
+):
+    """Finding 6: the README's fine-tune command run where quickstart had trained resumed
+    that finished run, ignored model.init (whose alias did not exist), registered the old
+    checkpoint as mine-repair/1, rewrote recipe.yaml to claim the init and exited 0."""
+    from mlflow import MlflowClient
+
+    from gan_dist.data.pack import PackOptions, pack_folder
+    from gan_dist.recipe import resolve_damage
+
+    steps, label = resolve_damage("inpaint")
+    mine = tmp_path / "mine"
+    pack_folder(photo_dir, mine, PackOptions(size=32, damage=steps, damage_source=label))
+    run = tmp_path / "runs" / "quickstart"
+    assert train_quickstart(packed, 2, run).returncode == 0
+    before = files_of(run)
+
+    fine_tune = {
+        "data.train": mine,
+        "model.init": "models:/nope-repair@champion",
+        "tracking.register_as": "mine-repair",
+    }
+    for extra in ([], ["--resume-changed"]):  # an init cannot apply to a resumed run
+        result = train_quickstart(packed, 2, run, *extra, **fine_tune)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        line = result.stderr.strip().splitlines()[-1]
+        assert line.startswith("error: model.init: models:/nope-repair@champion: "), line
+        assert "started from random weights" in line and f"data.train {packed} -> {mine}" in line
+        assert "--run-dir NEW" in line
+    assert files_of(run) == before  # recipe.yaml, status.json, checkpoints: as they were
+    assert not MlflowClient().search_model_versions("name='mine-repair'")

@@ -141,7 +141,7 @@ def test_truncated_and_corrupt_shards_are_skipped_by_name(packed, tmp_path, capl
 
 
 def test_missing_shards_are_reported_up_front(tmp_path):
-    with pytest.raises(GanDistError, match="2 of 2 shards"):
+    with pytest.raises(GanDistError, match="2 of the 2 shards it names do not exist"):
         shard_urls(str(tmp_path / "x-{0..1}.tar"))
     with pytest.raises(GanDistError, match="no manifest.json"):
         shard_urls(str(tmp_path))

@@ -270,8 +270,13 @@ def test_resuming_with_other_nets_is_a_clear_error(shards, tmp_path):
     run = tmp_path / "run"
     assert train_quickstart(shards, 2, run).returncode == 0
     wider = train_quickstart(shards, 4, run, **{"model.generator.base_channels": 12})
-    assert wider.returncode == 1
-    assert "does not fit the recipe's model" in wider.stderr and "Traceback" not in wider.stderr
+    assert wider.returncode == 1 and "Traceback" not in wider.stderr
+    assert "model.generator.base_channels 8 -> 12" in wider.stderr
+    forced = train_quickstart(
+        shards, 4, run, "--resume-changed", **{"model.generator.base_channels": 12}
+    )
+    assert forced.returncode == 1 and "Traceback" not in forced.stderr
+    assert "does not fit the recipe's model" in forced.stderr
 
 
 def test_recipe_and_shards_must_agree(shards, tmp_path):
@@ -326,3 +331,179 @@ def test_validation_follows_the_training_pack(shards, photo_dir, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"validating on {shards} (not the pack data.train names)" in result.stdout
     assert "samples 8," in result.stdout
+
+
+def test_checkpoints_hold_the_plain_nets_however_they_are_wrapped(tmp_path):
+    """Finding 10: a compiled net (under DDP too) was saved under `_orig_mod.` names."""
+    import torch.distributed as dist
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    names = list(net.state_dict())
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    try:
+        wrapped = {
+            "compiled": torch.compile(net),
+            "compiled, then DDP": DDP(torch.compile(net)),  # what the trainer builds
+            "DDP, then compiled": torch.compile(DDP(net)),
+            "DDP": DDP(net),
+        }
+        for how, module in wrapped.items():
+            assert list(checkpoint.plain(module).state_dict()) == names, how
+            assert checkpoint.plain(module) is net, how
+    finally:
+        dist.destroy_process_group()
+    assert checkpoint.plain(net) is net
+    old = {f"_orig_mod.{k}": v for k, v in net.state_dict().items()}
+    assert list(checkpoint.without_compiled_names(old)) == names
+
+
+def test_a_compiled_run_resumes_uncompiled_registers_and_starts_a_fine_tune(shards, tmp_path):
+    """Finding 10: a `train.compile: true` run's checkpoint was refused by a resume without
+    compile ("model settings must match") and model.init from it died with a traceback."""
+    run = tmp_path / "run"
+    compiled = train_quickstart(shards, 1, run, **{"train.compile": "true"})
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+    for net in ("generator", "discriminator", "ema"):
+        assert not [k for k in weights(run, 1, net) if "_orig_mod" in k], net
+
+    resumed = train_quickstart(shards, 2, run)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resumed from" in resumed.stdout
+    _uses_a_compiled_runs_checkpoint(run, tmp_path, shards)
+
+
+def test_checkpoints_with_compiled_names_from_older_versions_still_load(shards, tmp_path):
+    """Checkpoints an older gan-dist wrote for compiled runs carry `_orig_mod.` names:
+    resume, export and model.init read them under the net's own names."""
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    assert train_quickstart(shards, 1, run).returncode == 0
+    folder = run / "checkpoints" / "step-00000001"
+    for net in ("generator", "discriminator", "ema"):
+        old = {f"_orig_mod.{k}": v for k, v in weights(run, 1, net).items()}
+        save_file(old, str(folder / f"{net}.safetensors"))
+
+    resumed = train_quickstart(shards, 2, run, "--resume", str(folder))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resumed from {folder} at step 1" in resumed.stdout
+    _uses_a_compiled_runs_checkpoint(folder, tmp_path, shards)
+
+
+def _uses_a_compiled_runs_checkpoint(source: Path, tmp_path: Path, shards: Path) -> None:
+    """The model exported from `source` loads, registers, and starts a fine-tune with both
+    its nets."""
+    from gan_dist.models import load_model
+
+    assert load_model(str(source)).net is not None
+    registered = run_cli("models", "register", str(source), "--name", "from-compiled")
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    tuned = train_quickstart(shards, 1, tmp_path / "tuned", **{"model.init": source})
+    assert tuned.returncode == 0 and "Traceback" not in tuned.stderr, tuned.stderr
+    assert "generator weights, discriminator too" in tuned.stdout, tuned.stdout
+
+
+def test_a_discriminator_of_other_shapes_is_not_half_loaded():
+    """model.init from a source whose discriminator has the recipe's settings but was built
+    for another crop size: the net keeps its fresh weights (no traceback, nothing mixed)."""
+    from torch import nn
+
+    from gan_dist.train.trainer import _loads
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(4, 2))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(4, 3)).state_dict()
+    assert not _loads(net, other)
+    assert_identical(net.state_dict(), before)
+    same = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(4, 2)).state_dict()
+    assert _loads(net, same)
+    assert_identical(net.state_dict(), same)
+
+
+def _run_tags(run: Path, step: int) -> dict[str, str]:
+    import mlflow
+
+    run_id = checkpoint.read(run / "checkpoints" / f"step-{step:08d}").state["tracking_run_id"]
+    return mlflow.MlflowClient().get_run(run_id).data.tags
+
+
+def test_a_resume_may_change_how_the_run_goes_on_but_not_what_it_is(shards, tmp_path):
+    """Finding 6: a resume with other data.* settings trained on other data with no word,
+    and MLflow's params kept the old values."""
+    run = tmp_path / "run"
+    assert train_quickstart(shards, 2, run).returncode == 0
+    recipe_before = (run / "recipe.yaml").read_bytes()
+    status_before = (run / "status.json").read_bytes()
+
+    other = {"seed": 3, "data.augment": "true", "objective.l1_weight": 50}
+    refused = train_quickstart(shards, 3, run, **other)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    assert "seed 0 -> 3, data.augment false -> true, objective.l1_weight 100.0 -> 50.0" in line
+    assert "--resume-changed" in line and "--run-dir NEW" in line
+    assert "max_steps" not in line  # allowed, so not among what is refused
+    assert [p.name for p in checkpoint.list_checkpoints(run)] == ["step-00000002"]
+    assert (run / "recipe.yaml").read_bytes() == recipe_before
+    assert (run / "status.json").read_bytes() == status_before
+
+    # how it runs may change, and is recorded: in the checkpoint, MLflow and recipe.yaml
+    longer = train_quickstart(shards, 3, run, **{"train.log_every": 2})
+    assert longer.returncode == 0, longer.stdout + longer.stderr
+    said = "changed on resume (recorded as the MLflow tags resume.1.*): train.max_steps 2 -> 3"
+    assert said in longer.stdout
+    state = checkpoint.read(run / "checkpoints" / "step-00000003").state
+    changed = {"train.max_steps": [2, 3], "train.log_every": [1, 2]}
+    assert state["resumes"] == [{"step": 2, "changes": changed}]
+    tags = _run_tags(run, 3)
+    assert tags["resume.1.step"] == "2" and tags["resume.1.train.max_steps"] == "2 -> 3"
+    notes = (run / "recipe.yaml").read_text().splitlines()[0]
+    assert (
+        notes == "# resumed at step 2 with changes: train.max_steps 2 -> 3, train.log_every 1 -> 2"
+    )
+
+    # asked for, what the run is changes too; later resumes compare with what ran
+    forced = train_quickstart(shards, 4, run, "--resume-changed", **other, **{"train.log_every": 2})
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    state = checkpoint.read(run / "checkpoints" / "step-00000004").state
+    assert [r["step"] for r in state["resumes"]] == [2, 3]
+    assert state["resumes"][1]["changes"] == {
+        "seed": [0, 3],
+        "data.augment": [False, True],
+        "objective.l1_weight": [100.0, 50.0],
+        "train.max_steps": [3, 4],
+    }
+    assert state["recipe"]["seed"] == 3
+    tags = _run_tags(run, 4)
+    assert tags["resume.2.seed"] == "0 -> 3" and tags["resume.2.train.max_steps"] == "3 -> 4"
+    assert tags["resume.1.train.max_steps"] == "2 -> 3"  # the history stays
+    again = train_quickstart(shards, 5, run, **other, **{"train.log_every": 2})
+    assert again.returncode == 0, again.stdout + again.stderr  # as it now runs: no change
+
+
+def test_a_finished_run_says_it_is_complete_and_what_it_registers(shards, tmp_path):
+    """Finding 6: the same recipe on a finished run, with a new tracking.register_as,
+    registered the old checkpoint under it without a word."""
+    import mlflow
+
+    run = tmp_path / "run"
+    assert train_quickstart(shards, 2, run).returncode == 0
+    recipe_before = (run / "recipe.yaml").read_text()
+    again = train_quickstart(
+        shards, 1, run, **{"tracking.register_as": "finished-run", "train.log_every": 5}
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "already complete at step 2 (train.max_steps 1); nothing to train" in again.stdout
+    final = run / "checkpoints" / "step-00000002"
+    assert f"already complete: step 2, checkpoint {final}" in again.stderr
+    assert f"the checkpoint an earlier command wrote: {final})" in again.stdout
+    assert "step 3" not in again.stdout and "changed on resume" not in again.stdout
+    (version,) = mlflow.MlflowClient().search_model_versions("name='finished-run'")
+    assert version.tags["step"] == "2"
+    # recipe.yaml shows the run as it ran (2 steps, logged every step), tracked as now
+    shown = recipe_before.replace("register_as: null", "register_as: finished-run")
+    assert (run / "recipe.yaml").read_text() == shown
+    assert "resume.1.step" not in _run_tags(run, 2)

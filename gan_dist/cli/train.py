@@ -28,6 +28,12 @@ def train(
         "in the run dir, if any; none: start fresh; or a checkpoint "
         "path.",
     ),
+    resume_changed: bool = typer.Option(
+        False,
+        "--resume-changed",
+        help="Resume even though the recipe changes what the run is (its data, nets, "
+        "objective, seed), which is refused otherwise; the changes are recorded.",
+    ),
 ) -> None:
     """Train a recipe on this process; every rank runs it (`gan-dist launch` starts one per
     device, locally or on SLURM). SIGTERM, SIGUSR1 and Ctrl-C write a checkpoint and exit
@@ -37,7 +43,7 @@ def train(
 
     with StopFlag() as stop:
         try:
-            loaded, outcome = _run(recipe, set_, run_dir, resume, stop)
+            loaded, outcome = _run(recipe, set_, run_dir, resume, stop, resume_changed)
         except StopRequested as exc:
             err.print(f"[yellow]stopped[/] ({exc}) before training started; nothing to save")
             if run_dir is not None and os.environ.get("RANK", "0") == "0":
@@ -49,12 +55,14 @@ def train(
     if outcome.status == "preempted":
         raise typer.Exit(EXIT_PREEMPTED)
     if outcome.main_process:
-        err.print(f"[green]done[/]: step {outcome.step}, checkpoint {outcome.checkpoint}")
-        _register(loaded, outcome.checkpoint)
+        said = "already complete" if outcome.already_complete else "[green]done[/]"
+        err.print(f"{said}: step {outcome.step}, checkpoint {outcome.checkpoint}")
+        _register(loaded, outcome.checkpoint, outcome.already_complete)
 
 
-def _register(loaded: Recipe, checkpoint: Path | None) -> None:
-    """The finished run's model, as `tracking.register_as` asks (rank 0 only)."""
+def _register(loaded: Recipe, checkpoint: Path | None, earlier: bool = False) -> None:
+    """The finished run's model, as `tracking.register_as` asks (rank 0 only); `earlier`:
+    the checkpoint was written by an earlier command, which is said."""
     from gan_dist.models import promote_if_as_good, register_completed
     from gan_dist.track import tracking_uri
 
@@ -63,14 +71,17 @@ def _register(loaded: Recipe, checkpoint: Path | None) -> None:
     registered = register_completed(loaded, checkpoint)
     if registered is None:
         return
-    out.print(f"registered {registered.uri} ({registered.name}, version {registered.version})")
+    what = f"; the checkpoint an earlier command wrote: {checkpoint}" if earlier else ""
+    out.print(
+        f"registered {registered.uri} ({registered.name}, version {registered.version}{what})"
+    )
     if loaded.tracking.promote:
         alias, uri = loaded.tracking.promote, tracking_uri(loaded)
         out.print(promote_if_as_good(registered.name, registered.version, alias, uri))
 
 
 def _run(
-    recipe: str, set_: list[str], run_dir: Path | None, resume: str, stop
+    recipe: str, set_: list[str], run_dir: Path | None, resume: str, stop, resume_changed: bool
 ) -> tuple[Recipe, Outcome]:
     import logging
 
@@ -88,4 +99,5 @@ def _run(
             from gan_dist.track import tracking_uri
 
             initial = partial(initial_weights, loaded.model.init, tracking_uri(loaded))
-        return loaded, run(loaded, run_dir or Path("runs") / loaded.name, resume, stop, initial)
+        directory = run_dir or Path("runs") / loaded.name
+        return loaded, run(loaded, directory, resume, stop, initial, resume_changed)

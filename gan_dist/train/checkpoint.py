@@ -251,10 +251,43 @@ def resolve(run_dir: Path, resume: str) -> Checkpoint | None:
     return read(Path(resume))
 
 
+COMPILED = "_orig_mod"  # the attribute (and state-dict key part) torch.compile wraps a net in
+
+
+def plain(net: torch.nn.Module) -> torch.nn.Module:
+    """The net itself, out of its DDP (or other data-parallel) wrapper and its torch.compile
+    wrapper, in whichever order they were put on: the module whose state dict has the
+    net's own names, which is what a checkpoint must hold (a `train.compile: false` run and
+    the exported model read them)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    net = extract_model_from_parallel(net, keep_torch_compile=False)
+    while isinstance(getattr(net, COMPILED, None), torch.nn.Module):  # compiled, then DDP
+        net = extract_model_from_parallel(getattr(net, COMPILED), keep_torch_compile=False)
+    return net
+
+
+def without_compiled_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict with torch.compile's `_orig_mod.` key parts removed: checkpoints of
+    `train.compile: true` runs written before gan-dist saved the plain nets carry them
+    (`_orig_mod.body.0.weight` for `body.0.weight`)."""
+    return {
+        ".".join(part for part in key.split(".") if part != COMPILED): value
+        for key, value in state.items()
+    }
+
+
+def load_weights(ckpt_path: Path, key: str) -> dict[str, torch.Tensor]:
+    """One net's weights and buffers from a checkpoint folder (`key`: one of NETS), under
+    the net's own names (see `without_compiled_names`); on the CPU."""
+    return without_compiled_names(load_file(str(ckpt_path / f"{key}.safetensors")))
+
+
 def load_nets(ckpt: Checkpoint, nets: dict[str, torch.nn.Module]) -> None:
+    """Load each saved net into the recipe's; raises GanDistError when one does not fit."""
     for key, net in nets.items():
         try:
-            net.load_state_dict(load_file(str(ckpt.path / f"{key}.safetensors")))
+            net.load_state_dict(load_weights(ckpt.path, key))
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise GanDistError(

@@ -55,6 +55,7 @@ from gan_dist.train.evaluate import evaluate
 from gan_dist.train.perceptual import PerceptualMetrics, PerceptualWeights
 from gan_dist.train.profile import PROFILE_DIR, DataWait, StepProfiler
 from gan_dist.train.progress import Progress
+from gan_dist.train.resume import Change, ChangedRun, as_ran, check_resume
 from gan_dist.train.runlock import RunDirBusy, RunLock
 from gan_dist.train.signals import EXIT_NONFINITE, EXIT_TRACKING, StopFlag, StopRequested
 
@@ -122,6 +123,7 @@ class Outcome:
     metrics: dict[str, float] = field(default_factory=dict)
     losses: dict[str, float] = field(default_factory=dict)
     main_process: bool = True
+    already_complete: bool = False  # resumed at train.max_steps or past it: nothing trained
 
 
 def train(
@@ -130,14 +132,18 @@ def train(
     resume: str = "auto",
     stop: StopFlag | None = None,
     initial: Callable[[], InitialWeights] | None = None,
+    resume_changed: bool = False,
 ) -> Outcome:
     """Train `recipe` on this rank, checkpointing into `run_dir`; every rank calls it.
     `initial` gives the weights to start from when there is no checkpoint to resume
-    (`model.init`, resolved by the caller: see `models.initial_weights`).
+    (`model.init`, resolved by the caller: see `models.initial_weights`). A resume whose
+    recipe changes what the run is (see `train.resume.HOW_IT_RUNS`) is refused unless
+    `resume_changed`; the changes a resume makes are recorded.
 
     Returns the outcome (completed or preempted: a stop signal, see `signals`). Raises
-    GanDistError for what the user must fix (RunDirBusy, DataStalled, NonFiniteLoss,
-    CheckpointWriteError, TrackingFailed); rank 0 then records `failed` in status.json."""
+    GanDistError for what the user must fix (RunDirBusy, ChangedRun, DataStalled,
+    NonFiniteLoss, CheckpointWriteError, TrackingFailed); rank 0 then records `failed` in
+    status.json, except for a refused resume, which leaves the run as it was."""
     with contextlib.ExitStack() as stack:
         if stop is None:
             stop = stack.enter_context(StopFlag())
@@ -145,7 +151,7 @@ def train(
         stack.callback(run.close)
         try:
             with stop.interruptible(grace_s=0):  # start-up: a stop ends it at once
-                run.start(resume, initial)
+                run.start(resume, initial, resume_changed)
             return run.loop(stop)
         except StopRequested as exc:
             return run.stopped(str(exc))
@@ -177,6 +183,12 @@ class _Run:
         self.profiler: StepProfiler | None = None
         self.perceptual: PerceptualMetrics | None = None
         self.lineage: dict[str, str] = {}  # model.init's source and parent, as tags
+        # the resumes that changed the recipe: {"step", "changes": {path: [old, new]}}
+        self.resumes: list[dict] = []
+        self.already_complete = False
+        # what the run's record (recipe.yaml, MLflow params) shows: the recipe, except for a
+        # run already complete, which shows the recipe it ran with (see `as_ran`)
+        self.shown = recipe
         # the loop's running state: loss sums since the last log, and what was logged
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
@@ -189,7 +201,9 @@ class _Run:
             return self.accelerator.is_main_process
         return os.environ.get("RANK", "0") == "0"
 
-    def start(self, resume: str, initial: Callable[[], InitialWeights] | None) -> None:
+    def start(
+        self, resume: str, initial: Callable[[], InitialWeights] | None, resume_changed: bool
+    ) -> None:
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs, set_seed
 
@@ -221,11 +235,24 @@ class _Run:
         launch = recipe.launch
         wait = launch.rank_timeout_s / 2 if launch.lock_wait_s is None else launch.lock_wait_s
         self.lock = _lock_run_dir(run_dir, accelerator, wait)
+        ckpt = checkpoint.resolve(run_dir, resume)
+        self.last_ckpt, self.step = (ckpt.path, ckpt.step) if ckpt else (None, 0)
+        changes: list[Change] = []
+        if ckpt is not None:  # every rank decides alike: the same files, the same recipe
+            recipe, changes = check_resume(
+                ckpt.state["recipe"], recipe, ckpt.path, ckpt.step, resume_changed
+            )
+            self.recipe = self.shown = recipe
+            self.resumes = list(ckpt.state.get("resumes", []))
+            self.already_complete = cfg.max_steps is not None and ckpt.step >= cfg.max_steps
+            if self.already_complete:  # nothing trains: nothing changes but the tracking
+                self.shown, changes = as_ran(ckpt.state["recipe"], recipe), []
+            if changes:
+                record = {"step": ckpt.step, "changes": {c.path: c.values for c in changes}}
+                self.resumes.append(record)
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
-        ckpt = checkpoint.resolve(run_dir, resume)
-        self.last_ckpt, self.step = (ckpt.path, ckpt.step) if ckpt else (None, 0)
 
         # nets: identical initial weights on every rank, then per-rank randomness
         set_seed(recipe.seed)
@@ -303,22 +330,34 @@ class _Run:
             self.progress.message(precision_note)
         if ckpt is not None:
             self.progress.message(f"resumed from {ckpt.path} at step {self.step}")
+        if changes:
+            self.progress.message(
+                f"changed on resume (recorded as the MLflow tags resume.{len(self.resumes)}.*): "
+                + ", ".join(str(c) for c in changes)
+            )
+        if self.already_complete:
+            self.progress.message(
+                f"already complete at step {self.step} (train.max_steps {cfg.max_steps}); "
+                "nothing to train (raise train.max_steps to train on, or start a fresh run "
+                "with --run-dir NEW)"
+            )
         if started_from is not None:
             self.progress.message(started_from[1])
         self.tracker = Tracker(
-            recipe,
+            self.shown,
             run_dir,
             ckpt.state.get("tracking_run_id") if ckpt else None,
             enabled=self.main,
             context={"world_size": world, "device": str(accelerator.device)},
             tags={f"gan_dist.{k}": v for k, v in self.lineage.items()},
+            resume_tags=_resume_tags(self.resumes[-1], len(self.resumes)) if changes else None,
         )
 
     def save_checkpoint(self, position: dict[int, int] | None = None) -> Path:
         """A checkpoint at the current step; `position`: the data stream's position to
         record, when the last batches drawn were not trained on."""
         accelerator, stream = self.accelerator, self.stream
-        G, D = accelerator.unwrap_model(self.G), accelerator.unwrap_model(self.D)
+        G, D = checkpoint.plain(self.G), checkpoint.plain(self.D)  # no `_orig_mod.` names
         self.last_ckpt = checkpoint.save(
             accelerator,
             self.run_dir,
@@ -346,6 +385,7 @@ class _Run:
                 "tracking_run_id": self.tracker.wait_for_run_id(timeout=10),
                 "metrics": self.metrics,
                 "lineage": self.lineage,
+                "resumes": self.resumes,
             },
             keep=self.recipe.train.keep_checkpoints,
         )
@@ -417,7 +457,15 @@ class _Run:
             self._write_status("completed")
         if tracker.start_failed is not None:  # known for certain only once it has closed
             self._untracked(tracker.start_failed)
-        return Outcome("completed", self.step, self.last_ckpt, self.metrics, self.logged, self.main)
+        return Outcome(
+            "completed",
+            self.step,
+            self.last_ckpt,
+            self.metrics,
+            self.logged,
+            self.main,
+            self.already_complete,
+        )
 
     def _begin(self, stop: StopFlag, first_step: int):
         """Before the first step: the status, the recipe and manifests as artifacts, the
@@ -425,7 +473,8 @@ class _Run:
         Raises StopRequested: reading the samples may block, and must not hold a stop up."""
         recipe, tracker, cfg = self.recipe, self.tracker, self.recipe.train
         self._write_status("running")
-        tracker.log_artifact(checkpoint.write_recipe(self.run_dir, recipe_to_yaml(recipe)))
+        text = _resume_notes(self.resumes) + recipe_to_yaml(self.shown)
+        tracker.log_artifact(checkpoint.write_recipe(self.run_dir, text))
         for split, shards in (("train", recipe.data.train), ("val", self.val)):
             if shards and (Path(shards) / MANIFEST).is_file():
                 tracker.log_artifact(Path(shards) / MANIFEST, f"data/{split}")
@@ -572,6 +621,8 @@ class _Run:
         return Outcome("preempted", self.step, self.last_ckpt, self.metrics, {}, self.main)
 
     def failed(self, exc: Exception) -> None:
+        if isinstance(exc, ChangedRun):  # nothing was run: the run's status stands
+            return
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         user = isinstance(exc, GanDistError)
         if not user:  # a crash (often another rank's death seen in a collective): its kind
@@ -747,15 +798,26 @@ def _initialise(
             f"at data.image_size={recipe.data.image_size}; the source was trained on "
             f"{start.image_size} px crops: set data.image_size={start.image_size}"
         ) from None
-    if start.discriminator_fits(recipe.model):
-        D.load_state_dict(start.discriminator)
+    if start.discriminator_fits(recipe.model) and _loads(D, start.discriminator):
         critic = "discriminator too"
+    elif start.discriminator_fits(recipe.model):  # same settings, a size-dependent net
+        critic = f"discriminator fresh (the source's was built for {start.image_size} px crops)"
     elif start.discriminator is None:
         critic = "discriminator fresh (a registered model or model folder holds none)"
     else:
         critic = "discriminator fresh (the source's differs from model.discriminator)"
     parent = f" ({start.parent})" if start.parent and start.parent != start.source else ""
     return start, f"initialised from {start.source}{parent}: generator weights, {critic}"
+
+
+def _loads(net: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    """Whether `state` has `net`'s names and shapes (then it is loaded; else `net` is left
+    as it was): a net whose layers follow the crop size takes no weights of another size."""
+    mine = net.state_dict()
+    if state.keys() != mine.keys() or any(state[k].shape != v.shape for k, v in mine.items()):
+        return False
+    net.load_state_dict(state)
+    return True
 
 
 def _load(ckpt, recipe: Recipe, G, D, ema, opt_g, opt_d, sched_g, sched_d) -> dict:
@@ -792,6 +854,28 @@ def _apply_recipe(opt, sched, cfg: OptimizerConfig, saved: dict, name: str) -> N
             lr=cfg.lr * factor(sched.last_epoch), betas=cfg.betas, weight_decay=cfg.weight_decay
         )
     sched._last_lr = [group["lr"] for group in opt.param_groups]
+
+
+def _resume_tags(record: dict, n: int) -> dict[str, str]:
+    """The MLflow tags of the run's `n`th resume that changed its recipe:
+    `resume.N.step`, and `resume.N.PATH` = "old -> new" for each field."""
+    changes = [Change(path, *values) for path, values in record["changes"].items()]
+    return {f"resume.{n}.step": str(record["step"])} | {
+        f"resume.{n}.{c.tag}": str(c).removeprefix(f"{c.path} ") for c in changes
+    }
+
+
+def _resume_notes(resumes: list[dict]) -> str:
+    """YAML comments for RUN_DIR/recipe.yaml: the steps at which the run was resumed with
+    another recipe, and what changed, so the file never claims the run always ran as it
+    says now."""
+    lines = []
+    for record in resumes:
+        changed = ", ".join(
+            str(Change(path, *values)) for path, values in record["changes"].items()
+        )
+        lines.append(f"# resumed at step {record['step']} with changes: {changed}\n")
+    return "".join(lines)
 
 
 def _same_shape(ckpt: checkpoint.Checkpoint | None, world: int, data) -> bool:
