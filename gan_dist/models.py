@@ -597,7 +597,6 @@ def register(source: Path, name: str, tracking_uri: str) -> Registered:
     registering it again makes no second one."""
     import mlflow
 
-    import gan_dist
     from gan_dist.recipe import Recipe
     from gan_dist.track import experiment_id, open_store, run_exists
     from gan_dist.train import checkpoint
@@ -620,18 +619,11 @@ def register(source: Path, name: str, tracking_uri: str) -> Registered:
             experiment_id=experiment_id(client, recipe.tracking.experiment or recipe.name)
         )
     previous = client.get_run(run_id).info.status if run_id else None
-    code = Path(gan_dist.__file__).with_name("mlflow_model.py")
     with tempfile.TemporaryDirectory(prefix="gan-dist-register-") as tmp:
         spec = export_checkpoint(ckpt_path, Path(tmp))
         with mlflow.start_run(run_id=run_id) as run:
             info = mlflow.pyfunc.log_model(
-                name=ARTIFACT_NAME,
-                python_model=str(code),
-                artifacts={"spec": str(Path(tmp) / SPEC), "weights": str(Path(tmp) / WEIGHTS)},
-                registered_model_name=name,
-                pip_requirements=_requirements(spec),
-                signature=signature(),
-                input_example=_input_example(),
+                name=ARTIFACT_NAME, registered_model_name=name, **pyfunc_arguments(Path(tmp))
             )
             run_id = run.info.run_id
     if previous and previous != "FINISHED":
@@ -646,6 +638,23 @@ def register(source: Path, name: str, tracking_uri: str) -> Registered:
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     return Registered(name, version, run_id)
+
+
+def pyfunc_arguments(folder: Path) -> dict[str, Any]:
+    """What `mlflow.pyfunc.log_model` (or `save_model`) is given for the repair model in
+    `folder` (its spec.json and weights.safetensors): the wrapper's code as a model from
+    code, the two files as artifacts, the pinned requirements, the signature and a sample
+    request."""
+    import gan_dist
+
+    spec = json.loads((folder / SPEC).read_text())
+    return {
+        "python_model": str(Path(gan_dist.__file__).with_name("mlflow_model.py")),
+        "artifacts": {"spec": str(folder / SPEC), "weights": str(folder / WEIGHTS)},
+        "pip_requirements": _requirements(spec),
+        "signature": signature(),
+        "input_example": _input_example(),
+    }
 
 
 def signature():

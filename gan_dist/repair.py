@@ -104,10 +104,7 @@ def repair_rows(
         )
     if mask is None:  # a view of one False: no memory whatever the size
         mask = np.broadcast_to(np.False_, (height, width))
-    divisor = model.size_divisor
-    tile = max(divisor, tile // divisor * divisor)
-    overlap = min(overlap, tile // 2)
-    th, tw = min(tile, _round_up(height, divisor)), min(tile, _round_up(width, divisor))
+    th, tw, overlap = tile_shape(model, height, width, tile, overlap)
     precision = model.precision_for(pixels.dtype)
     prefill = model.spec["model"].get("prefill", "none")
     fills = _Prefills(pixels, mask, boxes if prefill != "none" else [], prefill, model.channels)
@@ -133,6 +130,45 @@ def repair_rows(
             for x, p in zip(xs, pred, strict=True):
                 band.add(p, x, window)
         yield y, _finish(pixels, mask, band.take(y, done_until), y, composite)
+
+
+def band_work(
+    model: RepairModel,
+    height: int,
+    width: int,
+    mask: Raster | None,
+    tile: int = 256,
+    overlap: int = 32,
+) -> list[tuple[int, int]]:
+    """What `repair_rows` will run through the net for an image of height x width px, band
+    by band, before any of it is computed: (the band's first row, its tiles' pixels) top to
+    bottom, counting for an inpainting model only the tiles that hold a hole pixel (mask
+    (H, W) bool, read one band at a time; None: no hole, so no band)."""
+    composite = bool(model.spec["model"]["composite"])
+    if composite and mask is None:
+        return []
+    th, tw, overlap = tile_shape(model, height, width, tile, overlap)
+    lefts = np.array(_starts(width, tw, tw - overlap))
+    bands = []
+    for y in _starts(height, th, th - overlap):
+        tiles = len(lefts)
+        if composite:
+            columns = np.asarray(mask[y : y + th, :]).any(axis=0)
+            before = np.concatenate([[0], np.cumsum(columns)])  # hole columns left of each x
+            tiles = int(np.count_nonzero(before[np.minimum(lefts + tw, width)] > before[lefts]))
+        bands.append((y, tiles * th * tw))
+    return bands
+
+
+def tile_shape(
+    model: RepairModel, height: int, width: int, tile: int = 256, overlap: int = 32
+) -> tuple[int, int, int]:
+    """(tile height, tile width, overlap) px as `repair_rows` cuts this image: tiles a
+    multiple of the net's size divisor, no larger than the image needs."""
+    divisor = model.size_divisor
+    tile = max(divisor, tile // divisor * divisor)
+    overlap = min(overlap, tile // 2)
+    return min(tile, _round_up(height, divisor)), min(tile, _round_up(width, divisor)), overlap
 
 
 @dataclass
@@ -319,4 +355,4 @@ def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k
 
 
-__all__ = ["Raster", "repair_array", "repair_rows"]
+__all__ = ["Raster", "band_work", "repair_array", "repair_rows", "tile_shape"]

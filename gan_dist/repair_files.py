@@ -33,6 +33,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, replace
 from itertools import chain
 from pathlib import Path
@@ -82,6 +83,24 @@ HOLDS = {
 TILE, OVERLAP, BATCH = 256, 32, 4  # px, px, tiles per pass: `gan-dist repair`'s defaults
 TIFF = (".tif", ".tiff")
 STATUSES = ("repaired", "failed", "skipped", "no hole")
+# who asked: a detail names the settings the way that caller sets them (`--format png` on
+# the command line, `params.format=png` in a served request); `repair_bytes` sets it
+_SERVED: ContextVar[bool] = ContextVar("served", default=False)
+
+
+def _option(name: str, value: str = "") -> str:
+    """How the caller sets option `name` (format, tile, overlap, batch), with `value` if
+    given: `--format png` for `gan-dist repair`, `params.format=png` for a served request."""
+    if _SERVED.get():
+        return f"params.{name}={value}" if value else f"params.{name}"
+    return f"--{name} {value}" if value else f"--{name}"
+
+
+def _deep_output() -> str:
+    """Where the caller asks for an output that holds 16 bits."""
+    if _SERVED.get():
+        return _option("format", "png|tif")
+    return f"an OUTPUT of that suffix, or {_option('format', 'png|tif')}"
 
 
 @dataclass
@@ -257,7 +276,7 @@ def repair_files(
             except GanDistError as exc:
                 result = FileResult(job.image, None, "failed", str(exc))
             except MemoryError:
-                detail = "out of memory; try a smaller --tile or --batch"
+                detail = f"out of memory; try a smaller {_option('tile')} or {_option('batch')}"
                 result = FileResult(job.image, None, "failed", detail)
             except Exception as exc:  # one odd file must not stop a folder: report and go on
                 detail = f"{type(exc).__name__}: {exc}".strip()
@@ -277,20 +296,38 @@ def repair_bytes(
     overlap: int = OVERLAP,
     batch: int = BATCH,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    before: Callable[[Path, Path | None], None] = lambda image, mask: None,
+    on_rows: Callable[[int, int], None] = lambda done, height: None,
 ) -> tuple[FileResult, bytes]:
     """One image file's bytes (PNG, JPEG, TIFF, BMP, WebP or DICOM, recognised by content)
     repaired exactly as `gan-dist repair` repairs the same file (same mask rule, formats,
     depth and checks), for the served model. Returns the result row (its `output` is the
     file name written, e.g. `image.png`) and the output file's bytes, empty when the row's
     status is not `repaired` or `no hole`. Never raises for a bad image or mask: that is a
-    `failed` row."""
+    `failed` row, whose detail names settings as a request sets them (`params.format`).
+
+    `before` gets the image and mask as files before anything is decoded; a GanDistError
+    it raises fails the row with its message (the served model's time budget). `on_rows`
+    is `repair_files`'; a GanDistError it raises stops the row and fails it."""
+    served = _SERVED.set(True)
+    try:
+        return _repair_bytes(
+            model, image, mask, output_format, tile, overlap, batch, max_pixels, before, on_rows
+        )
+    finally:
+        _SERVED.reset(served)
+
+
+def _repair_bytes(
+    model, image, mask, output_format, tile, overlap, batch, max_pixels, before, on_rows
+) -> tuple[FileResult, bytes]:
     import tempfile
 
     from gan_dist.data.images import suffix_of
 
     problem = _settings_problem(output_format, tile, overlap, batch)
     if problem:
-        return FileResult(Path("image"), None, "failed", f"params: {problem}"), b""
+        return FileResult(Path("image"), None, "failed", problem), b""
     if not mask and model.spec["model"]["composite"]:
         detail = "no mask: an inpainting model needs the mask file's bytes in the mask column"
         return FileResult(Path("image"), None, "failed", detail), b""
@@ -305,9 +342,12 @@ def repair_bytes(
             if mask_path is not None:
                 mask_path.write_bytes(mask)
             [job] = plan(source, f"{folder / 'out'}/", mask_path, output_format)
+            before(source, mask_path)
         except GanDistError as exc:
             return FileResult(Path(source.name), None, "failed", str(exc)), b""
-        [result] = repair_files(lambda: model, [job], tile, overlap, batch, False, max_pixels)
+        [result] = repair_files(
+            lambda: model, [job], tile, overlap, batch, False, max_pixels, on_rows=on_rows
+        )
         data = result.output.read_bytes() if result.output is not None else b""
     # the temporary folder means nothing to the caller: name the parts as they sent them
     result.detail = result.detail.replace(f"{source.parent}/", "").replace(f"{folder}/", "")
@@ -318,16 +358,16 @@ def repair_bytes(
 
 def _settings_problem(output_format: str, tile: int, overlap: int, batch: int) -> str:
     """What is wrong with a served request's settings (`gan-dist repair`'s option limits),
-    or an empty string."""
+    each named as the request sets it (`params.tile 0: ...`), or an empty string."""
     problems = [
-        f"format {output_format!r}: use one of {', '.join(FORMATS)}"
+        f"params.format {output_format!r}: use one of {', '.join(FORMATS)}"
         if output_format not in FORMATS
         else "",
-        f"tile {tile}: use 16 or more (px)" if tile < 16 else "",
-        f"overlap {overlap}: use 0 or more (px; at most half the tile is used)"
+        f"params.tile {tile}: use 16 or more (px)" if tile < 16 else "",
+        f"params.overlap {overlap}: use 0 or more (px; at most half the tile is used)"
         if overlap < 0
         else "",
-        f"batch {batch}: use 1 or more" if batch < 1 else "",
+        f"params.batch {batch}: use 1 or more" if batch < 1 else "",
     ]
     return "; ".join(p for p in problems if p)
 
@@ -367,7 +407,8 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels, on_rows) -> F
         elif composite and job.no_mask:
             raise GanDistError(f"no mask found: {job.no_mask}")
         elif composite:
-            raise GanDistError("no mask found (an inpainting model needs one: --mask FILE|DIR)")
+            where = "the mask column" if _SERVED.get() else "--mask FILE|DIR"
+            raise GanDistError(f"no mask found (an inpainting model needs one: {where})")
         from gan_dist.repair import repair_rows  # torch: not for the CLI's start-up
 
         rows = repair_rows(model, picture.pixels, mask, tile, overlap, batch)
@@ -470,7 +511,7 @@ def _reencoded(data: bytes, meant: np.ndarray, mask, suffix: str) -> list[str]:
         return []
     return [
         f"known pixels re-encoded ({suffix}): mean change {change.mean():.2f} levels, max "
-        f"{change.max()} (--format png keeps them exact)"
+        f"{change.max()} ({_option('format', 'png')} keeps them exact)"
     ]
 
 
@@ -483,19 +524,19 @@ def _check_writable(suffix: str, picture: Picture) -> None:
     if side is not None and max(height, width) > side:
         raise GanDistError(
             f"{suffix} cannot hold {width}x{height} px (at most {side:,} px a side); "
-            "write .png or .tif (--format png|tif)"
+            f"write .png or .tif ({_option('format', 'png|tif')})"
         )
     row = -(-width * (24 if channels == 3 else 8) // 32) * 4  # BMP rows: 4-byte aligned
     if suffix == ".bmp" and 54 + 1024 + row * height >= 2**32:  # 32-bit file size field
         raise GanDistError(f"{suffix} cannot hold {width}x{height} px (4 GB); write .png or .tif")
     if picture.original is not None and suffix not in TIFF:
         raise GanDistError(
-            f"{suffix} cannot hold {picture.original.dtype} pixels; write .tif (--format tif)"
+            f"{suffix} cannot hold {picture.original.dtype} pixels; write .tif "
+            f"({_option('format', 'tif')})"
         )
     if picture.bit_depth == 16 and not deep:
         raise GanDistError(
-            f"{suffix} cannot hold 16-bit pixels; write .png or .tif (an OUTPUT of that "
-            "suffix, or --format png|tif)"
+            f"{suffix} cannot hold 16-bit pixels; write .png or .tif ({_deep_output()})"
         )
 
 
@@ -637,8 +678,7 @@ def encode_image(arr: np.ndarray, suffix: str, storage: Storage | None = None) -
         return png_with_metadata(encode_png(arr), storage)
     if arr.dtype != np.uint8:
         raise GanDistError(
-            f"{suffix} cannot hold 16-bit pixels; write .png or .tif (an OUTPUT of that "
-            "suffix, or --format png|tif)"
+            f"{suffix} cannot hold 16-bit pixels; write .png or .tif ({_deep_output()})"
         )
     buf = io.BytesIO()
     im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)

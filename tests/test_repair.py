@@ -14,7 +14,7 @@ from conftest import blank_dicom, gradient16, hole, make_model, run_cli
 from gan_dist.data.images import decode_png, encode_png, read_image
 from gan_dist.models import load_model
 from gan_dist.precision import inference_precision
-from gan_dist.repair import repair_array
+from gan_dist.repair import band_work, repair_array, repair_rows
 from gan_dist.repair_files import plan, repair_files
 
 
@@ -118,6 +118,50 @@ def test_rgb_into_a_grey_model_is_refused(tmp_path):
 
     with pytest.raises(GanDistError, match="1-channel"):
         repair_array(model, np.zeros((32, 32, 3), np.uint8), hole(32, 32))
+
+
+@pytest.mark.parametrize(
+    ("shape", "holes", "tile", "overlap"),
+    [
+        ((100, 300), [np.s_[10:20, 30:40], np.s_[70:90, 250:300]], 64, 16),
+        ((70, 40), [np.s_[5:9, 5:9]], 64, 16),  # smaller than a tile
+        ((133, 257), [np.s_[:, :]], 32, 8),
+        ((133, 257), [], 32, 8),  # no hole: nothing to run
+        ((64, 64), [np.s_[0:1, 63:64]], 256, 32),
+    ],
+)
+@pytest.mark.parametrize("composite", [True, False])
+def test_band_work_is_what_repair_runs_through_the_net(
+    inpaint, tmp_path, shape, holes, tile, overlap, composite
+):
+    """The served model's time budget counts the pixels the net will run before any is
+    run: band by band, exactly what `repair_rows` feeds the net (an inpainting model only
+    its tiles with a hole pixel; a restoration model every tile)."""
+    from gan_dist.models import RepairModel
+
+    folder = inpaint if composite else make_model(tmp_path, "model.composite=false")
+    loaded = load_model(str(folder))
+    seen: list[int] = []
+
+    class Counted(RepairModel):
+        def forward(self, images, masks, *args):
+            seen.append(images.shape[0] * images.shape[2] * images.shape[3])
+            return super().forward(images, masks, *args)
+
+    model = Counted(loaded.net, loaded.spec, loaded.source)
+    mask = np.zeros(shape, bool)
+    for box in holes:
+        mask[box] = True
+    pixels = np.zeros((*shape, 3), np.uint8)
+    bands = band_work(model, *shape, mask, tile, overlap)
+    done = 0
+    for top, rows in repair_rows(model, pixels, mask, tile, overlap):
+        # what ran by the time a band is handed on is what band_work counted above it
+        assert sum(seen) == sum(w for start, w in bands if start < top + len(rows))
+        done = top + len(rows)
+    assert done == shape[0]
+    assert sum(seen) == sum(w for _, w in bands)
+    assert (sum(seen) > 0) == (bool(holes) or not composite)
 
 
 def _photo() -> Path:
