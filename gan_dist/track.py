@@ -168,8 +168,12 @@ class Tracker:
 
         self._submit("metrics", send, f"metrics at step {step}")
 
-    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
-        """An 8-bit picture shown in the run's image panel with a step slider."""
+    def log_image(self, image: np.ndarray, key: str, step: int, newest: str = "") -> None:
+        """An 8-bit picture shown in the run's image panel with a step slider. `newest`: also
+        keep it as the artifact of that name (replaced at every call) and show it at the top
+        of the run's Overview page (its description), with `key` and `step` in words. The
+        UI's image panel opens at step 0 and shows a later step only when it is moved, so
+        without this nobody sees the newest picture on first view."""
         if not self.enabled:
             return
         with self._lock:
@@ -179,7 +183,10 @@ class Tracker:
             self._images_queued += 1
 
         def send() -> None:
-            self._mlflow().log_image(self.run_id, image, key=key, step=step, synchronous=True)
+            client = self._mlflow()
+            client.log_image(self.run_id, image, key=key, step=step, synchronous=True)
+            if newest:
+                _show_newest(client, self.run_id, image, newest, key, step)
 
         self._submit("image", send, f"{key} at step {step}")
 
@@ -254,6 +261,7 @@ class Tracker:
     _stopping = False
     _pending: _Job | None = None
     _started = False  # the run start went through
+    experiment_id: str | None = None  # known once the run has started
     _start_failed: str | None = None
     _last_error: str | None = None
 
@@ -365,9 +373,12 @@ class Tracker:
                 tags={"gan_dist.run_dir": str(run_dir.resolve())} | tags,
             )
             self.run_id, known = run.info.run_id, {}
-        params = flatten(recipe.model_dump(mode="json")) | {
-            k: str(v) for k, v in (context | _versions()).items()
-        }
+        self.experiment_id = client.get_run(self.run_id).info.experiment_id
+        params = run_params(recipe) | {"world_size": str(context.get("world_size", 1))}
+        about = {k: str(v) for k, v in context.items() if k != "world_size"} | _versions()
+        client.log_batch(
+            self.run_id, tags=[RunTag(k, v) for k, v in about.items()], synchronous=True
+        )
         fresh = [Param(k, v) for k, v in params.items() if k not in known]
         for i in range(0, len(fresh), 100):  # MLflow takes at most 100 params per call
             client.log_batch(self.run_id, params=fresh[i : i + 100], synchronous=True)
@@ -379,6 +390,52 @@ class Tracker:
             for i in range(0, len(notes), 100):
                 client.log_batch(self.run_id, tags=notes[i : i + 100], synchronous=True)
         self._started = True
+
+
+NOTE_TAG = "mlflow.note.content"  # the run's description, markdown, on its Overview page
+
+
+def _show_newest(client, run_id: str, image: np.ndarray, name: str, key: str, step: int) -> None:
+    """`image` as the run's artifact `name` and, unless someone else wrote the run's
+    description, as that description: the picture first (the page shows the top of a long
+    description), then what it is."""
+    import tempfile
+
+    from gan_dist.data.images import write_png_atomic
+
+    with tempfile.TemporaryDirectory(prefix="gan-dist-grid-") as tmp:
+        path = Path(tmp) / name
+        write_png_atomic(path, image)
+        client.log_artifact(run_id, str(path))
+    picture = f"![{key}](get-artifact?path={name}&run_uuid={run_id})"
+    current = client.get_run(run_id).data.tags.get(NOTE_TAG, "")
+    if current and not current.startswith(f"![{key}]"):
+        return  # the user's own description stays
+    words = (
+        f"**{key} at step {step:,}**: held-out samples, damaged | repaired | original. The "
+        f"grid of every step: Model metrics, `{key}` (move its step slider); this one is the "
+        f"artifact `{name}`."
+    )
+    client.set_tag(run_id, NOTE_TAG, f"{picture}\n\n{words}\n")
+
+
+# What a run is, at a glance, as MLflow params: the UI prints a run's params under every image
+# card, and the whole flattened recipe (over a hundred values) pushed the repair grid out of its
+# card. The whole resolved recipe is the run's recipe.yaml artifact.
+RUN_PARAMS = (
+    "data.image_size",
+    "model.generator.name",
+    "model.discriminator.name",
+    "objective.adversarial",
+    "optim.generator.lr",
+    "seed",
+)
+
+
+def run_params(recipe: Recipe) -> dict[str, str]:
+    """The MLflow params of a run (RUN_PARAMS), as text."""
+    flat = flatten(recipe.model_dump(mode="json"))
+    return {k: flat[k] for k in RUN_PARAMS}
 
 
 # --- stores ----------------------------------------------------------------------------------
@@ -603,6 +660,20 @@ def ui_path(experiment: str) -> str:
     return (
         f"#/experiments/{experiment}/runs?workflowType=machine_learning&viewStateShareKey={UI_VIEW}"
     )
+
+
+def run_path(experiment: str, run_id: str) -> str:
+    """The UI page of one run (its Overview, which shows the newest repair grid), in the
+    model-training view, relative to the UI's address."""
+    return f"#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning"
+
+
+def where_to_look(uri: str, path: str) -> str:
+    """How a person opens UI page `path` of tracking store `uri`: the server's own address,
+    or the command that serves a local store's UI and the address it will have."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri.rstrip('/')}/{path}"
+    return f"mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{path}"
 
 
 def experiment_id(client, name: str) -> str:

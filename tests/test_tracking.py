@@ -78,21 +78,27 @@ def test_a_run_over_http_logs_everything_and_registers_a_usable_model(
     run = only_run(server.url)
     c = client(server.url)
     assert run.info.status == "FINISHED"
-    params = run.data.params
+    params, tags = run.data.params, run.data.tags
     assert params["optim.generator.lr"] == "0.0002"
     assert params["model.generator.name"] == "unet"
-    assert params["world_size"] == "1" and params["device"] == "cpu"
-    assert "version.torch" in params and "version.gan_dist" in params
+    assert params["world_size"] == "1" and tags["device"] == "cpu"
+    assert len(params) <= 8  # the UI prints them under every image: the whole recipe hid it
+    assert "version.torch" in tags and "version.gan_dist" in tags
     history = c.get_metric_history(run.info.run_id, "train/g_rec")
     assert [m.step for m in history] == [1, 2, 3, 4, 5, 6]
-    for key in ("train/d_real", "train/d_fake", "lr/generator", "images_per_s", "val/hole_psnr"):
+    for key in ("train/d_real", "train/d_fake", "images_per_s", "val/hole_psnr"):
         assert key in run.data.metrics, key
+    assert "lr/generator" not in run.data.metrics  # constant: a param, not a flat chart at 0
     assert [m.step for m in c.get_metric_history(run.info.run_id, "val/psnr")] == [3, 6]
     images = [a.path for a in c.list_artifacts(run.info.run_id, "images")]
-    assert sum(p.endswith(".png") and "repair_grid+step+3+" in p for p in images) == 1
-    assert sum(p.endswith(".png") and "repair_grid+step+6+" in p for p in images) == 1
+    for step in (0, 3, 6):  # before training, then every sample_every steps
+        assert sum(p.endswith(".png") and f"grid~repair+step+{step}+" in p for p in images) == 1
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
-    assert {"recipe.yaml", "data"} <= artifacts
+    assert {"recipe.yaml", "data", "repair_grid.png"} <= artifacts
+    assert tags["mlflow.note.content"].startswith("![grid/repair](get-artifact?path=repair_grid")
+    assert "**grid/repair at step 6**" in tags["mlflow.note.content"]
+    assert (run_dir / "repair_grid.png").is_file()
+    assert f"MLflow run {run.info.run_id}: open {server.url}/#/experiments/" in result.stdout
     assert {a.path for a in c.list_artifacts(run.info.run_id, "data/train")} == {
         "data/train/manifest.json"
     }

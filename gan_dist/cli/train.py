@@ -58,6 +58,18 @@ def train(
         said = "already complete" if outcome.already_complete else "[green]done[/]"
         err.print(f"{said}: step {outcome.step}, checkpoint {outcome.checkpoint}")
         _register(loaded, outcome.checkpoint, outcome.already_complete)
+        _where_to_look(loaded, outcome)
+
+
+def _where_to_look(loaded: Recipe, outcome: Outcome) -> None:
+    """The run in the MLflow UI and the newest repair grid on disk (rank 0)."""
+    from gan_dist.track import run_path, tracking_uri, where_to_look
+
+    if outcome.run_id and outcome.experiment_id:
+        page = run_path(outcome.experiment_id, outcome.run_id)
+        out.print(f"MLflow run {outcome.run_id}: {where_to_look(tracking_uri(loaded), page)}")
+    if outcome.grid is not None:
+        out.print(f"repair grid (damaged | repaired | original): {outcome.grid}")
 
 
 def _register(loaded: Recipe, checkpoint: Path | None, earlier: bool = False) -> None:

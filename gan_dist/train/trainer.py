@@ -59,7 +59,8 @@ from gan_dist.train.resume import Change, ChangedRun, as_ran, check_resume
 from gan_dist.train.runlock import RunDirBusy, RunLock
 from gan_dist.train.signals import EXIT_NONFINITE, EXIT_TRACKING, StopFlag, StopRequested
 
-GRID_KEY = "repair_grid"  # the image of damaged | repaired | original held-out samples
+GRID_KEY = "grid/repair"  # damaged | repaired | original held-out samples; its section sorts first
+GRID_FILE = "repair_grid.png"  # the newest one, in the run dir and as the run's artifact
 
 if TYPE_CHECKING:  # given by the caller: train/ never loads models from the registry
     from gan_dist.models import InitialWeights
@@ -124,6 +125,9 @@ class Outcome:
     losses: dict[str, float] = field(default_factory=dict)
     main_process: bool = True
     already_complete: bool = False  # resumed at train.max_steps or past it: nothing trained
+    run_id: str | None = None  # the MLflow run, and its experiment, once it started
+    experiment_id: str | None = None
+    grid: Path | None = None  # the newest repair grid, RUN_DIR/repair_grid.png
 
 
 def train(
@@ -183,6 +187,7 @@ class _Run:
         self.profiler: StepProfiler | None = None
         self.perceptual: PerceptualMetrics | None = None
         self.lineage: dict[str, str] = {}  # model.init's source and parent, as tags
+        self.grid: Path | None = None  # the newest repair grid written, RUN_DIR/GRID_FILE
         # the resumes that changed the recipe: {"step", "changes": {path: [old, new]}}
         self.resumes: list[dict] = []
         self.already_complete = False
@@ -441,7 +446,7 @@ class _Run:
                     except StopRequested as exc:  # the step is done: one process saves it
                         return self.stopped(str(exc), self.stream.position)
                 if samples is not None and (step % cfg.sample_every == 0 or last or preempt):
-                    tracker.log_image(_sample_grid(self.ema.module, samples), GRID_KEY, step)
+                    self._log_grid(samples)
                 if preempt:
                     self.save_checkpoint()
                     return self.stopped(stop.signal or "a signal on another rank")
@@ -465,6 +470,9 @@ class _Run:
             self.logged,
             self.main,
             self.already_complete,
+            tracker.run_id if tracker.enabled else None,
+            tracker.experiment_id,
+            self.grid,
         )
 
     def _begin(self, stop: StopFlag, first_step: int):
@@ -480,6 +488,8 @@ class _Run:
                 tracker.log_artifact(Path(shards) / MANIFEST, f"data/{split}")
         with stop.interruptible(grace_s=0):
             samples = _fixed_samples(recipe, self.val) if tracker.enabled else None
+        if samples is not None and self.step == 0:  # before training: the prefill's repair
+            self._log_grid(samples)
         if cfg.profile_steps:  # as many as this run has left after the skipped ones
             total = cfg.max_steps or math.inf
             left = total - first_step + 1 - StepProfiler.WAIT - StepProfiler.WARMUP
@@ -498,6 +508,19 @@ class _Run:
                     f"{StepProfiler.WAIT + StepProfiler.WARMUP} are not recorded)"
                 )
         return samples
+
+    def _log_grid(self, samples: dict[str, torch.Tensor]) -> None:
+        """The repair grid of the EMA generator at this step: in MLflow (the image panel's
+        history, and the newest on the run's Overview page) and in RUN_DIR/repair_grid.png."""
+        from gan_dist.data.images import write_png_atomic
+
+        grid = _sample_grid(self.ema.module, samples)
+        self.tracker.log_image(grid, GRID_KEY, self.step, newest=GRID_FILE)
+        try:
+            write_png_atomic(self.run_dir / GRID_FILE, grid)
+            self.grid = self.run_dir / GRID_FILE
+        except OSError as exc:  # a full disk loses the picture, never the run
+            log.warning("could not write %s: %s", self.run_dir / GRID_FILE, exc)
 
     def _agree(
         self, losses: list[dict[str, torch.Tensor]], stop: StopFlag, deadline: float
@@ -544,7 +567,12 @@ class _Run:
             self.counts["data_wait_frac"] = 1
             self.logged = _mean_over_ranks(self.sums, self.counts, self.accelerator)
             self.sums, self.counts = {}, {}
-            rates = _rates(self.progress.images_per_s(self.step), self.sched_g, self.sched_d)
+            rates = _rates(
+                self.progress.images_per_s(self.step),
+                self.sched_g,
+                self.sched_d,
+                self.recipe.optim.schedule,
+            )
             train = {f"train/{k}": v for k, v in self.logged.items()}
             self.tracker.log_metrics(train | rates, self.step)
             self._write_status("running")
@@ -959,12 +987,13 @@ def _since_start() -> float:
     return time.time() - psutil.Process().create_time()
 
 
-def _rates(images_per_s: float, sched_g, sched_d) -> dict[str, float]:
-    out = {
-        "images_per_s": images_per_s,
-        "lr/generator": sched_g.get_last_lr()[0],
-        "lr/discriminator": sched_d.get_last_lr()[0],
-    }
+def _rates(images_per_s: float, sched_g, sched_d, schedule) -> dict[str, float]:
+    """Throughput, and the learning rates where a schedule moves them (warm-up or decay): a
+    constant one is a run param, and its chart drew 2e-4 as a flat line at 0."""
+    out = {"images_per_s": images_per_s}
+    if schedule.kind != "constant" or schedule.warmup_steps:
+        out |= {"lr/generator": sched_g.get_last_lr()[0]}
+        out |= {"lr/discriminator": sched_d.get_last_lr()[0]}
     if torch.cuda.is_available():
         out["gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return out
