@@ -281,6 +281,11 @@ def repair_files(
             except Exception as exc:  # one odd file must not stop a folder: report and go on
                 detail = f"{type(exc).__name__}: {exc}".strip()
                 result = FileResult(job.image, None, "failed", detail)
+            except SystemExit as exc:  # a plugin net that ends the process fails every file
+                raise GanDistError(
+                    f"{model.source}: its net called sys.exit({exc.code!r}) while repairing "
+                    f"{job.image}; no file after it was repaired"
+                ) from None
         result.seconds = time.perf_counter() - started
         results.append(result)
         on_done(result)

@@ -67,6 +67,20 @@ class ExitsInForward(nn.Module):
             sys.exit(0)
         return self.body(x)
 
+class ExitsLater(nn.Module):
+    # exits from its third call on, in any mode: after the build check and one image
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.body = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > 2:
+            sys.exit(0)
+        return self.body(x)
+
 class LogitsOnly(nn.Module):
     def __init__(self, in_channels):
         super().__init__()
@@ -86,6 +100,8 @@ exiting_builder = Family(exits, Width)
 exiting_settings = Family(conv, Exiting)
 exiting_forward = Family(lambda s, in_channels, out_channels, image_size:
                          ExitsInForward(in_channels, out_channels), Width)
+exiting_later = Family(lambda s, in_channels, out_channels, image_size:
+                       ExitsLater(in_channels, out_channels), Width)
 logits_only = Family(lambda s, in_channels, image_size: LogitsOnly(in_channels), Width)
 """
 
@@ -311,3 +327,38 @@ def test_the_command_exits_2_with_one_line(site, packed, tmp_path):
         result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.integration
+def test_a_plugin_net_that_exits_during_repair_fails_the_command(site, tmp_path):
+    """A folder's repair ended with exit 0 and the files after it never written."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from conftest import hole
+    from gan_dist.models import spec_for
+    from gan_dist.nets import build_generator
+
+    install(
+        site, "faulty-nets", "0.1", {"faulty_nets": NETS},
+        "[gan_dist.generators]\nexiting_later = faulty_nets:exiting_later\n",
+    )  # fmt: skip
+    r = recipe("model.generator.name=exiting_later", "model.prefill=none")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    save_file(build_generator(r.model, 3, 32).state_dict(), str(folder / "weights.safetensors"))
+    (folder / "spec.json").write_text(json.dumps(spec_for(r, 0, {})))
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(tmp_path / "in" / f"{name}.png")
+    Image.fromarray(hole(32, 32).astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    result = run_cli(
+        "repair", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(folder),
+        "--mask", str(tmp_path / "mask.png"), "--tile", "32",
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "its net called sys.exit(0) while repairing" in out, out
