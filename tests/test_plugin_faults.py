@@ -55,29 +55,17 @@ def raises(s, in_channels, out_channels, image_size):
 def exits(s, in_channels, out_channels, image_size):
     sys.exit(0)
 
-class ExitsInForward(nn.Module):
-    def __init__(self, in_channels, out_channels):
-        super().__init__()
-        self.body = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        if self.training and self.calls > 1:
-            sys.exit(0)
-        return self.body(x)
-
 class ExitsLater(nn.Module):
-    # exits from its third call on, in any mode: after the build check and one image
+    # calls sys.exit from call `after` + 1 on (in training only, with `training`)
 
-    def __init__(self, in_channels, out_channels):
+    def __init__(self, in_channels, out_channels, after, training):
         super().__init__()
         self.body = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.calls = 0
+        self.calls, self.after, self.only_training = 0, after, training
 
     def forward(self, x):
         self.calls += 1
-        if self.calls > 2:
+        if self.calls > self.after and (self.training or not self.only_training):
             sys.exit(0)
         return self.body(x)
 
@@ -99,9 +87,9 @@ returns_none = Family(lambda s, in_channels, out_channels, image_size: None, Wid
 exiting_builder = Family(exits, Width)
 exiting_settings = Family(conv, Exiting)
 exiting_forward = Family(lambda s, in_channels, out_channels, image_size:
-                         ExitsInForward(in_channels, out_channels), Width)
+                         ExitsLater(in_channels, out_channels, 1, True), Width)
 exiting_later = Family(lambda s, in_channels, out_channels, image_size:
-                       ExitsLater(in_channels, out_channels), Width)
+                       ExitsLater(in_channels, out_channels, 2, False), Width)
 logits_only = Family(lambda s, in_channels, image_size: LogitsOnly(in_channels), Width)
 """
 
