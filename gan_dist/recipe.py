@@ -857,16 +857,17 @@ def load_recipe(source: str | Path, overrides: list[str] | None = None) -> Recip
 
 
 def _blame_overrides(problems: list[str], overrides: list[str]) -> list[str]:
-    """Each `dotted.path: message` at or under a path a --set gave ends by naming that
+    """Each `dotted.path: message` on a path a --set gave, above it (a misspelt section:
+    `trian.max_steps=3` is reported as `trian: unknown key`) or under it ends by naming that
     --set: the typo is on the command line, not in the recipe file."""
+
+    def related(key: str, where: str) -> bool:
+        return key == where or where.startswith(key + ".") or key.startswith(where + ".")
+
     out = []
     for problem in problems:
         where = problem.split(": ", 1)[0]
-        given = [
-            text
-            for text in overrides
-            if (key := text.partition("=")[0].strip()) == where or where.startswith(key + ".")
-        ]
+        given = [text for text in overrides if related(text.partition("=")[0].strip(), where)]
         out.append(f"{problem} (from --set {given[-1]})" if given else problem)
     return out
 

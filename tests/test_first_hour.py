@@ -22,6 +22,17 @@ def test_a_set_typo_is_blamed_on_the_set_not_on_the_installed_recipe_file():
     assert any(p.endswith("(from --set model.generator.base_channels=-1)") for p in problems)
 
 
+@pytest.mark.parametrize(
+    "given", ["trian.max_steps=3", "model.generatr.base_channels=8", "optim.genrator.lr=1e-3"]
+)
+def test_a_misspelt_section_in_a_set_is_blamed_on_the_set(given):
+    """Reported at the section (`trian: unknown key`), it named no --set (hostile pass)."""
+    with pytest.raises(RecipeError) as caught:
+        load_recipe("quickstart", [given])
+    [problem] = caught.value.problems
+    assert problem.endswith(f"(from --set {given})"), problem
+
+
 def test_a_problem_in_the_file_itself_names_the_file(tmp_path):
     recipe = tmp_path / "mine.yaml"
     recipe.write_text("name: mine\ndata: {train: shards, bach_size: 3}\n")
