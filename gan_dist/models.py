@@ -233,19 +233,27 @@ def _families(raw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
+def saved_recipe(ckpt: Any) -> Recipe:
+    """A checkpoint's recipe, read as a saved one (`SAVED`: no module it names is imported).
+    Raises GanDistError (exit 1: a model that cannot be loaded, not a recipe typo) naming
+    state.json and each problem, e.g. a plugin family that is not installed here."""
+    from gan_dist.errors import RecipeError
+    from gan_dist.recipe import validate_recipe
+
+    try:
+        return validate_recipe(ckpt.state["recipe"], f"{ckpt.path / 'state.json'}", SAVED)
+    except RecipeError as exc:
+        raise GanDistError(str(exc)) from None
+
+
 def export_checkpoint(ckpt_path: Path, folder: Path) -> dict[str, Any]:
     """Write the EMA generator of a checkpoint as a repair model (weights + spec)."""
     from safetensors.torch import load_file, save_file
 
-    from gan_dist.errors import RecipeError
-    from gan_dist.recipe import validate_recipe
     from gan_dist.train import checkpoint
 
     ckpt = checkpoint.read(ckpt_path)
-    try:  # a plugin family that is not installed here is named, with what is available
-        recipe = validate_recipe(ckpt.state["recipe"], f"{ckpt.path / 'state.json'}", SAVED)
-    except RecipeError as exc:  # a model that cannot be loaded (exit 1), not a recipe typo
-        raise GanDistError(str(exc)) from None
+    recipe = saved_recipe(ckpt)
     spec = spec_for(recipe, ckpt.step, ckpt.state.get("metrics") or {})
     folder.mkdir(parents=True, exist_ok=True)
     saved = load_file(str(ckpt.path / "ema.safetensors"))
@@ -339,14 +347,11 @@ def read_spec(path: Path, source: str) -> dict[str, Any]:
 
 
 def _problems(exc: ValidationError) -> str:
-    """The first three problems of a validation error, as `dotted.path: message (got ...)`."""
-    from gan_dist.textfiles import excerpt
+    """The first three problems of a validation error, as `dotted.path: message (got ...)`,
+    worded as a recipe's (a family's own problems under its section)."""
+    from gan_dist.recipe import problem_lines
 
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '(spec)'}: {e['msg']}"
-        + (f" (got {excerpt(e['input'])})" if e["type"] != "missing" else "")
-        for e in exc.errors()[:3]
-    )
+    return "; ".join(problem_lines(exc)[:3])
 
 
 def load_model(uri: str, device: str = "cpu", tracking_uri: str | None = None) -> RepairModel:
@@ -597,13 +602,12 @@ def register(source: Path, name: str, tracking_uri: str) -> Registered:
     registering it again makes no second one."""
     import mlflow
 
-    from gan_dist.recipe import Recipe
     from gan_dist.track import experiment_id, open_store, run_exists
     from gan_dist.train import checkpoint
 
     ckpt_path = _checkpoint_of(source).resolve()
     ckpt = checkpoint.read(ckpt_path)
-    recipe = Recipe.model_validate(ckpt.state["recipe"], context=SAVED)
+    recipe = saved_recipe(ckpt)
     client = open_store(tracking_uri)
     for version in client.search_model_versions(f"name='{_quote(name)}'"):
         if version.tags.get("checkpoint") == str(ckpt_path):

@@ -909,7 +909,13 @@ def validate_recipe(
     try:
         return Recipe.model_validate(raw, context=context)
     except ValidationError as exc:
-        raise RecipeError([_format_error(err) for err in exc.errors()], source=source) from None
+        raise RecipeError(problem_lines(exc), source=source) from None
+
+
+def problem_lines(exc: ValidationError) -> list[str]:
+    """Each problem of a recipe (or of a model spec's recipe sections) as `dotted.path:
+    message`, a family's own problems under its section's path."""
+    return [line for err in exc.errors() for line in _format_error(err).split("\n")]
 
 
 def resolve_damage(spec: str) -> tuple[list[DamageStep], str]:

@@ -60,8 +60,9 @@ def test_a_spec_naming_a_module_is_refused_without_importing_it(field, planted, 
     kind = "discriminator" if "discriminator" in field else "generator"
     tamper(folder / "spec.json", lambda d: SPEC_EDITS[field](d, f"{name}:{kind}"))
     for load in (lambda: load_model(str(folder)), lambda: initial_weights(str(folder))):
-        with pytest.raises(GanDistError, match="is a module reference, and a model file may"):
+        with pytest.raises(GanDistError, match="is a module reference, and a model file may") as e:
             load()
+        assert "[(" not in str(e.value), str(e.value)  # a list of tuples, as printed
     assert not marker.exists(), f"{field}: the module a spec named was imported"
     assert name not in sys.modules
 
@@ -172,7 +173,7 @@ def test_a_checkpoint_naming_a_module_is_refused_everywhere_it_is_read(planted, 
     """A run folder's checkpoint: repair, export (models register), model.init and eval
     read its recipe; none imports the module its generator, discriminator or objective
     names."""
-    from gan_dist.models import export_checkpoint
+    from gan_dist.models import export_checkpoint, register
     from gan_dist.train import checkpoint
 
     name, marker = planted
@@ -192,10 +193,18 @@ def test_a_checkpoint_naming_a_module_is_refused_everywhere_it_is_read(planted, 
             lambda ckpt=ckpt: load_model(str(ckpt)),
             lambda ckpt=ckpt: initial_weights(str(ckpt.parent.parent)),
             lambda ckpt=ckpt: export_checkpoint(ckpt, tmp_path / "exported"),
+            lambda ckpt=ckpt: register(ckpt, "tampered", f"sqlite:///{tmp_path / 'r.db'}"),
         ):
             with pytest.raises(GanDistError, match="is a module reference"):
                 load()
         assert not marker.exists(), f"{part}: the module a checkpoint named was imported"
+    # a family that is not installed (a plugin since uninstalled): one line, no traceback
+    gone = shutil.copytree(original, tmp_path / "gone" / "checkpoints" / original.name)
+    tamper(gone / "state.json", lambda s: s["recipe"]["model"]["generator"].update(name="gone"))
+    registered = run_cli("models", "register", str(gone), "--name", "gone")
+    assert registered.returncode == 1, registered.stderr
+    assert "Traceback" not in registered.stderr
+    assert "model.generator.name: 'gone' is not a generator" in registered.stderr
 
 
 @pytest.mark.integration
