@@ -228,3 +228,19 @@ def test_training_on_a_time_budget_stops_on_time_with_a_checkpoint(packed, tmp_p
     assert "time budget of 0.15 min spent at step" in out, out
     assert "eta" in out and "step 1 |" in out  # lines with no total: `step N | ...`
     assert list((tmp_path / "run" / "checkpoints").iterdir())
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("given", ["shards/nope", "packed"])
+def test_launch_with_wrong_data_says_so_once_and_leaves_no_run_folder(given, packed, tmp_path):
+    """launch made RUN_DIR/launch/recipe.yaml, status.json and the lock before its trainer
+    found the data missing (or packed at another size), and said so twice (hostile pass)."""
+    data = packed if given == "packed" else given  # 32 px shards; quickstart trains 128 px
+    result = run_cli(
+        "launch", "quickstart", "--set", f"data.train={data}", "--run-dir", "runs/x", cwd=tmp_path
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: data.train: "), out
+    assert not (tmp_path / "runs").exists()

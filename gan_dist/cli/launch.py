@@ -56,6 +56,9 @@ def launch(
     with user_errors():
         loaded = load_recipe(recipe, overrides)
         announce_shell(loaded)
+        from gan_dist.data.stream import check_data
+
+        check_data(loaded.data)  # before the run folder is made: a wrong path leaves none
         directory = (run_dir or Path("runs") / loaded.name).absolute()
         use_slurm = slurm if slurm is not None else loaded.launch.slurm is not None
         if use_slurm:

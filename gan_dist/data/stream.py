@@ -154,6 +154,22 @@ def pack_of(spec: str) -> Path | None:
     return None
 
 
+def check_data(data: Any, readers: int | None = None) -> str | None:
+    """A recipe's `data` section checked before anything is written: its train (and val)
+    shards exist and match its channels and size (`check_shards`), and, given the readers
+    (ranks x data workers), there are enough training samples for them (`check_slots`).
+    Returns what to validate on (`validation_shards`). Raises GanDistError naming the field."""
+    check_shards(
+        data.train, data.channels, data.image_size, "data.train", "train", data.allow_shell
+    )
+    if readers is not None:
+        check_slots(data.train, readers, "data.train")
+    val = validation_shards(data.train, data.val)
+    if val:
+        check_shards(val, data.channels, data.image_size, "data.val", "val", data.allow_shell)
+    return val
+
+
 def validation_shards(train: str, val: str | None) -> str | None:
     """What to validate on: `val` as given, None when it is null, and for "auto" the val
     split of the pack that `train` names (None when that pack has no val split)."""

@@ -22,15 +22,7 @@ from torch import nn
 
 from gan_dist.data.images import picture_grid
 from gan_dist.data.pack import MANIFEST
-from gan_dist.data.stream import (
-    Batch,
-    StreamConfig,
-    check_shards,
-    check_slots,
-    make_stream,
-    pack_of,
-    validation_shards,
-)
+from gan_dist.data.stream import Batch, StreamConfig, check_data, make_stream, pack_of
 from gan_dist.errors import GanDistError
 from gan_dist.nets import build_discriminator, build_generator
 from gan_dist.objectives import (
@@ -228,15 +220,7 @@ class _Run:
         )
         rank, world = accelerator.process_index, accelerator.num_processes
         # the data first: a wrong path must not leave a run folder behind
-        check_shards(
-            data.train, data.channels, data.image_size, "data.train", "train", data.allow_shell
-        )
-        check_slots(data.train, world * max(1, data.workers), "data.train")
-        self.val = validation_shards(data.train, data.val)
-        if self.val:
-            check_shards(
-                self.val, data.channels, data.image_size, "data.val", "val", data.allow_shell
-            )
+        self.val = check_data(data, world * max(1, data.workers))
         launch = recipe.launch
         wait = launch.rank_timeout_s / 2 if launch.lock_wait_s is None else launch.lock_wait_s
         self.lock = _lock_run_dir(run_dir, accelerator, wait)
