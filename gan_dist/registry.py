@@ -111,12 +111,12 @@ class Family:
             raise PluginError(f"{self.label}: {what} failed ({_raised(exc)})") from None
 
     def validate(self, given: dict[str, Any]) -> Settings:
-        """The family's typed settings from a recipe's keys. Raises pydantic's
+        """The family's typed settings from a recipe's keys, floats finite whatever the
+        settings class says (a plugin's may be a plain pydantic model). Raises pydantic's
         ValidationError for bad values, PluginError for a plugin settings class that fails
         otherwise."""
-        return self.run(
-            "its settings", self.settings.model_validate, given, passes=(ValidationError,)
-        )
+        checked = _finite(self.settings)
+        return self.run("its settings", checked.model_validate, given, passes=(ValidationError,))
 
     def divisor(self, settings: Any, image_size: int) -> int:
         """px every input side must be a multiple of, from `size_divisor`. Raises
@@ -287,6 +287,15 @@ class PluginError(GanDistError):
     thing, a size_divisor of 0, a net too large to allocate) or tried to end the process."""
 
     exit_code = 2
+
+
+@cache
+def _finite(settings: type[BaseModel]) -> type[BaseModel]:
+    """`settings`, or a subclass of it refusing inf and nan, as every recipe value does."""
+    if settings.model_config.get("allow_inf_nan") is False:
+        return settings
+    config = {**settings.model_config, "allow_inf_nan": False}
+    return type(settings.__name__, (settings,), {"model_config": config})
 
 
 def _imported(load: Callable[[], Any], where: str) -> Any:

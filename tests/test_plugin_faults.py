@@ -24,7 +24,7 @@ from gan_dist.registry import PluginError
 NETS = """
 import sys
 import torch
-from pydantic import PositiveInt, field_validator
+from pydantic import BaseModel, PositiveInt, field_validator
 from torch import nn
 from gan_dist.registry import Family, Settings
 
@@ -77,7 +77,12 @@ class LogitsOnly(nn.Module):
     def forward(self, x, features=False):
         return self.body(x)
 
+class Plain(BaseModel):  # not gan-dist's Settings: pydantic alone lets inf through
+    width: PositiveInt = 4
+    gain: float = 1.0
+
 fine = Family(conv, Width)
+plain_settings = Family(conv, Plain)
 zero_divisor = Family(conv, Width, lambda s, size: 0)
 float_divisor = Family(conv, Width, lambda s, size: 2.5)
 wrong_size = Family(halves, Width)
@@ -350,3 +355,13 @@ def test_a_plugin_net_that_exits_during_repair_fails_the_command(site, tmp_path)
     out = result.stdout + result.stderr
     assert result.returncode == 1, out
     assert "its net called sys.exit(0) while repairing" in out, out
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_a_plain_pydantic_settings_class_still_refuses_inf_and_nan(site, value):
+    """A plugin whose settings are a plain pydantic model took `gain: .inf` (hostile pass)."""
+    install(site, "faulty-nets", "0.1", {"faulty_nets": NETS}, "")
+    ok = recipe("model.generator.name=faulty_nets:plain_settings", "model.generator.gain=2")
+    assert ok.model.generator.settings.gain == 2.0
+    with pytest.raises(RecipeError, match="model.generator.gain: Input should be a finite number"):
+        recipe("model.generator.name=faulty_nets:plain_settings", f"model.generator.gain={value}")
