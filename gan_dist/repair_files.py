@@ -30,6 +30,7 @@ from __future__ import annotations
 import io
 import re
 import time
+import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -735,7 +736,13 @@ def _output_name(rel: Path, output_format: str) -> Path:
 
 # a mask's own name for the image of stem `base`: base_mask, base-mask, and LaMa's numbered
 # base_mask000, base_mask001... (one base per name: the last `_mask` is the one stripped)
-_MASK_NAME = re.compile(r"(?P<base>.+)[_-]mask[0-9]*")
+_MASK_NAME = re.compile(r"(?P<base>.+)[_-](?i:mask)[0-9]*")
+
+
+def _name(text: str) -> str:
+    """A file name as compared: Unicode NFC, so `café` written decomposed (as macOS writes
+    names) is the `café` written composed."""
+    return unicodedata.normalize("NFC", text)
 
 
 class _MaskPairing:
@@ -755,14 +762,14 @@ class _MaskPairing:
         by_stem: dict[tuple[Path, str], list[Path]] = defaultdict(list)
         by_base: dict[tuple[Path, str], list[Path]] = defaultdict(list)
         for path in self.files:
-            folder = path.parent.relative_to(root)
-            by_stem[folder, path.stem].append(path)
-            if named := _MASK_NAME.fullmatch(path.stem):
+            folder = Path(_name(str(path.parent.relative_to(root))))
+            by_stem[folder, _name(path.stem)].append(path)
+            if named := _MASK_NAME.fullmatch(_name(path.stem)):
                 by_base[folder, named["base"]].append(path)
         own: dict[Path, list[Path]] = {}
         named_for: dict[Path, list[Path]] = {}
         for image, rel in zip(images, rels, strict=True):
-            key = (rel.parent, rel.stem)
+            key = (Path(_name(str(rel.parent))), _name(rel.stem))
             shared = self._shared(image, rel)
             own[image] = [] if shared else [p for p in by_stem[key] if not _same(p, image)]
             named_for[image] = [p for p in by_base[key] if not _same(p, image)]

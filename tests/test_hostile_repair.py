@@ -111,6 +111,10 @@ def test_an_output_suffix_that_cannot_be_written_is_refused_before_work(tmp_path
         ("a[1]*.jpg", ["a[1]*_mask.png", "a1x_mask.png"], "a[1]*_mask.png"),
         ("day_mask.jpg", ["day_mask.png"], "day_mask.png"),  # an image's own stem ends in _mask
         ("day_mask.jpg", ["day_mask_mask.png"], "day_mask_mask.png"),
+        ("day.jpg", ["day_MASK.png"], "day_MASK.png"),  # the mask suffix in any case
+        ("day.jpg", ["day-Mask01.png"], "day-Mask01.png"),
+        ("caf\u00e9.jpg", ["cafe\u0301_mask.png"], "cafe\u0301_mask.png"),  # macOS: decomposed
+        ("cafe\u0301.jpg", ["caf\u00e9.png"], "caf\u00e9.png"),
     ],
 )
 def test_masks_match_by_exact_relative_path_and_full_stem(tmp_path, image, masks, expected):
