@@ -26,6 +26,7 @@ import dataclasses
 import difflib
 import importlib
 import logging
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -122,12 +123,16 @@ class Family:
         """px every input side must be a multiple of, from `size_divisor`. Raises
         PluginError when it is not a whole number >= 1."""
         value = self.run("its size_divisor", self.size_divisor, settings, image_size)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        try:  # any integer type (numpy's too), never a float or a bool
+            whole = None if isinstance(value, bool) else operator.index(value)
+        except TypeError:
+            whole = None
+        if whole is None or whole < 1:
             raise PluginError(
                 f"{self.label}: size_divisor returned {excerpt(value)} for {image_size} px; "
                 "it must return a whole number of px, 1 or more"
             )
-        return value
+        return whole
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,7 @@ fine = Family(conv, Width)
 plain_settings = Family(conv, Plain)
 zero_divisor = Family(conv, Width, lambda s, size: 0)
 float_divisor = Family(conv, Width, lambda s, size: 2.5)
+numpy_divisor = Family(conv, Width, lambda s, size: __import__("numpy").int64(2))
 wrong_size = Family(halves, Width)
 renamed = Family(other_names, Width)
 raising = Family(raises, Width)
@@ -365,3 +366,13 @@ def test_a_plain_pydantic_settings_class_still_refuses_inf_and_nan(site, value):
     assert ok.model.generator.settings.gain == 2.0
     with pytest.raises(RecipeError, match="model.generator.gain: Input should be a finite number"):
         recipe("model.generator.name=faulty_nets:plain_settings", f"model.generator.gain={value}")
+
+
+def test_a_size_divisor_of_any_integer_type_is_taken(site):
+    """numpy's int64(2) was refused as not a whole number (hostile pass)."""
+    install(site, "faulty-nets", "0.1", {"faulty_nets": NETS}, "")
+    r = recipe("model.generator.name=faulty_nets:numpy_divisor")
+    from gan_dist.registry import registry
+
+    family = registry("generator").get(r.model.generator.name)
+    assert family.divisor(r.model.generator.settings, 32) == 2
