@@ -144,3 +144,23 @@ def test_png_codec_round_trip_and_16bit_resize(tmp_path):
     assert small.shape == (10, 20, 3) and small.dtype == np.uint16
     # not quantised to 8-bit steps
     assert np.any(small % 257 != 0)
+
+
+def test_dicom_units_are_claimed_only_where_the_file_gives_them():
+    """A CT without rescale tags was labelled HU (hostile pass): its stored values are not
+    known to be Hounsfield units."""
+    from pydicom.dataset import Dataset
+
+    from gan_dist.data.images import _dicom_units
+
+    def ds(**tags) -> Dataset:
+        d = Dataset()
+        for key, value in tags.items():
+            setattr(d, key, value)
+        return d
+
+    assert _dicom_units(ds(Modality="CT", RescaleIntercept=-1024, RescaleSlope=1)) == "HU"
+    assert _dicom_units(ds(Modality="CT")) == ""
+    assert _dicom_units(ds(Modality="MR", RescaleIntercept=0, RescaleSlope=1)) == ""
+    assert _dicom_units(ds(Modality="CR", RescaleType="OD", RescaleIntercept=0)) == "OD"
+    assert _dicom_units(ds(Modality="CT", RescaleType="US", RescaleIntercept=0)) == "HU"

@@ -662,11 +662,14 @@ def _dicom_picture(path: Path) -> Picture:
 
 def _dicom_units(ds) -> str:
     """The modality values' units: Rescale Type where the file gives one (`HU`, `OD`,
-    `US` for unspecified is left out), else HU for CT (PS3.3 C.8.2.1)."""
+    `US` for unspecified is left out), else HU for a CT that rescales its samples (PS3.3
+    C.8.2.1 makes slope and intercept mandatory there; without them the stored values are
+    not known to be HU, and no unit is claimed)."""
     kind = str(getattr(ds, "RescaleType", "") or "").strip()
     if kind and kind != "US":
         return kind
-    return "HU" if str(getattr(ds, "Modality", "")).upper() == "CT" else ""
+    ct = str(getattr(ds, "Modality", "")).upper() == "CT"
+    return "HU" if ct and "RescaleIntercept" in ds else ""
 
 
 def _dicom_grid(ds, raw: np.ndarray) -> tuple[float, float] | None:
