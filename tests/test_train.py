@@ -453,7 +453,10 @@ def test_a_resume_may_change_how_the_run_goes_on_but_not_what_it_is(shards, tmp_
     # how it runs may change, and is recorded: in the checkpoint, MLflow and recipe.yaml
     longer = train_quickstart(shards, 3, run, **{"train.log_every": 2})
     assert longer.returncode == 0, longer.stdout + longer.stderr
-    said = "changed on resume (recorded as the MLflow tags resume.1.*): train.max_steps 2 -> 3"
+    said = (
+        "changed on resume (recorded in the checkpoint and recipe.yaml, and the MLflow tags "
+        "resume.1.*): train.max_steps 2 -> 3"
+    )
     assert said in longer.stdout
     state = checkpoint.read(run / "checkpoints" / "step-00000003").state
     changed = {"train.max_steps": [2, 3], "train.log_every": [1, 2]}

@@ -320,9 +320,13 @@ class _Run:
         if ckpt is not None:
             self.progress.message(f"resumed from {ckpt.path} at step {self.step}")
         if changes:
+            where = "the checkpoint and recipe.yaml" + (
+                f", and the MLflow tags resume.{len(self.resumes)}.*"
+                if self.recipe.tracking.enabled
+                else ""
+            )
             self.progress.message(
-                f"changed on resume (recorded as the MLflow tags resume.{len(self.resumes)}.*): "
-                + ", ".join(str(c) for c in changes)
+                f"changed on resume (recorded in {where}): " + ", ".join(str(c) for c in changes)
             )
         if self.already_complete:
             self.progress.message(
