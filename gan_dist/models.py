@@ -341,9 +341,17 @@ def read_spec(path: Path, source: str) -> dict[str, Any]:
         raise GanDistError(f"{source}: {SPEC} is not a gan-dist repair model spec")
     _check_families(raw, source)
     try:
-        return ModelSpec.model_validate(raw, context=SAVED).model_dump(mode="json")
+        spec = ModelSpec.model_validate(raw, context=SAVED).model_dump(mode="json")
     except ValidationError as exc:
         raise GanDistError(f"{source}: {SPEC}: {_problems(exc)}") from None
+    for kind, entry in _families(spec):  # which one would the net be?
+        if entry["name"] != spec["model"][kind]["name"]:
+            raise GanDistError(
+                f"{source}: {SPEC} is inconsistent: families.{kind} names "
+                f"{_shown(entry['name'])}, model.{kind} {_shown(spec['model'][kind]['name'])}; "
+                "the file was altered or damaged: get the model from its source again"
+            )
+    return spec
 
 
 def _problems(exc: ValidationError) -> str:

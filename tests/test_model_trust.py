@@ -236,3 +236,12 @@ def test_a_tampered_registered_version_runs_nothing_through_mlflow_either(
     with pytest.raises(GanDistError, match="is a module reference"):
         load_model(uri, tracking_uri=mlflow_store)
     assert not marker.exists()
+
+
+def test_a_spec_whose_two_records_of_a_net_disagree_is_refused(tmp_path):
+    """families.generator named toy_resnet while model.generator was unet: loaded as unet
+    without a word, and the version's tags would name the other (hostile pass)."""
+    folder = make_model(tmp_path / "model")
+    tamper(folder / "spec.json", lambda d: d["families"]["generator"].update(name="resnet"))
+    with pytest.raises(GanDistError, match="inconsistent: families.generator names 'resnet', "):
+        load_model(str(folder))
