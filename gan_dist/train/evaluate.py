@@ -40,16 +40,28 @@ MAX_PSNR = 100.0  # dB: MSE 1e-10 of the [0, 1] range, far below one level of a 
 MIN_MSE = 10 ** (-MAX_PSNR / 10)
 
 
-def ms_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image MS-SSIM (Wang et al. 2003) of images in [0, 1], (B,) in [0, 1], over as
-    many of the five scales as the image size allows (all five from 161 px); NaN below
-    21 px, where one scale is left and it would only repeat SSIM."""
-    side = min(pred.shape[-2:])
+def ms_ssim_scales(side: int) -> int:
+    """How many of MS-SSIM's five scales an image whose shorter side is `side` px gets: as
+    many as keep the coarsest over 2 * (SSIM_KERNEL - 1) px and that torchmetrics accepts
+    (it wants side // (scales - 1)**2 over SSIM_KERNEL - 1: 96 px gets 3 scales, not 4);
+    0 below 21 px, where one scale is left and it would only repeat SSIM."""
     if side <= 2 * (SSIM_KERNEL - 1):
-        return torch.full((len(pred),), float("nan"), device=pred.device)
+        return 0
     scales = 1
     while scales < len(MS_SSIM_BETAS) and (SSIM_KERNEL - 1) * 2**scales < side:
         scales += 1
+    while side // (scales - 1) ** 2 <= SSIM_KERNEL - 1:
+        scales -= 1
+    return scales
+
+
+def ms_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image MS-SSIM (Wang et al. 2003) of images in [0, 1], (B,) in [0, 1], over
+    `ms_ssim_scales` scales (all five from 176 px), their weights renormalised; NaN below
+    21 px."""
+    scales = ms_ssim_scales(min(pred.shape[-2:]))
+    if not scales:
+        return torch.full((len(pred),), float("nan"), device=pred.device)
     betas = MS_SSIM_BETAS[:scales]
     return multiscale_structural_similarity_index_measure(
         pred,
