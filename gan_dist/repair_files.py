@@ -130,26 +130,37 @@ class FileResult:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
-def plan(
-    input_path: Path,
-    output: Path | str,
-    masks: Path | None,
-    output_format: str = "same",
-) -> list[Job]:
-    """A Job for every image under `input_path` (a file or a folder, searched recursively).
-    `output` is a folder when it is one, or when it is given as a string ending in a path
-    separator (`out/`, as typed: a Path drops the slash).
+@dataclass
+class Found:
+    """An image under INPUT and what `--mask` holds for it: `rel`, its path relative to
+    INPUT (its name for a single file); `mask`, the one mask that matched (the --mask file
+    itself when --mask is a file); `problem`, why it cannot be repaired (more than one mask
+    matched); `no_mask`, when a mask folder held none for it, what was looked for."""
 
-    Raises GanDistError, before anything is read or written, when INPUT or --mask does not
-    exist, when OUTPUT's suffix cannot be written, or when any output would land on an
-    input image, a mask, inside the input or mask folder, on another output, or on a
-    symbolic link (written through, it would replace the file the link points to)."""
-    if output_format not in FORMATS:
-        raise GanDistError(f"--format {output_format}: use one of {', '.join(FORMATS)}")
-    as_folder = isinstance(output, str) and output.endswith(("/", "\\"))
-    output = Path(output)
-    # the last component unresolved: a link there is refused below, not followed
-    source, out = input_path.resolve(), output.parent.resolve() / output.name
+    image: Path
+    rel: Path
+    mask: Path | None
+    problem: str = ""
+    no_mask: str = ""
+
+
+def missing_mask(no_mask: str) -> str:
+    """Why an image that needs a mask has none (`no_mask`: what was looked for, from
+    `find_images`): what `gan-dist repair` says, and `gan-dist eval --mask` too."""
+    if no_mask:
+        return f"no mask found: {no_mask}"
+    where = "the mask column" if _SERVED.get() else "--mask FILE|DIR"
+    return f"no mask found (an inpainting model needs one: {where})"
+
+
+def find_images(input_path: Path, masks: Path | None) -> list[Found]:
+    """Every image under `input_path` (a file or a folder, searched recursively, sorted) with
+    its mask, matched as the module docstring says; masks found in INPUT (a mask folder
+    inside it, or INPUT itself) are not listed as images. This is the one matcher: `plan`
+    (repair) and `gan-dist eval --mask` both use it.
+
+    Raises GanDistError, before anything is read, when INPUT or --mask does not exist."""
+    source = input_path.resolve()
     if not source.exists():
         raise GanDistError(f"{input_path}: no such file or folder")
     if masks is not None and not masks.exists():
@@ -162,15 +173,55 @@ def plan(
         rels = [p.relative_to(source) for p in images]
     else:
         images, rels = [source], [Path(input_path.name)]  # a link's own name, as given
-    pairing = None
-    if mask_root is not None and mask_root.is_dir():
-        pairing = _MaskPairing(mask_root, images, rels)
-        kept = [i for i, image in enumerate(images) if not pairing.is_mask(image)]
-        images, rels = [images[i] for i in kept], [rels[i] for i in kept]
+    if mask_root is None or not mask_root.is_dir():
+        return [Found(image, rel, mask_root) for image, rel in zip(images, rels, strict=True)]
+    pairing = _MaskPairing(mask_root, images, rels)
+    found = []
+    for image, rel in zip(images, rels, strict=True):
+        if pairing.is_mask(image):
+            continue
+        item = Found(image, rel, None)
+        candidates = pairing.masks(image)
+        if len(candidates) == 1:
+            item.mask = candidates[0]
+        elif candidates:
+            names = ", ".join(str(p) for p in candidates[:-1]) + f" and {candidates[-1]}"
+            item.problem = (
+                f"{len(candidates)} masks could belong to this image: {names}; keep one, or "
+                "repair it once per mask with --mask FILE"
+            )
+        else:
+            item.no_mask = pairing.looked_for(image, rel)
+        found.append(item)
+    return found
+
+
+def plan(
+    input_path: Path,
+    output: Path | str,
+    masks: Path | None,
+    output_format: str = "same",
+) -> list[Job]:
+    """A Job for every image under `input_path` (a file or a folder, searched recursively;
+    masks matched by `find_images`). `output` is a folder when it is one, or when it is
+    given as a string ending in a path separator (`out/`, as typed: a Path drops the slash).
+
+    Raises GanDistError, before anything is read or written, when INPUT or --mask does not
+    exist, when OUTPUT's suffix cannot be written, or when any output would land on an
+    input image, a mask, inside the input or mask folder, on another output, or on a
+    symbolic link (written through, it would replace the file the link points to)."""
+    if output_format not in FORMATS:
+        raise GanDistError(f"--format {output_format}: use one of {', '.join(FORMATS)}")
+    as_folder = isinstance(output, str) and output.endswith(("/", "\\"))
+    output = Path(output)
+    # the last component unresolved: a link there is refused below, not followed
+    source, out = input_path.resolve(), output.parent.resolve() / output.name
+    found = find_images(input_path, masks)
+    mask_root = masks.resolve() if masks is not None else None
     if source.is_dir():
-        targets = [out / _output_name(rel, output_format) for rel in rels]
+        targets = [out / _output_name(item.rel, output_format) for item in found]
     elif out.is_dir() or as_folder:
-        targets = [out / _output_name(rels[0], output_format)]
+        targets = [out / _output_name(found[0].rel, output_format)]
     else:
         named = out.suffix.lower().lstrip(".").replace("tiff", "tif")
         if output_format != "same" and named != output_format:
@@ -184,24 +235,11 @@ def plan(
                 f"use one of {', '.join(sorted(WRITABLE))}"
             )
         targets = [out]
-    _refuse_collisions(source, images, targets, mask_root)
-    jobs = []
-    for image, rel, target in zip(images, rels, targets, strict=True):
-        job = Job(image, target, mask_root if pairing is None else None)
-        if pairing is not None:
-            found = pairing.masks(image)
-            if len(found) == 1:
-                job.mask = found[0]
-            elif found:
-                names = ", ".join(str(p) for p in found[:-1]) + f" and {found[-1]}"
-                job.problem = (
-                    f"{len(found)} masks could belong to this image: {names}; keep one, or "
-                    "repair it once per mask with --mask FILE"
-                )
-            else:
-                job.no_mask = pairing.looked_for(image, rel)
-        jobs.append(job)
-    return jobs
+    _refuse_collisions(source, [item.image for item in found], targets, mask_root)
+    return [
+        Job(item.image, target, item.mask, item.problem, item.no_mask)
+        for item, target in zip(found, targets, strict=True)
+    ]
 
 
 def _refuse_collisions(
@@ -410,11 +448,8 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels, on_rows) -> F
             if composite and not mask.any():  # an inpainting model keeps every pixel
                 status = "no hole"
                 notes.insert(0, f"mask {job.mask} marks no pixel (white = hole): written unchanged")
-        elif composite and job.no_mask:
-            raise GanDistError(f"no mask found: {job.no_mask}")
         elif composite:
-            where = "the mask column" if _SERVED.get() else "--mask FILE|DIR"
-            raise GanDistError(f"no mask found (an inpainting model needs one: {where})")
+            raise GanDistError(missing_mask(job.no_mask))
         from gan_dist.repair import repair_rows  # torch: not for the CLI's start-up
 
         rows = repair_rows(model, picture.pixels, mask, tile, overlap, batch)
@@ -821,8 +856,11 @@ def _same(a: Path, b: Path) -> bool:
 
 __all__ = [
     "FileResult",
+    "Found",
     "Job",
     "encode_image",
+    "find_images",
+    "missing_mask",
     "plan",
     "read_mask",
     "repair_bytes",

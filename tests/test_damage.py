@@ -78,3 +78,38 @@ def test_probability_zero_skips_a_step():
     damaged, _, applied = apply_damage(photo(), steps, sample_rng(0, "k"))
     assert applied == []
     np.testing.assert_array_equal(damaged, photo())
+
+
+def test_a_photo_gets_holes_of_the_training_crops_pixel_size():
+    """`gan-dist eval` damages a photo at its own size: strokes drawn over the whole photo
+    would be as wide as a tenth of it, a box half of it; drawn per training-crop cell they
+    keep the pixel sizes (and coverage) the model trained on."""
+    from scipy import ndimage
+
+    from gan_dist.data.damage import damage_image
+
+    photo_ = np.zeros((600, 900, 3), np.uint8)
+    steps = steps_of([{"type": "mask", "shape": "boxes", "coverage": [0.1, 0.3]}])
+    damaged, holes, applied = damage_image(photo_, steps, sample_rng(5, "a.jpg"), 64)
+    assert damaged is photo_  # no global step: nothing copied; repair blanks the holes
+    assert holes.dtype == bool and applied == [{"type": "mask", "cells": 10 * 15}]
+    assert 0.1 <= holes.mean() <= 0.4
+    boxes = ndimage.find_objects(ndimage.label(holes)[0])
+    assert max(b[0].stop - b[0].start for b in boxes) <= 64  # never larger than a cell
+    again = damage_image(photo_, steps, sample_rng(5, "a.jpg"), 64)[1]
+    other = damage_image(photo_, steps, sample_rng(5, "b.jpg"), 64)[1]
+    assert np.array_equal(holes, again) and not np.array_equal(holes, other)
+    small = damage_image(photo_[:40, :50], steps, sample_rng(5, "s"), 64)[1]
+    assert small.shape == (40, 50) and 0.1 <= small.mean() <= 0.4  # one cell of its own size
+
+
+def test_a_photo_gets_global_damage_whole_and_16bit():
+    from gan_dist.data.damage import damage_image
+
+    clean = gradient16(90, 130, 1)
+    steps = steps_of(damage_preset("old-photo"))
+    damaged, holes, applied = damage_image(clean, steps, sample_rng(1, "k"), 32)
+    assert damaged.dtype == np.uint16 and damaged.shape == clean.shape
+    assert np.count_nonzero(damaged % 257) > damaged.size // 4
+    assert {a["type"] for a in applied} >= {"mask"} and holes.any()
+    assert np.abs(damaged.astype(int) - clean.astype(int))[~holes].mean() > 100

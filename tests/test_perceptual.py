@@ -95,3 +95,28 @@ def test_a_folder_or_an_unknown_lpips_net_is_named(tmp_path):
         PerceptualMetrics(PerceptualWeights(lpips=tmp_path))
     with pytest.raises(WeightsError, match="LPIPS net 'bogus'"):
         PerceptualWeights(lpips_net="bogus")
+
+
+def test_a_whole_image_is_one_sample_whatever_its_size(weights):
+    """`gan-dist eval` on a folder: LPIPS at the image's own scale in tiles, FID/KID on
+    Inception's input size; an image is one sample, a 16-bit one read in its own range."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (300, 700, 3), dtype=np.uint8)  # 3 tiles of 512 px across
+    same = PerceptualMetrics(weights)
+    for image in (big, big[:, :300]):
+        same.add_image(image, image)
+    scores = same.compute()
+    assert same.samples == 2 and set(scores) == {"fid", "kid", "lpips"}
+    assert scores["lpips"] == pytest.approx(0.0, abs=1e-6) and abs(scores["fid"]) < 1e-3
+    other = PerceptualMetrics(PerceptualWeights(lpips=weights.lpips, lpips_net="squeeze"))
+    other.add_image(big, big[::-1].copy())
+    eight = other.compute()["lpips"]
+    assert eight > 0.01
+    deep = PerceptualMetrics(PerceptualWeights(lpips=weights.lpips, lpips_net="squeeze"))
+    deep.add_image(big.astype(np.uint16) * 257, big[::-1].astype(np.uint16) * 257)
+    assert deep.compute()["lpips"] == pytest.approx(eight, abs=1e-5)
+    grey = PerceptualMetrics(PerceptualWeights(lpips=weights.lpips, lpips_net="squeeze"))
+    grey.add_image(big[:, :, :1], big[::-1, :, :1].copy())
+    assert grey.compute()["lpips"] > 0.01

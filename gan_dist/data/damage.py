@@ -49,6 +49,63 @@ def apply_damage(
     return from_float(img, clean.dtype), mask, applied
 
 
+def damage_image(
+    clean: np.ndarray, steps: list[DamageStep], rng: np.random.Generator, cell: int
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """`apply_damage` for a whole image of any size, as `gan-dist eval` damages a folder of
+    clean images: (damaged, holes (H, W) bool, the parameters drawn for each applied step).
+
+    Global steps (noise, blur, JPEG, downscaling) are applied to the whole image, once:
+    their parameters are per pixel or in pixels, so they mean the same at any size. A mask
+    step is drawn on a grid of `cell` x `cell` px squares (the training crop size), each
+    square drawn exactly as `apply_damage` draws a training crop's mask (its own `p`,
+    coverage and shape) and cut at the image's edge; an image smaller than a cell on a
+    side gets cells of its own side. Strokes and boxes are sized relative to the square
+    they are drawn in, so drawn at the photo's full size they would be as large in pixels
+    as the photo is (a 5312 px photo's strokes 160-530 px wide, boxes up to half of it):
+    holes no model trained on crops has seen. Drawn per cell, they keep the pixel sizes,
+    and the coverage, of training.
+
+    The holes are not filled in `damaged`: repair blanks them itself. Without a global step
+    `damaged` is `clean` itself; with one, it works on a float copy of the image."""
+    from gan_dist.recipe import MaskDamage
+
+    height, width = clean.shape[:2]
+    holes = np.zeros((height, width), dtype=bool)
+    img = None
+    applied: list[dict[str, Any]] = []
+    for step in steps:
+        if isinstance(step, MaskDamage):
+            drawn = _mask_cells(holes, step, rng, min(cell, height), min(cell, width))
+            applied.append({"type": step.type, "cells": drawn})
+            continue
+        if rng.random() >= step.p:
+            continue
+        img = to_float(clean) if img is None else img
+        img, params = _APPLY[step.type](img, step, rng, np.zeros((0, 0), np.uint8))
+        applied.append({"type": step.type, **params})
+    damaged = clean if img is None else from_float(img, clean.dtype)
+    return damaged, holes, applied
+
+
+def _mask_cells(
+    holes: np.ndarray, step: MaskDamage, rng: np.random.Generator, cell_h: int, cell_w: int
+) -> int:
+    """Draws `step` into `holes` cell by cell, rows first; returns how many cells got one."""
+    height, width = holes.shape
+    drawn = 0
+    for top in range(0, height, cell_h):
+        for left in range(0, width, cell_w):
+            if rng.random() >= step.p:
+                continue
+            square = np.zeros((cell_h, cell_w), dtype=np.uint8)
+            _mask(np.zeros((cell_h, cell_w, 1), np.float32), step, rng, square)
+            part = holes[top : top + cell_h, left : left + cell_w]
+            part |= square[: part.shape[0], : part.shape[1]] > 0
+            drawn += 1
+    return drawn
+
+
 def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(bounds[0], bounds[1])) if bounds[1] > bounds[0] else float(bounds[0])
 

@@ -40,16 +40,28 @@ MAX_PSNR = 100.0  # dB: MSE 1e-10 of the [0, 1] range, far below one level of a 
 MIN_MSE = 10 ** (-MAX_PSNR / 10)
 
 
-def ms_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image MS-SSIM (Wang et al. 2003) of images in [0, 1], (B,) in [0, 1], over as
-    many of the five scales as the image size allows (all five from 161 px); NaN below
-    21 px, where one scale is left and it would only repeat SSIM."""
-    side = min(pred.shape[-2:])
+def ms_ssim_scales(side: int) -> int:
+    """How many of MS-SSIM's five scales an image whose shorter side is `side` px gets: as
+    many as keep the coarsest over 2 * (SSIM_KERNEL - 1) px and that torchmetrics accepts
+    (it wants side // (scales - 1)**2 over SSIM_KERNEL - 1: 96 px gets 3 scales, not 4);
+    0 below 21 px, where one scale is left and it would only repeat SSIM."""
     if side <= 2 * (SSIM_KERNEL - 1):
-        return torch.full((len(pred),), float("nan"), device=pred.device)
+        return 0
     scales = 1
     while scales < len(MS_SSIM_BETAS) and (SSIM_KERNEL - 1) * 2**scales < side:
         scales += 1
+    while side // (scales - 1) ** 2 <= SSIM_KERNEL - 1:
+        scales -= 1
+    return scales
+
+
+def ms_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image MS-SSIM (Wang et al. 2003) of images in [0, 1], (B,) in [0, 1], over
+    `ms_ssim_scales` scales (all five from 176 px), their weights renormalised; NaN below
+    21 px."""
+    scales = ms_ssim_scales(min(pred.shape[-2:]))
+    if not scales:
+        return torch.full((len(pred),), float("nan"), device=pred.device)
     betas = MS_SSIM_BETAS[:scales]
     return multiscale_structural_similarity_index_measure(
         pred,
@@ -160,66 +172,63 @@ def evaluate_model(
     data: Path,
     batch_size: int = 16,
     weights: PerceptualWeights | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """`evaluate`'s metrics of a saved model (`gan-dist eval`) on packed shards (their val
-    split, or train when there is none) or on a folder of clean images, which are first
-    damaged the way the model was trained (the spec's damage preset, a fixed seed). With
+    split, or train when there is none), as packed: crops of the pack's size with the
+    pack's holes (clean images are scored whole by `eval_files.evaluate_folder`). With
     `weights`, FID, KID and LPIPS too (WeightsError for a bad file, before any image is
     read).
 
     A score needs at least one scored sample: shards the model cannot read (other channels,
     a size its down-samplings do not divide), an empty split, or samples that all fail to
     decode are a GanDistError saying which, never `samples: 0` and a success. Beside the
-    metrics: `split`, the shards' split scored (None for a folder of images) and
-    `skipped`, the images of a folder that could not be scored."""
-    import tempfile
-    from pathlib import Path
-
-    from pydantic import TypeAdapter
-
-    from gan_dist.data.pack import MANIFEST, PackOptions, pack_folder, read_manifest
+    metrics: `split`, the split scored; `scored`, what was scored (`path` shards, `scale`
+    `packed crops N px`, `split`, `images` (samples), the `smallest` and `largest` sizes,
+    `masks`, the holes' source, `hole_coverage_pct`, from the manifest, `precision`);
+    `skipped`, empty (kept for the report's shape)."""
+    from gan_dist.data.pack import MANIFEST, read_manifest
     from gan_dist.data.stream import StreamConfig, make_stream
-    from gan_dist.recipe import DamageStep
 
-    if not data.is_dir():
-        raise GanDistError(f"{data}: not a folder of packed shards or of images")
+    if not (data / MANIFEST).is_file():
+        raise GanDistError(f"{data}: no {MANIFEST}; not packed shards")
     device = next(model.net.parameters()).device
     perceptual = PerceptualMetrics(weights, device) if weights else None
-    skipped: list[dict[str, str]] = []
-    folder = not (data / MANIFEST).is_file()
-    with tempfile.TemporaryDirectory(prefix="gan-dist-eval-") as tmp:
-        if folder:
-            steps = TypeAdapter(list[DamageStep]).validate_python(model.spec["damage"])
-            options = PackOptions(
-                size=int(model.spec["train_image_size"]),
-                channels=model.channels,
-                damage=steps,
-                damage_source=f"model {model.source}",
-                val_fraction=0.0,
-                seed=12345,
-            )
-            packed = pack_folder(data, Path(tmp) / "shards", options)
-            skipped = [{"file": s.path, "reason": s.reason} for s in packed.skipped]
-            data = packed.out
-        manifest = read_manifest(data)
-        _check_shards_fit(model, manifest, data)
-        counts = manifest["counts"]
-        split = "val" if counts.get("val") else "train"
-        if not counts.get(split):
-            raise GanDistError(f"{data}: no samples in its val or train split; nothing to score")
-        stream = make_stream(
-            str(data), StreamConfig(batch_size, model.channels, train=False), split=split
+    manifest = read_manifest(data)
+    _check_shards_fit(model, manifest, data)
+    counts = manifest["counts"]
+    split = "val" if counts.get("val") else "train"
+    if not counts.get(split):
+        raise GanDistError(f"{data}: no samples in its val or train split; nothing to score")
+    stream = make_stream(
+        str(data), StreamConfig(batch_size, model.channels, train=False), split=split
+    )
+    try:
+        metrics = evaluate(model.net, stream, device, perceptual=perceptual)
+    finally:
+        stream.close()
+    if not metrics["samples"]:
+        raise GanDistError(
+            f"{data}: none of the {counts[split]} {split} samples could be scored "
+            f"({stream.skipped} unreadable; see the warnings above)"
         )
-        try:
-            metrics = evaluate(model.net, stream, device, perceptual=perceptual)
-        finally:
-            stream.close()
-        if not metrics["samples"]:
-            raise GanDistError(
-                f"{data}: none of the {counts[split]} {split} samples could be scored "
-                f"({stream.skipped} unreadable; see the warnings above)"
-            )
-        return metrics | {"split": None if folder else split, "skipped": skipped}
+    size = int(manifest["image_size"])
+    coverage = (manifest.get("mean_mask_coverage") or {}).get(split)
+    if manifest.get("mode") == "paired":
+        holes = "packed with the shards (the pairs' own masks)"
+    else:
+        holes = f"packed with the shards (damage {manifest.get('damage_source') or 'unnamed'})"
+    scored = {
+        "path": "shards",
+        "scale": f"packed crops {size} px",
+        "split": split,
+        "images": metrics["samples"],
+        "smallest": f"{size}x{size}",
+        "largest": f"{size}x{size}",
+        "masks": holes,
+        "hole_coverage_pct": None if coverage is None else 100 * coverage,
+        "precision": "fp32",
+    }
+    return metrics | {"split": split, "scored": scored, "skipped": []}
 
 
 def _check_shards_fit(model: RepairModel, manifest: dict[str, Any], data: Path) -> None:

@@ -16,12 +16,19 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from gan_dist.errors import GanDistError
 
+if TYPE_CHECKING:
+    import numpy as np
+
 LPIPS_BACKBONES = {"alex": "alexnet", "vgg": "vgg16", "squeeze": "squeezenet1_1"}
+INCEPTION_SIDE = 299  # px: the input Inception-v3 resizes every image to
+LPIPS_TILE = 512  # px: `add_image` compares whole images in tiles of this side
+LPIPS_BATCH = 4  # tiles per pass
 
 
 class WeightsError(GanDistError):
@@ -68,6 +75,7 @@ class PerceptualMetrics:
     subsets) and `lpips` (mean over images; lower is better for all three).
 
     add(pred, target): (B, C, H, W) in [0, 1], C = 1 or 3 (greyscale is repeated to RGB).
+    add_image(pred, target): one whole image of any size (a folder's photo), as uint arrays.
     FID and KID compare the distribution of the repaired images with the originals', so they
     need a few hundred samples to mean much; LPIPS is per pair.
     Raises WeightsError for a bad weights file.
@@ -77,6 +85,7 @@ class PerceptualMetrics:
         self.fid = self.kid = self.lpips = None
         self.device = device
         self.samples = 0
+        self.image_lpips: list[float] = []  # `add_image`'s per-image scores
         with tempfile.TemporaryDirectory(prefix="gan-dist-weights-") as tmp:
             if weights.inception:
                 self._inception(weights.inception, Path(tmp))
@@ -136,6 +145,7 @@ class PerceptualMetrics:
 
     def reset(self) -> None:
         self.samples = 0
+        self.image_lpips = []
         for metric in (self.fid, self.kid, self.lpips):
             if metric is not None:
                 metric.reset()
@@ -154,6 +164,49 @@ class PerceptualMetrics:
         if self.lpips is not None:
             self.lpips.update(pred, target)
 
+    def add_image(self, pred: np.ndarray, target: np.ndarray) -> None:
+        """One whole image of any size: pred (a repair) and target (its original), (H, W, C)
+        uint8 or uint16, C = 1 or 3. FID and KID see both resized (antialiased, Lanczos) to
+        Inception's 299 x 299 px input, the size Inception would resize them to anyway,
+        without the antialiasing a photo's 10-20x reduction needs. LPIPS compares them at
+        their own scale, in LPIPS_TILE px tiles (the last of a row or column shifted to end
+        at the edge, as repair's tiles are), and the mean over the tiles is the image's
+        score: one image, one sample, whatever its size."""
+        import numpy as np
+
+        from gan_dist.data.images import resize, to_bit_depth
+
+        self.samples += 1
+        if self.fid is not None:
+            side = INCEPTION_SIDE
+            small = [to_bit_depth(resize(x, side, side), 8) for x in (pred, target)]
+            fake8, real8 = (_rgb(torch.from_numpy(np.array(x)))[None] for x in small)
+            fake8, real8 = fake8.to(self.device), real8.to(self.device)
+            self.fid.update(real8, real=True)
+            self.fid.update(fake8, real=False)
+            self.kid.update(real8, real=True)
+            self.kid.update(fake8, real=False)
+        if self.lpips is None:
+            return
+        top = float(np.iinfo(target.dtype).max)
+        height, width = target.shape[:2]
+        th, tw = min(LPIPS_TILE, height), min(LPIPS_TILE, width)
+        corners = [(y, x) for y in _starts(height, th) for x in _starts(width, tw)]
+        total = 0.0
+        for i in range(0, len(corners), LPIPS_BATCH):
+            chunk = corners[i : i + LPIPS_BATCH]
+            fake, real = (
+                torch.stack(
+                    [
+                        _rgb(torch.from_numpy(x[y : y + th, c : c + tw] / np.float32(top)))
+                        for y, c in chunk
+                    ]
+                ).to(self.device)
+                for x in (pred, target)
+            )
+            total += float(self.lpips(fake, real)) * len(chunk)  # this chunk's mean
+        self.image_lpips.append(total / len(corners))
+
     def compute(self) -> dict[str, float]:
         """{} before any sample; FID/KID need at least two samples."""
         out: dict[str, float] = {}
@@ -162,6 +215,19 @@ class PerceptualMetrics:
             self.kid.subset_size = min(1000, self.samples)
             kid_mean, _ = self.kid.compute()
             out["kid"] = 1e3 * float(kid_mean)
-        if self.lpips is not None and self.samples:
+        if self.image_lpips:
+            out["lpips"] = sum(self.image_lpips) / len(self.image_lpips)
+        elif self.lpips is not None and self.samples:
             out["lpips"] = float(self.lpips.compute())
         return out
+
+
+def _rgb(pixels: torch.Tensor) -> torch.Tensor:
+    """(H, W, C) pixels, C = 1 or 3 -> (3, H, W), greyscale repeated."""
+    return pixels.permute(2, 0, 1).expand(3, -1, -1)
+
+
+def _starts(length: int, size: int) -> list[int]:
+    """Tile offsets covering `length` with tiles of `size`, the last one ending at the edge."""
+    starts = list(range(0, length - size, size))
+    return [*starts, length - size]

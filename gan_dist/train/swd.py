@@ -13,6 +13,7 @@ Reported like the paper's: distances x 1e3, per level (`swd_l0` finest) and thei
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -26,11 +27,14 @@ PROJECTIONS = 512
 # than a smudge in texture. Texture spreads far more than 8 levels, and the spread is pooled
 # over the whole set scored, so a varied set never meets this floor.
 FLOOR = 8 / 255
+BAND_PIXELS = 1 << 20  # pixels of a band of rows of one image (`add_image`)
+MARGIN = 32  # rows around a band, so that its pyramid is the image's within the band
 
 
 def laplacian_pyramid(images: torch.Tensor, levels: int = LEVELS) -> list[torch.Tensor]:
     """images (B, C, H, W) -> `levels` band-pass images, finest first; the last level is the
-    low-pass remainder (as the paper's 16 px level). Each level halves H and W."""
+    low-pass remainder (as the paper's 16 px level). Each level halves H and W (an odd
+    side rounds up)."""
     kernel = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=images.device) / 16
     kernel = (kernel[:, None] * kernel[None, :]).expand(images.shape[1], 1, 5, 5)
 
@@ -40,8 +44,10 @@ def laplacian_pyramid(images: torch.Tensor, levels: int = LEVELS) -> list[torch.
     out, current = [], images
     for _ in range(levels - 1):
         down = blur(current)[..., ::2, ::2]
-        up = F.interpolate(down, size=current.shape[-2:], mode="bilinear", align_corners=False)
-        out.append(current - up)
+        # exactly twice the size, then cut: an odd side's grid stays the even one's, so a
+        # band of an image's rows gets the image's own pyramid (`HoleSWD.add_image`)
+        up = F.interpolate(down, scale_factor=2.0, mode="bilinear", align_corners=False)
+        out.append(current - up[..., : current.shape[-2], : current.shape[-1]])
         current = down
     return [*out, current]
 
@@ -60,11 +66,23 @@ def hole_patches(
         if len(where) == 0:
             continue
         pick = where[torch.randperm(len(where), generator=generator)[:count].to(where.device)]
-        columns = F.unfold(padded[i : i + 1], PATCH)[0]  # (C * PATCH^2, H * W)
-        patches.append(columns[:, pick].T.reshape(len(pick), level.shape[1], PATCH * PATCH))
+        width = level.shape[-1]
+        patches.append(_gather(padded[i], pick // width, pick % width))
     if not patches:
         return level.new_zeros(0, level.shape[1], PATCH * PATCH)
     return torch.cat(patches)
+
+
+def _gather(padded: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """The patches centred on (ys, xs) (N,) of a level, from `padded`, the level (C, h, w)
+    reflected PATCH // 2 px at its edges, as (N, C, PATCH * PATCH) in unfold's order (one
+    channel's rows after another). Only the patches are read: unfolding a photo's level
+    whole would take C * PATCH**2 times its pixels."""
+    offsets = torch.arange(PATCH, device=padded.device)
+    rows = (ys.to(padded.device)[:, None] + offsets)[:, :, None]  # (N, PATCH, 1)
+    cols = (xs.to(padded.device)[:, None] + offsets)[:, None, :]  # (N, 1, PATCH)
+    patches = padded[:, rows, cols]  # (C, N, PATCH, PATCH)
+    return patches.permute(1, 0, 2, 3).reshape(len(ys), padded.shape[0], PATCH * PATCH)
 
 
 def sliced_wasserstein(
@@ -124,6 +142,68 @@ class HoleSWD:
                         hole_patches(image[i : i + 1], here[i : i + 1], self.per_image, g).cpu()
                     )
         self.images += len(pred)
+
+    def add_image(
+        self,
+        pred: np.ndarray,
+        target: np.ndarray,
+        hole: np.ndarray,
+        channels: int | None = None,
+        band_pixels: int = BAND_PIXELS,
+    ) -> None:
+        """`add` for one whole image of any size: pred (a repair) and target (its original)
+        (H, W, C) uint8 or uint16, taken in [0, 1] of their range, and hole (H, W) bool;
+        `channels`: the descriptors' channels, a greyscale image's repeated (the other
+        images' channels, for a folder of both). The same patches as `add` of the image as
+        a batch of one, but the pyramid is built a band of `band_pixels` (and MARGIN rows
+        either side) at a time, and only for the bands that hold a drawn patch: memory
+        grows with a band and the hole map, not with the image."""
+        height, width = hole.shape
+        top = float(np.iinfo(target.dtype).max)
+        mask = torch.from_numpy(hole.astype(np.uint8))[None, None].to(torch.bfloat16)
+        region = F.max_pool2d(mask, 2 * RING + 1, stride=1, padding=RING)  # 0/1: exact
+        sizes = [(height, width)]
+        for _ in range(LEVELS - 1):
+            sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+        picks = []
+        for lvl, size in enumerate(sizes):
+            here = F.adaptive_max_pool2d(region, size)[0, 0] > 0
+            where = torch.nonzero(here.flatten(), as_tuple=True)[0]
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.images * LEVELS + lvl)
+            pick = where[torch.randperm(len(where), generator=g)[: self.per_image]]
+            picks.append((pick // size[1], pick % size[1]))
+        del mask, region
+        found = [
+            [torch.zeros(len(ys), target.shape[2], PATCH * PATCH) for ys, _ in picks]
+            for _ in range(2)
+        ]
+        step = 2 ** (LEVELS - 1)  # band edges on every level's grid
+        rows = max(step, band_pixels // width // step * step)
+        for a in range(0, height, rows):
+            b = min(a + rows, height)
+            inside = [
+                ((ys >= a // 2**lvl) & (ys < -(-b // 2**lvl))).nonzero(as_tuple=True)[0]
+                for lvl, (ys, _) in enumerate(picks)
+            ]
+            if not any(len(i) for i in inside):
+                continue
+            lo, hi = max(0, a - MARGIN), min(height, b + MARGIN)
+            for side, image in zip(found, (pred, target), strict=True):
+                band = image[lo:hi].transpose(2, 0, 1).astype(np.float32) / np.float32(top)
+                levels = laplacian_pyramid(torch.from_numpy(band)[None])
+                for lvl, (level, (ys, xs), index) in enumerate(
+                    zip(levels, picks, inside, strict=True)
+                ):
+                    if len(index):
+                        pad = PATCH // 2
+                        padded = F.pad(level, (pad, pad, pad, pad), mode="reflect")[0]
+                        local = ys[index] - lo // 2**lvl
+                        side[lvl][index] = _gather(padded, local, xs[index])
+        for lvl in range(LEVELS):
+            for side, patches in zip((self.fake, self.real), found, strict=True):
+                wanted = (-1, channels or target.shape[2], -1)
+                side[lvl].append(patches[lvl].expand(*wanted).contiguous())
+        self.images += 1
 
     def compute(self) -> dict[str, float]:
         """{"swd_l0": ..., "swd": mean over levels} x 1e3; empty when no image had a hole."""
