@@ -11,6 +11,7 @@ from gan_dist.recipe import load_recipe
 from gan_dist.train.resume import (
     FLAG,
     HOW_IT_RUNS,
+    Change,
     ChangedRun,
     as_ran,
     changes,
@@ -135,3 +136,185 @@ def test_every_field_a_resume_may_change_is_a_field_of_the_recipe():
     leaves = _leaves(saved("optim.grad_clip=1"))
     for entry in HOW_IT_RUNS:
         assert any(how_it_runs(path) and path.startswith(entry) for path in leaves), entry
+
+
+# --- the data a run trained on: compared by identity, not by the recipe's text ------------
+
+
+@pytest.fixture(scope="module")
+def other_pack(photo_dir, tmp_path_factory) -> Path:
+    """Another pack of the same kind as `packed` (32 px): 3 photos, one sample each."""
+    import shutil
+
+    from gan_dist.data.pack import PackOptions, pack_folder
+    from gan_dist.recipe import resolve_damage
+
+    fewer = tmp_path_factory.mktemp("fewer")
+    for name in ("astronaut", "camera", "coins"):
+        shutil.copy(photo_dir / f"{name}.png", fewer)
+    out = tmp_path_factory.mktemp("other") / "pack"
+    steps, label = resolve_damage("inpaint")
+    pack_folder(fewer, out, PackOptions(size=32, damage=steps, damage_source=label))
+    return out
+
+
+def identities(train: str, val: str | None = "auto") -> dict:
+    """{"train", "val"} as the trainer records them (val: what data.val resolves to)."""
+    from gan_dist.data.identity import data_identity
+    from gan_dist.data.stream import validation_shards
+
+    return {
+        "train": data_identity(train, "train"),
+        "val": data_identity(validation_shards(train, val), "val"),
+    }
+
+
+def in_dir(root: Path, pack: Path) -> Path:
+    """A working directory `root` whose `shards` is (a copy of) `pack`."""
+    import shutil
+
+    root.mkdir()
+    shutil.copytree(pack, root / "shards")
+    return root
+
+
+def test_one_pack_written_any_way_is_no_change(packed, tmp_path, monkeypatch):
+    home = in_dir(tmp_path / "a", packed)
+    (tmp_path / "link").symlink_to(home / "shards", target_is_directory=True)
+    monkeypatch.chdir(home)
+    ran = identities("shards")
+    for text in ("./shards/", str(home / "shards"), str(tmp_path / "link"), "../a/shards"):
+        data_is = identities(text)
+        assert data_is == ran, text
+        kept, found = check_resume(
+            saved(), recipe(f"data.train={text}"), CKPT, 40, False, data_was=ran, data_is=data_is
+        )
+        assert found == [] and kept.data.train == text  # read as now written
+    # the same shards copied elsewhere (listed in the manifest with their sha256) too
+    assert identities(str(packed)) == {
+        k: v and v | {"pack": str(packed.resolve())} for k, v in ran.items()
+    }
+    assert check_resume(
+        saved(), recipe(f"data.train={packed}"), CKPT, 40, False, data_was=ran,
+        data_is=identities(str(packed)),
+    )[1] == []  # fmt: skip
+
+
+def test_the_same_text_naming_other_data_is_refused_as_a_data_change(
+    packed, other_pack, tmp_path, monkeypatch
+):
+    """Finding 6 (a): `data.train=shards` resumed in another working directory, where
+    `shards` is another pack, trained on it with rc 0 and no word."""
+    monkeypatch.chdir(in_dir(tmp_path / "a", packed))
+    ran = identities("shards")
+    monkeypatch.chdir(in_dir(tmp_path / "b", other_pack))
+    now = identities("shards")
+    with pytest.raises(ChangedRun) as caught:
+        check_resume(saved(), recipe(), CKPT, 40, False, data_was=ran, data_is=now)
+    message = str(caught.value)
+    assert "data.train shards -> shards (the pack at " in message
+    assert f"{tmp_path / 'b' / 'shards'} is not the one this run trained on, which was at " in (
+        message
+    )
+    assert "its manifest.json differs: 16 -> 2 training samples" in message
+    assert "data.val auto -> auto (as data.train)" in message  # auto follows the train pack
+    assert FLAG in message
+
+    _, found = check_resume(saved(), recipe(), CKPT, 40, True, data_was=ran, data_is=now)
+    assert [c.path for c in found] == ["data.train", "data.val"]
+    old, new, why = found[0].values  # recorded with how the data differs
+    assert (old, new) == ("shards", "shards") and "16 -> 2 training samples" in why
+    assert str(Change("data.train", *found[0].values)) == str(found[0])
+
+
+def test_a_pack_replaced_in_place_is_refused_saying_what_differs(
+    packed, other_pack, tmp_path, monkeypatch
+):
+    """Finding 6 (b): the same path, another pack in it."""
+    import shutil
+
+    pack = tmp_path / "shards"
+    shutil.copytree(packed, pack)
+    ran = identities(str(pack))
+    shutil.rmtree(pack)
+    shutil.copytree(other_pack, pack)
+    with pytest.raises(ChangedRun, match=r"data\.train .* 16 -> 2 training samples") as caught:
+        check_resume(
+            saved(f"data.train={pack}"), recipe(f"data.train={pack}"), CKPT, 40, False,
+            data_was=ran, data_is=identities(str(pack)),
+        )  # fmt: skip
+    assert f"the pack at {pack} is not the one this run trained on; its manifest" in str(
+        caught.value
+    )
+
+
+def test_shard_files_are_known_by_resolved_path_size_and_time(packed, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from gan_dist.data.identity import data_identity, identity_change
+
+    for name in ("train-000000.tar", "train-000001.tar"):
+        shutil.copy(packed / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    ran = data_identity("train-{000000..000001}.tar")
+    assert ran == data_identity(f"../{tmp_path.name}/train-{{000000,000001}}.tar")
+    assert identity_change(ran, data_identity(str(tmp_path / "train-000000.tar"))) == (
+        "the shards are not the ones this run trained on: 2 -> 1 shard files"
+    )
+    stat = os.stat("train-000001.tar")
+    os.utime("train-000001.tar", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    why = identity_change(ran, data_identity("train-{000000..000001}.tar"))
+    assert f"{tmp_path / 'train-000001.tar'} changed since (modified " in why
+
+
+def test_remote_shards_are_known_by_their_urls():
+    from gan_dist.data.identity import data_identity, identity_change
+
+    ran = data_identity("s3://bucket/train-{0..1}.tar")
+    assert identity_change(ran, data_identity("s3://bucket/train-{0,1}.tar")) is None
+    why = identity_change(ran, data_identity("s3://bucket/train-{0..2}.tar"))
+    assert why == "the shards are not the ones this run trained on: 2 -> 3 shard files"
+
+
+def test_a_checkpoint_from_before_the_identity_record_compares_the_text():
+    """An old state.json has no `data_identity`: its relative text cannot be resolved now,
+    so the text is compared, and a refusal says why."""
+    data_is = {"train": {"shards": [{"url": "s3://x/shards"}]}, "val": None}
+    assert check_resume(saved(), recipe(), CKPT, 40, False, data_is=data_is)[1] == []
+    with pytest.raises(ChangedRun, match="predates gan-dist's record of its data's identity"):
+        check_resume(saved(), recipe("data.train=./shards/"), CKPT, 40, False, data_is=data_is)
+
+
+def test_model_init_written_another_way_is_the_run_own(tmp_path, monkeypatch):
+    """Finding 6: a run started with `model.init=runs/base` (its lineage holds the resolved
+    path) was refused when resumed with that path made absolute, even with the flag."""
+    monkeypatch.chdir(tmp_path)
+    lineage = {"init": str(tmp_path / "runs" / "base"), "parent": "runs:/abc"}
+    for asked in ("runs/base", "./runs/base/", str(tmp_path / "runs" / "base")):
+        kept, found = check_resume(
+            saved("model.init=runs/base"), recipe(f"model.init={asked}"), CKPT, 40, False,
+            lineage=lineage,
+        )  # fmt: skip
+        assert found == [] and kept.model.init == "runs/base", asked
+    # the same text from another directory names another source
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(ChangedRun, match=f"started from {tmp_path / 'runs' / 'base'};"):
+        check_resume(
+            saved("model.init=runs/base"), recipe("model.init=runs/base"), CKPT, 40, True,
+            lineage=lineage,
+        )  # fmt: skip
+
+
+def test_a_registered_init_is_the_same_as_its_alias_or_the_version_it_resolved_to():
+    lineage = {"init": "models:/base@champion", "parent": "models:/base/3"}
+    started = saved("model.init=models:/base@champion")
+    for asked in ("models:/base@champion", "models:/base/3"):
+        kept, found = check_resume(
+            started, recipe(f"model.init={asked}"), CKPT, 40, False, lineage=lineage
+        )
+        assert found == [] and kept.model.init == "models:/base@champion"
+    with pytest.raises(ChangedRun, match=r"started from models:/base@champion \(models:/base/3\)"):
+        check_resume(started, recipe("model.init=models:/base/4"), CKPT, 40, True, lineage=lineage)

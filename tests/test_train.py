@@ -487,6 +487,72 @@ def test_a_resume_may_change_how_the_run_goes_on_but_not_what_it_is(shards, tmp_
     assert again.returncode == 0, again.stdout + again.stderr  # as it now runs: no change
 
 
+def test_a_resume_compares_the_data_and_the_init_by_what_they_are(shards, photo_dir, tmp_path):
+    """Finding 6: a resume compared the recipe's text. `data.train=shards` resumed in another
+    directory, where `shards` was another pack, trained on that with rc 0 and no word;
+    `./shards/` for `shards`, and `model.init=base` made absolute, were refused."""
+    import shutil
+
+    from conftest import make_model, options
+    from gan_dist.data.pack import pack_folder
+
+    a, b, run = tmp_path / "a", tmp_path / "b", tmp_path / "run"
+    shutil.copytree(shards, a / "shards")
+    make_model(a / "base")  # its generator: base_channels 4
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    for name in ("astronaut", "camera", "coins"):
+        shutil.copy(photo_dir / f"{name}.png", fewer)
+    pack_folder(fewer, b / "shards", options(size=32))
+
+    def train(cwd: Path, steps: int, *args: str, **extra: object):
+        settings = {"data.train": "shards", "data.val": "auto"} | extra
+        return run_cli(
+            "train", "quickstart", *tiny(shards, steps, **settings),
+            "--set", "model.generator.base_channels=4", "--run-dir", str(run), *args, cwd=cwd,
+        )  # fmt: skip
+
+    first = train(a, 2, **{"model.init": "base"})
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"initialised from {a / 'base'}" in first.stdout
+
+    other = train(b, 3)  # the same text, another pack
+    assert other.returncode == 1 and "Traceback" not in other.stderr, other.stderr
+    line = other.stderr.strip().splitlines()[-1]
+    assert "changes what the run is: data.train shards -> shards (the pack at " in line, line
+    assert f"{b / 'shards'} is not the one this run trained on, which was at {a / 'shards'}" in line
+    assert "16 -> 2 training samples" in line and "--resume-changed" in line
+    assert [p.name for p in checkpoint.list_checkpoints(run)] == ["step-00000002"]
+
+    # the same pack and the same init, written another way: no change
+    same = train(a, 3, **{"data.train": "./shards/", "model.init": a / "base"})
+    assert same.returncode == 0, same.stdout + same.stderr
+    said = (
+        "changed on resume (recorded in the checkpoint and recipe.yaml, and the MLflow tags "
+        "resume.1.*): train.max_steps 2 -> 3\n"
+    )
+    assert said in same.stdout
+
+    forced = train(b, 4, "--resume-changed")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    state = checkpoint.read(run / "checkpoints" / "step-00000004").state
+    old, new, why = state["resumes"][-1]["changes"]["data.train"]
+    assert (old, new) == ("./shards/", "shards") and "16 -> 2 training samples" in why
+    assert state["data_identity"]["train"]["pack"] == str(b / "shards")
+    assert state["lineage"]["init"] == str(a / "base")
+
+    # a checkpoint written before the identity was recorded: compared as text, as then
+    written = run / "checkpoints" / "step-00000004" / "state.json"
+    older = json.loads(written.read_text())
+    del older["data_identity"]
+    written.write_text(json.dumps(older))
+    again = train(b, 5)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "predates gan-dist's record of its data's identity" in again.stdout
+    state = checkpoint.read(run / "checkpoints" / "step-00000005").state
+    assert state["data_identity"]["train"]["pack"] == str(b / "shards")
+
+
 def test_a_finished_run_says_it_is_complete_and_what_it_registers(shards, tmp_path):
     """Finding 6: the same recipe on a finished run, with a new tracking.register_as,
     registered the old checkpoint under it without a word."""

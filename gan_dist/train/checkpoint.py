@@ -6,7 +6,8 @@ Layout of `RUN_DIR/checkpoints/step-00000100/`:
                      torch.load(weights_only=True), which refuses arbitrary objects)
   rank-R.safetensors torch RNG states of rank R (CPU, and CUDA when present)
   rank-R.json        Python/NumPy RNG state and data-stream position of rank R
-  state.json         step, schedulers, world size, resolved recipe, tracking run id
+  state.json         step, schedulers, world size, resolved recipe, tracking run id, the
+                     data's identity (data.identity), lineage, resumes
 
 Every rank writes its own rank files into a hidden `.step-...partial` folder; rank 0 writes
 the rest, `state.json` last, and renames the folder when all ranks are done. A crash at any

@@ -3,6 +3,9 @@
 A run is its data, nets, objective, seed and starting weights ("what the run is"): a resume
 that changes any of those would quietly train another run on top of this one, so it is
 refused, naming every changed field, unless the user asks for it (`--resume-changed`).
+The data is compared by what it is (`gan_dist.data.identity`), not by the recipe's text:
+`./shards/` for `shards` is no change; `shards` naming another pack (typed in another
+directory, or packed again in place) is one.
 How the run goes on (its budget, cadence, hardware, tracking, and the optimiser's rates) may
 change: `HOW_IT_RUNS` lists those fields. Either way every change is recorded, in the
 checkpoint's state and as tags of the MLflow run, so the run says what it did.
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gan_dist.data.identity import identity_change
 from gan_dist.errors import GanDistError, RecipeError
 from gan_dist.recipe import SAVED, Recipe, validate_recipe
 
@@ -43,6 +47,9 @@ HOW_IT_RUNS = (
 )
 FLAG = "--resume-changed"
 UNSET = object()  # a field one of the two recipes does not have
+DATA = {"data.train": "train", "data.val": "val"}  # compared by identity, keyed as recorded
+PREDATES = "the checkpoint predates gan-dist's record of its data's identity: text compared"
+URIS = ("models:/", "runs:/")
 
 
 def how_it_runs(path: str) -> bool:
@@ -52,11 +59,13 @@ def how_it_runs(path: str) -> bool:
 
 @dataclass(frozen=True)
 class Change:
-    """One field a resume changes: its dotted path, the value the run had and the new one."""
+    """One field a resume changes: its dotted path, the value the run had and the new one,
+    and for data, how the data itself differs (`why`: its text may not)."""
 
     path: str
     old: Any
     new: Any
+    why: str = ""
 
     @property
     def allowed(self) -> bool:
@@ -69,11 +78,14 @@ class Change:
 
     @property
     def values(self) -> list[Any]:
-        """[old, new] as JSON (an unset side is null), as checkpoints record them."""
-        return [None if v is UNSET else v for v in (self.old, self.new)]
+        """[old, new] as JSON (an unset side is null), and `why` when there is one, as
+        checkpoints record them: `Change(path, *values)` is the change again."""
+        pair = [None if v is UNSET else v for v in (self.old, self.new)]
+        return [*pair, self.why] if self.why else pair
 
     def __str__(self) -> str:
-        return f"{self.path} {_show(self.old)} -> {_show(self.new)}"
+        said = f"{self.path} {_show(self.old)} -> {_show(self.new)}"
+        return f"{said} ({self.why})" if self.why else said
 
 
 class ChangedRun(GanDistError):
@@ -111,38 +123,88 @@ def _as_ran(saved: dict[str, Any]) -> dict[str, Any]:
         return saved
 
 
-def changes(saved: dict[str, Any], recipe: Recipe) -> list[Change]:
+def changes(
+    saved: dict[str, Any],
+    recipe: Recipe,
+    data_was: dict[str, Any] | None = None,
+    data_is: dict[str, Any] | None = None,
+) -> list[Change]:
     """Every field in which `recipe` differs from the checkpoint's recipe `saved` (as
-    `state.json` holds it), in the recipe's order."""
+    `state.json` holds it), in the recipe's order.
+
+    `data_is`: the identities of the data `recipe` names ({"train", "val"}, see
+    `data.identity.data_identity`); `data_was`: those the checkpoint recorded. Given both,
+    data.train and data.val change when their identities differ, whatever their text (the
+    change says how, in `why`). Given `data_is` alone (a checkpoint written before
+    identities were recorded), their text is compared and a change says so."""
     old, new = _leaves(_as_ran(saved)), _leaves(recipe.model_dump(mode="json"))
     paths = [*new, *(p for p in old if p not in new)]
-    return [
-        Change(p, old.get(p, UNSET), new.get(p, UNSET))
-        for p in paths
-        if old.get(p, UNSET) != new.get(p, UNSET)
-    ]
+    data_was = data_was if isinstance(data_was, dict) else None  # a hand-edited state.json
+    found = []
+    for path in paths:
+        was, now = old.get(path, UNSET), new.get(path, UNSET)
+        if path in DATA and data_was is not None and data_is is not None:
+            why = identity_change(data_was.get(DATA[path]), data_is.get(DATA[path]))
+            if why and any(c.path == "data.train" and c.why == why for c in found):
+                why = "as data.train"  # data.val auto: the train pack's val split
+            if why:
+                found.append(Change(path, was, now, why))
+        elif was != now:
+            predates = path in DATA and data_is is not None
+            found.append(Change(path, was, now, PREDATES if predates else ""))
+    return found
+
+
+def same_init(asked: str, started_from: str, lineage: dict[str, str]) -> bool:
+    """Whether model.init `asked` names the source a run started from: `started_from` as
+    its recipe held it, `lineage` the checkpoint's (`init`: a local source's resolved
+    path, `parent`: the version a models:/ alias resolved to). Local paths are compared
+    resolved (`runs/base` from the run's directory is its absolute path); models:/ and
+    runs:/ URIs as text, a models:/NAME/VERSION also with the version recorded."""
+    if asked.startswith(URIS):
+        named = {started_from, lineage.get("init")}
+        if asked.startswith("models:/"):
+            named.add(lineage.get("parent"))
+        return asked in named
+    if started_from.startswith(URIS):
+        return False
+    return Path(asked).resolve() == Path(lineage.get("init") or started_from).resolve()
 
 
 def check_resume(
-    saved: dict[str, Any], recipe: Recipe, ckpt_path: Path, step: int, allow_changed: bool
+    saved: dict[str, Any],
+    recipe: Recipe,
+    ckpt_path: Path,
+    step: int,
+    allow_changed: bool,
+    *,
+    lineage: dict[str, str] | None = None,
+    data_was: dict[str, Any] | None = None,
+    data_is: dict[str, Any] | None = None,
 ) -> tuple[Recipe, list[Change]]:
-    """The recipe to resume with, and the changes to record.
+    """The recipe to resume with, and the changes to record (see `changes` for `data_was`
+    and `data_is`; `lineage`: the checkpoint's, see `same_init`).
 
     `model.init` only starts a fresh run: one set to a source the run did not start from is
-    refused even with `allow_changed`, as it could not be honoured; one left out is the
-    run's own (it still started from it). Any other change of what the run is raises
-    ChangedRun naming each field, old -> new, unless `allow_changed`."""
+    refused even with `allow_changed`, as it could not be honoured; one left out, or naming
+    the run's own another way, is the run's own (it still started from it). Any other
+    change of what the run is raises ChangedRun naming each field, old -> new, unless
+    `allow_changed`."""
+    lineage = lineage or {}
     started_from = (saved.get("model") or {}).get("init")
     asked = recipe.model.init
-    if asked is None and started_from is not None:
+    own = asked is None or (started_from is not None and same_init(asked, started_from, lineage))
+    if own and started_from is not None and asked != started_from:
         dumped = recipe.model_dump(mode="json")
         dumped["model"]["init"] = started_from
         recipe = validate_recipe(dumped)
-    found = changes(saved, recipe)
+    found = changes(saved, recipe, data_was, data_is)
     others = ", ".join(str(c) for c in found if c.path != "model.init" and not c.allowed)
     fresh = "start a fresh run in another folder (--run-dir NEW)"
-    if asked is not None and asked != started_from:
-        origin = started_from or "random weights"
+    if not own:
+        origin = lineage.get("init") or started_from or "random weights"
+        if lineage.get("parent", origin) != origin and origin.startswith("models:/"):
+            origin += f" ({lineage['parent']})"
         also = f" (it also changes {others})" if others else ""
         raise ChangedRun(
             f"model.init: {asked}: {ckpt_path} holds a run at step {step} that started "

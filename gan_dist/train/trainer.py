@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from gan_dist.data.identity import data_identity
 from gan_dist.data.images import picture_grid
 from gan_dist.data.pack import MANIFEST
 from gan_dist.data.stream import Batch, StreamConfig, check_data, make_stream, pack_of
@@ -180,8 +181,10 @@ class _Run:
         self.perceptual: PerceptualMetrics | None = None
         self.lineage: dict[str, str] = {}  # model.init's source and parent, as tags
         self.grid: Path | None = None  # the newest repair grid written, RUN_DIR/GRID_FILE
-        # the resumes that changed the recipe: {"step", "changes": {path: [old, new]}}
+        # the resumes that changed the recipe: {"step", "changes": {path: [old, new(, why)]}}
         self.resumes: list[dict] = []
+        # what data.train and data.val name (see `data.identity`), as checkpoints record it
+        self.data_identity: dict[str, dict | None] = {}
         self.already_complete = False
         # what the run's record (recipe.yaml, MLflow params) shows: the recipe, except for a
         # run already complete, which shows the recipe it ran with (see `as_ran`)
@@ -221,6 +224,12 @@ class _Run:
         rank, world = accelerator.process_index, accelerator.num_processes
         # the data first: a wrong path must not leave a run folder behind
         self.val = check_data(data, world * max(1, data.workers))
+        # what the data is, recorded in checkpoints and compared on resume: every rank reads
+        # the same files, so every rank comes to the same decision without a collective
+        self.data_identity = {
+            "train": data_identity(data.train, "train", data.allow_shell),
+            "val": data_identity(self.val, "val", data.allow_shell),
+        }
         launch = recipe.launch
         wait = launch.rank_timeout_s / 2 if launch.lock_wait_s is None else launch.lock_wait_s
         self.lock = _lock_run_dir(run_dir, accelerator, wait)
@@ -229,7 +238,14 @@ class _Run:
         changes: list[Change] = []
         if ckpt is not None:  # every rank decides alike: the same files, the same recipe
             recipe, changes = check_resume(
-                ckpt.state["recipe"], recipe, ckpt.path, ckpt.step, resume_changed
+                ckpt.state["recipe"],
+                recipe,
+                ckpt.path,
+                ckpt.step,
+                resume_changed,
+                lineage=ckpt.state.get("lineage"),
+                data_was=ckpt.state.get("data_identity"),
+                data_is=self.data_identity,
             )
             self.recipe = self.shown = recipe
             self.resumes = list(ckpt.state.get("resumes", []))
@@ -319,6 +335,11 @@ class _Run:
             self.progress.message(precision_note)
         if ckpt is not None:
             self.progress.message(f"resumed from {ckpt.path} at step {self.step}")
+            if "data_identity" not in ckpt.state:
+                self.progress.message(
+                    f"{ckpt.path} predates gan-dist's record of its data's identity: data.train "
+                    "and data.val were compared by their text (the next checkpoint records it)"
+                )
         if changes:
             where = "the checkpoint and recipe.yaml" + (
                 f", and the MLflow tags resume.{len(self.resumes)}.*"
@@ -378,6 +399,7 @@ class _Run:
                 "tracking_run_id": self.tracker.wait_for_run_id(timeout=10),
                 "metrics": self.metrics,
                 "lineage": self.lineage,
+                "data_identity": self.data_identity,
                 "resumes": self.resumes,
             },
             keep=self.recipe.train.keep_checkpoints,
