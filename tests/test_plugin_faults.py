@@ -697,6 +697,50 @@ def test_a_base_exception_outside_the_checked_calls_still_fails_the_run(
 
 
 @pytest.mark.integration
+def test_a_trainer_that_ends_itself_with_exit_0_fails_the_launch(site, packed, tmp_path):
+    """os._exit(0) cannot be caught in the trainer: `gan-dist launch` said nothing and exited 0
+    with status.json at `running`. The launcher reads the status and says what happened."""
+    install(site, "faulty-nets", "0.1", {"faulty_nets": NETS}, "")
+    plugin = {"model.generator.name": "faulty_nets:exits_at_once_in_training"}
+    run_dir = tmp_path / "run"
+    result = _trains(packed, run_dir, "launch", "--local", "--cpu-procs", "1", **plugin)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (
+        f"error: the trainer exited 0 but its {run_dir / 'status.json'} says running at step 0: "
+        "something in the process ended it without finishing (a call of os._exit"
+    ) in result.stderr, result.stderr
+
+
+@pytest.mark.integration
+def test_a_slurm_job_whose_trainer_ends_itself_with_exit_0_says_so(slurm, site, packed, tmp_path):
+    """The SLURM script read srun's exit 0 with status.json at `running` as "training failed
+    (srun exit 0); the lines above name the failed rank", and none had failed."""
+    import sys
+
+    from conftest import tiny
+
+    install(site, "faulty-nets", "0.1", {"faulty_nets": NETS}, "")
+    settings = {
+        "model.generator.name": "faulty_nets:exits_at_once_in_training",
+        "model.generator.base_channels": None,
+        "tracking.enabled": "false",
+    }
+    launch = [sys.executable, "-m", "gan_dist", "launch", "quickstart", "--slurm"]
+    args = ["--cpu-procs", "1", *tiny(packed, 2, **settings), "--run-dir", str(tmp_path / "run")]
+    result = slurm.run("salloc", "--nodes=1", "--cpus-per-task=2", *launch, *args, timeout=240)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert (
+        "gan-dist: the trainer exited 0 but its status.json says running: something in the "
+        "process ended it without finishing (a call of os._exit)"
+    ) in out, out
+    assert "name the failed rank" not in out
+    assert (
+        "the trainer ended without finishing at step 0: a rank died without reporting, or " in out
+    )
+
+
+@pytest.mark.integration
 def test_a_plugin_that_keeps_the_contract_trains_under_ddp(site, packed, tmp_path):
     """The checks hold every call but change nothing: two gloo ranks train the test plugin's
     families (tests/plugin), compiled, to the end."""
