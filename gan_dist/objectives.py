@@ -7,6 +7,7 @@ bf16/fp16 training does not round the loss itself.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from gan_dist.recipe import ObjectiveConfig
+    from gan_dist.registry import Family
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,73 @@ def _adversarial(name: str, settings: str) -> Adversarial:
         raise PluginError(
             f"{family.label}: its builder returned {kind}, not a gan_dist.objectives.Adversarial"
         )
-    return built
+    return _held_to_contract(family, built) if family.plugin else built
+
+
+TERMS = ("real", "fake", "g")
+
+
+def _held_to_contract(family: Family, built: Adversarial) -> Adversarial:
+    """A plugin's Adversarial whose every call is checked as it happens: each term must be
+    callable, and each call must return a floating-point tensor of its logits' shape (one
+    loss per logit) that keeps their graph; what it raises is a PluginError naming the
+    family (`Family.run`). A subclass's own `d` is checked likewise (a scalar loss)."""
+    from gan_dist.registry import PluginError
+
+    for name in TERMS:
+        term = getattr(built, name)
+        if not callable(term):
+            raise PluginError(
+                f"{family.label}: its Adversarial's {name} is {type(term).__name__}, not a "
+                "function of the logits"
+            )
+    terms = {name: _checked_term(family, name, getattr(built, name)) for name in TERMS}
+    checked = family.run("its Adversarial", dataclasses.replace, built, **terms)
+    if type(built).d is not Adversarial.d:
+        own = checked.d
+
+        def d(*args: Any, **kwargs: Any) -> torch.Tensor:
+            loss = family.run("its d", own, *args, **kwargs)
+            _check_loss(family, "d", [a for a in args if isinstance(a, torch.Tensor)], loss, ())
+            return loss
+
+        object.__setattr__(checked, "d", d)  # the frozen instance's own, not the class's
+    return checked
+
+
+def _checked_term(family: Family, name: str, term: Callable) -> Callable:
+    def call(logits: torch.Tensor) -> torch.Tensor:
+        loss = family.run(f"its {name}", term, logits)
+        _check_loss(family, name, [logits], loss, tuple(logits.shape))
+        return loss
+
+    return call
+
+
+def _check_loss(
+    family: Family, name: str, inputs: list[torch.Tensor], loss: Any, shape: tuple[int, ...]
+) -> None:
+    """`loss` is a floating-point tensor of `shape` (for `d`: a scalar) that, where
+    gradients are recorded and its inputs take them, keeps their graph."""
+    from gan_dist.registry import PluginError
+
+    fine = isinstance(loss, torch.Tensor) and loss.is_floating_point()
+    if not fine or tuple(loss.shape) != shape:
+        got = type(loss).__name__
+        if isinstance(loss, torch.Tensor):
+            got = f"{_shown(loss.shape)} of {str(loss.dtype).removeprefix('torch.')}"
+        if name == "d":
+            asked, rule = "", "d must return a floating-point scalar tensor"
+        else:
+            asked = f" for logits shaped {_shown(shape)}"
+            rule = "real, fake and g must return a floating-point tensor of the logits' shape"
+        raise PluginError(f"{family.label}: its {name} returned {got}{asked}; {rule}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs) and not loss.requires_grad:
+        raise PluginError(
+            f"{family.label}: its {name} returned a tensor without gradients for logits "
+            "that have them (detached, or made under torch.no_grad); the loss must depend on "
+            "the logits"
+        )
 
 
 def non_saturating(settings: Any = None) -> Adversarial:
@@ -91,6 +159,10 @@ def wasserstein(settings: Any = None) -> Adversarial:
     """Wasserstein critic (Gulrajani et al. 2017); the trainer adds the gradient penalty
     (its family is marked `critic`)."""
     return Adversarial(real=lambda x: -x, fake=lambda x: x, g=lambda x: -x)
+
+
+def _shown(shape: tuple[int, ...]) -> str:
+    return "(" + ",".join(str(d) for d in shape) + ")"
 
 
 def generated_share(mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -27,16 +27,19 @@ import difflib
 import importlib
 import logging
 import operator
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gan_dist.errors import GanDistError
 from gan_dist.textfiles import excerpt
+from gan_dist.train.signals import from_outside
 
 log = logging.getLogger("gan_dist.registry")
 
@@ -99,17 +102,28 @@ class Family:
         **kwargs: Any,
     ) -> Any:
         """`call(*args, **kwargs)`; for a plugin family, anything it raises (SystemExit
-        included: a plugin must not end the process, least of all with status 0) except
-        KeyboardInterrupt and the `passes` kinds is a PluginError naming the family, its
-        package and `what`."""
+        and other BaseExceptions included: a plugin must not end the process, least of all
+        with status 0) except a stop from outside (see `signals.from_outside`) and the
+        `passes` kinds is a PluginError naming the family, its package, `what`, and the
+        line of the plugin's code that raised it where one is on the traceback."""
         if not self.plugin:
             return call(*args, **kwargs)
         try:
             return call(*args, **kwargs)
-        except (KeyboardInterrupt, *passes):
-            raise
         except BaseException as exc:
-            raise PluginError(f"{self.label}: {what} failed ({_raised(exc)})") from None
+            error = None if isinstance(exc, passes) else self.fault(what, exc)
+            if error is None:
+                raise
+            raise error from None
+
+    def fault(self, what: str, exc: BaseException) -> PluginError | None:
+        """What `exc`, raised by the family's code doing `what`, is to be raised as: a
+        PluginError naming the family, its package and the line of the plugin's code that
+        raised it (where one is on the traceback); None for a stop from outside (see
+        `signals.from_outside`), which is raised on as it is."""
+        if from_outside(exc):
+            return None
+        return PluginError(f"{self.label}: {what} failed ({_raised(exc)}){_at(exc)}")
 
     def validate(self, given: dict[str, Any]) -> Settings:
         """The family's typed settings from a recipe's keys, floats finite whatever the
@@ -306,12 +320,12 @@ def _finite(settings: type[BaseModel]) -> type[BaseModel]:
 def _imported(load: Callable[[], Any], where: str) -> Any:
     """A plugin's object; anything importing it raises (a missing module, a module that
     raises, a malformed reference, sys.exit) is an UnknownFamily naming it, never a
-    traceback and never the end of the process. Ctrl-C stays Ctrl-C."""
+    traceback and never the end of the process. Ctrl-C stays Ctrl-C (`from_outside`)."""
     try:
         return load()
-    except KeyboardInterrupt:
-        raise
     except BaseException as exc:
+        if from_outside(exc):
+            raise
         raise UnknownFamily(f"{where}: cannot import it ({_raised(exc)})") from None
 
 
@@ -323,6 +337,31 @@ def _raised(exc: BaseException) -> str:
     first = lines[0] if lines else ""
     first = first if first.isprintable() else repr(first)[1:-1]
     return type(exc).__name__ + (f": {first[:200]}" if first else "")
+
+
+def _at(exc: BaseException) -> str:
+    """` at FILE:LINE`: the innermost line on the traceback that is neither gan-dist's,
+    torch's nor the standard library's (the plugin's, or a library it calls); "" if none."""
+    import sysconfig
+    import traceback
+
+    paths = sysconfig.get_paths()
+    ours = [Path(__file__).parent]
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.__file__:
+        ours.append(Path(torch.__file__).parent)
+    # without a venv, site-packages lies inside the standard library's folder
+    installed = [Path(paths["purelib"]), Path(paths["platlib"])]
+
+    def within(path: Path, roots: list[Path]) -> bool:
+        return any(path.is_relative_to(root) for root in roots)
+
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        path = Path(frame.filename)
+        stdlib = within(path, [Path(paths["stdlib"])]) and not within(path, installed)
+        if path.is_absolute() and not within(path, ours) and not stdlib:
+            return f" at {frame.filename}:{frame.lineno}"
+    return ""
 
 
 def shown(name: str) -> str:

@@ -57,6 +57,7 @@ from gan_dist.data.images import (
 from gan_dist.data.tiff_stream import BAND_ROWS, TiffRaster, open_tiff, write_tiff
 from gan_dist.errors import GanDistError
 from gan_dist.files import atomic_file, write_bytes_atomic
+from gan_dist.registry import PluginError
 
 if TYPE_CHECKING:
     from gan_dist.models import RepairModel
@@ -297,7 +298,9 @@ def repair_files(
 
     The model is loaded at the first file that needs it, so re-running an interrupted job
     over a folder that is already done neither downloads nor loads anything. A model that
-    cannot be loaded is fatal (GanDistError): every file would fail the same way."""
+    cannot be loaded, or whose plugin net breaks its contract (raises, exits, returns the
+    wrong thing: a PluginError), is fatal (GanDistError): every file would fail the same
+    way."""
     model: RepairModel | None = None
     results = []
     for job in jobs:
@@ -312,6 +315,11 @@ def repair_files(
             started = time.perf_counter()  # the file's own time, not the model's loading
             try:
                 result = _repair_one(model, job, tile, overlap, batch, max_pixels, on_rows)
+            except PluginError as exc:  # the model's code broke its contract: every file would
+                raise GanDistError(
+                    f"{model.source}: {exc}, while repairing {job.image}; no file after it "
+                    "was repaired"
+                ) from None
             except GanDistError as exc:
                 result = FileResult(job.image, None, "failed", str(exc))
             except MemoryError:
@@ -320,11 +328,6 @@ def repair_files(
             except Exception as exc:  # one odd file must not stop a folder: report and go on
                 detail = f"{type(exc).__name__}: {exc}".strip()
                 result = FileResult(job.image, None, "failed", detail)
-            except SystemExit as exc:  # a plugin net that ends the process fails every file
-                raise GanDistError(
-                    f"{model.source}: its net called sys.exit({exc.code!r}) while repairing "
-                    f"{job.image}; no file after it was repaired"
-                ) from None
         result.seconds = time.perf_counter() - started
         results.append(result)
         on_done(result)

@@ -124,7 +124,9 @@ def _stop_on_sigterm() -> None:
     written is removed, never left half-written beside the finished ones; exit 143."""
     import signal
 
+    from gan_dist.train.signals import Terminated
+
     def stop(signum, frame) -> None:
-        raise SystemExit(128 + signum)
+        raise Terminated(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,6 +163,7 @@ def run_local(
         announce(f"dry run: wrote {frozen_recipe(run_dir)}, which that command reads")
         return 0
     before = run_status.read(run_dir)
+    started = time.time()
     proc = subprocess.Popen(cmd, env={**os.environ, **env})
     # a signal to this process alone (kill PID, not the process group) still reaches the ranks
     forward = {
@@ -173,16 +175,37 @@ def run_local(
     finally:
         for sig, handler in forward.items():
             signal.signal(sig, handler)
-    return outcome_code(run_dir, code, before)
+    return outcome_code(run_dir, code, before, started, holds_rank_0=node_rank == 0)
 
 
-def outcome_code(run_dir: Path, code: int, before: dict | None) -> int:
-    """Accelerate's launcher exits 1 when a signal reached it, whatever the ranks did; the
-    status file rank 0 wrote says whether they were preempted (a stale one from an earlier
-    attempt does not count)."""
+class UnfinishedRun(GanDistError):
+    """The trainer exited 0, but its status.json does not say it completed."""
+
+
+def outcome_code(
+    run_dir: Path, code: int, before: dict | None, since: float, holds_rank_0: bool = True
+) -> int:
+    """The exit code for the trainer's `code`, read with the status file rank 0 wrote (one
+    from before this launch, `before` or older than `since`, does not count): Accelerate's
+    launcher exits 1 when a signal reached it, whatever the ranks did, so a `preempted` run
+    is 75. Where rank 0 ran here (`holds_rank_0`), an exit 0 counts only with `completed`:
+    code that ends its process at once (os._exit) skips every handler and leaves the
+    status unfinished, so that is said, raising UnfinishedRun."""
     after = run_status.read(run_dir)
-    if after is not None and after != before and after["status"] == "preempted":
+    path = run_dir / run_status.STATUS_FILE
+    fresh = after is not None and (after != before or path.stat().st_mtime >= since)
+    if fresh and after["status"] == "preempted":
         return EXIT_PREEMPTED
+    if code == 0 and holds_rank_0 and not (fresh and after["status"] == "completed"):
+        if fresh:
+            said = f"its {path} says {after['status']} at step {after['step']}"
+        else:
+            said = f"it did not write {path}"
+        raise UnfinishedRun(
+            f"the trainer exited 0 but {said}: something in the process ended it without "
+            "finishing (a call of os._exit, which nothing can catch, or a status that could "
+            "not be written: see the warnings above); training did not complete"
+        )
     return code
 
 
@@ -200,6 +223,11 @@ def failure_hint(run_dir: Path, since: float) -> str:
         text = (
             f"a rank failed ({status.get('error', 'see above')}); the launcher's report above "
             "names the rank that failed first"
+        )
+    elif status.get("status") == "running":  # the script said which, from srun's exit code
+        text = (
+            f"the trainer ended without finishing at step {status.get('step')}: a rank died "
+            "without reporting, or something in it called os._exit (see the lines above)"
         )
     else:
         text = "a rank died without reporting; the launcher's report above names it"

@@ -4,17 +4,21 @@ plugin's fault is one line naming the plugin, never a traceback deep inside trai
 - the builder is called with the documented arguments and must return an `nn.Module`;
 - the net's size is measured on torch's meta device (no memory allocated) and refused when
   the caller's copies of it would not fit in the memory that is free;
-- a plugin generator must map (N, in, S, S) to (N, out, S, S), and a plugin discriminator
-  must return `(logits, features)` with a logit row per image when called with
-  `features=True`: checked once, on one image, before training or repair starts.
+- a plugin generator must map (N, in, S, S) to (N, out, S, S) of float32 (or the half
+  precision autocast computes in), and a plugin discriminator must return logits with a row
+  per image, `(logits, features)` when called with `features=True`; both on the input's
+  device, keeping their graph where training needs it: checked at every call of the net's
+  forward (so faults that show only in training mode, or at the Nth step, are caught as
+  they happen), and once on two images before training or repair starts.
 
-Built-in families are tested in this repository, so only their size is checked.
+Built-in families are tested in this repository, so only their size is checked, and their
+forward is not wrapped (no cost).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import types
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -36,7 +40,9 @@ def built(
     `build(settings, **dims, image_size=image_size)` (dims: in_channels, and out_channels
     for a generator). `copies`: the caller's copies of the weights (see `nets.build_*`).
     Raises PluginError for a builder that raises (or exits), returns something other than a
-    module, needs more memory than is free, or (plugins) returns the wrong shapes."""
+    module, needs more memory than is free, or (plugins) a net whose forward raises or
+    breaks the contract on two images; a plugin's net keeps raising PluginError for any
+    later call that does (see `_hold_to_contract`)."""
     build = family.builder()
 
     def make() -> Any:
@@ -53,8 +59,10 @@ def built(
             _check_module(family, probe)
             _check_memory(family, settings, probe, copies)
     net = _check_module(family, make())
-    if family.plugin and not measuring:
-        _check_shapes(family, kind, net, dims, image_size)
+    if family.plugin:
+        _hold_to_contract(family, kind, net, dims)
+        if not measuring:
+            _check_shapes(family, kind, net, dims, image_size)
     return net
 
 
@@ -94,52 +102,163 @@ def _check_memory(family: Family, settings: Any, net: nn.Module, copies: int) ->
 def _check_shapes(
     family: Family, kind: str, net: nn.Module, dims: dict[str, int], image_size: int
 ) -> None:
-    """One image through a plugin's net, in eval mode, without gradients and without
-    drawing from the random generators (training must start as it would without it)."""
-    shape = (1, dims["in_channels"], image_size, image_size)
+    """Two images through a plugin's net (its checked forward, see `_hold_to_contract`;
+    two, so that a net that ignores the batch is caught), in eval mode, without gradients
+    and without drawing from the random generators (training must start as it would
+    without it)."""
+    x = torch.zeros(2, dims["in_channels"], image_size, image_size)
     was_training = net.training
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         net.eval()
         try:
-            call: Callable[..., Any] = net if kind == "generator" else _with_features(net)
-            out = family.run(f"its net's forward on {_shape(shape)}", call, torch.zeros(shape))
+            net(x) if kind == "generator" else net(x, features=True)
         finally:
             net.train(was_training)
-    if kind == "generator":
-        want = (1, dims["out_channels"], image_size, image_size)
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
-            raise PluginError(
-                f"{family.label}: its net returned {_described(out)} for {_shape(shape)}; a "
-                f"generator must return {_shape(want)}"
-            )
-        return
-    pair = isinstance(out, tuple | list) and len(out) == 2
-    logits, features = out if pair else (None, None)
-    if not (
-        isinstance(logits, torch.Tensor)
-        and logits.dim() >= 1
-        and logits.shape[0] == 1
-        and isinstance(features, list | tuple)
-        and all(isinstance(f, torch.Tensor) for f in features)
-    ):
+
+
+def _hold_to_contract(family: Family, kind: str, net: nn.Module, dims: dict[str, int]) -> None:
+    """Every call of a plugin net's forward, in training, validation and repair alike, is
+    held to the contract: what it raises (sys.exit and other BaseExceptions included) is a
+    PluginError naming the family (`Family.fault`), and so is a result the rest of gan-dist
+    could not use (`_generator_result`, `_discriminator_result`), instead of a traceback
+    steps later. Set as the instance's own forward, so the class, the state_dict names and
+    the built-in nets are untouched; a bound method, so that a deep copy (the EMA) checks
+    its own copy. torch.compile traces the checks into its graph (they are guards on shapes
+    and dtypes); what refuses runs outside it."""
+    check = _generator_result if kind == "generator" else _discriminator_result
+
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        try:
+            out = type(self).forward(self, *args, **kwargs)
+        except BaseException as exc:
+            # while torch.compile traces, raised on: it runs the frame as it is instead, and
+            # then the exception is named here
+            tracing = torch.compiler.is_compiling()
+            error = None if tracing else family.fault("its net's forward", exc)
+            if error is None:
+                raise
+            raise error from None
+        check(family, dims, self, args, kwargs, out)
+        return out
+
+    net.forward = types.MethodType(forward, net)
+
+
+# what the trainer, the objectives and RepairNet's compositing take without promoting (a
+# float64 image made the discriminator fail on its float32 weights)
+FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _generator_result(
+    family: Family, dims: dict[str, int], net: nn.Module, args: tuple, kwargs: dict, out: Any
+) -> None:
+    x = _input(args, kwargs)
+    want = (len(x), dims["out_channels"], *x.shape[2:])
+    if not (isinstance(out, torch.Tensor) and tuple(out.shape) == want and out.dtype in FLOATS):
+        _refuse_generator(family, x, want, out)
+    _check_place(family, net, x, out)
+
+
+@torch.compiler.disable
+def _refuse_generator(family: Family, x: torch.Tensor, want: tuple, out: Any) -> NoReturn:
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    if got != want:
+        n = None if got is not None and got[:1] != want[:1] else len(x)  # N where it fits
         raise PluginError(
-            f"{family.label}: called with features=True on {_shape(shape)}, its net returned "
-            f"{_described(out)}; a discriminator must return (logits with one row per image, "
-            "a list of feature tensors)"
+            f"{family.label}: its net returned {_described(out, n)} for {_shape(x.shape, n)}; "
+            f"a generator must return {_shape(want, n)}"
         )
+    raise PluginError(
+        f"{family.label}: its net returned {_dtype(out)} for {_dtype(x)} input; a "
+        "generator returns float32 (or bfloat16/float16, the dtype autocast computes in)"
+    )
 
 
-def _with_features(net: nn.Module) -> Callable[[torch.Tensor], Any]:
-    return lambda x: net(x, features=True)
+def _discriminator_result(
+    family: Family, dims: dict[str, int], net: nn.Module, args: tuple, kwargs: dict, out: Any
+) -> None:
+    x = _input(args, kwargs)
+    n = len(x)
+    features = kwargs.get("features", args[1] if len(args) > 1 else False)
+    pair = isinstance(out, (tuple, list)) and len(out) == 2  # a tuple: traced by dynamo
+    logits, maps = (out if pair else (None, None)) if features else (out, [])
+    fine = (
+        isinstance(logits, torch.Tensor)
+        and logits.shape[:1] == (n,)
+        and (logits.dim() == 1 or (logits.dim() in (2, 4) and logits.shape[1] == 1))
+        and logits.is_floating_point()
+        and isinstance(maps, (list, tuple))
+        and all(isinstance(f, torch.Tensor) and f.shape[:1] == (n,) for f in maps)
+    )
+    if not fine:
+        _refuse_discriminator(family, x, bool(features), out, logits)
+    _check_place(family, net, x, logits)
 
 
-def _shape(shape: tuple[int, ...]) -> str:
-    return "(" + ",".join(["N", *(str(d) for d in shape[1:])]) + ")"
+@torch.compiler.disable
+def _refuse_discriminator(
+    family: Family, x: torch.Tensor, features: bool, out: Any, logits: Any
+) -> NoReturn:
+    n = len(x)
+    called = "called with features=True" if features else "called"
+    shown = _described(out, n)
+    if isinstance(logits, torch.Tensor) and not logits.is_floating_point():
+        shown += f" of {_dtype(logits)}"
+    wanted = "(logits, a list of feature tensors with a row per image)" if features else "logits"
+    raise PluginError(
+        f"{family.label}: {called} on {_shape(x.shape, n)}, its net returned {shown}; a "
+        f"discriminator must return {wanted}: floating-point logits shaped (N,1,h,w) for "
+        "a patch discriminator, (N,1) or (N) for a global one"
+    )
 
 
-def _described(out: Any) -> str:
+def _check_place(family: Family, net: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+    """The result is on the input's device and, where gradients are recorded and the input
+    or the net's weights take them, keeps its graph (one made under no_grad or detached
+    fails the optimiser's backward step with no word of the plugin)."""
+    detached = (
+        torch.is_grad_enabled()
+        and not out.requires_grad
+        and (x.requires_grad or any(p.requires_grad for p in net.parameters()))
+    )
+    if out.device != x.device or detached:
+        _refuse_place(family, x, out)
+
+
+@torch.compiler.disable
+def _refuse_place(family: Family, x: torch.Tensor, out: torch.Tensor) -> NoReturn:
+    if out.device != x.device:
+        raise PluginError(
+            f"{family.label}: its net returned a tensor on {out.device} for an input on "
+            f"{x.device}; it must return it on the input's device"
+        )
+    raise PluginError(
+        f"{family.label}: in training its net returned a tensor without gradients "
+        "(detached, or made under torch.no_grad); training needs the result to depend on "
+        "its weights and input"
+    )
+
+
+def _input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The image batch a net was called on: its first argument."""
+    return args[0] if args else next(iter(kwargs.values()))
+
+
+def _shape(shape: tuple[int, ...], n: int | None = None) -> str:
+    """`(N,3,32,32)` where the batch is `n`, else the whole shape in numbers."""
+    first = ["N"] if shape[:1] == (n,) else [str(d) for d in shape[:1]]
+    return "(" + ",".join([*first, *(str(d) for d in shape[1:])]) + ")"
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _described(out: Any, n: int | None = None) -> str:
     if isinstance(out, torch.Tensor):
-        return _shape(tuple(out.shape))
+        return _shape(tuple(out.shape), n)
     if isinstance(out, tuple | list):
-        return f"a {type(out).__name__} of {len(out)}: " + ", ".join(_described(o) for o in out[:3])
+        return f"a {type(out).__name__} of {len(out)}: " + ", ".join(
+            _described(o, n) for o in out[:3]
+        )
     return type(out).__name__

@@ -29,6 +29,26 @@ class StopRequested(BaseException):
     DataLoader's wait for a batch among them) let it through."""
 
 
+class Terminated(SystemExit):
+    """SIGTERM where nothing trains (`gan-dist repair`): unwinds like Ctrl-C, exit 128 + 15.
+    Its own class, so that code it interrupts (a plugin's net) is not blamed for it."""
+
+
+def ctrl_c_is_a_flag() -> bool:
+    """Whether a StopFlag holds SIGINT here: Ctrl-C then only raises the flag, so a
+    KeyboardInterrupt is code's doing (`raise KeyboardInterrupt`), never the user's."""
+    handler = signal.getsignal(signal.SIGINT)
+    return isinstance(getattr(handler, "__self__", None), StopFlag)
+
+
+def from_outside(exc: BaseException) -> bool:
+    """Whether an exception is a stop from outside the code it unwinds through (a Ctrl-C,
+    a StopFlag's StopRequested, repair's SIGTERM), not that code's fault."""
+    if isinstance(exc, KeyboardInterrupt):
+        return not ctrl_c_is_a_flag()
+    return isinstance(exc, StopRequested | Terminated)
+
+
 class StopFlag:
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 

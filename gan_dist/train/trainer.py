@@ -104,6 +104,12 @@ def _caller(exc: BaseException) -> str:
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "code"
 
 
+def _kind(exc: BaseException) -> str:
+    """`Kind: first line of its message`, or the kind alone."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def _say(text: str) -> None:
     if os.environ.get("RANK", "0") == "0":
         print(text, flush=True)
@@ -139,8 +145,11 @@ def train(
 
     Returns the outcome (completed or preempted: a stop signal, see `signals`). Raises
     GanDistError for what the user must fix (RunDirBusy, ChangedRun, DataStalled,
-    NonFiniteLoss, CheckpointWriteError, TrackingFailed); rank 0 then records `failed` in
-    status.json, except for a refused resume, which leaves the run as it was."""
+    NonFiniteLoss, CheckpointWriteError, TrackingFailed, PluginError for a plugin family
+    that broke its contract or called sys.exit), and for any other BaseException but
+    KeyboardInterrupt (re-raised as it is). Whatever ends it but a stop signal, rank 0
+    records `failed` in status.json, except for a refused resume, which leaves the run as
+    it was."""
     with contextlib.ExitStack() as stack:
         if stop is None:
             stop = stack.enter_context(StopFlag())
@@ -162,6 +171,16 @@ def train(
                 "was saved"
             )
             run.failed(error)
+            raise error from None
+        except KeyboardInterrupt as exc:  # the StopFlag holds Ctrl-C: code raised this one
+            run.failed(exc, f"interrupted: KeyboardInterrupt raised at {_caller(exc)}")
+            raise
+        except BaseException as exc:  # not an Exception, so nothing on the way handled it
+            error = GanDistError(
+                f"{_caller(exc)} raised {_kind(exc)} during training at step {run.step}; "
+                f"nothing after the last checkpoint ({run.last_ckpt or 'none'}) was saved"
+            )
+            run.failed(exc, str(error))
             raise error from None
 
 
@@ -658,14 +677,16 @@ class _Run:
         )
         return Outcome("preempted", self.step, self.last_ckpt, self.metrics, {}, self.main)
 
-    def failed(self, exc: Exception) -> None:
+    def failed(self, exc: BaseException, error: str | None = None) -> None:
+        """status.json says `failed`, with `error` (default: a GanDistError's first line; for
+        a crash, often another rank's death seen in a collective, its kind too) and its
+        cause: `user` for a GanDistError, else `crash`."""
         if isinstance(exc, ChangedRun):  # nothing was run: the run's status stands
             return
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         user = isinstance(exc, GanDistError)
-        if not user:  # a crash (often another rank's death seen in a collective): its kind
-            first = f"{type(exc).__name__}: {first}"
-        cause = "user" if user else "crash"
+        if error is None:
+            error = (str(exc).strip().splitlines() or [""])[0] if user else _kind(exc)
+        first, cause = error, "user" if user else "crash"
         if self.lock is None and self.main and self.run_dir.is_dir():
             # failed before taking the run dir (its data is not there): a launcher that made
             # the folder reads the outcome from it; a plain `train` made no folder to leave
