@@ -49,14 +49,20 @@ def mlflow_store(tmp_path_factory) -> str:
 @pytest.fixture(autouse=True)
 def _keep_tracking_uri():
     """`mlflow.set_tracking_uri` in a test's own process also sets $MLFLOW_TRACKING_URI:
-    without this, every later test's `gan-dist` processes would track into that store."""
+    without this, every later test's `gan-dist` processes would track into that store. And
+    where the test's monkeypatch put the variable back itself, mlflow's own default in this
+    process still pointed at the test's server, stopped since: a later `MlflowClient()`
+    asked it, and failed."""
     before = os.environ.get("MLFLOW_TRACKING_URI")
     yield
-    if os.environ.get("MLFLOW_TRACKING_URI") != before:
-        import mlflow
+    if "mlflow" not in sys.modules:
+        return
+    import mlflow
 
+    changed = os.environ.get("MLFLOW_TRACKING_URI") != before
+    if changed or (before is not None and mlflow.get_tracking_uri() != before):
         if before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI")
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
             mlflow.set_tracking_uri(None)
         else:
             mlflow.set_tracking_uri(before)

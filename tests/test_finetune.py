@@ -4,6 +4,7 @@ does not match, is not re-initialised on resume, and registers with its parent a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -180,4 +181,6 @@ def test_the_readme_fine_tune_where_a_run_trained_before_is_refused_and_changes_
         assert "started from random weights" in line and f"data.train {packed} -> {mine}" in line
         assert "--run-dir NEW" in line
     assert files_of(run) == before  # recipe.yaml, status.json, checkpoints: as they were
-    assert not MlflowClient().search_model_versions("name='mine-repair'")
+    assert not MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).search_model_versions(
+        "name='mine-repair'"
+    )

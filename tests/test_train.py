@@ -428,7 +428,8 @@ def _run_tags(run: Path, step: int) -> dict[str, str]:
     import mlflow
 
     run_id = checkpoint.read(run / "checkpoints" / f"step-{step:08d}").state["tracking_run_id"]
-    return mlflow.MlflowClient().get_run(run_id).data.tags
+    # the store the trainer tracked into, whatever an earlier test left as mlflow's default
+    return mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(run_id).data.tags
 
 
 def test_a_resume_may_change_how_the_run_goes_on_but_not_what_it_is(shards, tmp_path):
@@ -570,7 +571,8 @@ def test_a_finished_run_says_it_is_complete_and_what_it_registers(shards, tmp_pa
     assert f"already complete: step 2, checkpoint {final}" in again.stderr
     assert f"the checkpoint an earlier command wrote: {final})" in again.stdout
     assert "step 3" not in again.stdout and "changed on resume" not in again.stdout
-    (version,) = mlflow.MlflowClient().search_model_versions("name='finished-run'")
+    store = os.environ["MLFLOW_TRACKING_URI"]  # the trainer's, not mlflow's default here
+    (version,) = mlflow.MlflowClient(store).search_model_versions("name='finished-run'")
     assert version.tags["step"] == "2"
     # recipe.yaml shows the run as it ran (2 steps, logged every step), tracked as now
     shown = recipe_before.replace("register_as: null", "register_as: finished-run")
