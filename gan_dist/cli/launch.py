@@ -56,9 +56,10 @@ def launch(
     with user_errors():
         loaded = load_recipe(recipe, overrides)
         announce_shell(loaded)
-        from gan_dist.data.stream import check_data
+        if not dry_run:  # a dry run renders commands for data that may live elsewhere
+            from gan_dist.data.stream import check_data
 
-        check_data(loaded.data)  # before the run folder is made: a wrong path leaves none
+            check_data(loaded.data)  # before the run folder is made: a wrong path leaves none
         directory = (run_dir or Path("runs") / loaded.name).absolute()
         use_slurm = slurm if slurm is not None else loaded.launch.slurm is not None
         if use_slurm:
