@@ -233,6 +233,16 @@ def _families(raw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def saved_recipe(ckpt: Any) -> Recipe:
     """A checkpoint's recipe, read as a saved one (`SAVED`: no module it names is imported).
     Raises GanDistError (exit 1: a model that cannot be loaded, not a recipe typo) naming
@@ -240,8 +250,11 @@ def saved_recipe(ckpt: Any) -> Recipe:
     from gan_dist.errors import RecipeError
     from gan_dist.recipe import validate_recipe
 
+    where = ckpt.path / "state.json"
+    if not isinstance(ckpt.state.get("recipe"), dict):
+        raise GanDistError(f"{where}: no recipe in it; not a gan-dist checkpoint, or damaged")
     try:
-        return validate_recipe(ckpt.state["recipe"], f"{ckpt.path / 'state.json'}", SAVED)
+        return validate_recipe(ckpt.state["recipe"], str(where), SAVED)
     except RecipeError as exc:
         raise GanDistError(str(exc)) from None
 
@@ -617,8 +630,10 @@ def register(source: Path, name: str, tracking_uri: str) -> Registered:
     ckpt = checkpoint.read(ckpt_path)
     recipe = saved_recipe(ckpt)
     client = open_store(tracking_uri)
+    weights = _file_sha256(ckpt.path / "ema.safetensors")
     for version in client.search_model_versions(f"name='{_quote(name)}'"):
-        if version.tags.get("checkpoint") == str(ckpt_path):
+        # the same weights, not the same path: a run dir deleted and trained again reuses it
+        if version.tags.get("weights_sha256") == weights:
             log.warning("%s is already version %s of %s", ckpt_path, version.version, name)
             return Registered(name, str(version.version), version.run_id)
     mlflow.set_tracking_uri(tracking_uri)
@@ -643,6 +658,7 @@ def register(source: Path, name: str, tracking_uri: str) -> Registered:
     version = str(info.registered_model_version)
     tags = {f"val.{k}": f"{v:.6g}" for k, v in spec["metrics"].items()}
     tags |= {"step": str(ckpt.step), "recipe": recipe.name, "checkpoint": str(ckpt_path)}
+    tags["weights_sha256"] = weights  # what makes registering it again the same version
     tags |= ckpt.state.get("lineage", {})  # init and parent: what it was fine-tuned from
     for kind, entry in spec["families"].items():
         package = f" ({entry['package']} {entry['version']})" if entry["package"] else ""

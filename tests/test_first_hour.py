@@ -244,3 +244,31 @@ def test_launch_with_wrong_data_says_so_once_and_leaves_no_run_folder(given, pac
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: data.train: "), out
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.integration
+def test_a_run_dir_trained_again_registers_its_own_weights(packed, tmp_path):
+    """Deleting a run dir and training again into it reused the checkpoint path; registering
+    took the path for the old version and moved @champion to the old weights (hostile
+    pass). The same checkpoint registered twice is still one version."""
+    import os
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from conftest import tiny
+
+    run = tmp_path / "runs" / "X"
+    name = f"redo-{tmp_path.name}"
+    for seed in (0, 7):
+        shutil.rmtree(run, ignore_errors=True)
+        extra = {"tracking.register_as": name, "seed": seed}
+        done = run_cli("train", "quickstart", *tiny(packed, 2, **extra), "--run-dir", str(run))
+        assert done.returncode == 0, done.stderr
+        assert "is already version" not in done.stderr, done.stderr
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    assert [str(v.version) for v in versions] == ["1", "2"]
+    assert versions[0].run_id != versions[1].run_id
+    again = run_cli("models", "register", str(run), "--name", name)
+    assert again.returncode == 0 and "is already version 2" in again.stderr, again.stderr
