@@ -124,8 +124,8 @@ class InTraining(nn.Module):
             raise Abort("stop everything")
         if self.how == "interrupts":
             raise KeyboardInterrupt
-        if self.how == "os_exit":
-            os._exit(0)
+        if self.how.startswith("os_exit"):
+            os._exit(int(self.how.removeprefix("os_exit") or 0))
         if self.how == "backward_aborts":
             return FailingBackward.apply(out, Abort("in backward"))
         if self.how == "backward_interrupts":
@@ -156,6 +156,7 @@ detached_in_training = in_training("detached")
 aborts_in_training = in_training("aborts")
 interrupts_in_training = in_training("interrupts")
 exits_at_once_in_training = in_training("os_exit")
+exits_75_at_once_in_training = in_training("os_exit75")
 aborts_in_backward = in_training("backward_aborts")
 interrupted_in_backward = in_training("backward_interrupts")
 
@@ -723,18 +724,22 @@ def test_a_base_exception_outside_the_checked_calls_still_fails_the_run(
 
 
 @pytest.mark.integration
-def test_a_trainer_that_ends_itself_with_exit_0_fails_the_launch(site, packed, tmp_path):
-    """os._exit(0) cannot be caught in the trainer: `gan-dist launch` said nothing and exited 0
-    with status.json at `running`. The launcher reads the status and says what happened."""
+@pytest.mark.parametrize(("code", "family"), [(0, "exits_at"), (75, "exits_75_at")])
+def test_a_trainer_that_ends_itself_fails_the_launch(site, packed, tmp_path, code, family):
+    """os._exit cannot be caught in the trainer: `gan-dist launch` said nothing and exited 0
+    with status.json at `running`; with os._exit(75) it said "preempted: checkpoint written"
+    with no checkpoint, and a wrapper that runs it again on 75 would loop (hostile pass 2).
+    The launcher reads the status and says what happened."""
     install(site, "faulty-nets", "0.1", {"faulty_nets": NETS}, "")
-    plugin = {"model.generator.name": "faulty_nets:exits_at_once_in_training"}
+    plugin = {"model.generator.name": f"faulty_nets:{family}_once_in_training"}
     run_dir = tmp_path / "run"
     result = _trains(packed, run_dir, "launch", "--local", "--cpu-procs", "1", **plugin)
     assert result.returncode == 1, result.stdout + result.stderr
     assert (
-        f"error: the trainer exited 0 but its {run_dir / 'status.json'} says running at step 0: "
-        "something in the process ended it without finishing (a call of os._exit"
+        f"error: the trainer exited {code} but its {run_dir / 'status.json'} says running at "
+        "step 0: something in the process ended it without finishing (a call of os._exit"
     ) in result.stderr, result.stderr
+    assert "preempted" not in result.stderr
 
 
 @pytest.mark.integration

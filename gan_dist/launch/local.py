@@ -188,23 +188,26 @@ def outcome_code(
     """The exit code for the trainer's `code`, read with the status file rank 0 wrote (one
     from before this launch, `before` or older than `since`, does not count): Accelerate's
     launcher exits 1 when a signal reached it, whatever the ranks did, so a `preempted` run
-    is 75. Where rank 0 ran here (`holds_rank_0`), an exit 0 counts only with `completed`:
-    code that ends its process at once (os._exit) skips every handler and leaves the
-    status unfinished, so that is said, raising UnfinishedRun."""
+    is 75. Where rank 0 ran here (`holds_rank_0`), an exit 0 counts only with `completed`
+    and an exit 75 only with `preempted`: code that ends its process at once (os._exit)
+    skips every handler and leaves the status unfinished (with 75, a wrapper that runs the
+    job again on it would loop with no checkpoint), so that is said, raising UnfinishedRun."""
     after = run_status.read(run_dir)
     path = run_dir / run_status.STATUS_FILE
     fresh = after is not None and (after != before or path.stat().st_mtime >= since)
     if fresh and after["status"] == "preempted":
         return EXIT_PREEMPTED
-    if code == 0 and holds_rank_0 and not (fresh and after["status"] == "completed"):
+    claims = {0: "completed", EXIT_PREEMPTED: "preempted"}.get(code)
+    if claims and holds_rank_0 and not (fresh and after["status"] == claims):
         if fresh:
             said = f"its {path} says {after['status']} at step {after['step']}"
         else:
             said = f"it did not write {path}"
         raise UnfinishedRun(
-            f"the trainer exited 0 but {said}: something in the process ended it without "
-            "finishing (a call of os._exit, which nothing can catch, or a status that could "
-            "not be written: see the warnings above); training did not complete"
+            f"the trainer exited {code} but {said}: something in the process ended it "
+            "without finishing (a call of os._exit, which nothing can catch, or a status "
+            "that could not be written: see the warnings above); training did not "
+            f"{'complete' if code == 0 else 'stop with a checkpoint'}"
         )
     return code
 
