@@ -333,7 +333,10 @@ def _raised(exc: BaseException) -> str:
     """What plugin code did, in one line: `called sys.exit(0)` or `TypeError: ...`."""
     if isinstance(exc, SystemExit):
         return f"called sys.exit({excerpt(exc.code, 40)})"
-    lines = str(exc).strip().splitlines()
+    try:  # a plugin's exception may fail even to say what it is
+        lines = str(exc).strip().splitlines()
+    except Exception:
+        lines = ["(its message could not be read)"]
     first = lines[0] if lines else ""
     first = first if first.isprintable() else repr(first)[1:-1]
     return type(exc).__name__ + (f": {first[:200]}" if first else "")

@@ -104,6 +104,10 @@ logits_only = Family(lambda s, in_channels, image_size: LogitsOnly(in_channels),
 class Abort(BaseException):
     pass
 
+class BadStr(Exception):
+    def __str__(self):
+        raise ValueError("not even its message")
+
 class InTraining(nn.Module):
     # a fine net in eval mode, as the contract check before training sees it; in training
     # mode its forward does `how`
@@ -122,6 +126,8 @@ class InTraining(nn.Module):
             raise RuntimeError("only in training")
         if self.how == "aborts":
             raise Abort("stop everything")
+        if self.how == "bad_str":
+            raise BadStr()
         if self.how == "interrupts":
             raise KeyboardInterrupt
         if self.how.startswith("os_exit"):
@@ -130,7 +136,13 @@ class InTraining(nn.Module):
             return FailingBackward.apply(out, Abort("in backward"))
         if self.how == "backward_interrupts":
             return FailingBackward.apply(out, KeyboardInterrupt())
-        return {"tuple": (out, out), "float64": out.double(), "detached": out.detach()}[self.how]
+        return {
+            "tuple": (out, out),
+            "float64": out.double(),
+            "half": out.half(),
+            "detached": out.detach(),
+            "leaf": out.detach().requires_grad_(),
+        }[self.how]
 
 class FailingBackward(torch.autograd.Function):
     @staticmethod
@@ -156,6 +168,9 @@ detached_in_training = in_training("detached")
 aborts_in_training = in_training("aborts")
 interrupts_in_training = in_training("interrupts")
 exits_at_once_in_training = in_training("os_exit")
+bad_str_in_training = in_training("bad_str")
+half_in_training = in_training("half")
+leaf_in_training = in_training("leaf")
 exits_75_at_once_in_training = in_training("os_exit75")
 aborts_in_backward = in_training("backward_aborts")
 interrupted_in_backward = in_training("backward_interrupts")
@@ -522,6 +537,11 @@ IN_TRAINING = {
     "float64_in_training": r"its net returned float64 for float32 input; a generator returns",
     "detached_in_training": r"in training its net returned a tensor without gradients",
     "aborts_in_training": r"its net's forward failed \(Abort: stop everything\) at .*faulty_nets",
+    # hostile pass 2: a message that cannot be read, half precision nobody asked for, and a
+    # result that asks for a gradient but is not made from the weights
+    "bad_str_in_training": r"forward failed \(BadStr: \(its message could not be read\)\)",
+    "half_in_training": r"its net returned float16 for float32 input; a generator returns its",
+    "leaf_in_training": r"in training its net returned a tensor without gradients",
 }
 
 

@@ -156,6 +156,8 @@ def _generator_result(
     want = (len(x), dims["out_channels"], *x.shape[2:])
     if not (isinstance(out, torch.Tensor) and tuple(out.shape) == want and out.dtype in FLOATS):
         _refuse_generator(family, x, want, out)
+    if out.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+        _refuse_generator(family, x, want, out)  # half precision asked for by nobody
     _check_place(family, net, x, out)
 
 
@@ -170,7 +172,8 @@ def _refuse_generator(family: Family, x: torch.Tensor, want: tuple, out: Any) ->
         )
     raise PluginError(
         f"{family.label}: its net returned {_dtype(out)} for {_dtype(x)} input; a "
-        "generator returns float32 (or bfloat16/float16, the dtype autocast computes in)"
+        "generator returns its input's dtype (or, under autocast, the bfloat16/float16 it "
+        "computes in)"
     )
 
 
@@ -216,9 +219,9 @@ def _check_place(family: Family, net: nn.Module, x: torch.Tensor, out: torch.Ten
     """The result is on the input's device and, where gradients are recorded and the input
     or the net's weights take them, keeps its graph (one made under no_grad or detached
     fails the optimiser's backward step with no word of the plugin)."""
-    detached = (
+    detached = (  # a leaf: made apart from the weights, even if it asks for a gradient
         torch.is_grad_enabled()
-        and not out.requires_grad
+        and (not out.requires_grad or out.is_leaf)
         and (x.requires_grad or any(p.requires_grad for p in net.parameters()))
     )
     if out.device != x.device or detached:
@@ -234,8 +237,8 @@ def _refuse_place(family: Family, x: torch.Tensor, out: torch.Tensor) -> NoRetur
         )
     raise PluginError(
         f"{family.label}: in training its net returned a tensor without gradients "
-        "(detached, or made under torch.no_grad); training needs the result to depend on "
-        "its weights and input"
+        "(detached, made under torch.no_grad, or a new leaf); training needs the result to "
+        "depend on its weights and input"
     )
 
 
