@@ -163,4 +163,31 @@ def test_dicom_units_are_claimed_only_where_the_file_gives_them():
     assert _dicom_units(ds(Modality="CT")) == ""
     assert _dicom_units(ds(Modality="MR", RescaleIntercept=0, RescaleSlope=1)) == ""
     assert _dicom_units(ds(Modality="CR", RescaleType="OD", RescaleIntercept=0)) == "OD"
-    assert _dicom_units(ds(Modality="CT", RescaleType="US", RescaleIntercept=0)) == "HU"
+    assert _dicom_units(ds(Modality="CT", RescaleType="US", RescaleIntercept=0)) == ""  # said so
+
+
+def test_an_enhanced_ct_is_rescaled_by_its_functional_groups(tmp_path):
+    """An enhanced multi-frame CT keeps its rescale in its functional groups: it was read as
+    stored values, labelled modality values, with no unit (hostile pass 2)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from conftest import blank_dicom
+
+    ds = blank_dicom(tmp_path / "e.dcm", "1.2.840.10008.5.1.4.1.1.2.1")  # Enhanced CT
+    raw = np.array([[[0, 1000], [2000, 3999]], [[5, 5], [5, 5]]], dtype=np.uint16)
+    ds.Modality = "CT"
+    ds.NumberOfFrames, (ds.Rows, ds.Columns) = 2, raw.shape[1:]
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 12, 11
+    ds.PixelRepresentation, ds.PhotometricInterpretation = 0, "MONOCHROME2"
+    transform = Dataset()
+    transform.RescaleIntercept, transform.RescaleSlope, transform.RescaleType = -1024, 1, "HU"
+    shared = Dataset()
+    shared.PixelValueTransformationSequence = Sequence([transform])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    ds.PixelData = raw.tobytes()
+    ds.save_as(tmp_path / "e.dcm", enforce_file_format=True)
+
+    pic = read_image(tmp_path / "e.dcm")
+    assert (pic.mapping.first, pic.mapping.last, pic.mapping.units) == (-1024, 2975, "HU")
+    assert np.array_equal(pic.mapping.values(pic.pixels[:, :, 0]), raw[0] - 1024.0)

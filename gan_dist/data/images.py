@@ -623,22 +623,23 @@ def _dicom_picture(path: Path) -> Picture:
     import numpy as np
 
     ds = _read_dicom(path)
+    notes, frames = [], 1
     try:
         from pydicom.pixels import apply_modality_lut
 
         raw = ds.pixel_array
-        values = apply_modality_lut(raw, ds).astype(np.float64)
+        if raw.ndim == 3 and int(getattr(ds, "SamplesPerPixel", 1)) == 1:
+            frames = raw.shape[0]
+            notes.append(f"first of {frames} frames used")
+            raw = raw[0]
+        lut = _modality_module(ds)
+        values = apply_modality_lut(raw, lut).astype(np.float64)
     except Exception as exc:
         raise ImageReadError(
             f"cannot decode DICOM pixels ({exc}); compressed transfer syntaxes may need "
             "pylibjpeg or gdcm installed"
         ) from None
     _check_finite(values)
-    notes, frames = [], 1
-    if values.ndim == 3 and int(getattr(ds, "SamplesPerPixel", 1)) == 1:
-        frames = values.shape[0]
-        notes.append(f"first of {frames} frames used")
-        values = values[0]
     inverted = str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
     if inverted:
         notes.append("MONOCHROME1 inverted")
@@ -653,21 +654,44 @@ def _dicom_picture(path: Path) -> Picture:
         hi if inverted else lo,
         lo if inverted else hi,
         65535,
-        _dicom_units(ds),
-        _dicom_grid(ds, raw),
+        _dicom_units(lut),
+        _dicom_grid(lut, raw),
     )
     extra = {"dicom_min": lo, "dicom_max": hi}
     return Picture(arr, notes, extra, pages=frames, mapping=mapping)
 
 
+def _modality_module(ds):
+    """The dataset whose Modality LUT module (rescale slope, intercept and type, or a LUT)
+    applies to the first frame: the file itself, or for an enhanced multi-frame image,
+    which keeps it in its functional groups (PS3.3 C.7.6.16.2.9), the first frame's Pixel
+    Value Transformation (its per-frame group over the shared one), with the file's
+    Modality beside it."""
+    from pydicom.dataset import Dataset
+
+    if "RescaleIntercept" in ds or "ModalityLUTSequence" in ds:
+        return ds
+    for groups in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        items = ds.get(groups)
+        transform = items[0].get("PixelValueTransformationSequence") if items else None
+        if transform:
+            found = Dataset()
+            for key in ("RescaleIntercept", "RescaleSlope", "RescaleType"):
+                if key in transform[0]:
+                    setattr(found, key, transform[0][key].value)
+            found.Modality = getattr(ds, "Modality", "")
+            return found
+    return ds
+
+
 def _dicom_units(ds) -> str:
-    """The modality values' units: Rescale Type where the file gives one (`HU`, `OD`,
-    `US` for unspecified is left out), else HU for a CT that rescales its samples (PS3.3
-    C.8.2.1 makes slope and intercept mandatory there; without them the stored values are
-    not known to be HU, and no unit is claimed)."""
+    """The modality values' units: Rescale Type where the file gives one (`HU`, `OD`;
+    `US`, unspecified, says there are none), else HU for a CT that rescales its samples
+    (PS3.3 C.8.2.1 makes slope and intercept mandatory there; without them the stored
+    values are not known to be HU, and no unit is claimed)."""
     kind = str(getattr(ds, "RescaleType", "") or "").strip()
-    if kind and kind != "US":
-        return kind
+    if kind:
+        return "" if kind == "US" else kind
     ct = str(getattr(ds, "Modality", "")).upper() == "CT"
     return "HU" if ct and "RescaleIntercept" in ds else ""
 
