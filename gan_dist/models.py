@@ -765,7 +765,8 @@ PROMOTE_BY = "val.hole_psnr"  # the version tag an alias follows (higher is bett
 
 def promote_if_as_good(name: str, version: str, alias: str, tracking_uri: str) -> str:
     """Moves `alias` to `version` unless the version it points at scored better on
-    PROMOTE_BY (a version without the score never blocks, nor loses to, one with it).
+    PROMOTE_BY, or has that score while `version` has none (trained without validation: it
+    cannot be shown as good); a version without the score never blocks one with it.
     Returns what happened, in a sentence."""
     from mlflow.exceptions import MlflowException
 
@@ -779,10 +780,13 @@ def promote_if_as_good(name: str, version: str, alias: str, tracking_uri: str) -
         current = None
     if current is not None and str(current.version) != str(version):
         old = _score(current.tags)
-        if old is not None and new is not None and new < old:
+        if old is not None and (new is None or new < old):
+            said = (
+                f"scored {new:.4g}" if new is not None else f"has no {PROMOTE_BY} (no validation)"
+            )
             return (
                 f"kept @{alias} on version {current.version} ({PROMOTE_BY} {old:.4g}): "
-                f"version {version} scored {new:.4g}"
+                f"version {version} {said}"
             )
     promote(name, version, alias, tracking_uri)
     score = f" ({PROMOTE_BY} {new:.4g})" if new is not None else ""

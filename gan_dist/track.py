@@ -168,10 +168,13 @@ class Tracker:
 
         self._submit("metrics", send, f"metrics at step {step}")
 
-    def log_image(self, image: np.ndarray, key: str, step: int, newest: str = "") -> None:
+    def log_image(
+        self, image: np.ndarray, key: str, step: int, newest: str = "", about: str = ""
+    ) -> None:
         """An 8-bit picture shown in the run's image panel with a step slider. `newest`: also
         keep it as the artifact of that name (replaced at every call) and show it at the top
-        of the run's Overview page (its description), with `key` and `step` in words. The
+        of the run's Overview page (its description), with `key`, `step` and `about` (what
+        it shows) in words. The
         UI's image panel opens at step 0 and shows a later step only when it is moved, so
         without this nobody sees the newest picture on first view."""
         if not self.enabled:
@@ -186,7 +189,7 @@ class Tracker:
             client = self._mlflow()
             client.log_image(self.run_id, image, key=key, step=step, synchronous=True)
             if newest:
-                _show_newest(client, self.run_id, image, newest, key, step)
+                _show_newest(client, self.run_id, image, newest, key, step, about)
 
         self._submit("image", send, f"{key} at step {step}")
 
@@ -395,7 +398,9 @@ class Tracker:
 NOTE_TAG = "mlflow.note.content"  # the run's description, markdown, on its Overview page
 
 
-def _show_newest(client, run_id: str, image: np.ndarray, name: str, key: str, step: int) -> None:
+def _show_newest(
+    client, run_id: str, image: np.ndarray, name: str, key: str, step: int, about: str
+) -> None:
     """`image` as the run's artifact `name` and, unless someone else wrote the run's
     description, as that description: the picture first (the page shows the top of a long
     description), then what it is."""
@@ -412,7 +417,7 @@ def _show_newest(client, run_id: str, image: np.ndarray, name: str, key: str, st
     if current and not current.startswith(f"![{key}]"):
         return  # the user's own description stays
     words = (
-        f"**{key} at step {step:,}**: held-out samples, damaged | repaired | original. The "
+        f"**{key} at step {step:,}**: {about or 'damaged | repaired | original'}. The "
         f"grid of every step: Model metrics, `{key}` (move its step slider); this one is the "
         f"artifact `{name}`."
     )

@@ -129,15 +129,20 @@ def test_an_alias_moves_only_to_a_version_that_scores_as_well(tmp_path):
     open_store(store)
     client = MlflowClient(store)
     client.create_registered_model("m")
-    for score in ("30.5", "28.1", "30.5", None):
+    for score in (None, "30.5", "28.1", "30.5", None):
         version = client.create_model_version("m", source=str(tmp_path)).version
         if score:
             client.set_model_version_tag("m", version, "val.hole_psnr", score)
-    said = [promote_if_as_good("m", v, "champion", store) for v in ("1", "2", "3", "4")]
-    assert said[0] == "moved @champion to version 1 (val.hole_psnr 30.5)"
-    assert said[1] == "kept @champion on version 1 (val.hole_psnr 30.5): version 2 scored 28.1"
-    assert said[2] == "moved @champion to version 3 (val.hole_psnr 30.5)"  # as good: newer
-    assert said[3] == "moved @champion to version 4"  # unscored: never blocked
+    said = [promote_if_as_good("m", v, "champion", store) for v in ("1", "2", "3", "4", "5")]
+    assert said[0] == "moved @champion to version 1"  # the first: nothing to beat
+    assert said[1] == "moved @champion to version 2 (val.hole_psnr 30.5)"  # unscored: no block
+    assert said[2] == "kept @champion on version 2 (val.hole_psnr 30.5): version 3 scored 28.1"
+    assert said[3] == "moved @champion to version 4 (val.hole_psnr 30.5)"  # as good: newer
+    # trained without validation, it cannot be shown as good: it took the alias (hostile pass)
+    assert said[4] == (
+        "kept @champion on version 4 (val.hole_psnr 30.5): version 5 has no val.hole_psnr "
+        "(no validation)"
+    )
     assert str(client.get_model_version_by_alias("m", "champion").version) == "4"
 
 

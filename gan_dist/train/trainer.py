@@ -544,7 +544,9 @@ class _Run:
         from gan_dist.data.images import write_png_atomic
 
         grid = _sample_grid(self.ema.module, samples)
-        self.tracker.log_image(grid, GRID_KEY, self.step, newest=GRID_FILE)
+        shown = "held-out samples" if self.val else "training samples (no validation split)"
+        about = f"{shown}, damaged | repaired | original"
+        self.tracker.log_image(grid, GRID_KEY, self.step, newest=GRID_FILE, about=about)
         try:
             write_png_atomic(self.run_dir / GRID_FILE, grid)
             self.grid = self.run_dir / GRID_FILE
