@@ -352,6 +352,16 @@ def read_spec(path: Path, source: str) -> dict[str, Any]:
         raise GanDistError(str(exc)) from None
     if not isinstance(raw, dict) or raw.get("format") != SPEC_FORMAT:
         raise GanDistError(f"{source}: {SPEC} is not a gan-dist repair model spec")
+    families = raw.get("families", {})
+    if not isinstance(families, dict) or any(
+        not (isinstance(families[kind], dict) and isinstance(families[kind].get("name"), str))
+        for kind in ("generator", "discriminator")
+        if kind in families
+    ):
+        raise GanDistError(
+            f"{source}: {SPEC}: its families are not records of nets (name, package, version); "
+            "the file was altered or damaged: get the model from its source again"
+        )
     _check_families(raw, source)
     try:
         spec = ModelSpec.model_validate(raw, context=SAVED).model_dump(mode="json")
@@ -631,11 +641,10 @@ def register(source: Path, name: str, tracking_uri: str) -> Registered:
     recipe = saved_recipe(ckpt)
     client = open_store(tracking_uri)
     weights = _file_sha256(ckpt.path / "ema.safetensors")
-    for version in client.search_model_versions(f"name='{_quote(name)}'"):
-        # the same weights, not the same path: a run dir deleted and trained again reuses it
-        if version.tags.get("weights_sha256") == weights:
-            log.warning("%s is already version %s of %s", ckpt_path, version.version, name)
-            return Registered(name, str(version.version), version.run_id)
+    known = _version_with_weights(client, name, weights)
+    if known is not None:
+        log.warning("%s is already version %s of %s", ckpt_path, known.version, name)
+        return Registered(name, str(known.version), known.run_id)
     mlflow.set_tracking_uri(tracking_uri)
     run_id = ckpt.state.get("tracking_run_id")
     if run_id is not None and not run_exists(client, run_id):
@@ -649,16 +658,21 @@ def register(source: Path, name: str, tracking_uri: str) -> Registered:
     with tempfile.TemporaryDirectory(prefix="gan-dist-register-") as tmp:
         spec = export_checkpoint(ckpt_path, Path(tmp))
         with mlflow.start_run(run_id=run_id) as run:
-            info = mlflow.pyfunc.log_model(
-                name=ARTIFACT_NAME, registered_model_name=name, **pyfunc_arguments(Path(tmp))
-            )
+            info = mlflow.pyfunc.log_model(name=ARTIFACT_NAME, **pyfunc_arguments(Path(tmp)))
             run_id = run.info.run_id
     if previous and previous != "FINISHED":
         client.set_terminated(run_id, previous)  # registering does not end a running job
-    version = str(info.registered_model_version)
+    # the weights tag is made with the version, so a crowd registering the same weights
+    # sees every earlier one: all but the first remove their own and report the first
+    created = mlflow.register_model(info.model_uri, name, tags={"weights_sha256": weights})
+    version = str(created.version)
+    first = _version_with_weights(client, name, weights)
+    if first is not None and str(first.version) != version:
+        client.delete_model_version(name, version)
+        log.warning("%s is already version %s of %s", ckpt_path, first.version, name)
+        return Registered(name, str(first.version), first.run_id)
     tags = {f"val.{k}": f"{v:.6g}" for k, v in spec["metrics"].items()}
     tags |= {"step": str(ckpt.step), "recipe": recipe.name, "checkpoint": str(ckpt_path)}
-    tags["weights_sha256"] = weights  # what makes registering it again the same version
     tags |= ckpt.state.get("lineage", {})  # init and parent: what it was fine-tuned from
     for kind, entry in spec["families"].items():
         package = f" ({entry['package']} {entry['version']})" if entry["package"] else ""
@@ -666,6 +680,17 @@ def register(source: Path, name: str, tracking_uri: str) -> Registered:
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     return Registered(name, version, run_id)
+
+
+def _version_with_weights(client, name: str, weights: str):
+    """The oldest version of `name` whose weights_sha256 tag is `weights`, or None: the
+    same weights, not the same path, since a run dir deleted and trained again reuses it."""
+    same = [
+        v
+        for v in client.search_model_versions(f"name='{_quote(name)}'")
+        if v.tags.get("weights_sha256") == weights
+    ]
+    return min(same, key=lambda v: int(v.version), default=None)
 
 
 def pyfunc_arguments(folder: Path) -> dict[str, Any]:

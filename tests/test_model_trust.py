@@ -245,3 +245,16 @@ def test_a_spec_whose_two_records_of_a_net_disagree_is_refused(tmp_path):
     tamper(folder / "spec.json", lambda d: d["families"]["generator"].update(name="resnet"))
     with pytest.raises(GanDistError, match="inconsistent: families.generator names 'resnet', "):
         load_model(str(folder))
+
+
+@pytest.mark.parametrize(
+    "families",
+    [{"generator": {"name": 5}}, {"generator": "unet"}, ["unet"], {"discriminator": None}],
+)
+def test_a_spec_whose_families_are_not_records_is_refused(families, tmp_path):
+    """`families.generator.name: 5` was skipped, and the consistency check with it (hostile
+    pass 2)."""
+    folder = make_model(tmp_path / "model")
+    tamper(folder / "spec.json", lambda d: d.update(families=families))
+    with pytest.raises(GanDistError, match="its families are not records of nets"):
+        load_model(str(folder))
