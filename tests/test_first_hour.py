@@ -50,6 +50,7 @@ def test_a_problem_in_the_file_itself_names_the_file(tmp_path):
          "'shards/photos'?); pack images into one with `gan-dist data pack IMAGES shards/photoz`"),
         ("shards/one.tar", "shards/one.tar: no such shard file"),
         ("shards/p-{000..003}.tar", "4 of the 4 shards it names do not exist"),
+        ("shards/photos", "shards/photos has no manifest.json; pack it with `gan-dist data pack`"),
     ],
 )  # fmt: skip
 def test_a_wrong_data_path_is_named_and_leaves_no_run_folder(given, said, tmp_path):

@@ -142,6 +142,7 @@ class InTraining(nn.Module):
             "half": out.half(),
             "detached": out.detach(),
             "leaf": out.detach().requires_grad_(),
+            "nan": out * float("nan"),
         }[self.how]
 
 class FailingBackward(torch.autograd.Function):
@@ -174,6 +175,7 @@ leaf_in_training = in_training("leaf")
 exits_75_at_once_in_training = in_training("os_exit75")
 aborts_in_backward = in_training("backward_aborts")
 interrupted_in_backward = in_training("backward_interrupts")
+nan_in_training = in_training("nan")
 
 class PatchInTraining(nn.Module):
     def __init__(self, in_channels, how):
@@ -697,6 +699,23 @@ def test_a_fault_that_shows_only_in_training_fails_the_run_naming_the_plugin(
     assert "Traceback" not in result.stderr, result.stderr
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert (status["status"], status["cause"]) == ("failed", "user"), status
+
+
+@pytest.mark.integration
+def test_a_non_finite_loss_names_the_plugin_code_it_ran(site, packed, tmp_path):
+    """Hostile pass 2: a plugin net whose output is NaN stopped the run with advice on the
+    learning rate and precision only; the plugin, the likelier cause, was not named."""
+    from gan_dist.train.signals import EXIT_NONFINITE
+
+    install(site, "faulty-nets", "0.1", {"faulty_nets": NETS}, "")
+    plugin = {"model.generator.name": "faulty_nets:nan_in_training"}
+    result = _trains(packed, tmp_path / "run", "train", **plugin)
+    assert result.returncode == EXIT_NONFINITE, result.stdout + result.stderr
+    assert "non-finite loss at step 1" in result.stderr, result.stderr
+    assert (
+        "or check the plugin code it ran: generator 'faulty_nets:nan_in_training' "
+        "(faulty-nets 0.1)."
+    ) in result.stderr, result.stderr
 
 
 @pytest.mark.integration

@@ -318,3 +318,34 @@ def test_a_registered_init_is_the_same_as_its_alias_or_the_version_it_resolved_t
         assert found == [] and kept.model.init == "models:/base@champion"
     with pytest.raises(ChangedRun, match=r"started from models:/base@champion \(models:/base/3\)"):
         check_resume(started, recipe("model.init=models:/base/4"), CKPT, 40, True, lineage=lineage)
+
+
+def test_a_reorder_and_the_validation_data_are_named_as_what_they_are(packed, tmp_path):
+    """Hostile pass 2: brace patterns and manifests reordered were reported as other shards,
+    and validation data as what the run 'trained on' with its training counts."""
+    import json
+    import shutil
+
+    from gan_dist.data.identity import data_identity, identity_change
+
+    for name in ("train-000000.tar", "train-000001.tar"):
+        shutil.copy(packed / name, tmp_path / name)
+    ran = data_identity(f"{tmp_path}/train-{{000000..000001}}.tar")
+    why = identity_change(ran, data_identity(f"{tmp_path}/train-{{000001,000000}}.tar"))
+    assert (
+        why == "the shard files this run trained on, named in another order (read in another order)"
+    )
+
+    pack = shutil.copytree(packed, tmp_path / "pack")
+    before = data_identity(str(pack), "val")
+    manifest = json.loads((pack / "manifest.json").read_text())
+    manifest["shards"].reverse()
+    (pack / "manifest.json").write_text(json.dumps(manifest))
+    why = identity_change(before, data_identity(str(pack), "val"), "val")
+    assert why.startswith(f"the pack at {pack} is not the one this run validated on; ")
+    assert "the same shards listed in another order" in why
+    manifest["counts"]["val"] += 1
+    manifest["counts"]["train"] += 1
+    (pack / "manifest.json").write_text(json.dumps(manifest))
+    why = identity_change(before, data_identity(str(pack), "val"), "val")
+    assert "validation samples" in why and "training samples" not in why

@@ -7,7 +7,8 @@ kept in the checkpoint's state.json):
 
 - a packed folder: the sha256 of its manifest's shard list and counts (each shard's name,
   split, samples, bytes and sha256, which the pack wrote), with the folder's resolved path,
-  which is only shown: the same pack copied elsewhere is the same data;
+  which is only shown: the same pack copied elsewhere is the same data; the sha256 of the
+  shard list in sorted order tells a reordered list (another stream) from other shards;
 - local shard files (a brace pattern, or one .tar): each file's resolved path, size and
   modification time, the usual cheap identity (hashing gigabytes at every resume is not);
 - a remote shard (s3://, gs://, https://, pipe:...): its URL, nothing else being cheap to
@@ -25,6 +26,7 @@ from typing import Any
 from gan_dist.data.pack import read_manifest
 
 SPLIT_WORDS = {"train": "training", "val": "validation"}
+USED = {"train": "trained on", "val": "validated on"}
 
 
 def data_identity(
@@ -42,17 +44,23 @@ def data_identity(
     path = Path(spec)
     if path.is_dir():
         manifest = read_manifest(path)
+        shards = manifest.get("shards") or []
         listed = {"counts": manifest.get("counts"), "shards": manifest.get("shards")}
-        digest = hashlib.sha256(json.dumps(listed, sort_keys=True).encode()).hexdigest()
+        in_order = sorted(json.dumps(s, sort_keys=True) for s in shards)
         return {
             "pack": str(path.resolve()),
-            "manifest_sha256": digest,
+            "manifest_sha256": _sha256(listed),
+            "content_sha256": _sha256({"counts": manifest.get("counts"), "shards": in_order}),
             "samples": dict(manifest.get("counts") or {}),
             "shards": len(manifest.get("shards") or []),
         }
     from gan_dist.data.stream import shard_urls
 
     return {"shards": [_shard(url) for url in shard_urls(spec, split, allow_shell)]}
+
+
+def _sha256(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def _shard(url: str) -> dict[str, Any]:
@@ -79,36 +87,45 @@ def _where(shard: dict[str, Any]) -> str:
     return str(shard.get("path") or shard.get("url"))
 
 
-def identity_change(old: dict[str, Any] | None, new: dict[str, Any] | None) -> str | None:
-    """How the data `new` differs from `old` (identities from `data_identity`), in words
-    for a message; None when they are the same data, however the recipe names it."""
+def identity_change(
+    old: dict[str, Any] | None, new: dict[str, Any] | None, split: str = "train"
+) -> str | None:
+    """How the data `new` differs from `old` (identities from `data_identity` of the data
+    read for `split`), in words for a message; None when they are the same data, however
+    the recipe names it."""
     if old == new:
         return None
+    used = USED.get(split, "read")
     if old is None or new is None or ("pack" in old) != ("pack" in new):
-        return f"this run trained on {describe(old)}, this names {describe(new)}"
+        return f"this run {used} {describe(old)}, this names {describe(new)}"
     if "pack" in old:
-        return _pack_change(old, new)
-    return _shards_change(old.get("shards") or [], new.get("shards") or [])
+        return _pack_change(old, new, split)
+    return _shards_change(old.get("shards") or [], new.get("shards") or [], used)
 
 
-def _pack_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+def _pack_change(old: dict[str, Any], new: dict[str, Any], split: str) -> str | None:
     if old.get("manifest_sha256") == new.get("manifest_sha256"):
         return None  # the same shards, listed with their sha256: moved or copied
     differ = []
-    for split in sorted({*old.get("samples", {}), *new.get("samples", {})}):
-        was, now = old.get("samples", {}).get(split, 0), new.get("samples", {}).get(split, 0)
+    if old.get("content_sha256") and old.get("content_sha256") == new.get("content_sha256"):
+        differ.append("the same shards listed in another order, so read in another order")
+    splits = {*old.get("samples", {}), *new.get("samples", {})}
+    for name in sorted(splits if split == "train" else {split}):
+        was, now = old.get("samples", {}).get(name, 0), new.get("samples", {}).get(name, 0)
         if was != now:
-            differ.append(f"{was} -> {now} {SPLIT_WORDS.get(split, split)} samples")
+            differ.append(f"{was} -> {now} {SPLIT_WORDS.get(name, name)} samples")
     if old.get("shards") != new.get("shards"):
         differ.append(f"{old.get('shards')} -> {new.get('shards')} shards")
     where = "" if old["pack"] == new["pack"] else f", which was at {old['pack']}"
     return (
-        f"the pack at {new['pack']} is not the one this run trained on{where}; its "
-        f"manifest.json differs: {', '.join(differ) or 'the same counts, other shards'}"
+        f"the pack at {new['pack']} is not the one this run {USED.get(split, 'read')}{where}; "
+        f"its manifest.json differs: {', '.join(differ) or 'the same counts, other shards'}"
     )
 
 
-def _shards_change(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> str:
+def _shards_change(old: list[dict[str, Any]], new: list[dict[str, Any]], used: str) -> str:
+    if sorted(map(_sha256, old)) == sorted(map(_sha256, new)):
+        return f"the shard files this run {used}, named in another order (read in another order)"
     differ = [f"{len(old)} -> {len(new)} shard files"] if len(old) != len(new) else []
     for was, now in zip(old, new, strict=False):
         if was == now:
@@ -118,7 +135,7 @@ def _shards_change(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> str:
         else:
             differ.append(f"{_where(now)} changed since ({_file_change(was, now)})")
         break
-    return f"the shards are not the ones this run trained on: {', '.join(differ)}"
+    return f"the shards are not the ones this run {used}: {', '.join(differ)}"
 
 
 def _file_change(was: dict[str, Any], now: dict[str, Any]) -> str:

@@ -107,7 +107,10 @@ def check_shards(
     every sample undecodable and an endless stream skip forever."""
     path = Path(spec)
     if path.is_dir():
-        manifest = read_manifest(path)
+        try:
+            manifest = read_manifest(path)
+        except GanDistError as exc:
+            raise GanDistError(f"{field}: {exc}") from None
         found = (manifest["channels"], manifest["image_size"])
     else:
         try:

@@ -144,8 +144,10 @@ def changes(
     for path in paths:
         was, now = old.get(path, UNSET), new.get(path, UNSET)
         if path in DATA and data_was is not None and data_is is not None:
-            why = identity_change(data_was.get(DATA[path]), data_is.get(DATA[path]))
-            if why and any(c.path == "data.train" and c.why == why for c in found):
+            split = DATA[path]
+            why = identity_change(data_was.get(split), data_is.get(split), split)
+            same_pack = all(ids.get("val") == ids.get("train") for ids in (data_was, data_is))
+            if why and split == "val" and same_pack and any(c.path == "data.train" for c in found):
                 why = "as data.train"  # data.val auto: the train pack's val split
             if why:
                 found.append(Change(path, was, now, why))

@@ -39,7 +39,7 @@ from gan_dist.objectives import (
 from gan_dist.pixels import to_uint8
 from gan_dist.precision import effective_precision
 from gan_dist.recipe import OptimizerConfig, Recipe, recipe_to_yaml
-from gan_dist.registry import PluginError
+from gan_dist.registry import PluginError, registry
 from gan_dist.track import Tracker
 from gan_dist.train import checkpoint
 from gan_dist.train import status as run_status
@@ -67,6 +67,20 @@ DATA_WAIT_GRACE_S = 10.0
 
 class NonFiniteLoss(GanDistError):
     exit_code = EXIT_NONFINITE
+
+
+def _plugins_named(recipe: Recipe) -> str:
+    """`; or check the plugin families ...` when a net or the objective is a plugin's,
+    whose own code may be what made the loss non-finite; "" otherwise."""
+    names = {
+        "generator": recipe.model.generator.name,
+        "discriminator": recipe.model.discriminator.name,
+        "objective": recipe.objective.adversarial,
+    }
+    plugins = [f for f in (registry(k).get(n) for k, n in names.items()) if f.plugin]
+    if not plugins:
+        return ""
+    return f"; or check the plugin code it ran: {', '.join(f.label for f in plugins)}"
 
 
 class TrackingFailed(GanDistError):
@@ -578,7 +592,8 @@ class _Run:
             raise NonFiniteLoss(
                 f"non-finite loss at step {self.step} ({where}); stopped without saving, "
                 f"last good checkpoint: {self.last_ckpt or 'none'}. Lower the learning "
-                "rate, enable grad clipping (optim.grad_clip) or use bf16 instead of fp16."
+                "rate, enable grad clipping (optim.grad_clip) or use bf16 instead of fp16"
+                f"{_plugins_named(self.recipe)}."
             )
         if untracked:
             self._untracked(tracker.start_failed or "see rank 0")
