@@ -71,6 +71,7 @@ def run_demo(workdir: Path, minutes: float = 2.0, log: Callable[[str], None] = p
     images, shards = workdir / "images", workdir / "shards"
     export_sample_photos(images)
     steps, label = resolve_damage("inpaint")
+    prefill = load_recipe("quickstart").model.prefill
     options = PackOptions(
         size=128,
         crops_per_image=24,
@@ -79,6 +80,7 @@ def run_demo(workdir: Path, minutes: float = 2.0, log: Callable[[str], None] = p
         val_fraction=0.3,  # four of the thirteen photos held out
         shard_samples=64,
         overwrite=True,
+        prefills=() if prefill == "none" else (prefill,),  # the one quickstart trains from
     )
     counts = pack_folder(images, shards, options).manifest["counts"]
     report = inspect_shards(shards)

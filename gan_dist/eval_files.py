@@ -56,22 +56,36 @@ def evaluate_data(
     """`gan-dist eval`: packed shards (a folder with a manifest) scored as packed
     (`train.evaluate.evaluate_model`, `batch` samples a pass, SHARD_BATCH by default),
     anything else as clean images (`evaluate_folder`, `batch` tiles a pass, repair's BATCH
-    by default). Raises GanDistError for `masks` with shards (they carry their own), and
-    as those two do."""
+    by default). A model with a prefill is scored a second time without its generator, on
+    the same images and holes: `prefill` holds that baseline's metrics (FID, KID and LPIPS
+    left out) with its `kind`, so the report shows what the net adds. Raises GanDistError
+    for `masks` with shards (they carry their own), and as those two do."""
     from gan_dist.data.pack import MANIFEST
     from gan_dist.train.evaluate import evaluate_model
 
-    if not (data / MANIFEST).is_file():
-        tiles = batch or BATCH
-        return evaluate_folder(
-            model, data, masks, tile, overlap, tiles, max_pixels, weights, on_image
-        )
-    if masks is not None:
+    packed = (data / MANIFEST).is_file()
+    if packed and masks is not None:
         raise GanDistError(
             f"--mask {masks}: {data} holds packed shards, which carry their own masks; give "
             "--mask with a folder of clean images"
         )
-    return evaluate_model(model, data, batch or SHARD_BATCH, weights)
+
+    def scored(what: RepairModel, perceptual: PerceptualWeights | None) -> dict[str, Any]:
+        if packed:
+            return evaluate_model(what, data, batch or SHARD_BATCH, perceptual)
+        tiles = batch or BATCH
+        return evaluate_folder(
+            what, data, masks, tile, overlap, tiles, max_pixels, perceptual, on_image
+        )
+
+    metrics = scored(model, weights)
+    baseline = model.prefill_only()
+    if baseline is not None:
+        alone = scored(baseline, None)
+        keys = (*WHOLE, *IN_HOLE, "hole_swd")
+        prefill = {k: alone[k] for k in keys if k in alone}
+        metrics["prefill"] = {"kind": model.spec["model"]["prefill"], **prefill}
+    return metrics
 
 
 def evaluate_folder(

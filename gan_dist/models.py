@@ -112,6 +112,18 @@ class RepairModel:
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return self.net(images, masks, starts, origins).float()
 
+    def prefill_only(self) -> RepairModel | None:
+        """This model with its generator taken out: its classical prefill alone (see
+        `nets.PrefillOnly`), on the same device; None when it has no prefill."""
+        from gan_dist.nets import PrefillOnly
+
+        model = self.spec["model"]
+        if model.get("prefill", "none") == "none":
+            return None
+        device = next(self.net.parameters()).device
+        net = PrefillOnly(model["prefill"], bool(model["composite"])).to(device)
+        return RepairModel(net, self.spec, f"{self.source} (its prefill alone)", self.precision)
+
     @property
     def channels(self) -> int:
         return int(self.spec["channels"])

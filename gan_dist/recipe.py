@@ -432,11 +432,12 @@ class ModelConfig(Section):
     composite: StrictBool = Field(
         True, description="paste known pixels back over the output (inpainting); off for noise"
     )
-    prefill: Literal["biharmonic", "harmonic", "none"] = Field(
+    prefill: Literal["biharmonic", "harmonic", "patchmatch", "none"] = Field(
         "biharmonic",
-        description="fill holes by diffusion first and train the generator to correct that "
-        "fill (biharmonic carries gradients in, harmonic only values); none: the generator "
-        "paints holes from scratch, as pix2pix does",
+        description="fill holes classically first and train the generator to correct that "
+        "fill: by diffusion (biharmonic carries gradients in, harmonic only values, both "
+        "smooth) or with patches copied from the image's known part (patchmatch: texture); "
+        "none: the generator paints holes from scratch, as pix2pix does",
     )
     noise: StrictBool = Field(
         False,

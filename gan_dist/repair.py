@@ -252,6 +252,9 @@ def _tile(pixels, mask, y, x, th, tw, channels) -> tuple[np.ndarray, np.ndarray]
 
 
 HOLE_MARGIN = 16  # px: holes are grouped on a grid of cells this size (see _hole_boxes)
+# px of image around a group's box that an exemplar fill (model.prefill: patchmatch) may
+# copy from: a training crop's worth (128 px) for a hole at its centre
+EXEMPLAR_CONTEXT = 48
 _READ_ROWS = 256  # rows of the mask (a multiple of HOLE_MARGIN) or image read at once
 
 
@@ -303,10 +306,19 @@ class _Prefills:
         self.active = [f for f in self.active if f[0] + f[2].shape[1] > top]
         while self.waiting and self.waiting[-1][0] < bottom:
             y0, y1, x0, x1 = self.waiting.pop()
-            value, hole = _tile(self.pixels, self.mask, y0, x0, y1 - y0, x1 - x0, self.channels)
+            # an exemplar fill copies patches from around the hole: solved on a wider box
+            # (still one solve per group of holes), kept on the group's own box
+            c = EXEMPLAR_CONTEXT if self.kind == "patchmatch" else 0
+            top_c, left_c = max(y0 - c, 0), max(x0 - c, 0)
+            bottom_c, right_c = min(y1 + c, self.mask.shape[0]), min(x1 + c, self.mask.shape[1])
+            value, hole = _tile(
+                self.pixels, self.mask, top_c, left_c, bottom_c - top_c, right_c - left_c,
+                self.channels,
+            )  # fmt: skip
             known = 1 - torch.from_numpy(hole)[None]
-            filled = fill_holes(torch.from_numpy(value)[None], known, self.kind)
-            self.active.append((y0, x0, filled[0].clamp(-1, 1).numpy()))
+            filled = fill_holes(torch.from_numpy(value)[None], known, self.kind)[0]
+            filled = filled[:, y0 - top_c : y1 - top_c, x0 - left_c : x1 - left_c]
+            self.active.append((y0, x0, filled.clamp(-1, 1).numpy()))
         return self.active
 
 

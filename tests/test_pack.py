@@ -259,6 +259,7 @@ def test_manifest_lists_each_shard_with_count_and_sha(photo_dir, tmp_path):
         assert hashlib.sha256(data).hexdigest() == shard["sha256"]
         assert len(read_samples_from(data)) == shard["samples"] <= 4
     assert manifest["damage"][0]["type"] == "mask" and manifest["gan_dist_version"]
+    assert manifest["prefills"] == ["biharmonic", "patchmatch"]
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
 
 
@@ -267,7 +268,9 @@ def read_samples_from(data: bytes) -> set[str]:
 
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         names = tar.getnames()
-    assert {n.partition(".")[2] for n in names} == {"damaged.png", "clean.png", "mask.png", "json"}
+    parts = {"damaged.png", "clean.png", "mask.png", "json"}
+    prefills = {"prefill-biharmonic.png", "prefill-patchmatch.png"}  # samples with holes
+    assert parts <= {n.partition(".")[2] for n in names} <= parts | prefills
     return {n.partition(".")[0] for n in names}
 
 
@@ -373,8 +376,9 @@ def test_inspect_flags_a_corrupt_shard(photo_dir, tmp_path):
     out = tmp_path / "out"
     pack_folder(photo_dir, out, options(crops_per_image=2))
     shard = out / "train-000000.tar"
-    data = bytearray(shard.read_bytes())
-    shard.write_bytes(bytes(data[: len(data) // 2]))
+    with tarfile.open(shard) as tar:  # cut where the second sample's mask was to start
+        cut = tar.getmember("train00000001.mask.png").offset
+    shard.write_bytes(shard.read_bytes()[:cut])
     result = runner.invoke(app, ["data", "inspect", str(out)])
     assert result.exit_code == 1
     assert "train-000000.tar: sha256 differs" in result.output

@@ -365,6 +365,31 @@ def test_eval_scores_shards_and_folders_of_clean_images(inpaint, packed, photo_d
     table = run_cli("eval", "--model", str(inpaint), "--data", str(photo_dir), "--device", "cpu")
     assert table.returncode == 0, table.stderr
     assert "split" not in table.stdout  # it said "(train split)" of a folder of images
+    assert "its biharmonic prefill alone" in table.stdout
+
+
+def test_eval_shows_what_the_net_adds_to_its_prefill(inpaint, packed, photo_dir):
+    """Issue 25: hole PSNR read the same at every step, after fine-tuning and for a tiny
+    plugin net, and nothing said whether the net added anything to its prefill. Eval scores
+    the prefill alone on the same holes beside the model; an untrained net (a zero
+    correction) scores exactly its prefill."""
+    from gan_dist.eval_files import evaluate_data
+    from gan_dist.models import load_model
+
+    for data in (packed, photo_dir):
+        report = json.loads(
+            run_cli("eval", "--model", str(inpaint), "--data", str(data), "--json").stdout
+        )
+        assert report["prefill"]["kind"] == "biharmonic"
+        assert report["prefill"]["hole_psnr"] != report["hole_psnr"]
+        assert set(report["prefill"]) == {"kind", "psnr", "ssim", "ms_ssim", "hole_psnr",
+                                          "hole_ssim", "hole_l1", "hole_swd"} - (
+            set() if "ms_ssim" in report else {"ms_ssim"})  # fmt: skip
+    untrained = load_model(str(make_model(photo_dir.parent / "zero", train=False)))
+    metrics = evaluate_data(untrained, packed)
+    assert metrics["prefill"]["hole_psnr"] == pytest.approx(metrics["hole_psnr"], abs=1e-4)
+    none = load_model(str(make_model(photo_dir.parent / "none", "model.prefill=none")))
+    assert "prefill" not in evaluate_data(none, packed)
     missing = run_cli("eval", "--model", str(inpaint), "--data", str(photo_dir / "nope"))
     assert missing.returncode == 1 and "nope" in missing.stderr
 
@@ -398,12 +423,14 @@ def test_alpha_comes_back_untouched(inpaint, tmp_path, name):
     assert np.array_equal(picture.pixels[~mask], arr[:, :, :colour][~mask])
 
 
-def test_a_hole_larger_than_a_tile_shows_no_tile_borders(tmp_path):
+@pytest.mark.parametrize("prefill", ["biharmonic", "patchmatch"])
+def test_a_hole_larger_than_a_tile_shows_no_tile_borders(prefill, tmp_path):
     """Tiles whose edges cut through a hole used to fill their own part of it from the known
     pixels they saw, and disagreed where they were blended (a faint cross in large holes).
     The prefill is now solved once per hole: an untrained model (output = its prefill) gives
-    the same pixels tiled and untiled."""
-    model = load_model(str(make_model(tmp_path / "m", train=False)))
+    the same pixels tiled and untiled, exemplars (issue 25) included."""
+    folder = make_model(tmp_path / "m", f"model.prefill={prefill}", train=False)
+    model = load_model(str(folder))
     img = np.asarray(Image.open(_photo()).convert("RGB").resize((160, 160)))
     mask = np.zeros((160, 160), bool)
     mask[30:130, 20:140] = True  # larger than the 64 px tiles, across their borders

@@ -164,20 +164,22 @@ def test_a_resumed_stream_continues_exactly(packed, workers):
 
 
 def test_prefilled_batches_give_the_generator_what_it_would_compute_itself(packed):
-    """Training on a CPU fills the holes in the data workers; the repair must not change."""
+    """Training on a CPU takes the holes' prefill from the pack (16-bit, issue 25) or fills
+    them in the data workers; the repair must not change beyond that rounding."""
     from gan_dist.nets import build_generator
     from gan_dist.nets.prefill import fill_holes
     from gan_dist.recipe import ModelConfig
 
     config = StreamConfig(4, 3, train=False, workers=1, prefill="biharmonic")
     batch = next(iter(make_stream(str(packed), config, "train")))
-    assert torch.equal(batch["start"], fill_holes(batch["damaged"], 1 - batch["mask"]))
+    solved = fill_holes(batch["damaged"], 1 - batch["mask"])
+    assert (batch["start"] - solved).abs().max() <= 1.5 / 65535
     G = build_generator(ModelConfig(), 3, 32).eval()
     torch.nn.init.normal_(list(G.body.parameters())[-2])  # a non-zero correction
     with torch.no_grad():
         given = G(batch["damaged"], batch["mask"], batch["start"])
         computed = G(batch["damaged"], batch["mask"])
-    assert torch.equal(given, computed)
+    assert (given - computed).abs().max() < 1e-3  # a 16-bit level is 3e-5 of [-1, 1]
     assert not torch.equal(given, batch["start"])
 
 

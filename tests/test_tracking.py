@@ -90,6 +90,10 @@ def test_a_run_over_http_logs_everything_and_registers_a_usable_model(
         assert key in run.data.metrics, key
     assert "lr/generator" not in run.data.metrics  # constant: a param, not a flat chart at 0
     assert [m.step for m in c.get_metric_history(run.info.run_id, "val/psnr")] == [3, 6]
+    # the prefill alone, once: what the net adds to it (issue 25)
+    baseline = c.get_metric_history(run.info.run_id, "val/prefill/hole_psnr")
+    assert [m.step for m in baseline] == [3]
+    assert "the biharmonic prefill alone: hole_psnr " in result.stdout + result.stderr
     images = [a.path for a in c.list_artifacts(run.info.run_id, "images")]
     for step in (0, 3, 6):  # before training, then every sample_every steps
         assert sum(p.endswith(".png") and f"grid~repair+step+{step}+" in p for p in images) == 1

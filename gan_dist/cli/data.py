@@ -54,6 +54,12 @@ def pack(
         help="How shards store pixels: png, or zstd (raw arrays, Zstandard-compressed: ~8x "
         "faster to decode, for feeding GPUs). auto: zstd for 16-bit packs, png for 8-bit.",
     ),
+    prefill: str = typer.Option(
+        "biharmonic,patchmatch",
+        help="Hole prefills to solve once here and store with each sample (what a recipe's "
+        "model.prefill names; training then reads them instead of solving them at every "
+        "step): comma-separated biharmonic, harmonic, patchmatch, or none.",
+    ),
 ) -> None:
     """Turn images into WebDataset shards of damaged/clean/mask samples plus a manifest."""
     from gan_dist.data.pack import PackOptions, pack_folder, pack_pairs
@@ -88,6 +94,7 @@ def pack(
             max_pixels=max_pixels,
             min_side=min_side,
             codec=codec,
+            prefills=tuple(k.strip() for k in prefill.split(",") if k.strip() not in ("", "none")),
         )
         with _progress("packing") as advance:
             if paired:

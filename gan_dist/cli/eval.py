@@ -93,19 +93,35 @@ def eval_(
     if json_:  # JSON has no NaN (a metric of images without holes): null instead
         finite = {k: None if v != v else v for k, v in metrics.items() if isinstance(v, float)}
         report = {"model": model, "data": str(data)} | metrics | finite
+        if "prefill" in report:
+            report["prefill"] = {
+                k: None if isinstance(v, float) and v != v else v
+                for k, v in report["prefill"].items()
+            }
         out.print_json(json.dumps(report, allow_nan=False))
         return
     skipped = len(metrics.pop("skipped"))
     metrics.pop("split")
     metrics.pop("images", None)
     scored = metrics.pop("scored")
+    baseline = metrics.pop("prefill", None)
     lines = [f"{model} on {data}", *_what_was_scored(scored)]
     if skipped:
         lines.append(f"{skipped} skipped (listed above)")
-    table = Table("metric", "value", title="\n".join(lines))
+    columns = ["metric", "model"]
+    if baseline is not None:  # what the net adds to the classical fill it starts from
+        columns.append(f"its {baseline.pop('kind')} prefill alone")
+    table = Table(*columns, title="\n".join(lines))
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        row = [key, _cell(value)]
+        if baseline is not None:
+            row.append(_cell(baseline[key]) if key in baseline else "")
+        table.add_row(*row)
     out.print(table)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _what_was_scored(scored: dict[str, Any]) -> list[str]:

@@ -60,6 +60,12 @@ class PackOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_side: int = 32
     codec: str = "auto"  # png, zstd, or auto: zstd for 16-bit packs, png for 8-bit
+    # hole prefills solved once here, for recipes whose model.prefill is one of them (see
+    # `packed_prefills`), instead of at every visit of the sample during training
+    prefills: tuple[str, ...] = ("biharmonic", "patchmatch")
+
+
+PACKED_PREFILLS = ("biharmonic", "harmonic", "patchmatch")
 
 
 @dataclass
@@ -224,6 +230,8 @@ def _pack(
             if options.damage and info["mode"] == "damage"
             else None,
             "damage_source": options.damage_source if info["mode"] == "damage" else None,
+            # the hole prefills each sample with holes carries (`packed_prefills`)
+            "prefills": list(options.prefills),
             "counts": counts,
             "source_images": images,
             "skipped": len(skipped),
@@ -275,6 +283,7 @@ def _samples(
         else:
             mask = np.zeros((*clean.shape[:2], 1), dtype=np.uint8)
 
+    crops = []
     for crop, box in enumerate(sample_boxes(clean.shape, source.key, options)):
         sample_key = f"{source.key}#{crop}"
         clean_crop = crop_resize(clean, box, options.size)
@@ -298,14 +307,48 @@ def _samples(
             "notes": clean_pic.notes,
             **{k: v for k, v in clean_pic.extra.items() if k != "source_bit_depth"},
         }
-        ext, encode, _ = CODECS[codec]
+        crops.append((damaged_crop, clean_crop, mask_crop, meta))
+    ext, encode, _ = CODECS[codec]
+    # solved for all crops of the image at once: a batch costs little more than one crop
+    fills = packed_prefills([c[0] for c in crops], [c[2] for c in crops], options.prefills)
+    for (damaged_crop, clean_crop, mask_crop, meta), filled in zip(crops, fills, strict=True):
         yield {
             f"damaged.{ext}": encode(damaged_crop),
             f"clean.{ext}": encode(clean_crop),
             f"mask.{ext}": encode(mask_crop),
+            **{f"prefill-{kind}.{ext}": encode(fill) for kind, fill in filled.items()},
             "json": json.dumps(meta, sort_keys=True).encode(),
             "_mask": mask_crop,
         }
+
+
+def packed_prefills(
+    damaged: list[np.ndarray], masks: list[np.ndarray], kinds: tuple[str, ...]
+) -> list[dict[str, np.ndarray]]:
+    """For each damaged crop (H, W, C) uint8/uint16 of one size, with its mask (H, W, 1)
+    uint8 (255 = hole): {kind: its holes filled by that prefill (`nets/prefill.py`)} as
+    (H, W, C) uint16 (0..65535 for [-1, 1], so a smooth fill of an 8-bit crop keeps its
+    precision; 0 at known pixels, which the stream takes from the damaged crop); {} for a
+    crop without holes (global damage)."""
+    import numpy as np
+    import torch
+
+    from gan_dist.nets.prefill import fill_holes
+    from gan_dist.pixels import to_signed
+
+    out: list[dict[str, np.ndarray]] = [{} for _ in damaged]
+    holed = [i for i, m in enumerate(masks) if m.any()]
+    if not kinds or not holed:
+        return out
+    images = np.stack([damaged[i].transpose(2, 0, 1) for i in holed])
+    image = torch.from_numpy(to_signed(images))
+    known = torch.from_numpy(np.stack([masks[i][:, :, 0] == 0 for i in holed])[:, None]).float()
+    for kind in kinds:
+        fill = fill_holes(image, known, kind).add(1).mul(32767.5).round() * (1 - known)
+        fill = fill.permute(0, 2, 3, 1).numpy().astype(np.uint16)  # 0 outside: compresses
+        for j, i in enumerate(holed):
+            out[i][kind] = fill[j]
+    return out
 
 
 def _load(
@@ -387,6 +430,12 @@ def _validate_options(options: PackOptions) -> None:
         problems.append(f"--val-fraction must be in [0, 1) (got {options.val_fraction})")
     if options.shard_samples < 1:
         problems.append("--shard-samples must be at least 1")
+    odd = [k for k in options.prefills if k not in PACKED_PREFILLS]
+    if odd:
+        problems.append(
+            f"--prefill takes {', '.join(PACKED_PREFILLS)} or none, comma-separated "
+            f"(got {', '.join(odd)})"
+        )
     if problems:
         raise GanDistError("; ".join(problems))
 

@@ -223,8 +223,9 @@ class StreamConfig:
     seed: int = 0
     # resume: samples each DataLoader worker already handed out (see ShardStream.position)
     skip: dict[int, int] | None = None
-    # model.prefill, computed here (in the DataLoader workers, beside a CPU training step)
-    # instead of inside the generator's forward; batches then carry it as `start`
+    # model.prefill, taken from the pack where it solved it for the sample's holes, else
+    # computed here (in the DataLoader workers, beside a CPU training step) instead of in the
+    # generator's forward; batches then carry it as `start`
     prefill: str = "none"
     # random flips and quarter turns of each training sample (data.augment)
     augment: bool = False
@@ -315,11 +316,13 @@ class _Decode:
         liveness: _Liveness | None = None,
         fresh_damage: list | None = None,
         seed: int = 0,
+        prefill: str = "none",
     ) -> None:
         self.channels, self.skips, self.skip = channels, skips, skip or {}
         self.augment_seed = augment_seed
         self.liveness = liveness
         self.fresh_damage, self.seed = fresh_damage, seed
+        self.prefill = prefill
 
     def __call__(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         worker = _worker_id()
@@ -347,6 +350,7 @@ class _Decode:
                     mask = (_to_tensor(sample_part(sample, "mask"), 1) > 0).float()
                 if damaged.shape != clean.shape or mask.shape[1:] != clean.shape[1:]:
                     raise ValueError(f"sizes differ: {damaged.shape} {clean.shape} {mask.shape}")
+                start = None if self.fresh_damage else self._packed_start(sample, damaged, mask)
             except Exception as exn:
                 what = f"missing {exn.args[0]}" if isinstance(exn, KeyError) else str(exn)
                 exn.args = (f"sample {sample.get('__key__')}: {what}", sample.get("__url__"))
@@ -360,15 +364,32 @@ class _Decode:
                 draw = f"{self.augment_seed}:{worker}:{pulled}:{sample['__key__']}"
                 turn = zlib.crc32(draw.encode()) % 8
                 damaged, clean, mask = (dihedral(t, turn) for t in (damaged, clean, mask))
+                start = None if start is None else dihedral(start, turn)
             yield {
                 "damaged": damaged,
                 "clean": clean,
                 "mask": mask,
+                "start": start,
                 "key": sample["__key__"],
                 "skipped": self.skips.count,
                 "worker": worker,
                 "pulled": pulled,
             }
+
+    def _packed_start(
+        self, sample: dict[str, Any], damaged: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The prefill the pack solved for this sample's holes (`pack.packed_prefills`) with
+        its known pixels, (C, H, W) in [-1, 1]; None when the pack has none of this kind
+        (then the batch's is solved in `_collate`)."""
+        if self.prefill == "none" or not any(
+            k.startswith(f"prefill-{self.prefill}.") for k in sample
+        ):
+            return None
+        fill = _to_tensor(sample_part(sample, f"prefill-{self.prefill}"), self.channels)
+        if fill.shape != damaged.shape:
+            raise ValueError(f"sizes differ: prefill {fill.shape}, image {damaged.shape}")
+        return torch.where(mask > 0, fill, damaged)
 
 
 def dihedral(image: torch.Tensor, turn: int) -> torch.Tensor:
@@ -586,7 +607,18 @@ def _collate(samples: list[dict[str, Any]], prefill: str = "none") -> Batch:
     if prefill != "none":
         from gan_dist.nets.prefill import fill_holes
 
-        batch["start"] = fill_holes(batch["damaged"], 1 - batch["mask"], prefill)
+        missing = [i for i, s in enumerate(samples) if s.get("start") is None]
+        if len(missing) == len(samples):
+            batch["start"] = fill_holes(batch["damaged"], 1 - batch["mask"], prefill)
+        else:
+            start = torch.stack(
+                [s["start"] if s.get("start") is not None else s["damaged"] for s in samples]
+            )
+            if missing:
+                start[missing] = fill_holes(
+                    batch["damaged"][missing], 1 - batch["mask"][missing], prefill
+                )
+            batch["start"] = start
     return batch
 
 
@@ -626,8 +658,9 @@ class ShardStream:
         augment_seed = cfg.seed if cfg.train and cfg.augment else None
         fresh = cfg.fresh_damage if cfg.train else None
         decode = _Decode(
-            cfg.channels, self._skips, cfg.skip, augment_seed, fresh_damage=fresh, seed=cfg.seed
-        )
+            cfg.channels, self._skips, cfg.skip, augment_seed, fresh_damage=fresh, seed=cfg.seed,
+            prefill=cfg.prefill,
+        )  # fmt: skip
         stages: list[Any] = [_SlotSamples(self.urls, cfg, self._skips, decode)]
         if cfg.train and cfg.shuffle_buffer > 1:
             # Shuffle the compressed samples: the buffer then costs ~0.1 MB a sample instead

@@ -66,6 +66,34 @@ class RepairNet(nn.Module):
         return out
 
 
+class PrefillOnly(nn.Module):
+    """The classical prefill alone (`model.prefill`), called as a RepairNet is: what a
+    trained generator is measured against (validation's val/prefill/*, `gan-dist eval`'s
+    baseline), so a user sees what the net adds to it. It has no weights but one empty
+    tensor, which tells callers its device."""
+
+    def __init__(self, prefill: str, composite: bool = True) -> None:
+        super().__init__()
+        self.prefill, self.composite = prefill, composite
+        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    def forward(
+        self,
+        damaged: torch.Tensor,
+        mask: torch.Tensor,
+        start: torch.Tensor | None = None,
+        origins: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, C, H, W) damaged in [-1, 1] and (B, 1, H, W) mask (1 = hole) -> the prefill's
+        repair, known pixels pasted back as RepairNet does."""
+        if start is None:
+            from gan_dist.nets.prefill import fill_holes
+
+            start = fill_holes(damaged, 1 - mask, self.prefill)
+        out = start.clamp(-1, 1)
+        return mask * out + (1 - mask) * damaged if self.composite else out
+
+
 def build_generator(
     model: ModelConfig, channels: int, image_size: int, copies: int = 1
 ) -> RepairNet:

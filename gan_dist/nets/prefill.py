@@ -1,4 +1,5 @@
 """A classical first guess for the holes, so the generator learns a correction, not a fill.
+(The exemplar fill, `model.prefill: patchmatch`, is in `exemplar.py`.)
 
 A small net trained for minutes paints holes worse than plain diffusion does (our quality
 benchmark measured it: several dB below OpenCV's Telea inside the hole), because it must
@@ -21,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-PREFILLS = ("biharmonic", "harmonic", "none")
+PREFILLS = ("biharmonic", "harmonic", "patchmatch", "none")
 HARMONIC_STEPS = 10  # per level
 BIHARMONIC_STEPS = 40  # per level
 # Heavy-ball momentum on the damped biharmonic iteration: on the quality benchmark's held-out
@@ -36,9 +37,16 @@ BIHARMONIC_DAMPING = 0.6 / 20
 def fill_holes(image: torch.Tensor, known: torch.Tensor, kind: str = "biharmonic") -> torch.Tensor:
     """image (B, C, H, W), known (B, 1, H, W) with 1 where the pixel is kept. Returns the
     image with unknown pixels replaced; an image with nothing known becomes 0 (mid-grey).
-    Same dtype and memory layout as `image`."""
+    Same dtype and memory layout as `image`, values in [-1, 1] (a biharmonic fill overshoots
+    near steep edges; clipped here, the one prefill training, validation and tiled repair
+    share). `kind`: biharmonic or harmonic (this module),
+    or patchmatch, an exemplar fill (`exemplar.py`)."""
     if bool(known.all()):  # global damage (noise, blur): nothing to fill
         return image
+    if kind == "patchmatch":
+        from gan_dist.nets.exemplar import patchmatch_fill
+
+        return patchmatch_fill(image, known)
     layout = (
         torch.channels_last
         if image.dim() == 4 and image.is_contiguous(memory_format=torch.channels_last)
@@ -48,7 +56,7 @@ def fill_holes(image: torch.Tensor, known: torch.Tensor, kind: str = "biharmonic
     # channels_last inputs (bf16 steps would not converge; strided ones run several x slower)
     with torch.autocast(image.device.type, enabled=False):
         x, w = image.float().contiguous(), known.float().contiguous()
-        fill = _multigrid(x * w, w, kind)
+        fill = _multigrid(x * w, w, kind).clamp_(-1, 1)
     return fill.to(image.dtype).contiguous(memory_format=layout)
 
 

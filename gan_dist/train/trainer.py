@@ -25,7 +25,7 @@ from gan_dist.data.images import picture_grid
 from gan_dist.data.pack import MANIFEST
 from gan_dist.data.stream import Batch, StreamConfig, check_data, make_stream, pack_of
 from gan_dist.errors import GanDistError
-from gan_dist.nets import build_discriminator, build_generator
+from gan_dist.nets import PrefillOnly, build_discriminator, build_generator
 from gan_dist.objectives import (
     adversarial_for,
     feature_matching,
@@ -67,6 +67,14 @@ DATA_WAIT_GRACE_S = 10.0
 
 class NonFiniteLoss(GanDistError):
     exit_code = EXIT_NONFINITE
+
+
+def stream_prefill(kind: str, device: str) -> str:
+    """The prefill training batches carry (`StreamConfig.prefill`): on a CPU every kind,
+    packed or solved by the data workers on another core while this one trains; on a GPU
+    only an exemplar fill, which runs on a CPU (a smooth one takes the generator's forward
+    far less time there than a worker could)."""
+    return kind if device == "cpu" or kind == "patchmatch" else "none"
 
 
 def _plugins_named(recipe: Recipe) -> str:
@@ -210,6 +218,8 @@ class _Run:
         self.step = 0
         self.last_ckpt: Path | None = None
         self.metrics: dict[str, float] = {}
+        # the prefill alone on the validation data, scored once per run (val/prefill/*)
+        self.prefill_metrics: dict[str, float] | None = None
         self.profiler: StepProfiler | None = None
         self.perceptual: PerceptualMetrics | None = None
         self.lineage: dict[str, str] = {}  # model.init's source and parent, as tags
@@ -282,6 +292,7 @@ class _Run:
             )
             self.recipe = self.shown = recipe
             self.resumes = list(ckpt.state.get("resumes", []))
+            self.prefill_metrics = ckpt.state.get("prefill_metrics")
             self.already_complete = cfg.max_steps is not None and ckpt.step >= cfg.max_steps
             if self.already_complete:  # nothing trains: nothing changes but the tracking
                 self.shown, changes = as_ran(ckpt.state["recipe"], recipe), []
@@ -338,9 +349,7 @@ class _Run:
                 fresh_damage=data.damage if data.fresh_damage else None,
                 seed=recipe.seed,
                 skip={int(k): v for k, v in rank_state.get("data_position", {}).items()},
-                # on a CPU the workers fill holes on another core while this one trains; a
-                # GPU does it in the generator's forward in far less time than a worker could
-                prefill=recipe.model.prefill if accelerator.device.type == "cpu" else "none",
+                prefill=stream_prefill(recipe.model.prefill, accelerator.device.type),
                 rank=rank,
                 world=world,
                 stall_timeout_s=data.stall_timeout_s,
@@ -434,6 +443,7 @@ class _Run:
                 "lineage": self.lineage,
                 "data_identity": self.data_identity,
                 "resumes": self.resumes,
+                "prefill_metrics": self.prefill_metrics,
             },
             keep=self.recipe.train.keep_checkpoints,
         )
@@ -627,17 +637,30 @@ class _Run:
     def _validate_now(self, stop: StopFlag) -> None:
         """The EMA generator's validation metrics, logged and kept for the checkpoint.
         Raises StopRequested when a stop cuts the pass short."""
+        model = self.recipe.model
         with stop.interruptible(grace_s=DATA_WAIT_GRACE_S):
             metrics = _validate(
                 self.ema.module, self.recipe, self.val, self.accelerator, stop, self.perceptual
             )
+            if model.prefill != "none" and self.prefill_metrics is None and not stop.requested:
+                # the baseline the net must beat, on the same samples: once, as it never moves
+                alone = PrefillOnly(model.prefill, model.composite).to(self.accelerator.device)
+                baseline = _validate(alone, self.recipe, self.val, self.accelerator, stop)
+                if not stop.requested:
+                    self.prefill_metrics = baseline
+                    logged = {f"val/prefill/{k}": v for k, v in baseline.items() if k != "samples"}
+                    self.tracker.log_metrics(logged, self.step)
         if stop.requested:  # a pass cut short by a signal is no score
             return
         self.metrics = metrics
         self.tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, self.step)
-        self.progress.message(
-            f"step {self.step} validation: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        )
+        said = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        if self.prefill_metrics:
+            alone = self.prefill_metrics
+            said += f"; the {model.prefill} prefill alone: " + ", ".join(
+                f"{k} {alone[k]:.4g}" for k in ("hole_psnr", "hole_swd") if k in alone
+            )
+        self.progress.message(f"step {self.step} validation: {said}")
 
     def _profiled(self) -> None:
         """Counts a step for the profiler; once its record is written, says where and

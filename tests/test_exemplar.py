@@ -1,0 +1,136 @@
+"""The exemplar fill (`model.prefill: patchmatch`, issue 25): known pixels kept exactly, the
+same fill for the same input, texture where a smooth fill makes a smudge."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gan_dist.nets.exemplar import patchmatch_fill
+from gan_dist.nets.prefill import fill_holes
+
+
+def photo(channels: int = 3, size: int = 96) -> torch.Tensor:
+    """A real textured crop (scikit-image's grass) in [-1, 1], (1, C, size, size)."""
+    from skimage import data
+
+    grass = data.grass()[:size, :size].astype(np.float32) / 127.5 - 1
+    image = torch.from_numpy(grass)[None, None]
+    return image.repeat(1, channels, 1, 1) if channels == 3 else image
+
+
+def box(size: int = 96, top: int = 30, height: int = 36) -> torch.Tensor:
+    known = torch.ones(1, 1, size, size)
+    known[..., top : top + height, top : top + height] = 0
+    return known
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_known_pixels_are_kept_exactly_and_holes_filled_from_the_image(channels):
+    image = photo(channels) + 1e-4  # values off the 8-bit grid survive outside the hole
+    known = box()
+    filled = patchmatch_fill(image, known)
+    assert filled.shape == image.shape and filled.dtype == image.dtype
+    assert torch.equal(filled * known, image * known)
+    hole = filled[..., 30:66, 30:66]
+    assert hole.min() >= -1 and hole.max() <= 1
+    assert not torch.equal(hole, image[..., 30:66, 30:66])
+    # every hole value is one the image's known part holds (a copy, not a blend)
+    levels = set(((image * known + 1) * 127.5).round().flatten().tolist())
+    assert set(((hole + 1) * 127.5).round().flatten().tolist()) <= levels | {0.0}
+
+
+def test_the_same_input_gets_the_same_fill_in_any_batch():
+    image, known = photo(), box()
+    first = patchmatch_fill(image, known)
+    assert torch.equal(patchmatch_fill(image, known), first)
+    batch = patchmatch_fill(torch.cat([photo(), image]), torch.cat([box(top=10), known]))
+    assert torch.equal(batch[1:], first)
+
+
+def test_texture_where_a_smooth_fill_makes_a_smudge():
+    """The hole's high-frequency energy: the grass has it, the biharmonic fill has almost
+    none, the exemplar fill has about the photograph's."""
+    image, known = photo(1), box()
+
+    def grain(x: torch.Tensor) -> float:
+        hole = x[..., 32:64, 32:64]
+        return float((hole[..., 1:, :] - hole[..., :-1, :]).abs().mean())
+
+    truth = grain(image)
+    assert grain(fill_holes(image, known, "biharmonic")) < 0.2 * truth
+    assert 0.6 * truth < grain(fill_holes(image, known, "patchmatch")) < 1.5 * truth
+
+
+def test_nothing_known_is_mid_grey_and_nothing_missing_is_the_image():
+    image = photo()
+    assert torch.equal(patchmatch_fill(image, torch.ones(1, 1, 96, 96)), image)
+    assert torch.equal(patchmatch_fill(image, torch.zeros(1, 1, 96, 96)), torch.zeros_like(image))
+    two = torch.cat([photo(), photo()])
+    known = torch.cat([torch.ones(1, 1, 96, 96), box()])
+    filled = patchmatch_fill(two, known)
+    assert torch.equal(filled[0], two[0]) and not torch.equal(filled[1], two[1])
+
+
+def test_other_channel_counts_are_refused():
+    with pytest.raises(ValueError, match="1 or 3 channels, not 2"):
+        patchmatch_fill(torch.zeros(1, 2, 8, 8), torch.zeros(1, 1, 8, 8))
+
+
+def test_a_bf16_batch_keeps_its_dtype():
+    image = photo().bfloat16()
+    filled = fill_holes(image, box(), "patchmatch")
+    assert filled.dtype == torch.bfloat16 and torch.equal(filled * box(), image * box())
+
+
+@pytest.mark.parametrize("kind", ["biharmonic", "patchmatch"])
+def test_the_pack_solves_prefills_once_and_the_stream_takes_them(packed, kind):
+    """Solved between steps, the smooth prefill was most of quickstart's data wait, and an
+    exemplar fill costs far more: a packed sample carries both, and training batches take
+    them instead of solving them again, equal to solving them (16-bit precision)."""
+    from gan_dist.data.stream import StreamConfig, make_stream
+
+    def batches(prefill: str, stored: bool) -> list[dict]:
+        stream = make_stream(
+            str(packed),
+            StreamConfig(4, 3, train=False, prefill=prefill),
+            split="val",
+        )
+        try:
+            if not stored:  # the same samples, without their packed prefills
+                import gan_dist.data.stream as module
+
+                original = module._Decode._packed_start
+                module._Decode._packed_start = lambda *a: None
+                try:
+                    return list(stream)
+                finally:
+                    module._Decode._packed_start = original
+            return list(stream)
+        finally:
+            stream.close()
+
+    packed_batches, solved = batches(kind, True), batches(kind, False)
+    for got, want in zip(packed_batches, solved, strict=True):
+        assert torch.equal(got["damaged"], want["damaged"])
+        keep = 1 - got["mask"]
+        assert torch.equal(got["start"] * keep, got["damaged"] * keep)  # known pixels exact
+        assert (got["start"] - want["start"]).abs().max() <= 1.5 / 65535
+    assert len(packed_batches) > 0
+
+
+def test_a_pack_keeps_the_prefills_of_holes_only(tmp_path):
+    from gan_dist.data.pack import packed_prefills
+
+    damaged = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    no_hole = np.zeros((16, 16, 1), np.uint8)
+    assert packed_prefills([damaged], [no_hole], ("biharmonic", "patchmatch")) == [{}]
+    hole = no_hole.copy()
+    hole[4:9, 4:9] = 255
+    first, fills = packed_prefills([damaged, damaged], [no_hole, hole], ("patchmatch",))
+    assert first == {} and list(fills) == ["patchmatch"]
+    assert fills["patchmatch"].dtype == np.uint16
+    known = hole[:, :, 0] == 0
+    assert not fills["patchmatch"][known].any()  # the stream takes these from the crop
+    assert (fills["patchmatch"][~known] % 257 == 0).all()  # 8-bit copies, exactly
