@@ -193,15 +193,39 @@ def reconstruction(
     mask: torch.Tensor,
     weight: float,
     hole_weight: float,
+    lowpass_sigma: float = 0.0,
 ) -> torch.Tensor:
     """L1 over the image, plus an extra L1 averaged over the hole only: with compositing the
-    known pixels are exact, and a plain mean would dilute the hole by its coverage."""
-    diff = (fake.float() - clean.float()).abs()
+    known pixels are exact, and a plain mean would dilute the hole by its coverage.
+
+    `lowpass_sigma` > 0 (px): both terms compare the images' low frequencies only (each
+    blurred by a Gaussian of that sigma), leaving the detail to the texture and adversarial
+    terms. A pixel loss on the detail pulls it to its conditional median, which for texture
+    is a flat smudge; blurred, it still asks for the right colours and shapes (the
+    perception-distortion trade-off, Blau and Michaeli 2018, split by frequency)."""
+    fake, clean = fake.float(), clean.float()
+    if lowpass_sigma:
+        fake, clean = lowpass(fake, lowpass_sigma), lowpass(clean, lowpass_sigma)
+    diff = (fake - clean).abs()
     loss = weight * diff.mean()
     if hole_weight:
         hole = mask.expand_as(diff)
         loss = loss + hole_weight * (diff * hole).sum() / hole.sum().clamp(min=1)
     return loss
+
+
+def lowpass(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, C, H, W) blurred by a Gaussian of `sigma` px (kernel 2 * ceil(3 sigma) + 1 px,
+    reflected at the borders; torchvision's gaussian_blur), differentiable."""
+    import math
+
+    from torchvision.transforms.functional import gaussian_blur
+
+    size = 2 * math.ceil(3 * sigma) + 1
+    side = min(image.shape[-2:])
+    if size > 2 * side - 1:  # reflection needs the pad under the image's side
+        size = 2 * ((2 * side - 2) // 2) - 1
+    return gaussian_blur(image, [size, size], [sigma, sigma])
 
 
 def structural_dissimilarity(fake: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:

@@ -482,6 +482,13 @@ class ObjectiveConfig(Section):
     )
     l1_weight: NonNegativeFloat = 100.0
     hole_l1_weight: NonNegativeFloat = Field(0.0, description="extra L1 weight inside the mask")
+    l1_lowpass_sigma: NonNegativeFloat = Field(
+        0.0,
+        le=16,
+        description="px: compare only the low frequencies in the L1 terms (both images blurred "
+        "by a Gaussian of this sigma), leaving texture to texture_weight and the adversarial "
+        "term, as with model.prefill: patchmatch; 0: plain L1",
+    )
     feature_matching_weight: NonNegativeFloat = 0.0
     ssim_weight: NonNegativeFloat = Field(0.0, description="weight of 1 - SSIM beside the L1")
     texture_weight: NonNegativeFloat = Field(

@@ -89,6 +89,30 @@ def test_texture_loss_scores_a_flat_hole_far_above_the_same_grain_elsewhere():
     assert reconstruction(flat, clean, mask, 0, 1) < reconstruction(regrained, clean, mask, 0, 1)
 
 
+def test_a_low_pass_l1_leaves_grain_free_and_still_asks_for_the_colour():
+    """Issue 25: a plain L1 prefers a flat patch to grain of the right statistics; on the
+    low frequencies the two cost about the same, while a wrong colour still costs."""
+    import torch
+
+    clean, mask = _grain(0)
+    other, _ = _grain(1)
+    flat = clean * (1 - mask) + mask * clean.mean()
+    regrained = clean * (1 - mask) + mask * other
+    darker = clean * (1 - mask) + mask * (other - 0.3)
+    plain = [reconstruction(x, clean, mask, 0, 1) for x in (flat, regrained)]
+    low = [reconstruction(x, clean, mask, 0, 1, lowpass_sigma=2.0) for x in (flat, regrained)]
+    assert plain[0] < plain[1]
+    assert low[1] < 1.3 * low[0] and low[1] < 0.5 * plain[1]
+    assert reconstruction(darker, clean, mask, 0, 1, lowpass_sigma=2.0) > 3 * low[1]
+    x = regrained.clone().requires_grad_(True)
+    reconstruction(x, clean, mask, 1, 1, lowpass_sigma=2.0).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    tiny = torch.zeros(1, 3, 4, 4)  # a kernel wider than the image is cut to fit
+    assert torch.isclose(
+        reconstruction(tiny, tiny + 1, torch.ones(1, 1, 4, 4), 1, 0, 8.0), torch.tensor(1.0)
+    )
+
+
 def test_texture_loss_gradient_brings_back_the_grain_of_a_flat_hole():
     clean, mask = _grain()
     hole = mask.expand_as(clean) > 0

@@ -828,7 +828,9 @@ def train_step(
             with accelerator.autocast():
                 g_logits, g_feats = plain_d(torch.cat([damaged, mask, fake], dim=1), features=True)
             g_adv = adversarial.g(g_logits.float()).mean()
-            g_rec = reconstruction(fake, clean, mask, obj.l1_weight, obj.hole_l1_weight)
+            g_rec = reconstruction(
+                fake, clean, mask, obj.l1_weight, obj.hole_l1_weight, obj.l1_lowpass_sigma
+            )
             loss_g = obj.adversarial_weight * g_adv + g_rec
             losses["g_adv"], losses["g_rec"] = g_adv.detach(), g_rec.detach()
             if obj.feature_matching_weight:
