@@ -432,12 +432,15 @@ class ModelConfig(Section):
     composite: StrictBool = Field(
         True, description="paste known pixels back over the output (inpainting); off for noise"
     )
-    prefill: Literal["biharmonic", "harmonic", "patchmatch", "none"] = Field(
-        "biharmonic",
-        description="fill holes classically first and train the generator to correct that "
-        "fill: by diffusion (biharmonic carries gradients in, harmonic only values, both "
-        "smooth) or with patches copied from the image's known part (patchmatch: texture); "
-        "none: the generator paints holes from scratch, as pix2pix does",
+    prefill: Literal["biharmonic", "harmonic", "patchmatch", "patchmatch+biharmonic", "none"] = (
+        Field(
+            "biharmonic",
+            description="fill holes classically first and train the generator to correct that "
+            "fill: by diffusion (biharmonic carries gradients in, harmonic only values, both "
+            "smooth) or with patches copied from the image's known part (patchmatch: texture); "
+            "patchmatch+biharmonic: corrects the exemplar fill, seeing the smooth one beside it; "
+            "none: the generator paints holes from scratch, as pix2pix does",
+        )
     )
     noise: StrictBool = Field(
         False,

@@ -37,6 +37,7 @@ from gan_dist.data.images import (
 )
 from gan_dist.errors import GanDistError
 from gan_dist.models import RepairModel
+from gan_dist.nets.prefill import prefill_parts
 from gan_dist.pixels import to_signed, to_unit
 
 T = TypeVar("T")
@@ -118,7 +119,9 @@ def repair_rows(
         tiles = _band_tiles(pixels, mask, y, th, tw, overlap, model.channels, composite)
         for chunk in _chunks(tiles, batch):
             xs, images, masks = zip(*chunk, strict=True)
-            starts = [_start(im, y, x, active) for im, x in zip(images, xs, strict=True)]
+            starts = [
+                _start(im, y, x, active, fills.parts) for im, x in zip(images, xs, strict=True)
+            ]
             pred = model.forward(
                 torch.from_numpy(np.stack(images)),
                 torch.from_numpy(np.stack(masks)),
@@ -297,6 +300,7 @@ class _Prefills:
         self.waiting = list(reversed(boxes))  # popped from the end: top-most first
         self.active: list[tuple[int, int, np.ndarray]] = []
         self.kind = kind if boxes else "none"
+        self.parts = len(prefill_parts(kind))  # fills stacked in each start
 
     def crossing(self, top: int, bottom: int) -> list[tuple[int, int, np.ndarray]]:
         """(top, left, filled (C, h, w) in [-1, 1]) of the boxes that rows [top, bottom)
@@ -308,7 +312,7 @@ class _Prefills:
             y0, y1, x0, x1 = self.waiting.pop()
             # an exemplar fill copies patches from around the hole: solved on a wider box
             # (still one solve per group of holes), kept on the group's own box
-            c = EXEMPLAR_CONTEXT if self.kind == "patchmatch" else 0
+            c = EXEMPLAR_CONTEXT if "patchmatch" in prefill_parts(self.kind) else 0
             top_c, left_c = max(y0 - c, 0), max(x0 - c, 0)
             bottom_c, right_c = min(y1 + c, self.mask.shape[0]), min(x1 + c, self.mask.shape[1])
             value, hole = _tile(
@@ -322,12 +326,13 @@ class _Prefills:
         return self.active
 
 
-def _start(tile: np.ndarray, y: int, x: int, fills: list) -> np.ndarray:
+def _start(tile: np.ndarray, y: int, x: int, fills: list, parts: int = 1) -> np.ndarray:
     """The tile (C, th, tw) with its holes' prefill pasted from `fills` (known pixels, and
-    the edge padding of a tile larger than the image, are the same in both)."""
-    if not fills:
+    the edge padding of a tile larger than the image, are the same in both); (parts * C,
+    th, tw) for a prefill that stacks `parts` fills."""
+    if not fills and parts == 1:
         return tile
-    start = tile.copy()
+    start = np.concatenate([tile] * parts) if parts > 1 else tile.copy()
     th, tw = tile.shape[1:]
     for top, left, filled in fills:
         y0, y1 = max(y, top), min(y + th, top + filled.shape[1])

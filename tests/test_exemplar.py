@@ -84,7 +84,7 @@ def test_a_bf16_batch_keeps_its_dtype():
     assert filled.dtype == torch.bfloat16 and torch.equal(filled * box(), image * box())
 
 
-@pytest.mark.parametrize("kind", ["biharmonic", "patchmatch"])
+@pytest.mark.parametrize("kind", ["biharmonic", "patchmatch", "patchmatch+biharmonic"])
 def test_the_pack_solves_prefills_once_and_the_stream_takes_them(packed, kind):
     """Solved between steps, the smooth prefill was most of quickstart's data wait, and an
     exemplar fill costs far more: a packed sample carries both, and training batches take
@@ -115,7 +115,9 @@ def test_the_pack_solves_prefills_once_and_the_stream_takes_them(packed, kind):
     for got, want in zip(packed_batches, solved, strict=True):
         assert torch.equal(got["damaged"], want["damaged"])
         keep = 1 - got["mask"]
-        assert torch.equal(got["start"] * keep, got["damaged"] * keep)  # known pixels exact
+        parts = got["start"].shape[1] // got["damaged"].shape[1]
+        damaged = got["damaged"].repeat(1, parts, 1, 1)
+        assert torch.equal(got["start"] * keep, damaged * keep)  # known pixels exact
         assert (got["start"] - want["start"]).abs().max() <= 1.5 / 65535
     assert len(packed_batches) > 0
 
@@ -134,3 +136,34 @@ def test_a_pack_keeps_the_prefills_of_holes_only(tmp_path):
     known = hole[:, :, 0] == 0
     assert not fills["patchmatch"][known].any()  # the stream takes these from the crop
     assert (fills["patchmatch"][~known] % 257 == 0).all()  # 8-bit copies, exactly
+
+
+def test_an_exemplar_fill_beside_a_smooth_one_is_corrected_and_seen():
+    """`patchmatch+biharmonic`: the generator corrects the exemplar fill and sees the smooth
+    one as 3 more input channels; untrained (a zero correction) it returns the exemplar
+    fill, and the smooth one changes its output once it is trained."""
+    from gan_dist.nets import PrefillOnly, build_generator
+    from gan_dist.recipe import load_recipe
+
+    image, known = photo(), box()
+    both = fill_holes(image, known, "patchmatch+biharmonic")
+    assert both.shape == (1, 6, 96, 96)
+    assert torch.equal(both[:, :3], fill_holes(image, known, "patchmatch"))
+    assert torch.equal(both[:, 3:], fill_holes(image, known, "biharmonic"))
+    assert torch.equal(fill_holes(image, torch.ones_like(known), "patchmatch+biharmonic"),
+                       torch.cat([image, image], dim=1))  # fmt: skip
+    model = load_recipe("quickstart", ["model.prefill=patchmatch+biharmonic"]).model
+    G = build_generator(model, 3, 96).eval()
+    first = next(m for m in G.body.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.in_channels == 6 + 1
+    mask = 1 - known
+    damaged = image * known - mask
+    with torch.no_grad():
+        assert torch.equal(G(damaged, mask), both[:, :3] * mask + damaged * known)
+        alone = PrefillOnly("patchmatch+biharmonic")(damaged, mask)
+        assert torch.equal(alone, both[:, :3] * mask + damaged * known)
+        for p in G.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        other = both.clone()
+        other[:, 3:] = 0
+        assert not torch.equal(G(damaged, mask, both), G(damaged, mask, other))

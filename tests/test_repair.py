@@ -423,7 +423,7 @@ def test_alpha_comes_back_untouched(inpaint, tmp_path, name):
     assert np.array_equal(picture.pixels[~mask], arr[:, :, :colour][~mask])
 
 
-@pytest.mark.parametrize("prefill", ["biharmonic", "patchmatch"])
+@pytest.mark.parametrize("prefill", ["biharmonic", "patchmatch", "patchmatch+biharmonic"])
 def test_a_hole_larger_than_a_tile_shows_no_tile_borders(prefill, tmp_path):
     """Tiles whose edges cut through a hole used to fill their own part of it from the known
     pixels they saw, and disagreed where they were blended (a faint cross in large holes).

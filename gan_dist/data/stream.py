@@ -382,14 +382,16 @@ class _Decode:
         """The prefill the pack solved for this sample's holes (`pack.packed_prefills`) with
         its known pixels, (C, H, W) in [-1, 1]; None when the pack has none of this kind
         (then the batch's is solved in `_collate`)."""
-        if self.prefill == "none" or not any(
-            k.startswith(f"prefill-{self.prefill}.") for k in sample
-        ):
+        parts = [] if self.prefill == "none" else self.prefill.split("+")
+        if not parts or not all(any(k.startswith(f"prefill-{p}.") for k in sample) for p in parts):
             return None
-        fill = _to_tensor(sample_part(sample, f"prefill-{self.prefill}"), self.channels)
-        if fill.shape != damaged.shape:
-            raise ValueError(f"sizes differ: prefill {fill.shape}, image {damaged.shape}")
-        return torch.where(mask > 0, fill, damaged)
+        fills = []
+        for part in parts:
+            fill = _to_tensor(sample_part(sample, f"prefill-{part}"), self.channels)
+            if fill.shape != damaged.shape:
+                raise ValueError(f"sizes differ: prefill {fill.shape}, image {damaged.shape}")
+            fills.append(torch.where(mask > 0, fill, damaged))
+        return torch.cat(fills)
 
 
 def dihedral(image: torch.Tensor, turn: int) -> torch.Tensor:

@@ -58,7 +58,8 @@ class RepairNet(nn.Module):
 
             if start is None:
                 start = fill_holes(damaged, 1 - mask, self.prefill)
-            out = (start + self.body(torch.cat([start, *extra], dim=1))).clamp(-1, 1)
+            base = start[:, : damaged.shape[1]]  # the fill corrected; any others are input
+            out = (base + self.body(torch.cat([start, *extra], dim=1))).clamp(-1, 1)
         else:
             out = self.body(torch.cat([damaged, *extra], dim=1))
         if self.composite:
@@ -90,7 +91,7 @@ class PrefillOnly(nn.Module):
             from gan_dist.nets.prefill import fill_holes
 
             start = fill_holes(damaged, 1 - mask, self.prefill)
-        out = start.clamp(-1, 1)
+        out = start[:, : damaged.shape[1]].clamp(-1, 1)
         return mask * out + (1 - mask) * damaged if self.composite else out
 
 
@@ -104,10 +105,12 @@ def build_generator(
     neither built in nor installed, PluginError when a plugin's net breaks its contract
     or would not fit."""
     from gan_dist.nets.contract import built
+    from gan_dist.nets.prefill import prefill_parts
     from gan_dist.registry import registry
 
     family = registry("generator").get(model.generator.name)
-    dims = {"in_channels": channels + 1 + model.noise, "out_channels": channels}
+    fills = len(prefill_parts(model.prefill))  # "none" counts one: the damaged image
+    dims = {"in_channels": fills * channels + 1 + model.noise, "out_channels": channels}
     body = built(family, "generator", model.generator.settings, dims, image_size, copies)
     return RepairNet(body, model.composite, model.prefill, model.noise)
 

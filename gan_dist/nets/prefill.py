@@ -22,7 +22,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-PREFILLS = ("biharmonic", "harmonic", "patchmatch", "none")
+PREFILLS = ("biharmonic", "harmonic", "patchmatch", "patchmatch+biharmonic", "none")
+
+
+def prefill_parts(kind: str) -> list[str]:
+    """The fills a prefill kind stacks, first the one the generator corrects: `a+b` is fill
+    a, with fill b beside it as more input channels (an exemplar fill and a smooth one)."""
+    return kind.split("+")
+
+
 HARMONIC_STEPS = 10  # per level
 BIHARMONIC_STEPS = 40  # per level
 # Heavy-ball momentum on the damped biharmonic iteration: on the quality benchmark's held-out
@@ -40,7 +48,11 @@ def fill_holes(image: torch.Tensor, known: torch.Tensor, kind: str = "biharmonic
     Same dtype and memory layout as `image`, values in [-1, 1] (a biharmonic fill overshoots
     near steep edges; clipped here, the one prefill training, validation and tiled repair
     share). `kind`: biharmonic or harmonic (this module),
-    or patchmatch, an exemplar fill (`exemplar.py`)."""
+    or patchmatch, an exemplar fill (`exemplar.py`); `a+b` (see `prefill_parts`) stacks the
+    fills, (B, 2C, H, W)."""
+    parts = prefill_parts(kind)
+    if len(parts) > 1:  # (B, len(parts) * C, H, W)
+        return torch.cat([fill_holes(image, known, part) for part in parts], dim=1)
     if bool(known.all()):  # global damage (noise, blur): nothing to fill
         return image
     if kind == "patchmatch":

@@ -74,7 +74,7 @@ def stream_prefill(kind: str, device: str) -> str:
     packed or solved by the data workers on another core while this one trains; on a GPU
     only an exemplar fill, which runs on a CPU (a smooth one takes the generator's forward
     far less time there than a worker could)."""
-    return kind if device == "cpu" or kind == "patchmatch" else "none"
+    return kind if device == "cpu" or "patchmatch" in kind else "none"
 
 
 def _plugins_named(recipe: Recipe) -> str:
