@@ -61,6 +61,15 @@ ANCHORS = ("telea", "biharmonic", "patchmatch")  # classical inpainting, no trai
 VARIANTS = {
     "quickstart": ("quickstart", []),
     "exemplar": ("quickstart", ["model.prefill=patchmatch"]),
+    # the exemplar fill corrected with the smooth one in view, L1 on low frequencies only
+    "exemplar-lowpass": (
+        "quickstart",
+        [
+            "model.prefill=patchmatch+biharmonic",
+            "objective.l1_lowpass_sigma=2",
+            "objective.ssim_weight=0",
+        ],
+    ),
     "l1-only": ("quickstart", ["objective.adversarial_weight=0"]),
     "dcgan": ("dcgan", NARROW),
     "sngan": ("sngan", NARROW),
