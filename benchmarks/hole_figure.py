@@ -2,12 +2,14 @@
 
 Cuts a region of a held-out photograph at native resolution (default: the gravel beach of
 EveningGlow, from Debian's wallpapers, which no quality-benchmark model trains on), punches a
-box and a brush stroke into it, and repairs it three ways: the biharmonic prefill alone
-(what every net starts from), the model through `gan-dist repair`'s own tiled path, and
-scikit-image's exact biharmonic solve. Writes one labelled PNG at 1:1 pixels and prints JSON:
-hole PSNR (dB) and the hole's grain against the original's. Grain is the standard deviation
-of the image minus its 5x5 box blur (levels of 255), the fine texture a smooth fill lacks:
-a ratio of 1 keeps the photograph's grain, near 0 is a flat patch whatever the PSNR.
+box and a brush stroke into it, and repairs it four ways: the biharmonic prefill alone
+(what the smooth-prefill nets start from), the model through `gan-dist repair`'s own tiled
+path, scikit-image's exact biharmonic solve (the best classical fidelity), and PatchMatch
+(Barnes et al. 2009, `pypatchmatch` with radius 3: the classical texture). Writes one
+labelled PNG at 1:1 pixels and prints JSON: hole PSNR (dB) and the hole's grain against the
+original's. Grain is the standard deviation of the image minus its 5x5 box blur (levels of
+255), the fine texture a smooth fill lacks: a ratio of 1 keeps the photograph's grain, near
+0 is a flat patch whatever the PSNR.
 
     python benchmarks/hole_figure.py --model RUN_DIR_OR_URI --out docs/hole-repair.png
 """
@@ -65,6 +67,7 @@ def main() -> None:
 
     from gan_dist.data.images import picture_grid, read_image, write_png_atomic
     from gan_dist.models import load_model
+    from gan_dist.nets.exemplar import patchmatch_fill
     from gan_dist.nets.prefill import fill_holes
     from gan_dist.repair import repair_array
 
@@ -91,8 +94,11 @@ def main() -> None:
     prefill = np.round((start + 1) * 127.5).clip(0, 255).astype(np.uint8)
     exact = inpaint_biharmonic(damaged / 255.0, hole, channel_axis=-1)
     biharmonic = np.round(exact * 255).clip(0, 255).astype(np.uint8)
+    copied = patchmatch_fill(as_tensor, known)[0].permute(1, 2, 0).numpy()
+    patchmatch = np.round((copied + 1) * 127.5).clip(0, 255).astype(np.uint8)
 
     columns = {"damaged": damaged, "prefill": prefill, "biharmonic": biharmonic}
+    columns |= {"patchmatch": patchmatch}
     columns |= {"repaired": repaired, "original": original}
     write_png_atomic(args.out, picture_grid([list(columns.values())], labels=list(columns)))
     truth = grain(original, hole)
@@ -104,7 +110,7 @@ def main() -> None:
         "figure": str(args.out),
         "original_grain": round(truth, 2),
     }
-    for name in ("prefill", "biharmonic", "repaired"):
+    for name in ("prefill", "biharmonic", "patchmatch", "repaired"):
         report[name] = {
             "hole_psnr": round(hole_psnr(columns[name], original, hole), 2),
             "grain_ratio": round(grain(columns[name], hole) / truth, 3),

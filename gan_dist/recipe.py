@@ -438,7 +438,8 @@ class ModelConfig(Section):
             description="fill holes classically first and train the generator to correct that "
             "fill: by diffusion (biharmonic carries gradients in, harmonic only values, both "
             "smooth) or with patches copied from the image's known part (patchmatch: texture); "
-            "patchmatch+biharmonic: corrects the exemplar fill, seeing the smooth one beside it; "
+            "patchmatch+biharmonic: corrects the smooth fill's low frequencies plus the "
+            "exemplar's detail, seeing the smooth fill beside it; "
             "none: the generator paints holes from scratch, as pix2pix does",
         )
     )

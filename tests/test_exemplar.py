@@ -139,17 +139,25 @@ def test_a_pack_keeps_the_prefills_of_holes_only(tmp_path):
 
 
 def test_an_exemplar_fill_beside_a_smooth_one_is_corrected_and_seen():
-    """`patchmatch+biharmonic`: the generator corrects the exemplar fill and sees the smooth
-    one as 3 more input channels; untrained (a zero correction) it returns the exemplar
-    fill, and the smooth one changes its output once it is trained."""
+    """`patchmatch+biharmonic`: the generator corrects the smooth fill's low frequencies
+    plus the exemplar's detail, and sees the smooth fill as 3 more input channels; untrained
+    (a zero correction) it returns that blend, and the smooth fill changes its output once
+    it is trained."""
     from gan_dist.nets import PrefillOnly, build_generator
+    from gan_dist.objectives import lowpass
     from gan_dist.recipe import load_recipe
 
     image, known = photo(), box()
     both = fill_holes(image, known, "patchmatch+biharmonic")
     assert both.shape == (1, 6, 96, 96)
-    assert torch.equal(both[:, :3], fill_holes(image, known, "patchmatch"))
-    assert torch.equal(both[:, 3:], fill_holes(image, known, "biharmonic"))
+    copy, smooth = fill_holes(image, known, "patchmatch"), fill_holes(image, known, "biharmonic")
+    assert torch.equal(both[:, 3:], smooth)
+    assert torch.equal(both[:, :3] * known, image * known)  # known pixels kept
+    blend = lowpass(smooth, 4.0) + copy - lowpass(copy, 4.0)
+    hole = known.expand_as(image) < 0.5
+    assert torch.allclose(both[:, :3][hole], blend.clamp(-1, 1)[hole], atol=1e-6)
+    grain = (both[:, :3] - lowpass(both[:, :3], 1.0))[hole].std()
+    assert grain > 0.8 * (copy - lowpass(copy, 1.0))[hole].std()  # the copy's detail
     assert torch.equal(fill_holes(image, torch.ones_like(known), "patchmatch+biharmonic"),
                        torch.cat([image, image], dim=1))  # fmt: skip
     model = load_recipe("quickstart", ["model.prefill=patchmatch+biharmonic"]).model

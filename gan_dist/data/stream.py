@@ -385,13 +385,15 @@ class _Decode:
         parts = [] if self.prefill == "none" else self.prefill.split("+")
         if not parts or not all(any(k.startswith(f"prefill-{p}.") for k in sample) for p in parts):
             return None
+        from gan_dist.nets.prefill import stack_fills
+
         fills = []
         for part in parts:
             fill = _to_tensor(sample_part(sample, f"prefill-{part}"), self.channels)
             if fill.shape != damaged.shape:
                 raise ValueError(f"sizes differ: prefill {fill.shape}, image {damaged.shape}")
-            fills.append(torch.where(mask > 0, fill, damaged))
-        return torch.cat(fills)
+            fills.append(torch.where(mask > 0, fill, damaged)[None])
+        return stack_fills(fills, 1 - mask[None])[0]
 
 
 def dihedral(image: torch.Tensor, turn: int) -> torch.Tensor:

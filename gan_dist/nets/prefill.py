@@ -25,10 +25,36 @@ import torch.nn.functional as F
 PREFILLS = ("biharmonic", "harmonic", "patchmatch", "patchmatch+biharmonic", "none")
 
 
+# px: `patchmatch+biharmonic` corrects the smooth fill's low frequencies plus the exemplar
+# fill's detail above this Gaussian sigma. Unlearned, on the quality benchmark's held-out
+# photos (hole PSNR dB / hole SWD): the copy alone 22.67 / 54.8, this blend at 4 px 23.06 /
+# 57.5, at 2 px 23.22 / 70.5, at 1 px 23.51 / 97.3; the smooth fill 23.96 / 149.7.
+BLEND_SIGMA = 4.0
+
+
 def prefill_parts(kind: str) -> list[str]:
-    """The fills a prefill kind stacks, first the one the generator corrects: `a+b` is fill
-    a, with fill b beside it as more input channels (an exemplar fill and a smooth one)."""
+    """The fills a prefill kind is made of: `patchmatch+biharmonic` is an exemplar fill and
+    a smooth one (see `stack_fills`)."""
     return kind.split("+")
+
+
+def stack_fills(fills: list[torch.Tensor], known: torch.Tensor) -> torch.Tensor:
+    """The start of a prefill made of several fills (`prefill_parts`), each (B, C, H, W) in
+    [-1, 1] with known (B, 1, H, W): one fill is itself; an exemplar fill and a smooth one
+    give (B, 2C, H, W), first what the generator corrects, the smooth fill's low frequencies
+    plus the exemplar's detail (above BLEND_SIGMA px; known pixels kept), then the smooth
+    fill, as more input. A copy's colours are off where a smooth fill's are closer, its
+    detail is what no smooth fill has (the perception-distortion split by frequency, Blau
+    and Michaeli 2018)."""
+    if len(fills) == 1:
+        return fills[0]
+    from gan_dist.objectives import lowpass
+
+    exemplar, smooth = fills
+    detail = exemplar.float() - lowpass(exemplar.float(), BLEND_SIGMA)
+    blend = (lowpass(smooth.float(), BLEND_SIGMA) + detail).clamp(-1, 1).to(exemplar.dtype)
+    blend = torch.where(known > 0.5, exemplar, blend)
+    return torch.cat([blend, smooth], dim=1)
 
 
 HARMONIC_STEPS = 10  # per level
@@ -48,11 +74,11 @@ def fill_holes(image: torch.Tensor, known: torch.Tensor, kind: str = "biharmonic
     Same dtype and memory layout as `image`, values in [-1, 1] (a biharmonic fill overshoots
     near steep edges; clipped here, the one prefill training, validation and tiled repair
     share). `kind`: biharmonic or harmonic (this module),
-    or patchmatch, an exemplar fill (`exemplar.py`); `a+b` (see `prefill_parts`) stacks the
-    fills, (B, 2C, H, W)."""
+    or patchmatch, an exemplar fill (`exemplar.py`); patchmatch+biharmonic stacks the two
+    (`stack_fills`), (B, 2C, H, W)."""
     parts = prefill_parts(kind)
-    if len(parts) > 1:  # (B, len(parts) * C, H, W)
-        return torch.cat([fill_holes(image, known, part) for part in parts], dim=1)
+    if len(parts) > 1:  # (B, 2C, H, W)
+        return stack_fills([fill_holes(image, known, part) for part in parts], known)
     if bool(known.all()):  # global damage (noise, blur): nothing to fill
         return image
     if kind == "patchmatch":
