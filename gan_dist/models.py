@@ -114,14 +114,14 @@ class RepairModel:
 
     def prefill_only(self) -> RepairModel | None:
         """This model with its generator taken out: its classical prefill alone (see
-        `nets.PrefillOnly`), on the same device; None when it has no prefill."""
-        from gan_dist.nets import PrefillOnly
+        `nets.prefill_only`), on the same device; None when it has no prefill."""
+        from gan_dist.nets import prefill_only
 
         model = self.spec["model"]
         if model.get("prefill", "none") == "none":
             return None
         device = next(self.net.parameters()).device
-        net = PrefillOnly(model["prefill"], bool(model["composite"])).to(device)
+        net = prefill_only(model["prefill"], bool(model["composite"]), self.channels).to(device)
         return RepairModel(net, self.spec, f"{self.source} (its prefill alone)", self.precision)
 
     @property

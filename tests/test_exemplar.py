@@ -143,7 +143,7 @@ def test_an_exemplar_fill_beside_a_smooth_one_is_corrected_and_seen():
     plus the exemplar's detail, and sees the smooth fill as 3 more input channels; untrained
     (a zero correction) it returns that blend, and the smooth fill changes its output once
     it is trained."""
-    from gan_dist.nets import PrefillOnly, build_generator
+    from gan_dist.nets import build_generator, prefill_only
     from gan_dist.objectives import lowpass
     from gan_dist.recipe import load_recipe
 
@@ -168,7 +168,7 @@ def test_an_exemplar_fill_beside_a_smooth_one_is_corrected_and_seen():
     damaged = image * known - mask
     with torch.no_grad():
         assert torch.equal(G(damaged, mask), both[:, :3] * mask + damaged * known)
-        alone = PrefillOnly("patchmatch+biharmonic")(damaged, mask)
+        alone = prefill_only("patchmatch+biharmonic", True, 3).eval()(damaged, mask)
         assert torch.equal(alone, both[:, :3] * mask + damaged * known)
         for p in G.parameters():
             p.add_(0.05 * torch.randn_like(p))

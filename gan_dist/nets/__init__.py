@@ -67,32 +67,24 @@ class RepairNet(nn.Module):
         return out
 
 
-class PrefillOnly(nn.Module):
-    """The classical prefill alone (`model.prefill`), called as a RepairNet is: what a
-    trained generator is measured against (validation's val/prefill/*, `gan-dist eval`'s
-    baseline), so a user sees what the net adds to it. It has no weights but one empty
-    tensor, which tells callers its device."""
+class _NoCorrection(nn.Module):
+    """A generator body that corrects nothing: (B, *, H, W) -> zeros (B, channels, H, W). Its
+    one empty tensor tells callers the device."""
 
-    def __init__(self, prefill: str, composite: bool = True) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
-        self.prefill, self.composite = prefill, composite
+        self.channels = channels
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
-    def forward(
-        self,
-        damaged: torch.Tensor,
-        mask: torch.Tensor,
-        start: torch.Tensor | None = None,
-        origins: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """(B, C, H, W) damaged in [-1, 1] and (B, 1, H, W) mask (1 = hole) -> the prefill's
-        repair, known pixels pasted back as RepairNet does."""
-        if start is None:
-            from gan_dist.nets.prefill import fill_holes
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(len(x), self.channels, *x.shape[-2:])
 
-            start = fill_holes(damaged, 1 - mask, self.prefill)
-        out = start[:, : damaged.shape[1]].clamp(-1, 1)
-        return mask * out + (1 - mask) * damaged if self.composite else out
+
+def prefill_only(prefill: str, composite: bool, channels: int) -> RepairNet:
+    """The classical prefill alone (`model.prefill`), called as a generator is: what a
+    trained one is measured against (validation's val/prefill/*, `gan-dist eval`'s
+    baseline), so a user sees what the net adds to it."""
+    return RepairNet(_NoCorrection(channels), composite, prefill)
 
 
 def build_generator(

@@ -25,7 +25,7 @@ from gan_dist.data.images import picture_grid
 from gan_dist.data.pack import MANIFEST
 from gan_dist.data.stream import Batch, StreamConfig, check_data, make_stream, pack_of
 from gan_dist.errors import GanDistError
-from gan_dist.nets import PrefillOnly, build_discriminator, build_generator
+from gan_dist.nets import build_discriminator, build_generator, prefill_only
 from gan_dist.objectives import (
     adversarial_for,
     feature_matching,
@@ -644,7 +644,8 @@ class _Run:
             )
             if model.prefill != "none" and self.prefill_metrics is None and not stop.requested:
                 # the baseline the net must beat, on the same samples: once, as it never moves
-                alone = PrefillOnly(model.prefill, model.composite).to(self.accelerator.device)
+                alone = prefill_only(model.prefill, model.composite, self.recipe.data.channels)
+                alone = alone.to(self.accelerator.device)
                 baseline = _validate(alone, self.recipe, self.val, self.accelerator, stop)
                 if not stop.requested:
                     self.prefill_metrics = baseline
