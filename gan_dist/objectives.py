@@ -221,10 +221,11 @@ def lowpass(image: torch.Tensor, sigma: float) -> torch.Tensor:
 
     from torchvision.transforms.functional import gaussian_blur
 
-    size = 2 * math.ceil(3 * sigma) + 1
-    side = min(image.shape[-2:])
-    if size > 2 * side - 1:  # reflection needs the pad under the image's side
-        size = 2 * ((2 * side - 2) // 2) - 1
+    # reflection needs the pad under the image's side: at most 2 * side - 1 (odd); a 1 px
+    # side leaves a 1 px kernel, the image itself
+    size = min(2 * math.ceil(3 * sigma) + 1, 2 * min(image.shape[-2:]) - 1)
+    if size <= 1:
+        return image
     return gaussian_blur(image, [size, size], [sigma, sigma])
 
 

@@ -175,3 +175,100 @@ def test_an_exemplar_fill_beside_a_smooth_one_is_corrected_and_seen():
         other = both.clone()
         other[:, 3:] = 0
         assert not torch.equal(G(damaged, mask, both), G(damaged, mask, other))
+
+
+@pytest.mark.integration
+def test_a_resume_that_changes_the_prefill_scores_the_new_one(packed, tmp_path):
+    """Hostile pass: resumed with another model.prefill (--resume-changed), the run printed
+    the old prefill's scores under the new one's name, and 'the none prefill alone' for
+    none; the scores are kept only for the prefill and validation data they scored."""
+    import re
+
+    from conftest import train_quickstart
+
+    run = tmp_path / "run"
+    first = train_quickstart(
+        packed, 2, run, **{"model.prefill": "patchmatch", "train.eval_every": 2}
+    )
+    assert first.returncode == 0, first.stderr
+    said = re.findall(r"the (\S+) prefill alone: hole_psnr ([\d.]+)", first.stdout)
+    assert said and said[0][0] == "patchmatch", first.stdout
+    extra = {"model.prefill": "biharmonic", "train.eval_every": 2}
+    again = train_quickstart(packed, 4, run, "--resume-changed", **extra)
+    assert again.returncode == 0, again.stderr
+    (kind, value), *_ = re.findall(r"the (\S+) prefill alone: hole_psnr ([\d.]+)", again.stdout)
+    assert kind == "biharmonic" and value != said[0][1], again.stdout
+    last = train_quickstart(
+        packed, 6, run, "--resume-changed", **{"model.prefill": "none", "train.eval_every": 2}
+    )
+    assert last.returncode == 0, last.stderr
+    assert "step 6 validation" in last.stdout and "prefill alone" not in last.stdout
+
+
+@pytest.mark.integration
+def test_training_says_when_its_pack_lacks_its_prefill(photo_dir, tmp_path):
+    from conftest import run_cli, train_quickstart
+
+    pack = tmp_path / "bare"
+    made = run_cli("data", "pack", str(photo_dir), str(pack), "--size", "32", "--prefill", "none")
+    assert made.returncode == 0, made.stderr
+    result = train_quickstart(pack, 1, tmp_path / "run", **{"data.val": "null"})
+    assert result.returncode == 0, result.stderr
+    assert f"note: {pack} holds no packed biharmonic prefill, so it is solved at every step" in (
+        result.stdout
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("", "name kinds separated by commas, or none"),
+        (",", "name kinds separated by commas, or none"),
+        ("none,patchmatch", "none packs no prefill; give it alone"),
+        ("foo", "--prefill takes biharmonic, harmonic, patchmatch or none"),
+    ],
+)
+def test_bad_prefill_values_for_a_pack_are_refused(photo_dir, tmp_path, given, said):
+    from typer.testing import CliRunner
+
+    from gan_dist.cli import app
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["data", "pack", str(photo_dir), str(out), "--prefill", given])
+    assert result.exit_code == 1 and said in result.output, result.output
+    assert not out.exists()
+
+
+def test_a_repeated_prefill_is_packed_once(photo_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from gan_dist.cli import app
+
+    out = tmp_path / "out"
+    args = [
+        "data",
+        "pack",
+        str(photo_dir),
+        str(out),
+        "--size",
+        "32",
+        "--prefill",
+        "patchmatch, patchmatch",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    manifest = __import__("json").loads((out / "manifest.json").read_text())
+    assert manifest["prefills"] == ["patchmatch"]
+
+
+def test_a_one_pixel_side_passes_the_low_pass_through():
+    """Hostile pass: a 40x1 px image with a patchmatch+biharmonic model failed repair with
+    torchvision's 'kernel_size should have odd and positive integers. Got [-1, -1]'."""
+    from gan_dist.objectives import lowpass
+
+    line = torch.rand(1, 3, 1, 40)
+    assert torch.equal(lowpass(line, 4.0), line)
+    known = torch.ones(1, 1, 1, 40)
+    known[..., 10:20] = 0
+    assert fill_holes(line * 2 - 1, known, "patchmatch+biharmonic").shape == (1, 6, 1, 40)
+    assert lowpass(torch.rand(1, 1, 2, 40), 4.0).shape == (1, 1, 2, 40)

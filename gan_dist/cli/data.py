@@ -94,7 +94,7 @@ def pack(
             max_pixels=max_pixels,
             min_side=min_side,
             codec=codec,
-            prefills=tuple(k.strip() for k in prefill.split(",") if k.strip() not in ("", "none")),
+            prefills=_prefills(prefill),
         )
         with _progress("packing") as advance:
             if paired:
@@ -102,6 +102,21 @@ def pack(
             else:
                 result = pack_folder(paths[0], paths[1], options, advance)
     _report_pack(result)
+
+
+def _prefills(given: str) -> tuple[str, ...]:
+    """--prefill's kinds, in order, once each; () for `none`. Raises GanDistError for an
+    empty value or `none` beside a kind."""
+    from gan_dist.errors import GanDistError
+
+    kinds = [k.strip() for k in given.split(",")]
+    if not all(kinds):
+        raise GanDistError(f"--prefill {given!r}: name kinds separated by commas, or none")
+    if "none" in kinds:
+        if len(kinds) > 1:
+            raise GanDistError(f"--prefill {given}: none packs no prefill; give it alone")
+        return ()
+    return tuple(dict.fromkeys(kinds))
 
 
 def _report_pack(result) -> None:

@@ -292,7 +292,11 @@ class _Run:
             )
             self.recipe = self.shown = recipe
             self.resumes = list(ckpt.state.get("resumes", []))
-            self.prefill_metrics = ckpt.state.get("prefill_metrics")
+            # kept only when they score this run's prefill on this run's validation data
+            kept = ckpt.state.get("prefill_metrics") or {}
+            scored = (kept.get("kind"), kept.get("val"))
+            if scored == (recipe.model.prefill, self.data_identity.get("val")):
+                self.prefill_metrics = kept.get("metrics")
             self.already_complete = cfg.max_steps is not None and ckpt.step >= cfg.max_steps
             if self.already_complete:  # nothing trains: nothing changes but the tracking
                 self.shown, changes = as_ran(ckpt.state["recipe"], recipe), []
@@ -373,6 +377,9 @@ class _Run:
             self.main, self.step, cfg.max_steps, data.batch_size * world * cfg.grad_accum
         )
         self.progress.message(_validation_note(data.train, data.val, self.val))
+        unpacked = _unpacked_prefill(data.train, self.recipe.model.prefill, self.stream.config)
+        if unpacked:
+            self.progress.message(unpacked)
         if precision_note:
             self.progress.message(precision_note)
         if ckpt is not None:
@@ -443,7 +450,13 @@ class _Run:
                 "lineage": self.lineage,
                 "data_identity": self.data_identity,
                 "resumes": self.resumes,
-                "prefill_metrics": self.prefill_metrics,
+                "prefill_metrics": {
+                    "kind": self.recipe.model.prefill,
+                    "val": self.data_identity.get("val"),
+                    "metrics": self.prefill_metrics,
+                }
+                if self.prefill_metrics
+                else None,
             },
             keep=self.recipe.train.keep_checkpoints,
         )
@@ -656,7 +669,7 @@ class _Run:
         self.metrics = metrics
         self.tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, self.step)
         said = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        if self.prefill_metrics:
+        if self.prefill_metrics and model.prefill != "none":
             alone = self.prefill_metrics
             said += f"; the {model.prefill} prefill alone: " + ", ".join(
                 f"{k} {alone[k]:.4g}" for k in ("hole_psnr", "hole_swd") if k in alone
@@ -1039,6 +1052,26 @@ def _validate(
         recipe.train.eval_batches,
         should_stop=lambda: stop.requested,
         perceptual=perceptual,
+    )
+
+
+def _unpacked_prefill(train: str, kind: str, config: StreamConfig) -> str | None:
+    """A note when training batches carry a prefill (`config.prefill`) that the pack at
+    `train` does not hold, so it is solved at every step; None otherwise."""
+    from gan_dist.data.pack import read_manifest
+    from gan_dist.nets.prefill import prefill_parts
+
+    if config.prefill == "none" or config.fresh_damage or not (Path(train) / MANIFEST).is_file():
+        return None
+    missing = [
+        p for p in prefill_parts(kind) if p not in read_manifest(Path(train)).get("prefills", [])
+    ]
+    if not missing:
+        return None
+    return (
+        f"note: {train} holds no packed {', '.join(missing)} prefill, so it is solved at every "
+        f"step (the slowest part of a CPU data path); pack with `gan-dist data pack --prefill "
+        f"{','.join(prefill_parts(kind))}` to solve it once"
     )
 
 
