@@ -272,3 +272,18 @@ def test_a_one_pixel_side_passes_the_low_pass_through():
     known[..., 10:20] = 0
     assert fill_holes(line * 2 - 1, known, "patchmatch+biharmonic").shape == (1, 6, 1, 40)
     assert lowpass(torch.rand(1, 1, 2, 40), 4.0).shape == (1, 1, 2, 40)
+
+
+@pytest.mark.integration
+def test_a_resume_that_reshapes_the_generator_says_how(packed, tmp_path):
+    """Hostile pass: prefill biharmonic -> patchmatch+biharmonic (3 more input channels)
+    with --resume-changed was refused with torch's bare header and no reason."""
+    from conftest import train_quickstart
+
+    run = tmp_path / "run"
+    assert train_quickstart(packed, 2, run).returncode == 0
+    again = train_quickstart(
+        packed, 4, run, "--resume-changed", **{"model.prefill": "patchmatch+biharmonic"}
+    )
+    assert again.returncode != 0
+    assert "size mismatch for body." in again.stderr and "with model.init instead" in again.stderr

@@ -290,10 +290,13 @@ def load_nets(ckpt: Checkpoint, nets: dict[str, torch.nn.Module]) -> None:
         try:
             net.load_state_dict(load_weights(ckpt.path, key))
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
+            # torch's first line is a bare header ("Error(s) in loading state_dict for X:")
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__
             raise GanDistError(
-                f"{ckpt.path}: the saved {key} does not fit the recipe's model ({first}); "
-                "model settings must match the run being resumed"
+                f"{ckpt.path}: the saved {key} does not fit the recipe's model ({detail}); "
+                "model settings that shape the nets (model.*, data.channels) must match the "
+                "run being resumed: start a new run from it with model.init instead"
             ) from None
 
 
