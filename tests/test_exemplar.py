@@ -287,3 +287,20 @@ def test_a_resume_that_reshapes_the_generator_says_how(packed, tmp_path):
     )
     assert again.returncode != 0
     assert "size mismatch for body." in again.stderr and "with model.init instead" in again.stderr
+
+
+def test_a_batch_of_packed_and_unpacked_samples_stacks_every_prefill():
+    """Review: with patchmatch+biharmonic a batch mixing samples the pack solved (6 channels)
+    and samples it did not (solved here) stacked 3-channel placeholders beside them."""
+    from gan_dist.data.stream import _collate
+
+    image, known = photo(), box()
+    mask = 1 - known[0]
+    packed = fill_holes(image, known, "patchmatch+biharmonic")[0]
+    common = {"clean": image[0], "damaged": image[0], "mask": mask, "key": "k", "worker": 0}
+    common |= {"skipped": 0, "pulled": 1}
+    batch = _collate(
+        [common | {"start": packed}, common | {"start": None}], "patchmatch+biharmonic"
+    )
+    assert batch["start"].shape == (2, 6, 96, 96)
+    assert torch.allclose(batch["start"][1], packed, atol=1e-6)

@@ -382,10 +382,11 @@ class _Decode:
         """The prefill the pack solved for this sample's holes (`pack.packed_prefills`) with
         its known pixels, (C, H, W) in [-1, 1]; None when the pack has none of this kind
         (then the batch's is solved in `_collate`)."""
-        parts = [] if self.prefill == "none" else self.prefill.split("+")
+        from gan_dist.nets.prefill import prefill_parts, stack_fills
+
+        parts = [] if self.prefill == "none" else prefill_parts(self.prefill)
         if not parts or not all(any(k.startswith(f"prefill-{p}.") for k in sample) for p in parts):
             return None
-        from gan_dist.nets.prefill import stack_fills
 
         fills = []
         for part in parts:
@@ -612,17 +613,12 @@ def _collate(samples: list[dict[str, Any]], prefill: str = "none") -> Batch:
         from gan_dist.nets.prefill import fill_holes
 
         missing = [i for i, s in enumerate(samples) if s.get("start") is None]
-        if len(missing) == len(samples):
-            batch["start"] = fill_holes(batch["damaged"], 1 - batch["mask"], prefill)
-        else:
-            start = torch.stack(
-                [s["start"] if s.get("start") is not None else s["damaged"] for s in samples]
-            )
-            if missing:
-                start[missing] = fill_holes(
-                    batch["damaged"][missing], 1 - batch["mask"][missing], prefill
-                )
-            batch["start"] = start
+        starts = [s.get("start") for s in samples]
+        if missing:  # samples the pack solved no prefill for; any prefill's channels
+            solved = fill_holes(batch["damaged"][missing], 1 - batch["mask"][missing], prefill)
+            for i, fill in zip(missing, solved, strict=True):
+                starts[i] = fill
+        batch["start"] = torch.stack(starts)
     return batch
 
 

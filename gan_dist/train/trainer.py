@@ -1063,9 +1063,8 @@ def _unpacked_prefill(train: str, kind: str, config: StreamConfig) -> str | None
 
     if config.prefill == "none" or config.fresh_damage or not (Path(train) / MANIFEST).is_file():
         return None
-    missing = [
-        p for p in prefill_parts(kind) if p not in read_manifest(Path(train)).get("prefills", [])
-    ]
+    packed = read_manifest(Path(train)).get("prefills", [])
+    missing = [p for p in prefill_parts(kind) if p not in packed]
     if not missing:
         return None
     return (
