@@ -27,6 +27,10 @@ in fp32 on the same held-out samples. A bf16 - fp32 difference is judged against
 difference between two fp32 seeds, GAN training being chaotic in any precision.
 
     python benchmarks/quality.py --parity 300 [--seeds 0,1]
+
+What bounds the texture targets (oracle low frequencies with a copy's detail):
+
+    python benchmarks/quality.py --limits --work DIR
 """
 
 from __future__ import annotations
@@ -293,6 +297,57 @@ def classical(method: str):
 def prefill_only(batch) -> torch.Tensor:
     """What the generators start from (model.prefill: biharmonic), with no net at all."""
     return (fill_holes(batch["damaged"], 1 - batch["mask"], "biharmonic") + 1) / 2
+
+
+def limits(batches) -> dict[str, dict]:
+    """What bounds a repair that takes its texture from a copy, on the held-out samples:
+    fills that no net produces but that bound what one could. Each splits the hole by
+    frequency at BLEND_SIGMA px like the blend prefill does: a base, the smooth prefill or
+    the original's own low frequencies (an oracle: a net that learned them perfectly), plus
+    no detail, PatchMatch's detail or the original's own detail; "smooth + copy detail" is
+    the `patchmatch+biharmonic` start itself. Also the correlation of PatchMatch's detail
+    with the original's in the hole: near 0, the copy's grain is right in kind and wrong in
+    place, so each unit of its energy adds to the squared error."""
+    from gan_dist.nets.exemplar import patchmatch_fill
+    from gan_dist.nets.prefill import BLEND_SIGMA
+    from gan_dist.objectives import lowpass
+
+    def detail(x: torch.Tensor) -> torch.Tensor:
+        return x - lowpass(x, BLEND_SIGMA)
+
+    def fills(batch) -> dict[str, torch.Tensor]:
+        clean, known = batch["clean"], 1 - batch["mask"]
+        copy = patchmatch_fill(batch["damaged"], known)
+        base = {
+            "smooth": fill_holes(batch["damaged"], known, "biharmonic"),
+            "oracle low": lowpass(clean, BLEND_SIGMA),
+        }
+        grain = {"no": 0, "copy": detail(copy), "original": detail(clean)}
+        return {
+            f"{b} + {g} detail": torch.where(known > 0.5, clean, base[b] + grain[g])
+            for b in base
+            for g in grain
+        }
+
+    batches = [batch | {"fills": fills(batch)} for batch in batches]
+    out = {
+        name: score(batches, lambda b, n=name: (b["fills"][n] + 1) / 2)
+        for name in batches[0]["fills"]
+    }
+    products, energies = [], []
+    for batch in batches:
+        hole = batch["mask"].expand_as(batch["clean"]) > 0.5
+        copy = detail(patchmatch_fill(batch["damaged"], 1 - batch["mask"]))[hole]
+        true = detail(batch["clean"])[hole]
+        products.append((copy * true).sum())
+        energies.append((copy.square().sum(), true.square().sum()))
+    copy_energy = sum(e[0] for e in energies)
+    true_energy = sum(e[1] for e in energies)
+    out["copy_detail_correlation"] = round(
+        float(sum(products) / (copy_energy * true_energy).sqrt()), 4
+    )
+    out["copy_to_original_detail_energy"] = round(float(copy_energy / true_energy), 4)
+    return out
 
 
 def train_variant(
@@ -597,6 +652,9 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="for every variant"
     )
+    parser.add_argument(
+        "--limits", action="store_true", help="oracle fills that bound the targets instead"
+    )
     parser.add_argument("--parity", type=int, metavar="STEPS", help="fp32 vs bf16 instead")
     parser.add_argument("--seeds", default="0,1", help="for --parity")
     parser.add_argument(
@@ -639,6 +697,10 @@ def main() -> None:
             continue
         channels, train_shards = prepared["channels"], Path(prepared["train_shards"])
         batches = held_out(Path(prepared["held_shards"]), channels)
+        if args.limits:
+            report["datasets"][dataset] = prepared["baselines"] | limits(batches)
+            print(json.dumps(report, indent=2), file=sys.stderr, flush=True)
+            continue
         if args.parity:
             seeds = [int(x) for x in args.seeds.split(",")]
             report["datasets"][dataset] = parity(

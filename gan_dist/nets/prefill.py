@@ -25,11 +25,13 @@ import torch.nn.functional as F
 PREFILLS = ("biharmonic", "harmonic", "patchmatch", "patchmatch+biharmonic", "none")
 
 
-# px: `patchmatch+biharmonic` corrects the smooth fill's low frequencies plus the exemplar
-# fill's detail above this Gaussian sigma. Unlearned, on the quality benchmark's held-out
-# photos (hole PSNR dB / hole SWD): the copy alone 22.67 / 54.8, this blend at 4 px 23.06 /
-# 57.5, at 2 px 23.22 / 70.5, at 1 px 23.51 / 97.3; the smooth fill 23.96 / 149.7.
-BLEND_SIGMA = 4.0
+# px: `patchmatch+biharmonic` corrects the smooth fill plus the exemplar fill's detail above
+# this Gaussian sigma. Unlearned, on the quality benchmark's held-out photos (hole PSNR dB /
+# hole SWD): the smooth fill 23.96 / 149.7, the copy alone 22.67 / 54.8, this blend 23.04 /
+# 45.1 (at 3 px 22.74 / 25.7, at 4 px 22.49 / 19.3). Splitting the smooth fill too (its
+# low-pass plus the copy's detail) scored 23.06 / 57.5 at 4 px and 23.22 / 70.5 at 2 px:
+# dominated, the smooth fill's mid frequencies next to the hole's border being right.
+BLEND_SIGMA = 2.0
 
 
 def prefill_parts(kind: str) -> list[str]:
@@ -41,8 +43,8 @@ def prefill_parts(kind: str) -> list[str]:
 def stack_fills(fills: list[torch.Tensor], known: torch.Tensor) -> torch.Tensor:
     """The start of a prefill made of several fills (`prefill_parts`), each (B, C, H, W) in
     [-1, 1] with known (B, 1, H, W): one fill is itself; an exemplar fill and a smooth one
-    give (B, 2C, H, W), first what the generator corrects, the smooth fill's low frequencies
-    plus the exemplar's detail (above BLEND_SIGMA px; known pixels kept), then the smooth
+    give (B, 2C, H, W), first what the generator corrects, the smooth fill plus the
+    exemplar's detail (above BLEND_SIGMA px; known pixels kept), then the smooth
     fill, as more input. A copy's colours are off where a smooth fill's are closer, its
     detail is what no smooth fill has (the perception-distortion split by frequency, Blau
     and Michaeli 2018)."""
@@ -52,7 +54,7 @@ def stack_fills(fills: list[torch.Tensor], known: torch.Tensor) -> torch.Tensor:
 
     exemplar, smooth = fills
     detail = exemplar.float() - lowpass(exemplar.float(), BLEND_SIGMA)
-    blend = (lowpass(smooth.float(), BLEND_SIGMA) + detail).clamp(-1, 1).to(exemplar.dtype)
+    blend = (smooth.float() + detail).clamp(-1, 1).to(exemplar.dtype)
     blend = torch.where(known > 0.5, exemplar, blend)
     return torch.cat([blend, smooth], dim=1)
 
