@@ -74,6 +74,16 @@ VARIANTS = {
             "objective.ssim_weight=0",
         ],
     ),
+    # the same with the correction itself low-passed: the copy's detail passes through
+    "exemplar-lowband": (
+        "quickstart",
+        [
+            "model.prefill=patchmatch+biharmonic",
+            "model.correction_lowpass=2",
+            "objective.l1_lowpass_sigma=2",
+            "objective.ssim_weight=0",
+        ],
+    ),
     "l1-only": ("quickstart", ["objective.adversarial_weight=0"]),
     "dcgan": ("dcgan", NARROW),
     "sngan": ("sngan", NARROW),

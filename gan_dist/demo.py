@@ -64,6 +64,7 @@ def run_demo(workdir: Path, minutes: float = 2.0, log: Callable[[str], None] = p
     from gan_dist.data.pack import PackOptions, pack_folder
     from gan_dist.errors import GanDistError
     from gan_dist.models import promote_if_as_good, register_completed
+    from gan_dist.nets.prefill import prefill_parts
     from gan_dist.recipe import load_recipe, resolve_damage
     from gan_dist.track import experiment_id, open_store, tracking_uri
     from gan_dist.train.trainer import train
@@ -80,7 +81,8 @@ def run_demo(workdir: Path, minutes: float = 2.0, log: Callable[[str], None] = p
         val_fraction=0.3,  # four of the thirteen photos held out
         shard_samples=64,
         overwrite=True,
-        prefills=() if prefill == "none" else (prefill,),  # the one quickstart trains from
+        # the fills quickstart trains from
+        prefills=() if prefill == "none" else tuple(prefill_parts(prefill)),
         # decoded several times faster than PNG: on 2 cores quickstart then waits for data
         # 0.08 of the step, against 0.11 (0.31 with the prefill solved between steps)
         codec="zstd",

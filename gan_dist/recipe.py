@@ -438,10 +438,17 @@ class ModelConfig(Section):
             description="fill holes classically first and train the generator to correct that "
             "fill: by diffusion (biharmonic carries gradients in, harmonic only values, both "
             "smooth) or with patches copied from the image's known part (patchmatch: texture); "
-            "patchmatch+biharmonic: corrects the smooth fill's low frequencies plus the "
-            "exemplar's detail, seeing the smooth fill beside it; "
+            "patchmatch+biharmonic: corrects the smooth fill plus the exemplar's detail, "
+            "seeing the smooth fill beside it; "
             "none: the generator paints holes from scratch, as pix2pix does",
         )
+    )
+    correction_lowpass: NonNegativeFloat = Field(
+        0.0,
+        le=16,
+        description="px: blur the generator's correction of its prefill by a Gaussian of this "
+        "sigma, so it fixes colour and structure and the prefill's detail above it (an "
+        "exemplar's texture) passes through; 0: a free correction",
     )
     noise: StrictBool = Field(
         False,

@@ -224,6 +224,7 @@ def test_training_says_when_its_pack_lacks_its_prefill(photo_dir, tmp_path):
     [
         ("", "name kinds separated by commas, or none"),
         (",", "name kinds separated by commas, or none"),
+        ("patchmatch+", "name kinds separated by commas, or none"),
         ("none,patchmatch", "none packs no prefill; give it alone"),
         ("foo", "--prefill takes biharmonic, harmonic, patchmatch or none"),
     ],
@@ -239,7 +240,7 @@ def test_bad_prefill_values_for_a_pack_are_refused(photo_dir, tmp_path, given, s
     assert not out.exists()
 
 
-def test_a_repeated_prefill_is_packed_once(photo_dir, tmp_path):
+def test_a_repeated_prefill_is_packed_once_and_a_combined_kind_as_its_parts(photo_dir, tmp_path):
     from typer.testing import CliRunner
 
     from gan_dist.cli import app
@@ -253,12 +254,12 @@ def test_a_repeated_prefill_is_packed_once(photo_dir, tmp_path):
         "--size",
         "32",
         "--prefill",
-        "patchmatch, patchmatch",
+        "patchmatch, patchmatch+biharmonic",
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     manifest = __import__("json").loads((out / "manifest.json").read_text())
-    assert manifest["prefills"] == ["patchmatch"]
+    assert manifest["prefills"] == ["patchmatch", "biharmonic"]
 
 
 def test_a_one_pixel_side_passes_the_low_pass_through():
@@ -304,3 +305,43 @@ def test_a_batch_of_packed_and_unpacked_samples_stacks_every_prefill():
     )
     assert batch["start"].shape == (2, 6, 96, 96)
     assert torch.allclose(batch["start"][1], packed, atol=1e-6)
+
+
+def test_every_prefill_a_recipe_names_can_be_packed():
+    """The demo packs the parts of quickstart's model.prefill; a combined kind once reached
+    PackOptions whole and was refused."""
+    from gan_dist.cli.data import _prefills
+    from gan_dist.data.pack import PACKED_PREFILLS
+    from gan_dist.nets.prefill import PREFILLS, prefill_parts
+
+    for kind in PREFILLS:
+        if kind != "none":
+            assert set(prefill_parts(kind)) <= set(PACKED_PREFILLS), kind
+            assert _prefills(kind) == tuple(prefill_parts(kind))
+
+
+def test_a_low_passed_correction_leaves_the_exemplar_detail_and_learns():
+    """model.correction_lowpass: the generator's correction is blurred before it is added,
+    so the start's detail above that sigma reaches the output untouched, whatever the
+    weights, and gradients still reach every layer."""
+    from gan_dist.nets import build_generator
+    from gan_dist.objectives import lowpass
+    from gan_dist.recipe import load_recipe
+
+    image, known = photo(), box()
+    mask = 1 - known
+    damaged = image * known - mask
+    sets = ["model.prefill=patchmatch+biharmonic", "model.correction_lowpass=2"]
+    G = build_generator(load_recipe("quickstart", sets).model, 3, 96)
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    both = fill_holes(image, known, "patchmatch+biharmonic")
+    out = G(damaged, mask, both)
+    correction = (out - both[:, :3]) * mask
+    hole = (mask > 0.5).expand_as(image) & (lowpass(mask, 3.0) > 0.999).expand_as(image)
+    assert correction[hole].abs().max() > 1e-3  # it corrects...
+    fine = correction - lowpass(correction, 1.0)
+    assert fine[hole].abs().max() < 0.2 * correction[hole].abs().max()  # ...only coarsely
+    out[:, :, 40:50, 40:50].sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())

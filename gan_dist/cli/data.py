@@ -58,7 +58,8 @@ def pack(
         "biharmonic,patchmatch",
         help="Hole prefills to solve once here and store with each sample (what a recipe's "
         "model.prefill names; training then reads them instead of solving them at every "
-        "step): comma-separated biharmonic, harmonic, patchmatch, or none.",
+        "step): comma-separated biharmonic, harmonic, patchmatch, or none; a combined kind "
+        "such as patchmatch+biharmonic packs each of its parts.",
     ),
 ) -> None:
     """Turn images into WebDataset shards of damaged/clean/mask samples plus a manifest."""
@@ -105,11 +106,13 @@ def pack(
 
 
 def _prefills(given: str) -> tuple[str, ...]:
-    """--prefill's kinds, in order, once each; () for `none`. Raises GanDistError for an
-    empty value or `none` beside a kind."""
+    """--prefill's kinds, in order, once each, a recipe's combined kind (`a+b`) as its
+    parts; () for `none`. Raises GanDistError for an empty value or `none` beside a kind."""
+    import re
+
     from gan_dist.errors import GanDistError
 
-    kinds = [k.strip() for k in given.split(",")]
+    kinds = [k.strip() for k in re.split(r"[,+]", given)]
     if not all(kinds):
         raise GanDistError(f"--prefill {given!r}: name kinds separated by commas, or none")
     if "none" in kinds:

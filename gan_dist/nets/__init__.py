@@ -23,10 +23,16 @@ class RepairNet(nn.Module):
     """(damaged, mask) -> repaired image in [-1, 1]."""
 
     def __init__(
-        self, body: nn.Module, composite: bool, prefill: str = "none", noise: bool = False
+        self,
+        body: nn.Module,
+        composite: bool,
+        prefill: str = "none",
+        noise: bool = False,
+        correction_lowpass: float = 0.0,
     ) -> None:
         super().__init__()
         self.body, self.composite, self.prefill, self.noise = body, composite, prefill, noise
+        self.correction_lowpass = correction_lowpass
         last = [m for m in body.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
         if prefill != "none" and last:
             # The correction starts at zero, so an untrained net returns the classical fill.
@@ -59,7 +65,12 @@ class RepairNet(nn.Module):
             if start is None:
                 start = fill_holes(damaged, 1 - mask, self.prefill)
             base = start[:, : damaged.shape[1]]  # the fill corrected; any others are input
-            out = (base + self.body(torch.cat([start, *extra], dim=1))).clamp(-1, 1)
+            correction = self.body(torch.cat([start, *extra], dim=1))
+            if self.correction_lowpass:
+                from gan_dist.objectives import lowpass
+
+                correction = lowpass(correction, self.correction_lowpass)
+            out = (base + correction).clamp(-1, 1)
         else:
             out = self.body(torch.cat([damaged, *extra], dim=1))
         if self.composite:
@@ -104,7 +115,7 @@ def build_generator(
     fills = len(prefill_parts(model.prefill))  # "none" counts one: the damaged image
     dims = {"in_channels": fills * channels + 1 + model.noise, "out_channels": channels}
     body = built(family, "generator", model.generator.settings, dims, image_size, copies)
-    return RepairNet(body, model.composite, model.prefill, model.noise)
+    return RepairNet(body, model.composite, model.prefill, model.noise, model.correction_lowpass)
 
 
 def build_discriminator(

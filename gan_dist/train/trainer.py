@@ -26,6 +26,7 @@ from gan_dist.data.pack import MANIFEST
 from gan_dist.data.stream import Batch, StreamConfig, check_data, make_stream, pack_of
 from gan_dist.errors import GanDistError
 from gan_dist.nets import build_discriminator, build_generator, prefill_only
+from gan_dist.nets.prefill import prefill_parts
 from gan_dist.objectives import (
     adversarial_for,
     feature_matching,
@@ -74,7 +75,7 @@ def stream_prefill(kind: str, device: str) -> str:
     packed or solved by the data workers on another core while this one trains; on a GPU
     only an exemplar fill, which runs on a CPU (a smooth one takes the generator's forward
     far less time there than a worker could)."""
-    return kind if device == "cpu" or "patchmatch" in kind else "none"
+    return kind if device == "cpu" or "patchmatch" in prefill_parts(kind) else "none"
 
 
 def _plugins_named(recipe: Recipe) -> str:
