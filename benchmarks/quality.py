@@ -17,7 +17,10 @@ Models: each trained with `gan-dist train` for `--minutes` of wall time on this 
 128 px, batch 8, nets narrowed to 16 base channels so a CPU budget buys enough steps:
 quickstart (U-Net + spectral-norm PatchGAN, hinge, L1 with extra hole weight, EMA), the
 dcgan, sngan and wgan-gp recipes' objectives and nets, and quickstart's generator with L1
-alone (adversarial weight 0). Needs `pip install opencv-python-headless` for Telea.
+alone (adversarial weight 0); and the textured designs: `exemplar` (quickstart from a
+PatchMatch fill), `exemplar-lowpass` (the `patchmatch+biharmonic` start, L1 on low frequencies
+only, no SSIM) and `exemplar-lowband` (the same with the correction itself low-passed). Needs
+`pip install opencv-python-headless` for Telea.
 
     python benchmarks/quality.py [--minutes 3] [--mri-train 800]
 
@@ -631,6 +634,9 @@ def plot_curves(report: dict, path: Path) -> None:
             for ax, key in ((row[0], "hole_psnr"), (row[2], "hole_swd")):
                 method, value = best[key]
                 ax.plot([20], [value], "rx", ms=9, label=f"target at 20 min ({method})")
+            if dataset == "mri" and "biharmonic-prefill" in result:
+                gain = result["biharmonic-prefill"]["hole_psnr"] + MRI_GAIN_DB
+                row[0].plot([20], [gain], "r+", ms=11, label="target at 20 min (prefill + 1 dB)")
         for ax, (_, title) in zip(row, metrics, strict=True):
             ax.set_title(f"{dataset}: {title}", fontsize=9)
             ax.set_xlabel("training minutes (2-core CPU)")
