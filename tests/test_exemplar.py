@@ -328,6 +328,7 @@ def test_a_low_passed_correction_leaves_the_exemplar_detail_and_learns():
     from gan_dist.objectives import lowpass
     from gan_dist.recipe import load_recipe
 
+    torch.manual_seed(0)
     image, known = photo(), box()
     mask = 1 - known
     damaged = image * known - mask
@@ -335,13 +336,16 @@ def test_a_low_passed_correction_leaves_the_exemplar_detail_and_learns():
     G = build_generator(load_recipe("quickstart", sets).model, 3, 96)
     with torch.no_grad():
         for p in G.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+            p.add_(0.02 * torch.randn_like(p))
     both = fill_holes(image, known, "patchmatch+biharmonic")
     out = G(damaged, mask, both)
-    correction = (out - both[:, :3]) * mask
-    hole = (mask > 0.5).expand_as(image) & (lowpass(mask, 3.0) > 0.999).expand_as(image)
-    assert correction[hole].abs().max() > 1e-3  # it corrects...
-    fine = correction - lowpass(correction, 1.0)
-    assert fine[hole].abs().max() < 0.2 * correction[hole].abs().max()  # ...only coarsely
+    with torch.no_grad():
+        raw = G.body(torch.cat([both, mask], dim=1))  # the correction as the body makes it
+    hole = (mask > 0.5).expand_as(image)
+    unclamped = hole & (out.abs() < 0.999)
+    assert unclamped.sum() > 0.5 * hole.sum()
+    correction = out - both[:, :3]
+    assert raw[hole].abs().max() > 1e-2  # it corrects, but only by the blurred correction
+    assert torch.allclose(correction[unclamped], lowpass(raw, 2.0)[unclamped], atol=1e-5)
     out[:, :, 40:50, 40:50].sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())

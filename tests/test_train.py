@@ -100,9 +100,11 @@ def test_preempted_and_resumed_run_is_bit_identical(shards, tmp_path, processes,
     # and the turns drawn from it must all resume; the SSIM and texture terms (the latter
     # draws patch centres and directions from the global RNG) ride along. bf16 runs
     # with channels_last, as the CPU recipes do. The exemplar prefill beside the smooth one
-    # (packed, turned with each augmented sample) and the low-pass L1 too (issue 25).
+    # (packed, turned with each augmented sample), the low-pass L1 and the low-passed
+    # correction too (issue 25).
     extra = {
         "model.prefill": "patchmatch+biharmonic",
+        "model.correction_lowpass": 2,
         "objective.l1_lowpass_sigma": 2,
         "model.generator.dropout": 0.5,
         "data.workers": 1,
