@@ -328,21 +328,25 @@ def limits(batches) -> dict[str, dict]:
     def detail(x: torch.Tensor) -> torch.Tensor:
         return x - lowpass(x, BLEND_SIGMA)
 
-    def fills(batch) -> dict[str, torch.Tensor]:
+    def fills(batch) -> dict:
         clean, known = batch["clean"], 1 - batch["mask"]
-        copy = patchmatch_fill(batch["damaged"], known)
         base = {
             "smooth": fill_holes(batch["damaged"], known, "biharmonic"),
             "oracle low": lowpass(clean, BLEND_SIGMA),
         }
-        grain = {"no": 0, "copy": detail(copy), "original": detail(clean)}
-        return {
+        grain = {
+            "no": 0,
+            "copy": detail(patchmatch_fill(batch["damaged"], known)),
+            "original": detail(clean),
+        }
+        made = {
             f"{b} + {g} detail": torch.where(known > 0.5, clean, base[b] + grain[g])
             for b in base
             for g in grain
         }
+        return {"fills": made, "copy_detail": grain["copy"], "true_detail": grain["original"]}
 
-    batches = [batch | {"fills": fills(batch)} for batch in batches]
+    batches = [batch | fills(batch) for batch in batches]
     out = {
         name: score(batches, lambda b, n=name: (b["fills"][n] + 1) / 2)
         for name in batches[0]["fills"]
@@ -350,8 +354,7 @@ def limits(batches) -> dict[str, dict]:
     products, energies = [], []
     for batch in batches:
         hole = batch["mask"].expand_as(batch["clean"]) > 0.5
-        copy = detail(patchmatch_fill(batch["damaged"], 1 - batch["mask"]))[hole]
-        true = detail(batch["clean"])[hole]
+        copy, true = batch["copy_detail"][hole], batch["true_detail"][hole]
         products.append((copy * true).sum())
         energies.append((copy.square().sum(), true.square().sum()))
     copy_energy = sum(e[0] for e in energies)

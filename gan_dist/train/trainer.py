@@ -1060,7 +1060,6 @@ def _unpacked_prefill(train: str, kind: str, config: StreamConfig) -> str | None
     """A note when training batches carry a prefill (`config.prefill`) that the pack at
     `train` does not hold, so it is solved at every step; None otherwise."""
     from gan_dist.data.pack import read_manifest
-    from gan_dist.nets.prefill import prefill_parts
 
     if config.prefill == "none" or config.fresh_damage or not (Path(train) / MANIFEST).is_file():
         return None
