@@ -465,6 +465,15 @@ class ModelConfig(Section):
         "refuses an init the run did not start from",
     )
 
+    @model_validator(mode="after")
+    def _correction_needs_a_prefill(self) -> ModelConfig:
+        if self.correction_lowpass and self.prefill == "none":
+            raise ValueError(
+                "correction_lowpass blurs the generator's correction of its prefill, and "
+                "model.prefill: none has none; set model.correction_lowpass: 0 or a prefill"
+            )
+        return self
+
 
 class ObjectiveConfig(Section):
     adversarial: str = Field(

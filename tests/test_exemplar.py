@@ -349,3 +349,13 @@ def test_a_low_passed_correction_leaves_the_exemplar_detail_and_learns():
     assert torch.allclose(correction[unclamped], lowpass(raw, 2.0)[unclamped], atol=1e-5)
     out[:, :, 40:50, 40:50].sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())
+
+
+def test_a_low_passed_correction_without_a_prefill_is_refused():
+    """Hostile pass: model.correction_lowpass with model.prefill: none trained exactly as
+    without it, and the saved recipe claimed the blur."""
+    from gan_dist.recipe import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError, match="model.prefill: none has none"):
+        load_recipe("quickstart", ["model.prefill=none", "model.correction_lowpass=2"])
+    assert load_recipe("quickstart", ["model.prefill=none", "model.correction_lowpass=0"])
