@@ -227,7 +227,10 @@ def test_training_says_when_its_pack_lacks_its_prefill(photo_dir, tmp_path):
         ("patchmatch+", "name kinds separated by commas, or none"),
         ("none,patchmatch", "none packs no prefill; give it alone"),
         ("foo", "--prefill takes biharmonic, harmonic, patchmatch or none"),
+        ("x" * 5000, "--prefill takes biharmonic, harmonic, patchmatch or none"),
+        ("+" + "y" * 5000, "name kinds separated by commas, or none"),
     ],
+    ids=["empty", "comma", "trailing-plus", "none-beside", "unknown", "long", "long-empty"],
 )
 def test_bad_prefill_values_for_a_pack_are_refused(photo_dir, tmp_path, given, said):
     from typer.testing import CliRunner
@@ -237,6 +240,7 @@ def test_bad_prefill_values_for_a_pack_are_refused(photo_dir, tmp_path, given, s
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["data", "pack", str(photo_dir), str(out), "--prefill", given])
     assert result.exit_code == 1 and said in result.output, result.output
+    assert len(result.output) < 400  # a hostile value is cut short, not echoed whole
     assert not out.exists()
 
 

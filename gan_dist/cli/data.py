@@ -111,13 +111,18 @@ def _prefills(given: str) -> tuple[str, ...]:
     import re
 
     from gan_dist.errors import GanDistError
+    from gan_dist.textfiles import excerpt
 
     kinds = [k.strip() for k in re.split(r"[,+]", given)]
     if not all(kinds):
-        raise GanDistError(f"--prefill {given!r}: name kinds separated by commas, or none")
+        raise GanDistError(
+            f"--prefill {excerpt(given, 60)}: name kinds separated by commas, or none"
+        )
     if "none" in kinds:
         if len(kinds) > 1:
-            raise GanDistError(f"--prefill {given}: none packs no prefill; give it alone")
+            raise GanDistError(
+                f"--prefill {excerpt(given, 60)}: none packs no prefill; give it alone"
+            )
         return ()
     return tuple(dict.fromkeys(kinds))
 

@@ -32,6 +32,7 @@ from gan_dist.data.images import (
 )
 from gan_dist.errors import GanDistError
 from gan_dist.files import write_bytes_atomic
+from gan_dist.textfiles import excerpt
 
 if TYPE_CHECKING:
     import numpy as np
@@ -434,7 +435,7 @@ def _validate_options(options: PackOptions) -> None:
     if odd:
         problems.append(
             f"--prefill takes {', '.join(PACKED_PREFILLS)} or none, comma-separated "
-            f"(got {', '.join(odd)})"
+            f"(got {', '.join(excerpt(k, 40) for k in odd[:3])})"
         )
     if problems:
         raise GanDistError("; ".join(problems))
