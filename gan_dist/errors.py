@@ -14,8 +14,12 @@ class RecipeError(GanDistError):
 
     exit_code = 2
 
-    def __init__(self, problems: list[str], source: str | None = None) -> None:
+    def __init__(
+        self, problems: list[str], source: str | None = None, heading: str | None = None
+    ) -> None:
         self.problems = problems
         self.source = source
+        # what the CLI prints above the problems, when not "SOURCE is not a valid recipe:"
+        self.heading = heading
         head = f"{source}: " if source else ""
         super().__init__(head + "; ".join(problems))

@@ -881,7 +881,11 @@ def load_recipe(source: str | Path, overrides: list[str] | None = None) -> Recip
     try:
         return validate_recipe(raw, source=label)
     except RecipeError as exc:
-        raise RecipeError(_blame_overrides(exc.problems, overrides or []), exc.source) from None
+        problems = _blame_overrides(exc.problems, overrides or [])
+        # the recipe itself is fine when every problem is a --set's: say so
+        blamed = all(p.endswith(")") and " (from --set " in p for p in problems)
+        heading = f"--set does not fit {label}:" if blamed else None
+        raise RecipeError(problems, exc.source, heading) from None
 
 
 def _blame_overrides(problems: list[str], overrides: list[str]) -> list[str]:

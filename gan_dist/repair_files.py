@@ -451,6 +451,11 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels, on_rows) -> F
             if composite and not mask.any():  # an inpainting model keeps every pixel
                 status = "no hole"
                 notes.insert(0, f"mask {job.mask} marks no pixel (white = hole): written unchanged")
+            elif composite and mask.mean() == 1:  # nothing known: the net paints flat grey
+                raise GanDistError(
+                    f"mask {job.mask} marks every pixel as hole (white = hole), so nothing is "
+                    "left to repair from; if black marks the holes, invert the mask"
+                )
         elif composite:
             raise GanDistError(missing_mask(job.no_mask))
         from gan_dist.repair import repair_rows  # torch: not for the CLI's start-up

@@ -42,6 +42,24 @@ def test_a_problem_in_the_file_itself_names_the_file(tmp_path):
     assert all("from --set" not in p for p in caught.value.problems), caught.value.problems
 
 
+def test_the_cli_blames_a_bad_set_not_the_recipe_and_a_bad_file_on_the_file(tmp_path):
+    """ "the built-in recipe quickstart is not a valid recipe" was printed above a problem
+    that only a --set had (hostile pass)."""
+    from typer.testing import CliRunner
+
+    from gan_dist.cli import app
+
+    result = CliRunner().invoke(app, ["recipes", "validate", "quickstart", "--set", "train.lr=3"])
+    assert result.exit_code == 2
+    assert "--set does not fit the built-in recipe quickstart:" in result.output, result.output
+    assert "not a valid recipe" not in result.output
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("name: mine\ndata: {train: shards, bach_size: 3}\n")
+    result = CliRunner().invoke(app, ["recipes", "validate", str(recipe), "--set", "train.lr=3"])
+    assert result.exit_code == 2
+    assert "is not a valid recipe:" in " ".join(result.output.split()), result.output
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(
     ("given", "said"),

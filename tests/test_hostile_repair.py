@@ -288,6 +288,23 @@ def test_a_0_1_mask_repairs_its_hole_and_an_empty_mask_is_its_own_status(model, 
     assert not np.array_equal(out[m], src[m]) and np.array_equal(out[~m], src[~m])
 
 
+@pytest.mark.parametrize("high", [255, 1])
+def test_a_mask_of_all_hole_fails_saying_to_invert_it(model, tmp_path, high):
+    """An inverted mask (black = hole) left nothing known: the net painted the whole image
+    flat grey and called it repaired."""
+    photo(tmp_path / "src" / "a.png")
+    full = np.full((40, 48, 1), high, np.uint8)
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "a.png").write_bytes(encode_png(full))
+    args = [str(tmp_path / "src"), str(tmp_path / "out"), "--mask", str(tmp_path / "masks")]
+    result = run_cli("repair", *args, "--model", str(model), "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    [row] = json.loads(result.stdout)["files"]
+    assert row["status"] == "failed"
+    assert "marks every pixel as hole" in row["detail"] and "invert" in row["detail"]
+    assert not (tmp_path / "out" / "a.png").exists()
+
+
 # --- pixels kept exactly, or the user is told -------------------------------------------------
 
 

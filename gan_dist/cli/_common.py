@@ -34,8 +34,10 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except RecipeError as exc:
-        if exc.source:
-            err.print(f"[red]error:[/] {exc.source} is not a valid recipe:")
+        if exc.heading or exc.source:
+            heading = exc.heading or f"{exc.source} is not a valid recipe:"
+            err.print("[red]error:[/] ", end="")
+            err.print(heading, markup=False)
         for problem in exc.problems:
             err.print("  " if exc.source else "[red]error:[/] ", end="")
             err.print(problem, markup=False)

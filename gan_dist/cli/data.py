@@ -59,7 +59,8 @@ def pack(
         help="Hole prefills to solve once here and store with each sample (what a recipe's "
         "model.prefill names; training then reads them instead of solving them at every "
         "step): comma-separated biharmonic, harmonic, patchmatch, or none; a combined kind "
-        "such as patchmatch+biharmonic packs each of its parts.",
+        "such as patchmatch+biharmonic packs each of its parts; a kind named twice is packed "
+        "once.",
     ),
 ) -> None:
     """Turn images into WebDataset shards of damaged/clean/mask samples plus a manifest."""
