@@ -50,12 +50,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gan_dist.core.prefill import fill_holes
 from gan_dist.data.images import read_image, resize, write_png_atomic
 from gan_dist.data.pack import PackOptions, pack_folder
 from gan_dist.data.stream import StreamConfig, make_stream
 from gan_dist.demo import export_sample_photos
 from gan_dist.nets import build_generator
-from gan_dist.nets.prefill import fill_holes
 from gan_dist.recipe import Recipe, resolve_damage
 from gan_dist.train import checkpoint
 from gan_dist.train.evaluate import repair_metrics
@@ -286,7 +286,7 @@ def classical(method: str):
     import cv2
     from skimage.restoration import inpaint_biharmonic
 
-    from gan_dist.nets.exemplar import patchmatch_fill
+    from gan_dist.core.exemplar import patchmatch_fill
 
     def repair(batch) -> torch.Tensor:
         if method == "patchmatch":
@@ -321,9 +321,9 @@ def limits(batches) -> dict[str, dict]:
     the `patchmatch+biharmonic` start itself. Also the correlation of PatchMatch's detail
     with the original's in the hole: near 0, the copy's grain is right in kind and wrong in
     place, so each unit of its energy adds to the squared error."""
-    from gan_dist.nets.exemplar import patchmatch_fill
-    from gan_dist.nets.prefill import BLEND_SIGMA
-    from gan_dist.objectives import lowpass
+    from gan_dist.core.exemplar import patchmatch_fill
+    from gan_dist.core.filters import lowpass
+    from gan_dist.core.prefill import BLEND_SIGMA
 
     def detail(x: torch.Tensor) -> torch.Tensor:
         return x - lowpass(x, BLEND_SIGMA)

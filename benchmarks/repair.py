@@ -151,8 +151,8 @@ def precisions(model: str, work: Path, size: int, tile: int, repeats: int = 3) -
     """fp32 against bf16 on one image: speed side by side, and where the outputs differ."""
     import time
 
+    from gan_dist.core.precision import cpu_bf16
     from gan_dist.models import load_model
-    from gan_dist.precision import cpu_bf16
     from gan_dist.repair import repair_array
 
     image, mask_path, _ = test_image(work, size, seed=2)

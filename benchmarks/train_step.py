@@ -45,7 +45,7 @@ from gan_dist.recipe import load_recipe
 
 
 def synthetic(recipe, device, fmt=torch.contiguous_format) -> dict[str, torch.Tensor]:
-    from gan_dist.nets.prefill import fill_holes
+    from gan_dist.core.prefill import fill_holes
 
     g = torch.Generator().manual_seed(0)
     b, c, s = recipe.data.batch_size, recipe.data.channels, recipe.data.image_size
@@ -89,7 +89,7 @@ def trainer_step(recipe):
     """gan-dist's step with Accelerate-prepared nets and optimisers, as the trainer runs it."""
     from accelerate import Accelerator
 
-    from gan_dist.precision import effective_precision
+    from gan_dist.core.precision import effective_precision
     from gan_dist.train.trainer import train_step
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -290,7 +290,7 @@ def cpu_model() -> str:
 
 
 def main() -> None:
-    from gan_dist.precision import cpu_bf16
+    from gan_dist.core.precision import cpu_bf16
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=128)

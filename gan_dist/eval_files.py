@@ -24,8 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gan_dist.core.errors import GanDistError
 from gan_dist.data.images import DEFAULT_MAX_PIXELS
-from gan_dist.errors import GanDistError
 from gan_dist.repair_files import BATCH, OVERLAP, TILE, Found, find_images, missing_mask
 
 if TYPE_CHECKING:

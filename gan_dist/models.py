@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError
 
-from gan_dist.errors import GanDistError
+from gan_dist.core.errors import GanDistError
 from gan_dist.recipe import SAVED, DamageStep, ModelConfig
 from gan_dist.registry import shown as _shown
 
@@ -79,7 +79,7 @@ class RepairModel:
         within 1/255 of fp32 for 8-bit output but coarser than a 16-bit scan's levels."""
         import numpy as np
 
-        from gan_dist.precision import inference_precision
+        from gan_dist.core.precision import inference_precision
 
         if self.precision != "auto":
             return self.precision
@@ -259,7 +259,7 @@ def saved_recipe(ckpt: Any) -> Recipe:
     """A checkpoint's recipe, read as a saved one (`SAVED`: no module it names is imported).
     Raises GanDistError (exit 1: a model that cannot be loaded, not a recipe typo) naming
     state.json and each problem, e.g. a plugin family that is not installed here."""
-    from gan_dist.errors import RecipeError
+    from gan_dist.core.errors import RecipeError
     from gan_dist.recipe import validate_recipe
 
     where = ckpt.path / "state.json"
@@ -353,7 +353,7 @@ def read_spec(path: Path, source: str) -> dict[str, Any]:
     """spec.json validated by ModelSpec (bounded in size and nesting); the validated values
     as a dict. Raises GanDistError naming the first problems, e.g. `spec.json: tile_size:
     Input should be greater than 0`."""
-    from gan_dist.textfiles import UntrustedTextError, check_bounded, read_text_file
+    from gan_dist.core.textfiles import UntrustedTextError, check_bounded, read_text_file
 
     try:
         raw = json.loads(read_text_file(path, "a model spec"))

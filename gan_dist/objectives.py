@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from gan_dist.core.filters import lowpass
+
 if TYPE_CHECKING:
     from gan_dist.recipe import ObjectiveConfig
     from gan_dist.registry import Family
@@ -214,28 +216,13 @@ def reconstruction(
     return loss
 
 
-def lowpass(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(B, C, H, W) blurred by a Gaussian of `sigma` px (kernel 2 * ceil(3 sigma) + 1 px,
-    reflected at the borders; torchvision's gaussian_blur), differentiable."""
-    import math
-
-    from torchvision.transforms.functional import gaussian_blur
-
-    # reflection needs the pad under the image's side: at most 2 * side - 1 (odd); a 1 px
-    # side leaves a 1 px kernel, the image itself
-    size = min(2 * math.ceil(3 * sigma) + 1, 2 * min(image.shape[-2:]) - 1)
-    if size <= 1:
-        return image
-    return gaussian_blur(image, [size, size], [sigma, sigma])
-
-
 def structural_dissimilarity(fake: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """1 - SSIM (the validation's SSIM, on [0, 1] images). L1 rewards the right mean in the
     hole but not local contrast and structure; adding this term is the remedy of Zhao et al.
     2017 (Loss Functions for Image Restoration with Neural Networks)."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    from gan_dist.pixels import to_unit
+    from gan_dist.core.pixels import to_unit
 
     fake01, clean01 = to_unit(fake.float()), to_unit(clean.float())
     return 1 - structural_similarity_index_measure(fake01, clean01, data_range=1.0)

@@ -35,15 +35,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from gan_dist.errors import RecipeError
-from gan_dist.registry import Settings, UnknownFamily, registry
-from gan_dist.textfiles import (
+from gan_dist.core.errors import RecipeError
+from gan_dist.core.textfiles import (
     MAX_DEPTH,
     UntrustedTextError,
     check_bounded,
     excerpt,
     read_text_file,
 )
+from gan_dist.registry import Settings, UnknownFamily, registry
 
 # ---------------------------------------------------------------------------------------------
 # YAML: YAML 1.1 (PyYAML's default) reads `no`, `off`, `y` as booleans and `1e-4` as a string.

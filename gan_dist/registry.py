@@ -37,9 +37,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from gan_dist.errors import GanDistError
-from gan_dist.textfiles import excerpt
-from gan_dist.train.signals import from_outside
+from gan_dist.core.errors import GanDistError
+from gan_dist.core.signals import from_outside
+from gan_dist.core.textfiles import excerpt
 
 log = logging.getLogger("gan_dist.registry")
 

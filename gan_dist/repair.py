@@ -31,14 +31,14 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import torch
 
+from gan_dist.core.errors import GanDistError
+from gan_dist.core.pixels import to_signed, to_unit
+from gan_dist.core.prefill import prefill_parts
 from gan_dist.data.images import (
     from_float,
     to_channels,
 )
-from gan_dist.errors import GanDistError
 from gan_dist.models import RepairModel
-from gan_dist.nets.prefill import prefill_parts
-from gan_dist.pixels import to_signed, to_unit
 
 T = TypeVar("T")
 
@@ -305,7 +305,7 @@ class _Prefills:
     def crossing(self, top: int, bottom: int) -> list[tuple[int, int, np.ndarray]]:
         """(top, left, filled (C, h, w) in [-1, 1]) of the boxes that rows [top, bottom)
         cross; calls must come with non-decreasing `top`."""
-        from gan_dist.nets.prefill import fill_holes
+        from gan_dist.core.prefill import fill_holes
 
         self.active = [f for f in self.active if f[0] + f[2].shape[1] > top]
         while self.waiting and self.waiting[-1][0] < bottom:

@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gan_dist.core.errors import GanDistError
+from gan_dist.core.files import atomic_file, write_bytes_atomic
 from gan_dist.data.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
@@ -55,8 +57,6 @@ from gan_dist.data.images import (
     to_channels,
 )
 from gan_dist.data.tiff_stream import BAND_ROWS, TiffRaster, open_tiff, write_tiff
-from gan_dist.errors import GanDistError
-from gan_dist.files import atomic_file, write_bytes_atomic
 from gan_dist.registry import PluginError
 
 if TYPE_CHECKING:

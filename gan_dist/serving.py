@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gan_dist.errors import GanDistError
+from gan_dist.core.errors import GanDistError
 
 if TYPE_CHECKING:
     import pandas as pd

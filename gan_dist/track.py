@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from gan_dist.errors import GanDistError
+from gan_dist.core.errors import GanDistError
 
 if TYPE_CHECKING:
     import numpy as np

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from gan_dist.nets.exemplar import patchmatch_fill
-from gan_dist.nets.prefill import fill_holes
+from gan_dist.core.exemplar import patchmatch_fill
+from gan_dist.core.prefill import fill_holes
 
 
 def photo(channels: int = 3, size: int = 96) -> torch.Tensor:
@@ -143,8 +143,8 @@ def test_an_exemplar_fill_beside_a_smooth_one_is_corrected_and_seen():
     detail, and sees the smooth fill as 3 more input channels; untrained
     (a zero correction) it returns that blend, and the smooth fill changes its output once
     it is trained."""
+    from gan_dist.core.filters import lowpass
     from gan_dist.nets import build_generator, prefill_only
-    from gan_dist.objectives import lowpass
     from gan_dist.recipe import load_recipe
 
     image, known = photo(), box()
@@ -269,7 +269,7 @@ def test_a_repeated_prefill_is_packed_once_and_a_combined_kind_as_its_parts(phot
 def test_a_one_pixel_side_passes_the_low_pass_through():
     """Hostile pass: a 40x1 px image with a patchmatch+biharmonic model failed repair with
     torchvision's 'kernel_size should have odd and positive integers. Got [-1, -1]'."""
-    from gan_dist.objectives import lowpass
+    from gan_dist.core.filters import lowpass
 
     line = torch.rand(1, 3, 1, 40)
     assert torch.equal(lowpass(line, 4.0), line)
@@ -315,8 +315,8 @@ def test_every_prefill_a_recipe_names_can_be_packed():
     """The demo packs the parts of quickstart's model.prefill; a combined kind once reached
     PackOptions whole and was refused."""
     from gan_dist.cli.data import _prefills
+    from gan_dist.core.prefill import PREFILLS, prefill_parts
     from gan_dist.data.pack import PACKED_PREFILLS
-    from gan_dist.nets.prefill import PREFILLS, prefill_parts
 
     for kind in PREFILLS:
         if kind != "none":
@@ -328,8 +328,8 @@ def test_a_low_passed_correction_leaves_the_exemplar_detail_and_learns():
     """model.correction_lowpass: the generator's correction is blurred before it is added,
     so the start's detail above that sigma reaches the output untouched, whatever the
     weights, and gradients still reach every layer."""
+    from gan_dist.core.filters import lowpass
     from gan_dist.nets import build_generator
-    from gan_dist.objectives import lowpass
     from gan_dist.recipe import load_recipe
 
     torch.manual_seed(0)

@@ -17,11 +17,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import make_model, run_cli
+from gan_dist.core.errors import GanDistError, RecipeError
+from gan_dist.core.textfiles import MAX_TEXT_BYTES
 from gan_dist.data.stream import StreamConfig, make_stream
-from gan_dist.errors import GanDistError, RecipeError
 from gan_dist.models import SPEC, WEIGHTS, load_model
 from gan_dist.recipe import load_recipe
-from gan_dist.textfiles import MAX_TEXT_BYTES
 
 
 def alias_bomb(field: str) -> str:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import gradient16, options, pack_cli, read_samples, save_pil
+from gan_dist.core.errors import GanDistError
 from gan_dist.data.images import encode_png, read_image, sample_part
 from gan_dist.data.pack import PackOptions, pack_folder, pack_pairs
-from gan_dist.errors import GanDistError
 
 
 def test_the_reported_case_a_users_backup_tar_survives_overwrite(photo_dir, tmp_path):

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from conftest import hole, make_model, run_cli
+from gan_dist.core.errors import GanDistError
 from gan_dist.data.images import decode_png, encode_png, read_image
-from gan_dist.errors import GanDistError
 from gan_dist.repair_files import plan, read_mask
 
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import hole, make_model, run_cli, train_quickstart
-from gan_dist.errors import GanDistError
+from gan_dist.core.errors import GanDistError
 from gan_dist.models import initial_weights, load_model
 
 ZEN = "Beautiful is better than ugly"

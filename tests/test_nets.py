@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gan_dist.core.prefill import fill_holes
 from gan_dist.nets import build_discriminator, build_generator
 from gan_dist.nets.noise import pixel_noise
-from gan_dist.nets.prefill import fill_holes
 from gan_dist.recipe import load_recipe
 
 
@@ -62,7 +62,7 @@ def _plain_fill(image: torch.Tensor, known: torch.Tensor, kind: str) -> torch.Te
     stencil must give the very same bits (the quality figures were measured with these)."""
     import torch.nn.functional as F
 
-    from gan_dist.nets import prefill as P
+    from gan_dist.core import prefill as P
 
     def mean4(u):
         p = F.pad(u, (1, 1, 1, 1), mode="replicate")
@@ -223,7 +223,7 @@ def test_gated_unet_gate_is_a_soft_mask_on_features():
 
 
 def test_gated_and_ffc_options_are_refused_where_they_mean_nothing():
-    from gan_dist.errors import RecipeError
+    from gan_dist.core.errors import RecipeError
 
     with pytest.raises(RecipeError, match="model.generator.gated: unknown key; resnet takes"):
         load_recipe("quickstart", ["model.generator.name=resnet", "model.generator.gated=true"])

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from conftest import gradient16, options, pack_cli, read_samples, save_pil
 from gan_dist.cli import app
+from gan_dist.core.errors import GanDistError
 from gan_dist.data.images import decode_png, sample_part, write_png_atomic
 from gan_dist.data.inspect import inspect_shards
 from gan_dist.data.pack import STAGING, PackOptions, pack_folder, pack_pairs, read_manifest
-from gan_dist.errors import GanDistError
 
 runner = CliRunner()
 

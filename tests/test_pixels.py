@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gan_dist.core.pixels import to_signed, to_uint8, to_unit
 from gan_dist.data.images import from_float
-from gan_dist.pixels import to_signed, to_uint8, to_unit
 
 
 def test_every_level_maps_into_the_range_and_back():

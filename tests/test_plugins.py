@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import hole, run_cli, tiny
-from gan_dist.errors import GanDistError, RecipeError
+from gan_dist.core.errors import GanDistError, RecipeError
 from gan_dist.recipe import load_recipe
 
 TOY = {

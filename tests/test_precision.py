@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gan_dist import precision
+from gan_dist.core import precision
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ import yaml
 from typer.testing import CliRunner
 
 from gan_dist.cli import app
-from gan_dist.errors import RecipeError
+from gan_dist.core.errors import RecipeError
 from gan_dist.recipe import (
     ObjectiveConfig,
     Recipe,

@@ -11,9 +11,9 @@ import tifffile
 from PIL import Image
 
 from conftest import blank_dicom, gradient16, hole, make_model, run_cli
+from gan_dist.core.precision import inference_precision
 from gan_dist.data.images import decode_png, encode_png, read_image
 from gan_dist.models import load_model
-from gan_dist.precision import inference_precision
 from gan_dist.repair import band_work, repair_array, repair_rows
 from gan_dist.repair_files import plan, repair_files
 
@@ -114,7 +114,7 @@ def test_grey_images_through_an_rgb_model_stay_grey(inpaint):
 
 def test_rgb_into_a_grey_model_is_refused(tmp_path):
     model = load_model(str(make_model(tmp_path / "grey", "data.channels=1")))
-    from gan_dist.errors import GanDistError
+    from gan_dist.core.errors import GanDistError
 
     with pytest.raises(GanDistError, match="1-channel"):
         repair_array(model, np.zeros((32, 32, 3), np.uint8), hole(32, 32))

@@ -93,7 +93,7 @@ def test_a_near_exact_fill_of_a_flat_region_scores_near_zero(grey):
     promotion ranked by it (issue 24). With a floor of one level, a fill within a third of
     a level still scored 88 and one a level off 243 (hostile pass). Fills some levels off
     still count."""
-    from gan_dist.nets.prefill import fill_holes
+    from gan_dist.core.prefill import fill_holes
 
     original = torch.full((8, 3, 128, 128), grey)
     mask = torch.zeros(8, 1, 128, 128)

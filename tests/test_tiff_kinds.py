@@ -14,8 +14,8 @@ import pytest
 import tifffile
 
 from conftest import gradient16, make_model
+from gan_dist.core.errors import GanDistError
 from gan_dist.data.images import ImageReadError, probe, raw_from_levels, read_image
-from gan_dist.errors import GanDistError
 from gan_dist.models import load_model
 from gan_dist.repair_files import Job, plan, read_mask, repair_files
 

@@ -21,7 +21,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from conftest import MlflowServer, run_cli, tiny, train_quickstart
-from gan_dist.errors import GanDistError
+from gan_dist.core.errors import GanDistError
 from gan_dist.train import checkpoint
 
 pytestmark = pytest.mark.integration

@@ -29,7 +29,7 @@ SET_HELP = "Override a recipe value, e.g. --set data.batch_size=8 (repeatable)."
 @contextmanager
 def user_errors() -> Iterator[None]:
     """A GanDistError is the user's to fix: print its message, no traceback, exit non-zero."""
-    from gan_dist.errors import GanDistError, RecipeError
+    from gan_dist.core.errors import GanDistError, RecipeError
 
     try:
         yield
@@ -63,7 +63,7 @@ def resolve_device(choice: str) -> str:
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda" and not torch.cuda.is_available():
-        from gan_dist.errors import GanDistError
+        from gan_dist.core.errors import GanDistError
 
         raise GanDistError("--device cuda: no CUDA device visible; use --device cpu")
     return choice

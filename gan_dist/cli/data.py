@@ -64,8 +64,8 @@ def pack(
     ),
 ) -> None:
     """Turn images into WebDataset shards of damaged/clean/mask samples plus a manifest."""
+    from gan_dist.core.errors import GanDistError
     from gan_dist.data.pack import PackOptions, pack_folder, pack_pairs
-    from gan_dist.errors import GanDistError
     from gan_dist.recipe import resolve_damage
 
     with user_errors():
@@ -111,8 +111,8 @@ def _prefills(given: str) -> tuple[str, ...]:
     parts; () for `none`. Raises GanDistError for an empty value or `none` beside a kind."""
     import re
 
-    from gan_dist.errors import GanDistError
-    from gan_dist.textfiles import excerpt
+    from gan_dist.core.errors import GanDistError
+    from gan_dist.core.textfiles import excerpt
 
     kinds = [k.strip() for k in re.split(r"[,+]", given)]
     if not all(kinds):

@@ -63,7 +63,7 @@ def eval_(
     from rich.progress import Progress
     from rich.table import Table
 
-    from gan_dist.errors import GanDistError
+    from gan_dist.core.errors import GanDistError
     from gan_dist.eval_files import evaluate_data
     from gan_dist.models import load_model
     from gan_dist.train.perceptual import PerceptualWeights

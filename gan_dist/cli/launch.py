@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from gan_dist.cli._common import SET_HELP, announce_shell, err, out, user_errors
-from gan_dist.train.signals import EXIT_PREEMPTED
+from gan_dist.core.signals import EXIT_PREEMPTED
 
 
 def launch(

@@ -66,9 +66,9 @@ def repair(
     from rich.progress import Progress
     from rich.table import Table
 
-    from gan_dist.errors import GanDistError
+    from gan_dist.core.errors import GanDistError
+    from gan_dist.core.precision import inference_precision
     from gan_dist.models import load_model
-    from gan_dist.precision import inference_precision
     from gan_dist.repair_files import STATUSES, plan, repair_files
 
     _stop_on_sigterm()
@@ -124,7 +124,7 @@ def _stop_on_sigterm() -> None:
     written is removed, never left half-written beside the finished ones; exit 143."""
     import signal
 
-    from gan_dist.train.signals import Terminated
+    from gan_dist.core.signals import Terminated
 
     def stop(signum, frame) -> None:
         raise Terminated(128 + signum)

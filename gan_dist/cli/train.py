@@ -39,7 +39,7 @@ def train(
     device, locally or on SLURM). SIGTERM, SIGUSR1 and Ctrl-C write a checkpoint and exit
     75; run the same command to resume."""
     # First of all, before the heavy imports: a stop signal during start-up is honoured too.
-    from gan_dist.train.signals import EXIT_PREEMPTED, StopFlag, StopRequested
+    from gan_dist.core.signals import EXIT_PREEMPTED, StopFlag, StopRequested
 
     with StopFlag() as stop:
         try:

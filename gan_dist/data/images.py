@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gan_dist.errors import GanDistError
-from gan_dist.files import write_bytes_atomic
+from gan_dist.core.errors import GanDistError
+from gan_dist.core.files import write_bytes_atomic
 
 if TYPE_CHECKING:
     import numpy as np

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from gan_dist.core.errors import GanDistError
 from gan_dist.data.images import picture_grid, sample_part, write_png_atomic
 from gan_dist.data.pack import SPLITS, read_manifest
-from gan_dist.errors import GanDistError
 
 
 @dataclass

@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gan_dist import __version__
+from gan_dist.core.errors import GanDistError
+from gan_dist.core.files import write_bytes_atomic
+from gan_dist.core.textfiles import excerpt
 from gan_dist.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
@@ -30,9 +33,6 @@ from gan_dist.data.images import (
     to_bit_depth,
     to_channels,
 )
-from gan_dist.errors import GanDistError
-from gan_dist.files import write_bytes_atomic
-from gan_dist.textfiles import excerpt
 
 if TYPE_CHECKING:
     import numpy as np
@@ -334,8 +334,8 @@ def packed_prefills(
     import numpy as np
     import torch
 
-    from gan_dist.nets.prefill import fill_holes
-    from gan_dist.pixels import to_signed
+    from gan_dist.core.pixels import to_signed
+    from gan_dist.core.prefill import fill_holes
 
     out: list[dict[str, np.ndarray]] = [{} for _ in damaged]
     holed = [i for i, m in enumerate(masks) if m.any()]

@@ -44,11 +44,11 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from gan_dist.core.errors import GanDistError
+from gan_dist.core.pixels import to_signed
 from gan_dist.data.damage import apply_damage, sample_rng
 from gan_dist.data.images import CODECS, decode_part, sample_part
 from gan_dist.data.pack import read_manifest
-from gan_dist.errors import GanDistError
-from gan_dist.pixels import to_signed
 
 log = logging.getLogger("gan_dist.data")
 
@@ -382,7 +382,7 @@ class _Decode:
         """The prefill the pack solved for this sample's holes (`pack.packed_prefills`) with
         its known pixels, (C, H, W) in [-1, 1]; None when the pack has none of this kind
         (then the batch's is solved in `_collate`)."""
-        from gan_dist.nets.prefill import prefill_parts, stack_fills
+        from gan_dist.core.prefill import prefill_parts, stack_fills
 
         parts = [] if self.prefill == "none" else prefill_parts(self.prefill)
         if not parts or not all(any(k.startswith(f"prefill-{p}.") for k in sample) for p in parts):
@@ -610,7 +610,7 @@ def _collate(samples: list[dict[str, Any]], prefill: str = "none") -> Batch:
         "pulled": {samples[-1]["worker"]: samples[-1]["pulled"]},
     }
     if prefill != "none":
-        from gan_dist.nets.prefill import fill_holes
+        from gan_dist.core.prefill import fill_holes
 
         missing = [i for i, s in enumerate(samples) if s.get("start") is None]
         starts = [s.get("start") for s in samples]

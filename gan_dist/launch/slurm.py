@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gan_dist import __version__
-from gan_dist.errors import GanDistError
-from gan_dist.files import write_bytes_atomic
+from gan_dist.core.errors import GanDistError
+from gan_dist.core.files import write_bytes_atomic
 from gan_dist.launch.local import (
     DEFAULT_SHUTDOWN_S,
     LAUNCHER,

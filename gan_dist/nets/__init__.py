@@ -60,14 +60,14 @@ class RepairNet(nn.Module):
                 z = pixel_noise(len(mask), *mask.shape[-2:], origins, device=mask.device)
             extra.append(z.to(mask.dtype) * mask)
         if self.prefill != "none":
-            from gan_dist.nets.prefill import fill_holes
+            from gan_dist.core.prefill import fill_holes
 
             if start is None:
                 start = fill_holes(damaged, 1 - mask, self.prefill)
             base = start[:, : damaged.shape[1]]  # the fill corrected; any others are input
             correction = self.body(torch.cat([start, *extra], dim=1))
             if self.correction_lowpass:
-                from gan_dist.objectives import lowpass
+                from gan_dist.core.filters import lowpass
 
                 correction = lowpass(correction, self.correction_lowpass)
             out = (base + correction).clamp(-1, 1)
@@ -107,8 +107,8 @@ def build_generator(
     net is allocated (see `contract.built`). Raises UnknownFamily when its family is
     neither built in nor installed, PluginError when a plugin's net breaks its contract
     or would not fit."""
+    from gan_dist.core.prefill import prefill_parts
     from gan_dist.nets.contract import built
-    from gan_dist.nets.prefill import prefill_parts
     from gan_dist.registry import registry
 
     family = registry("generator").get(model.generator.name)

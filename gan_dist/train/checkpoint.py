@@ -32,8 +32,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gan_dist import __version__
-from gan_dist.errors import GanDistError
-from gan_dist.files import write_bytes_atomic
+from gan_dist.core.errors import GanDistError
+from gan_dist.core.files import write_bytes_atomic
 
 log = logging.getLogger("gan_dist.train")
 

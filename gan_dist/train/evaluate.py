@@ -22,8 +22,8 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-from gan_dist.errors import GanDistError
-from gan_dist.pixels import to_unit
+from gan_dist.core.errors import GanDistError
+from gan_dist.core.pixels import to_unit
 from gan_dist.train.perceptual import PerceptualMetrics
 from gan_dist.train.swd import HoleSWD
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from gan_dist.errors import GanDistError
+from gan_dist.core.errors import GanDistError
 
 if TYPE_CHECKING:
     import numpy as np

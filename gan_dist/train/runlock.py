@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gan_dist.errors import GanDistError
-from gan_dist.files import write_bytes_atomic
+from gan_dist.core.errors import GanDistError
+from gan_dist.core.files import write_bytes_atomic
 
 LOCK_FILE, HOLDER_FILE = ".lock", "lock.json"
 

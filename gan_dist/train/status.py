@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from gan_dist.files import write_bytes_atomic
+from gan_dist.core.files import write_bytes_atomic
 
 STATUS_FILE = "status.json"
 

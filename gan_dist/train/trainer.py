@@ -20,13 +20,16 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from gan_dist.core.errors import GanDistError
+from gan_dist.core.pixels import to_uint8
+from gan_dist.core.precision import effective_precision
+from gan_dist.core.prefill import prefill_parts
+from gan_dist.core.signals import EXIT_NONFINITE, EXIT_TRACKING, StopFlag, StopRequested
 from gan_dist.data.identity import data_identity
 from gan_dist.data.images import picture_grid
 from gan_dist.data.pack import MANIFEST
 from gan_dist.data.stream import Batch, StreamConfig, check_data, make_stream, pack_of
-from gan_dist.errors import GanDistError
 from gan_dist.nets import build_discriminator, build_generator, prefill_only
-from gan_dist.nets.prefill import prefill_parts
 from gan_dist.objectives import (
     adversarial_for,
     feature_matching,
@@ -37,8 +40,6 @@ from gan_dist.objectives import (
     structural_dissimilarity,
     texture_swd,
 )
-from gan_dist.pixels import to_uint8
-from gan_dist.precision import effective_precision
 from gan_dist.recipe import OptimizerConfig, Recipe, recipe_to_yaml
 from gan_dist.registry import PluginError, registry
 from gan_dist.track import Tracker
@@ -51,7 +52,6 @@ from gan_dist.train.profile import PROFILE_DIR, DataWait, StepProfiler
 from gan_dist.train.progress import Progress
 from gan_dist.train.resume import Change, ChangedRun, as_ran, check_resume
 from gan_dist.train.runlock import RunDirBusy, RunLock
-from gan_dist.train.signals import EXIT_NONFINITE, EXIT_TRACKING, StopFlag, StopRequested
 
 GRID_KEY = "grid/repair"  # damaged | repaired | original held-out samples; its section sorts first
 GRID_FILE = "repair_grid.png"  # the newest one, in the run dir and as the run's artifact

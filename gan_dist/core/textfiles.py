@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gan_dist.errors import GanDistError
+from gan_dist.core.errors import GanDistError
 
 MAX_TEXT_BYTES = 1_000_000  # recipes are a few kB; spec.json likewise
 MAX_VALUES = 100_000  # values a parsed file may stand for, aliases expanded

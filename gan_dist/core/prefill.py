@@ -50,7 +50,7 @@ def stack_fills(fills: list[torch.Tensor], known: torch.Tensor) -> torch.Tensor:
     and Michaeli 2018)."""
     if len(fills) == 1:
         return fills[0]
-    from gan_dist.objectives import lowpass
+    from gan_dist.core.filters import lowpass
 
     exemplar, smooth = fills
     detail = exemplar.float() - lowpass(exemplar.float(), BLEND_SIGMA)
@@ -84,7 +84,7 @@ def fill_holes(image: torch.Tensor, known: torch.Tensor, kind: str = "biharmonic
     if bool(known.all()):  # global damage (noise, blur): nothing to fill
         return image
     if kind == "patchmatch":
-        from gan_dist.nets.exemplar import patchmatch_fill
+        from gan_dist.core.exemplar import patchmatch_fill
 
         return patchmatch_fill(image, known)
     layout = (
