@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from gan_dist.recipe import load_recipe
+from gan_dist.config.recipe import load_recipe
 from gan_dist.train.flops import PEAK_BF16_FLOPS, train_step_flops
 
 RECIPE = "medical"

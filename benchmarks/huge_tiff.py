@@ -53,9 +53,9 @@ def grey_model(folder: Path) -> Path:
     import torch
     from safetensors.torch import save_file
 
+    from gan_dist.config.recipe import load_recipe
     from gan_dist.models import SPEC, WEIGHTS, spec_for
     from gan_dist.nets import build_generator
-    from gan_dist.recipe import load_recipe
 
     recipe = load_recipe("quickstart", ["data.channels=1"])
     torch.manual_seed(0)

@@ -50,13 +50,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gan_dist.config.recipe import Recipe, resolve_damage
 from gan_dist.core.prefill import fill_holes
 from gan_dist.data.images import read_image, resize, write_png_atomic
 from gan_dist.data.pack import PackOptions, pack_folder
 from gan_dist.data.stream import StreamConfig, make_stream
 from gan_dist.demo import export_sample_photos
 from gan_dist.nets import build_generator
-from gan_dist.recipe import Recipe, resolve_damage
 from gan_dist.train import checkpoint
 from gan_dist.train.evaluate import repair_metrics
 from gan_dist.train.swd import HoleSWD

@@ -40,8 +40,8 @@ from gan_dist.demo import export_sample_photos
 
 
 def quick_model(work: Path, seconds: float) -> str:
+    from gan_dist.config.recipe import resolve_damage
     from gan_dist.data.pack import PackOptions, pack_folder
-    from gan_dist.recipe import resolve_damage
 
     export_sample_photos(work / "photos")
     steps, label = resolve_damage("inpaint")

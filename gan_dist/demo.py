@@ -60,12 +60,12 @@ def run_demo(workdir: Path, minutes: float = 2.0, log: Callable[[str], None] = p
     """Pack -> train quickstart -> register and promote -> repair held-out photos -> grid."""
     import time
 
+    from gan_dist.config.recipe import load_recipe, resolve_damage
     from gan_dist.core.errors import GanDistError
     from gan_dist.core.prefill import prefill_parts
     from gan_dist.data.inspect import inspect_shards
     from gan_dist.data.pack import PackOptions, pack_folder
     from gan_dist.models import promote_if_as_good, register_completed
-    from gan_dist.recipe import load_recipe, resolve_damage
     from gan_dist.track import experiment_id, open_store, tracking_uri
     from gan_dist.train.trainer import train
 

@@ -31,8 +31,8 @@ from gan_dist.repair_files import BATCH, OVERLAP, TILE, Found, find_images, miss
 if TYPE_CHECKING:
     import numpy as np
 
+    from gan_dist.config.recipe import DamageStep
     from gan_dist.models import RepairModel
-    from gan_dist.recipe import DamageStep
     from gan_dist.train.perceptual import PerceptualWeights
 
 EVAL_SEED = 12345  # with each file's relative path: the holes a folder is scored on
@@ -117,7 +117,7 @@ def evaluate_folder(
     weights file, before any image is read."""
     from pydantic import TypeAdapter
 
-    from gan_dist.recipe import DamageStep, MaskDamage
+    from gan_dist.config.recipe import DamageStep, MaskDamage
     from gan_dist.train.perceptual import PerceptualMetrics
     from gan_dist.train.swd import HoleSWD
 
@@ -194,9 +194,9 @@ def _score_one(
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray | None]:
     """(its row, the clean pixels, the repair, the holes) of one image; GanDistError for one
     that cannot be scored, with the reason repair would give where repair gives one."""
+    from gan_dist.config.recipe import MaskDamage
     from gan_dist.data.damage import damage_image, sample_rng
     from gan_dist.data.images import read_image
-    from gan_dist.recipe import MaskDamage
     from gan_dist.repair import repair_array
     from gan_dist.repair_files import read_mask
     from gan_dist.train.image_metrics import score_image
@@ -253,7 +253,7 @@ def _sizes(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _mask_source(model: RepairModel, masks: Path | None, steps: list[DamageStep]) -> str:
     """Where the holes came from, in words (`steps`: the damage applied besides --mask)."""
-    from gan_dist.recipe import MaskDamage
+    from gan_dist.config.recipe import MaskDamage
 
     label = damage_label(model.spec["damage"])
     if masks is not None:
@@ -279,7 +279,7 @@ def damage_label(raw: list[dict[str, Any]]) -> str:
     they are a preset's, else `steps mask, blur`."""
     from pydantic import TypeAdapter
 
-    from gan_dist.recipe import DAMAGE_PRESETS, DamageStep
+    from gan_dist.config.recipe import DAMAGE_PRESETS, DamageStep
 
     adapter = TypeAdapter(list[DamageStep])
     steps = adapter.dump_python(adapter.validate_python(raw), mode="json")

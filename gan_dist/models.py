@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError
 
+from gan_dist.config.family import shown as _shown
+from gan_dist.config.recipe import SAVED, DamageStep, ModelConfig
 from gan_dist.core.errors import GanDistError
-from gan_dist.recipe import SAVED, DamageStep, ModelConfig
-from gan_dist.registry import shown as _shown
 
 if TYPE_CHECKING:
     import torch
 
-    from gan_dist.recipe import Recipe
+    from gan_dist.config.recipe import Recipe
 
 log = logging.getLogger("gan_dist.models")
 
@@ -132,8 +132,8 @@ class RepairModel:
     def size_divisor(self) -> int:
         """Every input side must be a multiple of this (px): what the generator's family
         declares, e.g. 2**down-samplings for its skip connections to line up."""
-        from gan_dist.recipe import SAVED, ModelConfig
-        from gan_dist.registry import registry
+        from gan_dist.config.families import registry
+        from gan_dist.config.recipe import SAVED, ModelConfig
 
         gen = ModelConfig.model_validate(self.spec["model"], context=SAVED).generator
         family = registry("generator").get(gen.name, saved=True)
@@ -166,7 +166,7 @@ def spec_for(recipe: Recipe, step: int, metrics: dict[str, float]) -> dict[str, 
 def families_of(recipe: Recipe) -> dict[str, dict[str, str | None]]:
     """Which package (and version) provided each family the recipe names, so that a model
     can say what to install where its nets are missing: {kind: {name, package, version}}."""
-    from gan_dist.registry import registry
+    from gan_dist.config.families import registry
 
     named = {
         "generator": recipe.model.generator.name,
@@ -184,7 +184,8 @@ def _check_families(raw: dict[str, Any], source: str) -> None:
     """A spec naming a family that cannot be had here: say which package provided it, and
     whether another version of that package is what is installed. Names are looked up as
     a saved model's (`Registry.get(saved=True)`): no module a spec names is imported."""
-    from gan_dist.registry import Provider, UnknownFamily, installed_version, registry
+    from gan_dist.config.families import registry
+    from gan_dist.config.family import Provider, UnknownFamily, installed_version
 
     for kind, entry in _families(raw):
         try:
@@ -216,7 +217,7 @@ def _check_families(raw: dict[str, Any], source: str) -> None:
 
 def _version_drift(spec: dict[str, Any]) -> list[str]:
     """Families installed here at another version than the model was trained with."""
-    from gan_dist.registry import Provider, installed_version
+    from gan_dist.config.family import Provider, installed_version
 
     notes = []
     for kind, entry in _families(spec):
@@ -259,8 +260,8 @@ def saved_recipe(ckpt: Any) -> Recipe:
     """A checkpoint's recipe, read as a saved one (`SAVED`: no module it names is imported).
     Raises GanDistError (exit 1: a model that cannot be loaded, not a recipe typo) naming
     state.json and each problem, e.g. a plugin family that is not installed here."""
+    from gan_dist.config.recipe import validate_recipe
     from gan_dist.core.errors import RecipeError
-    from gan_dist.recipe import validate_recipe
 
     where = ckpt.path / "state.json"
     if not isinstance(ckpt.state.get("recipe"), dict):
@@ -392,7 +393,7 @@ def read_spec(path: Path, source: str) -> dict[str, Any]:
 def _problems(exc: ValidationError) -> str:
     """The first three problems of a validation error, as `dotted.path: message (got ...)`,
     worded as a recipe's (a family's own problems under its section)."""
-    from gan_dist.recipe import problem_lines
+    from gan_dist.config.recipe import problem_lines
 
     return "; ".join(problem_lines(exc)[:3])
 

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from gan_dist.core.filters import lowpass
 
 if TYPE_CHECKING:
-    from gan_dist.recipe import ObjectiveConfig
-    from gan_dist.registry import Family
+    from gan_dist.config.family import Family
+    from gan_dist.config.recipe import ObjectiveConfig
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ def adversarial_for(objective: ObjectiveConfig) -> Adversarial:
 
 @cache
 def _adversarial(name: str, settings: str) -> Adversarial:
-    from gan_dist.registry import PluginError, registry
+    from gan_dist.config.families import registry
+    from gan_dist.config.family import PluginError
 
     family = registry("objective").get(name)
     built = family.run("its builder", family.builder(), family.validate(json.loads(settings)))
@@ -79,7 +80,7 @@ def _held_to_contract(family: Family, built: Adversarial) -> Adversarial:
     callable, and each call must return a floating-point tensor of its logits' shape (one
     loss per logit) that keeps their graph; what it raises is a PluginError naming the
     family (`Family.run`). A subclass's own `d` is checked likewise (a scalar loss)."""
-    from gan_dist.registry import PluginError
+    from gan_dist.config.family import PluginError
 
     for name in TERMS:
         term = getattr(built, name)
@@ -116,7 +117,7 @@ def _check_loss(
 ) -> None:
     """`loss` is a floating-point tensor of `shape` (for `d`: a scalar) that, where
     gradients are recorded and its inputs take them, keeps their graph."""
-    from gan_dist.registry import PluginError
+    from gan_dist.config.family import PluginError
 
     fine = isinstance(loss, torch.Tensor) and loss.is_floating_point()
     if not fine or tuple(loss.shape) != shape:

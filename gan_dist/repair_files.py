@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gan_dist.config.family import PluginError
 from gan_dist.core.errors import GanDistError
 from gan_dist.core.files import atomic_file, write_bytes_atomic
 from gan_dist.data.images import (
@@ -57,7 +58,6 @@ from gan_dist.data.images import (
     to_channels,
 )
 from gan_dist.data.tiff_stream import BAND_ROWS, TiffRaster, open_tiff, write_tiff
-from gan_dist.registry import PluginError
 
 if TYPE_CHECKING:
     from gan_dist.models import RepairModel

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import numpy as np
     from mlflow import MlflowClient
 
-    from gan_dist.recipe import Recipe
+    from gan_dist.config.recipe import Recipe
 
 log = logging.getLogger("gan_dist.track")
 

@@ -95,8 +95,8 @@ def photo_dir(tmp_path_factory) -> Path:
 def packed(photo_dir, tmp_path_factory) -> Path:
     """The photos as 4 crops of 32 px each: 16 train samples in 4 shards, 8 val samples in 2
     (two val shards, so two ranks each get one)."""
+    from gan_dist.config.recipe import resolve_damage
     from gan_dist.data.pack import PackOptions, pack_folder
-    from gan_dist.recipe import resolve_damage
 
     out = tmp_path_factory.mktemp("packed")
     steps, label = resolve_damage("inpaint")
@@ -297,9 +297,9 @@ def make_model(folder: Path, *settings: str, train: bool = True) -> Path:
     import torch
     from safetensors.torch import save_file
 
+    from gan_dist.config.recipe import load_recipe
     from gan_dist.models import SPEC, WEIGHTS, spec_for
     from gan_dist.nets import build_generator
-    from gan_dist.recipe import load_recipe
 
     recipe = load_recipe(
         "quickstart",
@@ -328,8 +328,8 @@ def hole(h: int, w: int) -> np.ndarray:
 
 def options(**kw) -> PackOptions:
     """Small, quick pack options; `damage` names a preset (default inpaint)."""
+    from gan_dist.config.recipe import resolve_damage
     from gan_dist.data.pack import PackOptions
-    from gan_dist.recipe import resolve_damage
 
     steps, label = resolve_damage(kw.pop("damage", "inpaint"))
     base = dict(size=64, damage=steps, damage_source=label, val_fraction=0.2, shard_samples=4)
@@ -378,7 +378,7 @@ def toy_plugin() -> str:
     import importlib.util
     from importlib import metadata
 
-    from gan_dist import registry
+    from gan_dist.config import families as registry
 
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall"]
     if importlib.util.find_spec("setuptools"):  # else pip fetches it into an isolated build

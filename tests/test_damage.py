@@ -5,8 +5,8 @@ import pytest
 from pydantic import TypeAdapter
 
 from conftest import gradient16
+from gan_dist.config.recipe import DAMAGE_PRESETS, DamageStep, damage_preset
 from gan_dist.data.damage import apply_damage, draw_mask, sample_rng
-from gan_dist.recipe import DAMAGE_PRESETS, DamageStep, damage_preset
 
 steps_of = TypeAdapter(list[DamageStep]).validate_python
 

@@ -143,9 +143,9 @@ def test_an_exemplar_fill_beside_a_smooth_one_is_corrected_and_seen():
     detail, and sees the smooth fill as 3 more input channels; untrained
     (a zero correction) it returns that blend, and the smooth fill changes its output once
     it is trained."""
+    from gan_dist.config.recipe import load_recipe
     from gan_dist.core.filters import lowpass
     from gan_dist.nets import build_generator, prefill_only
-    from gan_dist.recipe import load_recipe
 
     image, known = photo(), box()
     both = fill_holes(image, known, "patchmatch+biharmonic")
@@ -328,9 +328,9 @@ def test_a_low_passed_correction_leaves_the_exemplar_detail_and_learns():
     """model.correction_lowpass: the generator's correction is blurred before it is added,
     so the start's detail above that sigma reaches the output untouched, whatever the
     weights, and gradients still reach every layer."""
+    from gan_dist.config.recipe import load_recipe
     from gan_dist.core.filters import lowpass
     from gan_dist.nets import build_generator
-    from gan_dist.recipe import load_recipe
 
     torch.manual_seed(0)
     image, known = photo(), box()
@@ -358,7 +358,7 @@ def test_a_low_passed_correction_leaves_the_exemplar_detail_and_learns():
 def test_a_low_passed_correction_without_a_prefill_is_refused():
     """Hostile pass: model.correction_lowpass with model.prefill: none trained exactly as
     without it, and the saved recipe claimed the blur."""
-    from gan_dist.recipe import RecipeError, load_recipe
+    from gan_dist.config.recipe import RecipeError, load_recipe
 
     with pytest.raises(RecipeError, match="model.prefill: none has none"):
         load_recipe("quickstart", ["model.prefill=none", "model.correction_lowpass=2"])

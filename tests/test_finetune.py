@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import run_cli, tiny, train_quickstart
+from gan_dist.config.recipe import load_recipe
 from gan_dist.models import load_model
 from gan_dist.nets import build_generator
-from gan_dist.recipe import load_recipe
 from gan_dist.train import checkpoint
 
 pytestmark = pytest.mark.integration
@@ -163,8 +163,8 @@ def test_the_readme_fine_tune_where_a_run_trained_before_is_refused_and_changes_
     checkpoint as mine-repair/1, rewrote recipe.yaml to claim the init and exited 0."""
     from mlflow import MlflowClient
 
+    from gan_dist.config.recipe import resolve_damage
     from gan_dist.data.pack import PackOptions, pack_folder
-    from gan_dist.recipe import resolve_damage
 
     steps, label = resolve_damage("inpaint")
     mine = tmp_path / "mine"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import run_cli
+from gan_dist.config.recipe import load_recipe
 from gan_dist.core.errors import RecipeError
-from gan_dist.recipe import load_recipe
 
 
 def test_a_set_typo_is_blamed_on_the_set_not_on_the_installed_recipe_file():

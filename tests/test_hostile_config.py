@@ -17,11 +17,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import make_model, run_cli
+from gan_dist.config.recipe import load_recipe
 from gan_dist.core.errors import GanDistError, RecipeError
 from gan_dist.core.textfiles import MAX_TEXT_BYTES
 from gan_dist.data.stream import StreamConfig, make_stream
 from gan_dist.models import SPEC, WEIGHTS, load_model
-from gan_dist.recipe import load_recipe
 
 
 def alias_bomb(field: str) -> str:
@@ -264,7 +264,7 @@ def test_recipe_files_that_are_not_recipes_get_one_line(tmp_path):
         load_recipe("/dev/zero")
     text = tmp_path / "notes.yaml"
     text.write_text("root:x:0:0:root:/root:/bin/bash " * 50 + "\n")
-    from gan_dist.recipe import resolve_damage
+    from gan_dist.config.recipe import resolve_damage
 
     with pytest.raises(RecipeError) as caught:
         resolve_damage(str(text))

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from conftest import make_model, pack_cli, run_cli
+from gan_dist.config.recipe import load_recipe
 from gan_dist.core.errors import RecipeError
 from gan_dist.data.images import MAX_PART_BYTES, decode_part, encode_array
-from gan_dist.recipe import load_recipe
 from gan_dist.train.evaluate import MAX_PSNR, repair_metrics
 
 

@@ -30,7 +30,7 @@ def planted(tmp_path, monkeypatch) -> tuple[str, Path]:
     (tmp_path / f"{name}.py").write_text(
         "from pathlib import Path\n"
         f"Path({str(marker)!r}).write_text('ran')\n"
-        "from gan_dist.families import GENERATORS, DISCRIMINATORS, OBJECTIVES\n"
+        "from gan_dist.config.catalogue import GENERATORS, DISCRIMINATORS, OBJECTIVES\n"
         "generator, discriminator, objective = GENERATORS['unet'], "
         "DISCRIMINATORS['patchgan'], OBJECTIVES['hinge']\n"
     )
@@ -91,9 +91,9 @@ def test_a_reference_that_an_installed_entry_point_declares_still_loads(toy_plug
     point (a recipe may name a plugin either way)."""
     from safetensors.torch import save_file
 
+    from gan_dist.config.recipe import load_recipe
     from gan_dist.models import spec_for
     from gan_dist.nets import build_generator
-    from gan_dist.recipe import load_recipe
 
     reference = "gan_dist_toy:generator"
     recipe = load_recipe(

@@ -269,9 +269,9 @@ def test_eval_of_a_restoration_model_damages_each_whole_image(tmp_path):
     fixed seed and the file's path), restored as repair restores it, every pixel."""
     from pydantic import TypeAdapter
 
+    from gan_dist.config.recipe import DamageStep, damage_preset
     from gan_dist.data.damage import damage_image, sample_rng
     from gan_dist.models import load_model
-    from gan_dist.recipe import DamageStep, damage_preset
     from gan_dist.repair import repair_array
     from gan_dist.train.image_metrics import score_image
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gan_dist.config.recipe import load_recipe
 from gan_dist.core.prefill import fill_holes
 from gan_dist.nets import build_discriminator, build_generator
 from gan_dist.nets.noise import pixel_noise
-from gan_dist.recipe import load_recipe
 
 
 def _hole(h: int, w: int, box: tuple[int, int, int, int]) -> torch.Tensor:

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
+from gan_dist.config.family import PluginError
+from gan_dist.config.recipe import load_recipe
 from gan_dist.core.errors import RecipeError
-from gan_dist.recipe import load_recipe
-from gan_dist.registry import PluginError
 
 NETS = """
 import os
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, PositiveInt, field_validator
 from torch import nn
 from gan_dist.objectives import Adversarial
-from gan_dist.registry import Family, Settings
+from gan_dist.config.family import Family, Settings
 
 class Width(Settings):
     width: PositiveInt = 4
@@ -233,7 +233,7 @@ def install(root: Path, dist: str, version: str, modules: dict[str, str], points
 def site(tmp_path, monkeypatch) -> Path:
     """A folder of installed plugins, on the path of this process and of the commands the
     test starts."""
-    from gan_dist import registry
+    from gan_dist.config import families as registry
 
     root = tmp_path / "site"
     root.mkdir()
@@ -282,7 +282,7 @@ def test_a_plugin_that_declares_a_built_in_name_is_named_and_the_built_in_kept(s
         {"faulty_unet": NETS},
         "[gan_dist.generators]\nunet = faulty_unet:fine\n",
     )
-    with caplog.at_level(logging.WARNING, logger="gan_dist.registry"):
+    with caplog.at_level(logging.WARNING, logger="gan_dist.config.families"):
         got = load_recipe("quickstart", ["data.image_size=32"])
         load_recipe("quickstart", ["data.image_size=64"])
     assert got.model.generator.settings.base_channels  # the built-in U-Net's settings
@@ -503,7 +503,7 @@ def test_a_size_divisor_of_any_integer_type_is_taken(site):
     """numpy's int64(2) was refused as not a whole number (hostile pass)."""
     install(site, "faulty-nets", "0.1", {"faulty_nets": NETS}, "")
     r = recipe("model.generator.name=faulty_nets:numpy_divisor")
-    from gan_dist.registry import registry
+    from gan_dist.config.families import registry
 
     family = registry("generator").get(r.model.generator.name)
     assert family.divisor(r.model.generator.settings, 32) == 2
@@ -642,7 +642,7 @@ def test_ctrl_c_stays_ctrl_c_and_stops_are_not_blamed_on_the_plugin(site):
     with StopFlag(), pytest.raises(PluginError, match=r"forward failed \(KeyboardInterrupt\)"):
         G(*_batch())
 
-    from gan_dist.registry import Family
+    from gan_dist.config.family import Family
 
     for stop in (StopRequested("SIGTERM"), Terminated(143)):
 

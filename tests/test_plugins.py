@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from conftest import hole, run_cli, tiny
+from gan_dist.config.recipe import load_recipe
 from gan_dist.core.errors import GanDistError, RecipeError
-from gan_dist.recipe import load_recipe
 
 TOY = {
     "model.generator.name": "toy_resnet",
@@ -32,7 +32,7 @@ def toy_recipe(*overrides: str):
 
 
 def test_installed_families_are_listed_beside_the_built_in_ones(toy_plugin):
-    from gan_dist.registry import registry
+    from gan_dist.config.families import registry
 
     assert {"unet", "ffc_resnet", "toy_resnet"} <= set(registry("generator").names())
     assert {"patchgan", "toy_patch"} <= set(registry("discriminator").names())

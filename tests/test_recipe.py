@@ -7,8 +7,7 @@ import yaml
 from typer.testing import CliRunner
 
 from gan_dist.cli import app
-from gan_dist.core.errors import RecipeError
-from gan_dist.recipe import (
+from gan_dist.config.recipe import (
     ObjectiveConfig,
     Recipe,
     builtin_recipes,
@@ -18,6 +17,7 @@ from gan_dist.recipe import (
     resolve_damage,
     validate_recipe,
 )
+from gan_dist.core.errors import RecipeError
 
 runner = CliRunner()
 EXPECTED = {"quickstart", "medical", "photo", "dcgan", "sngan", "wgan-gp"}
@@ -221,8 +221,8 @@ def _float_fields(model: type, prefix: str) -> list[tuple[list[str], str]]:
 
     from pydantic import BaseModel
 
-    from gan_dist.recipe import _FamilyConfig
-    from gan_dist.registry import registry
+    from gan_dist.config.families import registry
+    from gan_dist.config.recipe import _FamilyConfig
 
     def bare(tp):
         while True:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gan_dist.recipe import load_recipe
+from gan_dist.config.recipe import load_recipe
 from gan_dist.train.resume import (
     FLAG,
     HOW_IT_RUNS,
@@ -146,8 +146,8 @@ def other_pack(photo_dir, tmp_path_factory) -> Path:
     """Another pack of the same kind as `packed` (32 px): 3 photos, one sample each."""
     import shutil
 
+    from gan_dist.config.recipe import resolve_damage
     from gan_dist.data.pack import PackOptions, pack_folder
-    from gan_dist.recipe import resolve_damage
 
     fewer = tmp_path_factory.mktemp("fewer")
     for name in ("astronaut", "camera", "coins"):

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from conftest import gradient16
+from gan_dist.config.recipe import resolve_damage
 from gan_dist.core.errors import GanDistError
 from gan_dist.data.images import write_png_atomic
 from gan_dist.data.pack import PackOptions, pack_folder
 from gan_dist.data.stream import StreamConfig, dihedral, make_stream, shard_urls
-from gan_dist.recipe import resolve_damage
 
 
 def keys_of(stream) -> list[str]:
@@ -166,9 +166,9 @@ def test_a_resumed_stream_continues_exactly(packed, workers):
 def test_prefilled_batches_give_the_generator_what_it_would_compute_itself(packed):
     """Training on a CPU takes the holes' prefill from the pack (16-bit, issue 25) or fills
     them in the data workers; the repair must not change beyond that rounding."""
+    from gan_dist.config.recipe import ModelConfig
     from gan_dist.core.prefill import fill_holes
     from gan_dist.nets import build_generator
-    from gan_dist.recipe import ModelConfig
 
     config = StreamConfig(4, 3, train=False, workers=1, prefill="biharmonic")
     batch = next(iter(make_stream(str(packed), config, "train")))

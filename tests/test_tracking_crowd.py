@@ -257,7 +257,7 @@ def test_a_store_created_on_a_full_disk_is_never_left_half_made(trained_run, sma
 
 
 def _tracker(tmp_path: Path, uri: str, **settings: str):
-    from gan_dist.recipe import load_recipe
+    from gan_dist.config.recipe import load_recipe
     from gan_dist.track import Tracker
 
     recipe = load_recipe(

@@ -309,8 +309,8 @@ def test_checkpoints_never_unpickle(shards, tmp_path):
 
 def test_validation_follows_the_training_pack(shards, photo_dir, tmp_path):
     """Finding 9: `--set data.train=my/shards` alone validated on the recipe's demo pack."""
+    from gan_dist.config.recipe import resolve_damage
     from gan_dist.data.pack import PackOptions, pack_folder
-    from gan_dist.recipe import resolve_damage
 
     steps, label = resolve_damage("inpaint")
     mine = tmp_path / "mine"

@@ -64,9 +64,9 @@ def pack(
     ),
 ) -> None:
     """Turn images into WebDataset shards of damaged/clean/mask samples plus a manifest."""
+    from gan_dist.config.recipe import resolve_damage
     from gan_dist.core.errors import GanDistError
     from gan_dist.data.pack import PackOptions, pack_folder, pack_pairs
-    from gan_dist.recipe import resolve_damage
 
     with user_errors():
         paired = clean is not None or damaged is not None
@@ -254,7 +254,7 @@ def presets() -> None:
     """The damage presets `data pack --damage` accepts."""
     from rich.table import Table
 
-    from gan_dist.recipe import DAMAGE_PRESETS
+    from gan_dist.config.recipe import DAMAGE_PRESETS
 
     table = Table("preset", "damage", box=None, pad_edge=False)
     for name, (description, _) in DAMAGE_PRESETS.items():

@@ -43,7 +43,7 @@ def launch(
     """Train a recipe on all local devices, on several machines, or as a SLURM job.
 
     Exit codes: 0 completed (or submitted), 75 preempted (rerun to resume), other: failed."""
-    from gan_dist.recipe import load_recipe
+    from gan_dist.config.recipe import load_recipe
 
     flags = {
         "launch.nodes": nodes,

@@ -16,7 +16,7 @@ def list_recipes() -> None:
     """The built-in recipes, each with a one-line description."""
     from rich.table import Table
 
-    from gan_dist.recipe import builtin_recipes, load_recipe
+    from gan_dist.config.recipe import builtin_recipes, load_recipe
 
     table = Table("recipe", "description", box=None, pad_edge=False)
     with user_errors():
@@ -31,7 +31,7 @@ def show(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
     """Print the fully resolved recipe: every default filled in, overrides applied."""
-    from gan_dist.recipe import load_recipe, recipe_to_yaml
+    from gan_dist.config.recipe import load_recipe, recipe_to_yaml
 
     with user_errors():
         text = recipe_to_yaml(load_recipe(recipe, set_))
@@ -45,7 +45,7 @@ def validate(
 ) -> None:
     """Exit 0 if the recipe is valid; otherwise print every problem as `path: message` and
     exit 2."""
-    from gan_dist.recipe import load_recipe
+    from gan_dist.config.recipe import load_recipe
 
     with user_errors():
         loaded = load_recipe(str(recipe), set_)

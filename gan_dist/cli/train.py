@@ -12,7 +12,7 @@ import typer
 from gan_dist.cli._common import SET_HELP, err, out, user_errors
 
 if TYPE_CHECKING:
-    from gan_dist.recipe import Recipe
+    from gan_dist.config.recipe import Recipe
     from gan_dist.train.trainer import Outcome
 
 
@@ -97,7 +97,7 @@ def _run(
 ) -> tuple[Recipe, Outcome]:
     import logging
 
-    from gan_dist.recipe import load_recipe
+    from gan_dist.config.recipe import load_recipe
     from gan_dist.train.trainer import train as run
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

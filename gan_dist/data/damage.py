@@ -22,7 +22,7 @@ import numpy as np
 from gan_dist.data.images import from_float, resize, to_float
 
 if TYPE_CHECKING:
-    from gan_dist.recipe import DamageStep, MaskDamage
+    from gan_dist.config.recipe import DamageStep, MaskDamage
 
 
 def sample_rng(seed: int, key: str) -> np.random.Generator:
@@ -68,7 +68,7 @@ def damage_image(
 
     The holes are not filled in `damaged`: repair blanks them itself. Without a global step
     `damaged` is `clean` itself; with one, it works on a float copy of the image."""
-    from gan_dist.recipe import MaskDamage
+    from gan_dist.config.recipe import MaskDamage
 
     height, width = clean.shape[:2]
     holes = np.zeros((height, width), dtype=bool)

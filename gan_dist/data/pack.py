@@ -37,7 +37,7 @@ from gan_dist.data.images import (
 if TYPE_CHECKING:
     import numpy as np
 
-    from gan_dist.recipe import DamageStep
+    from gan_dist.config.recipe import DamageStep
 
 MANIFEST = "manifest.json"
 STAGING = ".gan-dist-pack.partial"
@@ -409,7 +409,7 @@ def crop_resize(arr: np.ndarray, box: tuple[int, int, int, int], size: int) -> n
 
 
 def _validate_options(options: PackOptions) -> None:
-    from gan_dist.recipe import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+    from gan_dist.config.recipe import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
     problems = []
     if not MIN_IMAGE_SIZE <= options.size <= MAX_IMAGE_SIZE:

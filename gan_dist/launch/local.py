@@ -18,10 +18,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gan_dist.config.recipe import Recipe, recipe_to_yaml
 from gan_dist.core.errors import GanDistError
 from gan_dist.core.files import write_bytes_atomic
 from gan_dist.core.signals import EXIT_PREEMPTED
-from gan_dist.recipe import Recipe, recipe_to_yaml
 from gan_dist.train import checkpoint
 from gan_dist.train import status as run_status
 from gan_dist.train.runlock import check_free

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gan_dist import __version__
+from gan_dist.config.recipe import Recipe, SlurmConfig
 from gan_dist.core.errors import GanDistError
 from gan_dist.core.files import write_bytes_atomic
 from gan_dist.launch.local import (
@@ -28,7 +29,6 @@ from gan_dist.launch.local import (
     freeze_recipe,
     launch_env,
 )
-from gan_dist.recipe import Recipe, SlurmConfig
 
 CPUS_PER_GPU = 8
 TERMINAL = {

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from gan_dist.recipe import DiscriminatorConfig, ModelConfig
+    from gan_dist.config.recipe import DiscriminatorConfig, ModelConfig
 
 
 class RepairNet(nn.Module):
@@ -107,9 +107,9 @@ def build_generator(
     net is allocated (see `contract.built`). Raises UnknownFamily when its family is
     neither built in nor installed, PluginError when a plugin's net breaks its contract
     or would not fit."""
+    from gan_dist.config.families import registry
     from gan_dist.core.prefill import prefill_parts
     from gan_dist.nets.contract import built
-    from gan_dist.registry import registry
 
     family = registry("generator").get(model.generator.name)
     fills = len(prefill_parts(model.prefill))  # "none" counts one: the damaged image
@@ -123,9 +123,9 @@ def build_discriminator(
 ) -> nn.Module:
     """Conditional: it sees damaged image, mask and candidate (2C + 1 channels). `copies`
     and errors as `build_generator`."""
+    from gan_dist.config.families import registry
     from gan_dist.nets.contract import built
     from gan_dist.nets.layers import apply_spectral_norm
-    from gan_dist.registry import registry
 
     family = registry("discriminator").get(cfg.name)
     dims = {"in_channels": 2 * channels + 1}

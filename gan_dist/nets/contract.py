@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 import torch
 from torch import nn
 
-from gan_dist.registry import Family, PluginError
+from gan_dist.config.family import Family, PluginError
 
 GIB = 2**30
 

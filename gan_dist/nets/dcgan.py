@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from gan_dist.families import DCGANSettings, downsamplings
+from gan_dist.config.catalogue import DCGANSettings, downsamplings
 from gan_dist.nets.layers import dcgan_init, norm_layer
 
 

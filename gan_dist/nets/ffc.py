@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gan_dist.families import FFC_DEPTH, FFCResNetSettings
+from gan_dist.config.catalogue import FFC_DEPTH, FFCResNetSettings
 from gan_dist.nets.layers import norm_layer, upsample_conv
 
 

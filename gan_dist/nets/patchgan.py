@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from gan_dist.families import PatchGANSettings
+from gan_dist.config.catalogue import PatchGANSettings
 from gan_dist.nets.dcgan import _WithFeatures
 from gan_dist.nets.layers import norm_layer
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gan_dist.families import ResNetSettings
+from gan_dist.config.catalogue import ResNetSettings
 from gan_dist.nets.layers import norm_layer, upsample_conv
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gan_dist.families import UNetSettings, downsamplings
+from gan_dist.config.catalogue import UNetSettings, downsamplings
 from gan_dist.nets.layers import norm_layer, upsample_conv
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from gan_dist.recipe import Recipe
+from gan_dist.config.recipe import Recipe
 
 # Dense bf16 peak of common accelerators, FLOP/s (vendor data sheets, without sparsity).
 PEAK_BF16_FLOPS = {

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gan_dist.config.recipe import SAVED, Recipe, validate_recipe
 from gan_dist.core.errors import GanDistError, RecipeError
 from gan_dist.data.identity import identity_change
-from gan_dist.recipe import SAVED, Recipe, validate_recipe
 
 # Dotted fields (and sections) a resume may change. Every other field, a field added later
 # included until it is listed here, is part of what the run is.

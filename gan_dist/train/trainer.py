@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from gan_dist.config.families import registry
+from gan_dist.config.family import PluginError
+from gan_dist.config.recipe import OptimizerConfig, Recipe, recipe_to_yaml
 from gan_dist.core.errors import GanDistError
 from gan_dist.core.pixels import to_uint8
 from gan_dist.core.precision import effective_precision
@@ -40,8 +43,6 @@ from gan_dist.objectives import (
     structural_dissimilarity,
     texture_swd,
 )
-from gan_dist.recipe import OptimizerConfig, Recipe, recipe_to_yaml
-from gan_dist.registry import PluginError, registry
 from gan_dist.track import Tracker
 from gan_dist.train import checkpoint
 from gan_dist.train import status as run_status

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 from torch import nn
 
+from gan_dist.config.family import Family, Settings
 from gan_dist.objectives import Adversarial
-from gan_dist.registry import Family, Settings
 
 
 class ToyResNetSettings(Settings):

@@ -35,6 +35,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from gan_dist.config.families import registry
+from gan_dist.config.family import Settings, UnknownFamily
 from gan_dist.core.errors import RecipeError
 from gan_dist.core.textfiles import (
     MAX_DEPTH,
@@ -43,7 +45,6 @@ from gan_dist.core.textfiles import (
     excerpt,
     read_text_file,
 )
-from gan_dist.registry import Settings, UnknownFamily, registry
 
 # ---------------------------------------------------------------------------------------------
 # YAML: YAML 1.1 (PyYAML's default) reads `no`, `off`, `y` as booleans and `1e-4` as a string.
@@ -813,8 +814,9 @@ class Recipe(Section):
 
 def builtin_recipes_dir() -> Path:
     """Recipes ship inside the wheel; from a source checkout they live at the repo root."""
-    packaged = Path(__file__).parent / "recipes"
-    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "recipes"
+    package = Path(__file__).parents[1]
+    packaged = package / "recipes"
+    return packaged if packaged.is_dir() else package.parent / "recipes"
 
 
 def builtin_recipes() -> dict[str, Path]:

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, StrictBool
 
-from gan_dist.registry import Family, Settings
+from gan_dist.config.family import Family, Settings
 
 MAX_CHANNELS = 4096  # widest first layer a recipe may ask for (memory bound, not a taste)
 FFC_DEPTH = 3  # ffc_resnet's downsamplings when depth is unset (LaMa's)
