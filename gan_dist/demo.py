@@ -66,7 +66,8 @@ def run_demo(workdir: Path, minutes: float = 2.0, log: Callable[[str], None] = p
     from gan_dist.data.inspect import inspect_shards
     from gan_dist.data.pack import PackOptions, pack_folder
     from gan_dist.models import promote_if_as_good, register_completed
-    from gan_dist.track import experiment_id, open_store, tracking_uri
+    from gan_dist.tracking.experiments import experiment_id
+    from gan_dist.tracking.stores import open_store, tracking_uri
     from gan_dist.train.trainer import train
 
     images, shards = workdir / "images", workdir / "shards"

@@ -276,7 +276,7 @@ def export_checkpoint(ckpt_path: Path, folder: Path) -> dict[str, Any]:
     """Write the EMA generator of a checkpoint as a repair model (weights + spec)."""
     from safetensors.torch import load_file, save_file
 
-    from gan_dist.train import checkpoint
+    from gan_dist.run import checkpoint
 
     ckpt = checkpoint.read(ckpt_path)
     recipe = saved_recipe(ckpt)
@@ -301,7 +301,7 @@ def load_files(folder: Path, source: str, device: str = "cpu") -> RepairModel:
     from safetensors.torch import load_file
 
     from gan_dist.nets import build_generator
-    from gan_dist.train.checkpoint import without_compiled_names
+    from gan_dist.run.checkpoint import without_compiled_names
 
     spec = read_spec(folder / SPEC, source)
     drift = _version_drift(spec)
@@ -404,8 +404,8 @@ def load_model(uri: str, device: str = "cpu", tracking_uri: str | None = None) -
     if uri.startswith(("models:/", "runs:/")):
         import mlflow
 
-        from gan_dist.track import open_store
-        from gan_dist.track import tracking_uri as default_uri
+        from gan_dist.tracking.stores import open_store
+        from gan_dist.tracking.stores import tracking_uri as default_uri
 
         store = tracking_uri or default_uri()
         open_store(store, create=False)  # reading a model never creates a store
@@ -443,7 +443,7 @@ class InitialWeights:
     def check_generator(self, model: ModelConfig, channels: int) -> None:
         """Raises GanDistError naming each generator setting (and the channels) in which the
         recipe differs from the source: weights only load into the same net."""
-        from gan_dist.track import flatten
+        from gan_dist.tracking.tracker import flatten
 
         ours = {
             "channels": str(channels),
@@ -496,7 +496,7 @@ def _initial_weights(source: str, tracking_uri: str | None) -> InitialWeights:
     if local:
         source = str(Path(source).resolve())  # lineage that holds from any directory
     if local and not (Path(source) / SPEC).is_file():
-        from gan_dist.train import checkpoint
+        from gan_dist.run import checkpoint
 
         ckpt = checkpoint.read(_checkpoint_of(Path(source)))
         discriminator = checkpoint.load_weights(ckpt.path, "discriminator")
@@ -518,8 +518,8 @@ def _registered_version(uri: str, tracking_uri: str | None) -> str:
     """models:/NAME@ALIAS or models:/NAME/VERSION -> models:/NAME/VERSION."""
     from mlflow.exceptions import MlflowException
 
-    from gan_dist.track import open_store
-    from gan_dist.track import tracking_uri as default_uri
+    from gan_dist.tracking.stores import open_store
+    from gan_dist.tracking.stores import tracking_uri as default_uri
 
     name, _, version = uri.removeprefix("models:/").partition("/")
     if version:
@@ -581,7 +581,7 @@ def _what_is_registered(uri: str, client: Any = None) -> str | None:
 
 
 def _checkpoint_of(path: Path) -> Path:
-    from gan_dist.train import checkpoint
+    from gan_dist.run import checkpoint
 
     if (path / "state.json").is_file():
         return path
@@ -646,8 +646,9 @@ def register(source: Path, name: str, tracking_uri: str) -> Registered:
     registering it again makes no second one."""
     import mlflow
 
-    from gan_dist.track import experiment_id, open_store, run_exists
-    from gan_dist.train import checkpoint
+    from gan_dist.run import checkpoint
+    from gan_dist.tracking.experiments import experiment_id, run_exists
+    from gan_dist.tracking.stores import open_store
 
     ckpt_path = _checkpoint_of(source).resolve()
     ckpt = checkpoint.read(ckpt_path)
@@ -767,7 +768,7 @@ def register_completed(run: Recipe, checkpoint_path: Path) -> Registered | None:
     (`gan-dist train`, the demo): None when the recipe registers nothing or does not track.
     Training is done and its checkpoint safe, so a registry failure is a warning with the
     command to retry, never an error."""
-    from gan_dist.track import tracking_uri
+    from gan_dist.tracking.stores import tracking_uri
 
     name = run.tracking.register_as
     if not (name and run.tracking.enabled):
@@ -808,7 +809,7 @@ def promote_if_as_good(name: str, version: str, alias: str, tracking_uri: str) -
     Returns what happened, in a sentence."""
     from mlflow.exceptions import MlflowException
 
-    from gan_dist.track import open_store
+    from gan_dist.tracking.stores import open_store
 
     client = open_store(tracking_uri, create=False)
     new = _score(client.get_model_version(name, version).tags)
@@ -842,7 +843,7 @@ def promote(name: str, version: str, alias: str, tracking_uri: str) -> None:
     """Point an alias at an existing version; a store that does not exist is not created."""
     from mlflow.exceptions import MlflowException
 
-    from gan_dist.track import open_store
+    from gan_dist.tracking.stores import open_store
 
     client = open_store(tracking_uri, create=False)
     try:
@@ -854,7 +855,7 @@ def promote(name: str, version: str, alias: str, tracking_uri: str) -> None:
 def list_versions(name: str | None, tracking_uri: str) -> list[dict[str, Any]]:
     """One row per version (newest first), of one model or of all. A store that does not
     exist is not created: listing it would show nothing and leave an empty one behind."""
-    from gan_dist.track import open_store
+    from gan_dist.tracking.stores import open_store
 
     client = open_store(tracking_uri, create=False)
     names = [name] if name else [m.name for m in client.search_registered_models()]

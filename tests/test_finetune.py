@@ -14,7 +14,7 @@ from conftest import run_cli, tiny, train_quickstart
 from gan_dist.config.recipe import load_recipe
 from gan_dist.models import load_model
 from gan_dist.nets import build_generator
-from gan_dist.train import checkpoint
+from gan_dist.run import checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -123,7 +123,7 @@ def test_an_alias_moves_only_to_a_version_that_scores_as_well(tmp_path):
     from mlflow import MlflowClient
 
     from gan_dist.models import promote_if_as_good
-    from gan_dist.track import open_store
+    from gan_dist.tracking.stores import open_store
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     open_store(store)

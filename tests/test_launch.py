@@ -205,7 +205,7 @@ def test_a_recipe_error_under_launch_says_only_that(packed, tmp_path):
 @pytest.mark.integration
 def test_launch_refuses_a_run_dir_in_use_before_touching_it(packed, tmp_path):
     """Finding 3: a second launch on a running job's dir would replace its frozen recipe."""
-    from gan_dist.train.runlock import RunLock
+    from gan_dist.run.runlock import RunLock
 
     run_dir = tmp_path / "run"
     holder = RunLock(run_dir)

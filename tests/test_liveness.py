@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny
-from gan_dist.core.signals import EXIT_PREEMPTED
-from gan_dist.train import checkpoint
+from gan_dist.run import checkpoint
+from gan_dist.run.signals import EXIT_PREEMPTED
 
 pytestmark = pytest.mark.integration
 

@@ -174,7 +174,7 @@ def test_a_checkpoint_naming_a_module_is_refused_everywhere_it_is_read(planted, 
     read its recipe; none imports the module its generator, discriminator or objective
     names."""
     from gan_dist.models import export_checkpoint, register
-    from gan_dist.train import checkpoint
+    from gan_dist.run import checkpoint
 
     name, marker = planted
     run_dir = tmp_path / "run"

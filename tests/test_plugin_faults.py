@@ -634,7 +634,7 @@ def test_a_plugin_objective_is_checked_at_every_call(site, family):
 def test_ctrl_c_stays_ctrl_c_and_stops_are_not_blamed_on_the_plugin(site):
     """Where Python's SIGINT handler runs (repair), a KeyboardInterrupt is the user's Ctrl-C;
     where a StopFlag holds Ctrl-C (training) it only sets the flag, so one is the code's."""
-    from gan_dist.core.signals import StopFlag, StopRequested, Terminated
+    from gan_dist.run.signals import StopFlag, StopRequested, Terminated
 
     G = _generator(site, "interrupts_in_training").train()
     with pytest.raises(KeyboardInterrupt):
@@ -705,7 +705,7 @@ def test_a_fault_that_shows_only_in_training_fails_the_run_naming_the_plugin(
 def test_a_non_finite_loss_names_the_plugin_code_it_ran(site, packed, tmp_path):
     """Hostile pass 2: a plugin net whose output is NaN stopped the run with advice on the
     learning rate and precision only; the plugin, the likelier cause, was not named."""
-    from gan_dist.core.signals import EXIT_NONFINITE
+    from gan_dist.run.signals import EXIT_NONFINITE
 
     install(site, "faulty-nets", "0.1", {"faulty_nets": NETS}, "")
     plugin = {"model.generator.name": "faulty_nets:nan_in_training"}

@@ -128,7 +128,7 @@ def test_train_register_and_repair_with_plugin_families(toy_plugin, packed, tmp_
     # the run's checkpoint where its plugin family is missing: named, not a traceback
     import shutil
 
-    from gan_dist.train import checkpoint
+    from gan_dist.run import checkpoint
 
     ckpt = shutil.copytree(checkpoint.list_checkpoints(run_dir)[0], tmp_path / "elsewhere")
     state = json.loads((ckpt / "state.json").read_text())

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from gan_dist.core.signals import StopFlag, StopRequested
+from gan_dist.run.signals import StopFlag, StopRequested
 
 
 def test_a_signal_outside_a_wait_only_raises_the_flag():

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import MlflowServer, run_cli, tiny, train_quickstart
 from gan_dist.core.errors import GanDistError
-from gan_dist.train import checkpoint
+from gan_dist.run import checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -146,7 +146,7 @@ def test_a_lost_race_to_create_the_experiment_takes_the_winners(tmp_path):
     refusal, dropping the job's whole run)."""
     from mlflow import MlflowClient
 
-    from gan_dist.track import experiment_id
+    from gan_dist.tracking.experiments import experiment_id
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     winner = MlflowClient(uri).create_experiment("sweep")
@@ -258,7 +258,7 @@ def test_a_store_created_on_a_full_disk_is_never_left_half_made(trained_run, sma
 
 def _tracker(tmp_path: Path, uri: str, **settings: str):
     from gan_dist.config.recipe import load_recipe
-    from gan_dist.track import Tracker
+    from gan_dist.tracking.tracker import Tracker
 
     recipe = load_recipe(
         "quickstart",
@@ -306,9 +306,9 @@ def test_a_lost_race_is_sent_again_and_a_real_refusal_is_not():
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import BAD_REQUEST, RESOURCE_DOES_NOT_EXIST
 
-    from gan_dist.track import _refused
+    from gan_dist.tracking.stores import refused
 
     locked = MlflowException("(sqlite3.OperationalError) database is locked", BAD_REQUEST)
-    assert locked.get_http_status_code() == 400 and not _refused(locked)
-    assert _refused(MlflowException("Run 'x' not found", RESOURCE_DOES_NOT_EXIST))
-    assert not _refused(GanDistError("disk full"))
+    assert locked.get_http_status_code() == 400 and not refused(locked)
+    assert refused(MlflowException("Run 'x' not found", RESOURCE_DOES_NOT_EXIST))
+    assert not refused(GanDistError("disk full"))

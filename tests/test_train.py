@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_cli, tiny, train_quickstart
-from gan_dist.core.signals import EXIT_NONFINITE, EXIT_PREEMPTED
 from gan_dist.launch.local import Topology, node_command, per_node_args
-from gan_dist.train import checkpoint
+from gan_dist.run import checkpoint
+from gan_dist.run.signals import EXIT_NONFINITE, EXIT_PREEMPTED
 
 pytestmark = pytest.mark.integration
 

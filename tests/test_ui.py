@@ -64,7 +64,7 @@ def test_a_finished_run_renders_in_the_mlflow_ui(chromium, finished_run):
     from mlflow import MlflowClient
     from playwright.sync_api import expect, sync_playwright
 
-    from gan_dist.track import ui_path
+    from gan_dist.tracking.experiments import ui_path
 
     folder, store = finished_run
     client = MlflowClient(store)

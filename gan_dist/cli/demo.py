@@ -17,7 +17,7 @@ def demo(
     the quickstart recipe, register and promote the model in MLflow, repair held-out
     photos with it and draw a before/after grid."""
     from gan_dist.demo import run_demo
-    from gan_dist.track import ui_path
+    from gan_dist.tracking.experiments import ui_path
 
     with user_errors():
         result = run_demo(workdir, minutes, log=out.print)

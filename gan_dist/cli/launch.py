@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from gan_dist.cli._common import SET_HELP, announce_shell, err, out, user_errors
-from gan_dist.core.signals import EXIT_PREEMPTED
+from gan_dist.run.signals import EXIT_PREEMPTED
 
 
 def launch(
@@ -90,7 +90,7 @@ def _slurm(recipe, run_dir: Path, dry_run: bool, follow: bool) -> int:
 
     if dry_run:  # the script reads the frozen recipe: write both, so it can be submitted
         from gan_dist.launch.local import frozen_recipe
-        from gan_dist.train.runlock import check_free
+        from gan_dist.run.runlock import check_free
 
         check_free(run_dir)
         script = slurm.write_script(recipe, run_dir)

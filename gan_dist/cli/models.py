@@ -25,8 +25,8 @@ def register(
     """Register the EMA generator of a checkpoint as a new model version."""
     from gan_dist.models import promote
     from gan_dist.models import register as do_register
-    from gan_dist.track import quiet_mlflow
-    from gan_dist.track import tracking_uri as default_uri
+    from gan_dist.tracking.stores import quiet_mlflow
+    from gan_dist.tracking.stores import tracking_uri as default_uri
 
     quiet_mlflow()
     uri = tracking_uri or default_uri()
@@ -51,8 +51,8 @@ def list_(
     from rich.table import Table
 
     from gan_dist.models import list_versions
-    from gan_dist.track import quiet_mlflow
-    from gan_dist.track import tracking_uri as default_uri
+    from gan_dist.tracking.stores import quiet_mlflow
+    from gan_dist.tracking.stores import tracking_uri as default_uri
 
     quiet_mlflow()
     with user_errors():
@@ -86,8 +86,8 @@ def promote(
 ) -> None:
     """Point an alias at a version: `gan-dist repair --model models:/NAME@ALIAS` follows it."""
     from gan_dist.models import promote as do_promote
-    from gan_dist.track import quiet_mlflow
-    from gan_dist.track import tracking_uri as default_uri
+    from gan_dist.tracking.stores import quiet_mlflow
+    from gan_dist.tracking.stores import tracking_uri as default_uri
 
     quiet_mlflow()
     with user_errors():

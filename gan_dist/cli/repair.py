@@ -124,7 +124,7 @@ def _stop_on_sigterm() -> None:
     written is removed, never left half-written beside the finished ones; exit 143."""
     import signal
 
-    from gan_dist.core.signals import Terminated
+    from gan_dist.run.signals import Terminated
 
     def stop(signum, frame) -> None:
         raise Terminated(128 + signum)

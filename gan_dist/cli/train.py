@@ -39,7 +39,7 @@ def train(
     device, locally or on SLURM). SIGTERM, SIGUSR1 and Ctrl-C write a checkpoint and exit
     75; run the same command to resume."""
     # First of all, before the heavy imports: a stop signal during start-up is honoured too.
-    from gan_dist.core.signals import EXIT_PREEMPTED, StopFlag, StopRequested
+    from gan_dist.run.signals import EXIT_PREEMPTED, StopFlag, StopRequested
 
     with StopFlag() as stop:
         try:
@@ -47,7 +47,7 @@ def train(
         except StopRequested as exc:
             err.print(f"[yellow]stopped[/] ({exc}) before training started; nothing to save")
             if run_dir is not None and os.environ.get("RANK", "0") == "0":
-                from gan_dist.train.status import write_if_free
+                from gan_dist.run.status import write_if_free
 
                 with contextlib.suppress(OSError):  # a requeueing script reads it
                     write_if_free(run_dir, "preempted", 0, None)
@@ -63,7 +63,8 @@ def train(
 
 def _where_to_look(loaded: Recipe, outcome: Outcome) -> None:
     """The run in the MLflow UI and the newest repair grid on disk (rank 0)."""
-    from gan_dist.track import run_path, tracking_uri, where_to_look
+    from gan_dist.tracking.experiments import run_path, where_to_look
+    from gan_dist.tracking.stores import tracking_uri
 
     if outcome.run_id and outcome.experiment_id:
         page = run_path(outcome.experiment_id, outcome.run_id)
@@ -76,7 +77,7 @@ def _register(loaded: Recipe, checkpoint: Path | None, earlier: bool = False) ->
     """The finished run's model, as `tracking.register_as` asks (rank 0 only); `earlier`:
     the checkpoint was written by an earlier command, which is said."""
     from gan_dist.models import promote_if_as_good, register_completed
-    from gan_dist.track import tracking_uri
+    from gan_dist.tracking.stores import tracking_uri
 
     if checkpoint is None:
         return
@@ -108,7 +109,7 @@ def _run(
             from functools import partial
 
             from gan_dist.models import initial_weights
-            from gan_dist.track import tracking_uri
+            from gan_dist.tracking.stores import tracking_uri
 
             initial = partial(initial_weights, loaded.model.init, tracking_uri(loaded))
         directory = run_dir or Path("runs") / loaded.name

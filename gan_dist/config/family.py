@@ -18,8 +18,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gan_dist.core.errors import GanDistError
-from gan_dist.core.signals import from_outside
 from gan_dist.core.textfiles import excerpt
+from gan_dist.run.signals import from_outside
 
 
 class Settings(BaseModel):

@@ -21,10 +21,10 @@ from pathlib import Path
 from gan_dist.config.recipe import Recipe, recipe_to_yaml
 from gan_dist.core.errors import GanDistError
 from gan_dist.core.files import write_bytes_atomic
-from gan_dist.core.signals import EXIT_PREEMPTED
-from gan_dist.train import checkpoint
-from gan_dist.train import status as run_status
-from gan_dist.train.runlock import check_free
+from gan_dist.run import checkpoint
+from gan_dist.run import status as run_status
+from gan_dist.run.runlock import check_free
+from gan_dist.run.signals import EXIT_PREEMPTED
 
 # SIGUSR1 is SLURM's warning signal: Accelerate's launcher (torch elastic) must pass it on to
 # the ranks instead of dying of it, and give them time to write the checkpoint.

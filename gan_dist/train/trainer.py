@@ -27,7 +27,6 @@ from gan_dist.core.errors import GanDistError
 from gan_dist.core.pixels import to_uint8
 from gan_dist.core.precision import effective_precision
 from gan_dist.core.prefill import prefill_parts
-from gan_dist.core.signals import EXIT_NONFINITE, EXIT_TRACKING, StopFlag, StopRequested
 from gan_dist.data.identity import data_identity
 from gan_dist.data.images import picture_grid
 from gan_dist.data.pack import MANIFEST
@@ -43,16 +42,17 @@ from gan_dist.objectives import (
     structural_dissimilarity,
     texture_swd,
 )
-from gan_dist.track import Tracker
-from gan_dist.train import checkpoint
-from gan_dist.train import status as run_status
+from gan_dist.run import checkpoint
+from gan_dist.run import status as run_status
+from gan_dist.run.runlock import RunDirBusy, RunLock
+from gan_dist.run.signals import EXIT_NONFINITE, EXIT_TRACKING, StopFlag, StopRequested
+from gan_dist.tracking.tracker import Tracker
 from gan_dist.train.ema import EMA
 from gan_dist.train.evaluate import evaluate
 from gan_dist.train.perceptual import PerceptualMetrics, PerceptualWeights
 from gan_dist.train.profile import PROFILE_DIR, DataWait, StepProfiler
 from gan_dist.train.progress import Progress
 from gan_dist.train.resume import Change, ChangedRun, as_ran, check_resume
-from gan_dist.train.runlock import RunDirBusy, RunLock
 
 GRID_KEY = "grid/repair"  # damaged | repaired | original held-out samples; its section sorts first
 GRID_FILE = "repair_grid.png"  # the newest one, in the run dir and as the run's artifact

@@ -8,22 +8,14 @@ waits on it. At the end, `close` waits a bounded time and reports what could not
 Other ranks get a `Tracker` with `enabled=False`, whose calls do nothing: every rank that
 starts an MLflow run makes its own run.
 
-Every use of a store goes through `open_store`. For an embedded sqlite store it makes
-several jobs starting at once on one `mlflow.db` (a sweep, a SLURM array) safe: MLflow
-creates and migrates a fresh database in place with no lock between processes, and two
-processes doing so at once leave it half-migrated for good. Here a new store is built in a
-temporary file and linked into place only when complete, under an OS file lock beside the
-database, and read-only commands never create one.
+Where stores are opened: `stores.py`; experiments and UI addresses: `experiments.py`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
 import os
 import queue
-import shutil
 import subprocess
 import threading
 import time
@@ -31,51 +23,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
-from gan_dist.core.errors import GanDistError
+from gan_dist.tracking.experiments import experiment_id, run_exists
+from gan_dist.tracking.stores import first_line, open_store, refused, tracking_uri
 
 if TYPE_CHECKING:
     import numpy as np
-    from mlflow import MlflowClient
 
     from gan_dist.config.recipe import Recipe
 
-log = logging.getLogger("gan_dist.track")
+log = logging.getLogger("gan_dist.tracking.tracker")
 
-DEFAULT_URI = "sqlite:///mlflow.db"
 MAX_QUEUED_IMAGES = 32  # sample grids are large; metrics are small and always kept
 BACKOFF_S = (1, 2, 5, 10, 30)
 START = "run start"  # the first job of every tracker
-STORE_LOCK_TIMEOUT_S = 300.0  # creating and migrating a store takes seconds; a queue of jobs more
-# Errors a store gives a writer that lost a race to another one: worth sending again, even
-# when MLflow words them as a 4xx (it maps some SQLAlchemy errors to BAD_REQUEST).
-RACE_ERRORS = (
-    "database is locked",
-    "database table is locked",
-    "deadlock detected",
-    "could not serialize access",
-)
-
-
-def tracking_uri(recipe: Recipe | None = None) -> str:
-    """$MLFLOW_TRACKING_URI wins (a cluster sets it once for everyone), then the recipe,
-    then the embedded store in the working directory."""
-    from_recipe = recipe.tracking.uri if recipe is not None else None
-    return os.environ.get("MLFLOW_TRACKING_URI") or from_recipe or DEFAULT_URI
-
-
-def quiet_mlflow() -> None:
-    """MLflow's INFO lines (database migrations, download bars) are noise in our output.
-    After importing mlflow: its import sets up its logger and would undo this."""
-    import mlflow  # noqa: F401
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    # a store failure (a full disk) is logged by MLflow with a ~90-line SQL traceback each
-    # time; the tracker says it in one line and retries
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -289,16 +250,16 @@ class Tracker:
             try:
                 pending.run()
             except Exception as exc:  # whatever the store does, training goes on
-                if _refused(exc):  # the store answered "no": sending again will not help
+                if refused(exc):  # the store answered "no": sending again will not help
                     log.warning("MLflow refused %s: %s", pending.what, str(exc)[:300])
                     self._count_dropped(pending)
                     if pending.what == START and self.run_id is None:
-                        self._start_failed = f"MLflow at {self.uri} refused: {_first_line(exc)}"
+                        self._start_failed = f"MLflow at {self.uri} refused: {first_line(exc)}"
                     elif pending.what == START:  # the run exists; only its params were refused
                         self._started = True
                     self._done(pending)
                     continue
-                self._last_error = f"{type(exc).__name__}: {_first_line(exc)}"
+                self._last_error = f"{type(exc).__name__}: {first_line(exc)}"
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
                     log.warning(
@@ -444,294 +405,6 @@ def run_params(recipe: Recipe) -> dict[str, str]:
 
 
 # --- stores ----------------------------------------------------------------------------------
-
-_opened: set[str] = set()  # sqlite URIs whose store this process has opened under the lock
-_opened_lock = threading.Lock()
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a `sqlite:///` URI, absolute (a relative one is read from the
-    working directory, as SQLAlchemy does); None for a server, another database, or memory."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = unquote(uri.removeprefix("sqlite:///").split("?", 1)[0])
-    if not path or path == ":memory:":
-        return None
-    return Path(os.path.abspath(path))
-
-
-def open_store(uri: str, create: bool = True) -> MlflowClient:
-    """A client on `uri` whose store is ready to use.
-
-    For a sqlite store the first opening in a process happens under an OS file lock beside
-    the database (`mlflow.db.lock`): MLflow caches its store per URI, so once this process has
-    built it (and any migration it ran is complete), later clients never migrate again, and
-    the lock makes the first construction of N processes happen one at a time. A missing
-    store is created whole or not at all (see `_create_sqlite_store`), and only if `create`:
-    read-only uses (listing, promoting, loading a model) fail with a GanDistError saying
-    where they looked instead of leaving an empty new database behind."""
-    from mlflow import MlflowClient
-
-    quiet_mlflow()
-    db = sqlite_path(uri)
-    if db is not None:
-        with _opened_lock:
-            if uri not in _opened:
-                _open_sqlite(uri, db, create)
-                _opened.add(uri)
-    try:
-        return MlflowClient(uri)
-    except Exception as exc:  # a file store (refused by MLflow 3), an unknown scheme
-        raise GanDistError(
-            f"tracking URI {uri}: {_first_line(exc)}; use sqlite:///PATH/mlflow.db or an "
-            "http(s):// MLflow server (MLFLOW_TRACKING_URI, --tracking-uri)"
-        ) from None
-
-
-def _open_sqlite(uri: str, db: Path, create: bool) -> None:
-    from filelock import FileLock, Timeout
-    from mlflow import MlflowClient
-
-    if not create and not _store_exists(db):
-        raise GanDistError(no_store_message(uri, db))
-    made = _make_parents(db) if create else []
-    lock = FileLock(f"{db}.lock", timeout=STORE_LOCK_TIMEOUT_S)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise GanDistError(
-            f"{db}: another process has held {lock.lock_file} for {STORE_LOCK_TIMEOUT_S:.0f} s "
-            "while creating or opening this MLflow store; is one hung?"
-        ) from None
-    except OSError as exc:  # no lock file can be made here (a read-only folder, a full disk)
-        if not _store_exists(db):
-            _remove_empty(made)
-            raise GanDistError(_cannot_create(db, exc)) from None
-        lock = None  # the store exists: using it needs no turn-taking
-    try:
-        if not _store_exists(db):
-            if not create:
-                raise GanDistError(no_store_message(uri, db))
-            _create_sqlite_store(db, made)
-        try:  # builds MLflow's cached store for this URI (a migration, if one is due)
-            MlflowClient(uri).search_experiments(max_results=1)
-        except Exception as exc:
-            raise GanDistError(
-                f"the MLflow tracking store {db} cannot be opened ({_first_line(exc)})"
-            ) from None
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _store_exists(db: Path) -> bool:
-    """An empty file is no store (sqlite creates one on connecting; an interrupted creation
-    by an older gan-dist, or by MLflow itself, can leave one)."""
-    try:
-        return db.stat().st_size > 0
-    except FileNotFoundError:
-        return False
-
-
-def no_store_message(uri: str, db: Path) -> str:
-    origin = ""
-    if os.environ.get("MLFLOW_TRACKING_URI") == uri:
-        origin = ", from $MLFLOW_TRACKING_URI"
-    elif uri == DEFAULT_URI:
-        origin = ", the default"
-    what = "is empty" if db.is_file() else "does not exist"
-    return (
-        f"no MLflow tracking store at {db} (tracking URI {uri}{origin}): the file {what}; "
-        "point at your store with MLFLOW_TRACKING_URI=... or --tracking-uri "
-        "(sqlite:////abs/path/mlflow.db or http://server:5000)"
-    )
-
-
-def _create_sqlite_store(db: Path, made: list[Path]) -> None:
-    """Build a new store in a temporary file beside `db` and link it into place once MLflow
-    has created and migrated every table, so that a full disk or a killed process can never
-    leave a half-created `mlflow.db` that every later command trips over. On failure nothing
-    that did not exist before is left (the lock file aside), and the error names the free
-    space."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    for stale in db.parent.glob(f".{db.name}.*.creating*"):  # a killed creator's; we hold
-        with contextlib.suppress(FileNotFoundError):  # the lock, so none is in use
-            stale.unlink()
-    tmp = db.with_name(f".{db.name}.{os.getpid()}.creating")
-    tmp_uri = f"sqlite:///{tmp}"
-    failure: Exception | None = None
-    try:
-        try:
-            store = SqlAlchemyStore(tmp_uri, str(db.parent / "mlruns"))
-            store.engine.dispose()
-            if db.exists():  # an empty file (see _store_exists): nothing in it to lose
-                os.replace(tmp, db)
-            else:
-                try:
-                    os.link(tmp, db)  # never replaces a store another process just made
-                except FileExistsError:
-                    pass
-                except OSError:  # a filesystem without hard links
-                    os.replace(tmp, db)
-        except Exception as exc:
-            failure = exc
-    finally:  # also when interrupted: the temporary file never outlives this call
-        # MLflow keeps an engine per URI for the life of the process; this one is done
-        engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(tmp_uri, None)
-        if engine is not None:
-            engine.dispose()
-        for end in ("", "-journal", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                Path(f"{tmp}{end}").unlink()
-    if failure is not None:
-        _remove_empty(made)
-        raise GanDistError(_cannot_create(db, failure))
-
-
-def _cannot_create(db: Path, exc: Exception) -> str:
-    where = next((p for p in (db.parent, *db.parent.parents) if p.is_dir()), Path("/"))
-    free = shutil.disk_usage(where).free
-    if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-        fix = "make the folder writable or point MLFLOW_TRACKING_URI elsewhere"
-    else:
-        fix = "free some space or point MLFLOW_TRACKING_URI elsewhere"
-    return (
-        f"could not create the MLflow tracking store {db} ({_first_line(exc)}); "
-        f"{_size(free)} free on {where} (a new store takes about 1 MiB); nothing was left "
-        f"behind: {fix}"
-    )
-
-
-def _make_parents(db: Path) -> list[Path]:
-    """Create the folders of `db` that are missing; return those created, deepest first."""
-    folder = db.parent
-    missing = [p for p in (folder, *folder.parents) if not p.exists()]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        _remove_empty(missing)
-        raise GanDistError(_cannot_create(db, exc)) from None
-    return missing
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    for folder in folders:  # deepest first
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0][:300] if text else "") or type(exc).__name__
-
-
-UI_VIEW = "gan-dist"  # the experiment's shared view of its runs in the MLflow UI
-# columns of the run list: hole metrics first (what a repair is judged by), then losses
-UI_COLUMNS = (
-    "val/hole_psnr", "val/hole_ssim", "val/hole_swd", "val/psnr", "val/ssim",
-    "train/g_rec", "train/d_loss", "images_per_s",
-)  # fmt: skip
-
-
-def experiment_tags() -> dict[str, str]:
-    """What makes the MLflow UI (3.x) show a gan-dist experiment as training runs: its kind,
-    and a shared view (`ui_path`) whose run list shows the metric columns above."""
-    import json
-
-    view = {
-        "selectedColumns": [f"metrics.`{key}`" for key in UI_COLUMNS],
-        "orderByKey": "attributes.start_time",
-        "orderByAsc": False,
-    }
-    return {
-        "mlflow.experimentKind": "custom_model_development",
-        f"mlflow.sharedViewState.{UI_VIEW}": json.dumps(view),
-    }
-
-
-def ui_path(experiment: str) -> str:
-    """The UI page of an experiment's training runs, with gan-dist's columns, relative to
-    the UI's address (`http://127.0.0.1:5000/` + this). The UI opens on its GenAI pages
-    unless a link asks for model training."""
-    return (
-        f"#/experiments/{experiment}/runs?workflowType=machine_learning&viewStateShareKey={UI_VIEW}"
-    )
-
-
-def run_path(experiment: str, run_id: str) -> str:
-    """The UI page of one run (its Overview, which shows the newest repair grid), in the
-    model-training view, relative to the UI's address."""
-    return f"#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning"
-
-
-def where_to_look(uri: str, path: str) -> str:
-    """How a person opens UI page `path` of tracking store `uri`: the server's own address,
-    or the command that serves a local store's UI and the address it will have."""
-    if uri.startswith(("http://", "https://")):
-        return f"open {uri.rstrip('/')}/{path}"
-    return f"mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{path}"
-
-
-def experiment_id(client, name: str) -> str:
-    """The experiment's id, created if needed, with `experiment_tags` (added to an older
-    experiment that lacks them). In an embedded sqlite store its artifacts go beside the
-    database file, not into whatever directory the first run started in.
-
-    Jobs starting together race to create a new experiment: the losers get
-    RESOURCE_ALREADY_EXISTS and take the winner's."""
-    from mlflow.exceptions import MlflowException
-
-    found = client.get_experiment_by_name(name)
-    if found is None:
-        db = sqlite_path(client.tracking_uri)
-        location = (db.resolve().parent / "mlruns").as_uri() if db is not None else None
-        try:
-            return client.create_experiment(
-                name, artifact_location=location, tags=experiment_tags()
-            )
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        found = client.get_experiment_by_name(name)
-        if found is None:  # created and deleted in between: nothing sensible to log into
-            raise GanDistError(f"MLflow experiment {name!r} vanished while it was being created")
-    for key, value in experiment_tags().items():
-        if key not in found.tags:  # a user's own choice of view is left alone
-            client.set_experiment_tag(found.experiment_id, key, value)
-    return found.experiment_id
-
-
-def run_exists(client, run_id: str) -> bool:
-    """False when the store says it has no such run; an unreachable store raises."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_run(run_id)
-    except MlflowException as exc:
-        if _refused(exc):
-            return False
-        raise
-    return True
-
-
-def _refused(exc: Exception) -> bool:
-    """A 4xx answer (bad value, unknown run) as opposed to an unreachable or failing store,
-    or a race lost to another writer (see RACE_ERRORS), which sending again gets through."""
-    from mlflow.exceptions import MlflowException
-
-    if not isinstance(exc, MlflowException) or not 400 <= exc.get_http_status_code() < 500:
-        return False
-    text = str(exc).lower()
-    return not any(race in text for race in RACE_ERRORS)
 
 
 def _versions() -> dict[str, str]:

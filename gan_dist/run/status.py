@@ -70,7 +70,7 @@ def write_if_free(
     """For a process stopped or failed before it took the run dir's lock (a signal during
     start-up, data that is not there): write the status only if no other trainer holds the
     run dir. Returns whether it did."""
-    from gan_dist.train.runlock import RunDirBusy, RunLock
+    from gan_dist.run.runlock import RunDirBusy, RunLock
 
     if checkpoint is None:  # the newest complete checkpoint, without reading it
         found = sorted((run_dir / "checkpoints").glob("step-*"), reverse=True)
