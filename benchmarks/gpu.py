@@ -82,7 +82,7 @@ def repair_rates(args) -> dict:
     import numpy as np
 
     from gan_dist.models import RepairModel, spec_for
-    from gan_dist.nets import build_generator
+    from gan_dist.nets.build import build_generator
     from gan_dist.repair import repair_array
 
     recipe = load_recipe(RECIPE, [f"data.image_size={args.size}"])

@@ -56,10 +56,10 @@ from gan_dist.data.images import read_image, resize, write_png_atomic
 from gan_dist.data.pack import PackOptions, pack_folder
 from gan_dist.data.stream import StreamConfig, make_stream
 from gan_dist.demo import export_sample_photos
-from gan_dist.nets import build_generator
+from gan_dist.metrics.evaluate import repair_metrics
+from gan_dist.metrics.swd import HoleSWD
+from gan_dist.nets.build import build_generator
 from gan_dist.run import checkpoint
-from gan_dist.train.evaluate import repair_metrics
-from gan_dist.train.swd import HoleSWD
 
 HELD_OUT_PHOTOS = ("astronaut", "coffee", "chelsea")
 SIZE = 128

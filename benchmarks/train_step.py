@@ -40,8 +40,8 @@ from pathlib import Path
 import torch
 
 from gan_dist.config.recipe import load_recipe
-from gan_dist.nets import build_discriminator, build_generator
-from gan_dist.objectives import adversarial_for, reconstruction, structural_dissimilarity
+from gan_dist.nets.build import build_discriminator, build_generator
+from gan_dist.train.losses import adversarial_for, reconstruction, structural_dissimilarity
 
 
 def synthetic(recipe, device, fmt=torch.contiguous_format) -> dict[str, torch.Tensor]:

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from gan_dist.config.recipe import DamageStep
+    from gan_dist.metrics.perceptual import PerceptualWeights
     from gan_dist.models import RepairModel
-    from gan_dist.train.perceptual import PerceptualWeights
 
 EVAL_SEED = 12345  # with each file's relative path: the holes a folder is scored on
 SHARD_BATCH = 16  # samples a pass on shards
@@ -61,7 +61,7 @@ def evaluate_data(
     left out) with its `kind`, so the report shows what the net adds. Raises GanDistError
     for `masks` with shards (they carry their own), and as those two do."""
     from gan_dist.data.pack import MANIFEST
-    from gan_dist.train.evaluate import evaluate_model
+    from gan_dist.metrics.evaluate import evaluate_model
 
     packed = (data / MANIFEST).is_file()
     if packed and masks is not None:
@@ -118,8 +118,8 @@ def evaluate_folder(
     from pydantic import TypeAdapter
 
     from gan_dist.config.recipe import DamageStep, MaskDamage
-    from gan_dist.train.perceptual import PerceptualMetrics
-    from gan_dist.train.swd import HoleSWD
+    from gan_dist.metrics.perceptual import PerceptualMetrics
+    from gan_dist.metrics.swd import HoleSWD
 
     steps = TypeAdapter(list[DamageStep]).validate_python(model.spec["damage"])
     found = find_images(data, masks)
@@ -197,9 +197,9 @@ def _score_one(
     from gan_dist.config.recipe import MaskDamage
     from gan_dist.data.damage import damage_image, sample_rng
     from gan_dist.data.images import read_image
+    from gan_dist.metrics.image_metrics import score_image
     from gan_dist.repair import repair_array
     from gan_dist.repair_files import read_mask
-    from gan_dist.train.image_metrics import score_image
 
     if item.problem:
         raise GanDistError(item.problem)

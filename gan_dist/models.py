@@ -115,7 +115,7 @@ class RepairModel:
     def prefill_only(self) -> RepairModel | None:
         """This model with its generator taken out: its classical prefill alone (see
         `nets.prefill_only`), on the same device; None when it has no prefill."""
-        from gan_dist.nets import prefill_only
+        from gan_dist.nets.repair_net import prefill_only
 
         model = self.spec["model"]
         if model.get("prefill", "none") == "none":
@@ -300,7 +300,7 @@ def load_files(folder: Path, source: str, device: str = "cpu") -> RepairModel:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from gan_dist.nets import build_generator
+    from gan_dist.nets.build import build_generator
     from gan_dist.run.checkpoint import without_compiled_names
 
     spec = read_spec(folder / SPEC, source)

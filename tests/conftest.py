@@ -299,7 +299,7 @@ def make_model(folder: Path, *settings: str, train: bool = True) -> Path:
 
     from gan_dist.config.recipe import load_recipe
     from gan_dist.models import SPEC, WEIGHTS, spec_for
-    from gan_dist.nets import build_generator
+    from gan_dist.nets.build import build_generator
 
     recipe = load_recipe(
         "quickstart",

@@ -145,7 +145,8 @@ def test_an_exemplar_fill_beside_a_smooth_one_is_corrected_and_seen():
     it is trained."""
     from gan_dist.config.recipe import load_recipe
     from gan_dist.core.filters import lowpass
-    from gan_dist.nets import build_generator, prefill_only
+    from gan_dist.nets.build import build_generator
+    from gan_dist.nets.repair_net import prefill_only
 
     image, known = photo(), box()
     both = fill_holes(image, known, "patchmatch+biharmonic")
@@ -330,7 +331,7 @@ def test_a_low_passed_correction_leaves_the_exemplar_detail_and_learns():
     weights, and gradients still reach every layer."""
     from gan_dist.config.recipe import load_recipe
     from gan_dist.core.filters import lowpass
-    from gan_dist.nets import build_generator
+    from gan_dist.nets.build import build_generator
 
     torch.manual_seed(0)
     image, known = photo(), box()

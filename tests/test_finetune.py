@@ -13,7 +13,7 @@ import torch
 from conftest import run_cli, tiny, train_quickstart
 from gan_dist.config.recipe import load_recipe
 from gan_dist.models import load_model
-from gan_dist.nets import build_generator
+from gan_dist.nets.build import build_generator
 from gan_dist.run import checkpoint
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from conftest import make_model, pack_cli, run_cli
 from gan_dist.config.recipe import load_recipe
 from gan_dist.core.errors import RecipeError
 from gan_dist.data.images import MAX_PART_BYTES, decode_part, encode_array
-from gan_dist.train.evaluate import MAX_PSNR, repair_metrics
+from gan_dist.metrics.evaluate import MAX_PSNR, repair_metrics
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from gan_dist.train.evaluate import ms_ssim, ms_ssim_scales, repair_metrics
-from gan_dist.train.image_metrics import score_image
-from gan_dist.train.swd import HoleSWD
+from gan_dist.metrics.evaluate import ms_ssim, ms_ssim_scales, repair_metrics
+from gan_dist.metrics.image_metrics import score_image
+from gan_dist.metrics.swd import HoleSWD
 
 
 def _pair(height: int, width: int, channels: int, dtype, seed: int = 0):

@@ -93,7 +93,7 @@ def test_a_reference_that_an_installed_entry_point_declares_still_loads(toy_plug
 
     from gan_dist.config.recipe import load_recipe
     from gan_dist.models import spec_for
-    from gan_dist.nets import build_generator
+    from gan_dist.nets.build import build_generator
 
     reference = "gan_dist_toy:generator"
     recipe = load_recipe(

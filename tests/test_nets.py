@@ -7,7 +7,7 @@ import torch
 
 from gan_dist.config.recipe import load_recipe
 from gan_dist.core.prefill import fill_holes
-from gan_dist.nets import build_discriminator, build_generator
+from gan_dist.nets.build import build_discriminator, build_generator
 from gan_dist.nets.noise import pixel_noise
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gan_dist.objectives import reconstruction, structural_dissimilarity, texture_swd
+from gan_dist.train.losses import reconstruction, structural_dissimilarity, texture_swd
 
 
 def _images(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,7 +133,7 @@ def test_texture_loss_gradient_brings_back_the_grain_of_a_flat_hole():
 
 
 def test_adversarial_terms_and_the_mask_aware_target():
-    from gan_dist.objectives import generated_share, hinge, non_saturating
+    from gan_dist.train.losses import generated_share, hinge, non_saturating
 
     bce = non_saturating()
     zero = torch.zeros(2, 1, 4, 4)
@@ -160,7 +160,7 @@ def test_adversarial_terms_and_the_mask_aware_target():
 def test_r1_penalty_on_a_toy_discriminator_is_its_squared_gradient_norm():
     """D(x) = <w, x> + x0^2 has grad w + 2 x0 e0: R1 = mean over images of ||grad||^2, and it
     is differentiable in w (D learns from it)."""
-    from gan_dist.objectives import r1_penalty
+    from gan_dist.train.losses import r1_penalty
 
     w = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)
     x = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 0.0]], requires_grad=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gan_dist.train.perceptual import PerceptualMetrics, PerceptualWeights, WeightsError
+from gan_dist.metrics.perceptual import PerceptualMetrics, PerceptualWeights, WeightsError
 
 
 @pytest.fixture(scope="module")

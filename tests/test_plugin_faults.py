@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, PositiveInt, field_validator
 from torch import nn
-from gan_dist.objectives import Adversarial
+from gan_dist.train.losses import Adversarial
 from gan_dist.config.family import Family, Settings
 
 class Width(Settings):
@@ -326,7 +326,7 @@ def test_a_plugin_that_exits_in_its_settings_or_builder_is_named(site):
     ):
         recipe("model.generator.name=faulty_nets:exiting_settings")
     r = recipe("model.generator.name=faulty_nets:exiting_builder")
-    from gan_dist.nets import build_generator
+    from gan_dist.nets.build import build_generator
 
     with pytest.raises(
         PluginError, match=r"\(faulty-nets 0.1\): its builder failed \(called sys.exit\(0\)\)"
@@ -375,7 +375,7 @@ CONTRACT = {
 
 @pytest.mark.parametrize("family", CONTRACT)
 def test_a_generator_that_breaks_the_contract_is_one_line_naming_it(site, family):
-    from gan_dist.nets import build_generator
+    from gan_dist.nets.build import build_generator
 
     install(
         site,
@@ -393,7 +393,7 @@ def test_a_generator_that_breaks_the_contract_is_one_line_naming_it(site, family
 
 
 def test_a_discriminator_without_features_is_named(site):
-    from gan_dist.nets import build_discriminator
+    from gan_dist.nets.build import build_discriminator
 
     install(
         site,
@@ -416,7 +416,7 @@ def test_a_net_too_large_for_memory_is_refused_before_it_is_allocated(site):
     meta device, so the refusal takes no memory and no time."""
     import psutil
 
-    from gan_dist.nets import build_generator
+    from gan_dist.nets.build import build_generator
 
     install(site, "faulty-nets", "0.1", {"faulty_nets": NETS}, "")
     r = recipe("model.generator.name=faulty_nets:fine", "model.generator.width=100000000")
@@ -461,7 +461,7 @@ def test_a_plugin_net_that_exits_during_repair_fails_the_command(site, tmp_path)
 
     from conftest import hole
     from gan_dist.models import spec_for
-    from gan_dist.nets import build_generator
+    from gan_dist.nets.build import build_generator
 
     install(
         site, "faulty-nets", "0.1", {"faulty_nets": NETS},
@@ -513,7 +513,7 @@ def test_a_size_divisor_of_any_integer_type_is_taken(site):
 
 
 def _generator(site, family: str):
-    from gan_dist.nets import build_generator
+    from gan_dist.nets.build import build_generator
 
     install(site, "faulty-nets", "0.1", {"faulty_nets": NETS}, "")
     model = recipe(f"model.generator.name=faulty_nets:{family}", "model.prefill=none").model
@@ -565,7 +565,7 @@ def test_the_checks_keep_names_copies_and_built_in_nets_as_they_were(site):
 
     import torch
 
-    from gan_dist.nets import build_generator
+    from gan_dist.nets.build import build_generator
 
     G = _generator(site, "raises_in_training").eval()
     assert list(G.state_dict()) == ["body.body.weight", "body.body.bias"]  # checkpoints' names
@@ -585,7 +585,7 @@ def test_the_checks_keep_names_copies_and_built_in_nets_as_they_were(site):
 def test_a_plugin_discriminator_is_checked_at_every_call(site):
     import torch
 
-    from gan_dist.nets import build_discriminator
+    from gan_dist.nets.build import build_discriminator
 
     install(site, "faulty-nets", "0.1", {"faulty_nets": NETS}, "")
     cfg = recipe("model.discriminator.name=faulty_nets:three_logits_in_training")
@@ -617,7 +617,7 @@ OBJECTIVES = {
 def test_a_plugin_objective_is_checked_at_every_call(site, family):
     import torch
 
-    from gan_dist.objectives import _adversarial
+    from gan_dist.train.losses import _adversarial
 
     install(site, "faulty-nets", "0.1", {"faulty_nets": NETS}, "")
     _adversarial.cache_clear()

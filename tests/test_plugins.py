@@ -187,7 +187,7 @@ def test_an_installed_plugin_of_another_version_is_named_as_such(toy_plugin, tmp
     from safetensors.torch import save_file
 
     from gan_dist.models import load_model, spec_for
-    from gan_dist.nets import build_generator
+    from gan_dist.nets.build import build_generator
 
     recipe = toy_recipe(*[f"{k}={v}" for k, v in TOY.items() if v is not None])
     folder = tmp_path / "model"

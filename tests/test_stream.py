@@ -168,7 +168,7 @@ def test_prefilled_batches_give_the_generator_what_it_would_compute_itself(packe
     them in the data workers; the repair must not change beyond that rounding."""
     from gan_dist.config.recipe import ModelConfig
     from gan_dist.core.prefill import fill_holes
-    from gan_dist.nets import build_generator
+    from gan_dist.nets.build import build_generator
 
     config = StreamConfig(4, 3, train=False, workers=1, prefill="biharmonic")
     batch = next(iter(make_stream(str(packed), config, "train")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gan_dist.train.swd import HoleSWD, laplacian_pyramid, sliced_wasserstein
+from gan_dist.metrics.swd import HoleSWD, laplacian_pyramid, sliced_wasserstein
 
 
 def _grain(seed: int, size: int = 64) -> torch.Tensor:
@@ -71,7 +71,7 @@ def test_the_score_does_not_depend_on_how_images_are_batched():
 
 
 def test_ms_ssim_is_left_out_where_it_would_only_repeat_ssim():
-    from gan_dist.train.evaluate import repair_metrics
+    from gan_dist.metrics.evaluate import repair_metrics
 
     for side, defined in ((8, False), (20, False), (32, True)):
         img = _grain(0, side)
@@ -139,7 +139,7 @@ def test_the_floor_leaves_textured_scores_as_they_were():
 def test_ms_ssim_of_crops_torchmetrics_takes_with_fewer_scales(side):
     """96 px crops were given 4 scales, which torchmetrics refuses below 99 px: validating a
     96 px recipe failed with a ValueError (so did 41-43 and 161-175 px)."""
-    from gan_dist.train.evaluate import repair_metrics
+    from gan_dist.metrics.evaluate import repair_metrics
 
     img = _grain(0, side)
     m = repair_metrics(img, (img + 0.05).clamp(0, 1), torch.zeros(4, 1, side, side))

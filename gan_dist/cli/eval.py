@@ -65,8 +65,8 @@ def eval_(
 
     from gan_dist.core.errors import GanDistError
     from gan_dist.eval_files import evaluate_data
+    from gan_dist.metrics.perceptual import PerceptualWeights
     from gan_dist.models import load_model
-    from gan_dist.train.perceptual import PerceptualWeights
 
     with user_errors():
         if precision not in ("auto", "bf16", "fp32"):

@@ -100,11 +100,13 @@ DISCRIMINATORS = {
 }
 
 OBJECTIVES = {
-    "bce": Family("gan_dist.objectives:non_saturating", about="non-saturating (Goodfellow 2014)"),
-    "lsgan": Family("gan_dist.objectives:least_squares", about="least squares (Mao 2017)"),
-    "hinge": Family("gan_dist.objectives:hinge", about="hinge (Miyato 2018)"),
+    "bce": Family("gan_dist.train.losses:non_saturating", about="non-saturating (Goodfellow 2014)"),
+    "lsgan": Family("gan_dist.train.losses:least_squares", about="least squares (Mao 2017)"),
+    "hinge": Family("gan_dist.train.losses:hinge", about="hinge (Miyato 2018)"),
     "wgan-gp": Family(
-        "gan_dist.objectives:wasserstein", critic=True, about="Wasserstein critic (Gulrajani 2017)"
+        "gan_dist.train.losses:wasserstein",
+        critic=True,
+        about="Wasserstein critic (Gulrajani 2017)",
     ),
 }
 

@@ -42,7 +42,7 @@ class Family:
         (N, in_channels, S, S) in [-1, 1] to (N, out_channels, S, S) in [-1, 1];
         discriminators `build(settings, in_channels, image_size) -> nn.Module` returning
         logits, and `(logits, features)` when called with `features=True`; objectives
-        `build(settings) -> gan_dist.objectives.Adversarial`. The arguments are passed by
+        `build(settings) -> gan_dist.train.losses.Adversarial`. The arguments are passed by
         these names (settings positionally).
     settings: the family's recipe keys, a `Settings` subclass.
     size_divisor: (settings, training image size px) -> px every input side must be a

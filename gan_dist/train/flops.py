@@ -29,7 +29,7 @@ def train_step_flops(recipe: Recipe, batch: int = 2) -> float:
     from accelerate import Accelerator
     from torch.utils.flop_counter import FlopCounterMode
 
-    from gan_dist.nets import build_discriminator, build_generator
+    from gan_dist.nets.build import build_discriminator, build_generator
     from gan_dist.train.trainer import _optimizer, train_step
 
     data = recipe.data

@@ -31,8 +31,17 @@ from gan_dist.data.identity import data_identity
 from gan_dist.data.images import picture_grid
 from gan_dist.data.pack import MANIFEST
 from gan_dist.data.stream import Batch, StreamConfig, check_data, make_stream, pack_of
-from gan_dist.nets import build_discriminator, build_generator, prefill_only
-from gan_dist.objectives import (
+from gan_dist.metrics.evaluate import evaluate
+from gan_dist.metrics.perceptual import PerceptualMetrics, PerceptualWeights
+from gan_dist.nets.build import build_discriminator, build_generator
+from gan_dist.nets.repair_net import prefill_only
+from gan_dist.run import checkpoint
+from gan_dist.run import status as run_status
+from gan_dist.run.runlock import RunDirBusy, RunLock
+from gan_dist.run.signals import EXIT_NONFINITE, EXIT_TRACKING, StopFlag, StopRequested
+from gan_dist.tracking.tracker import Tracker
+from gan_dist.train.ema import EMA
+from gan_dist.train.losses import (
     adversarial_for,
     feature_matching,
     generated_share,
@@ -42,14 +51,6 @@ from gan_dist.objectives import (
     structural_dissimilarity,
     texture_swd,
 )
-from gan_dist.run import checkpoint
-from gan_dist.run import status as run_status
-from gan_dist.run.runlock import RunDirBusy, RunLock
-from gan_dist.run.signals import EXIT_NONFINITE, EXIT_TRACKING, StopFlag, StopRequested
-from gan_dist.tracking.tracker import Tracker
-from gan_dist.train.ema import EMA
-from gan_dist.train.evaluate import evaluate
-from gan_dist.train.perceptual import PerceptualMetrics, PerceptualWeights
 from gan_dist.train.profile import PROFILE_DIR, DataWait, StepProfiler
 from gan_dist.train.progress import Progress
 from gan_dist.train.resume import Change, ChangedRun, as_ran, check_resume

@@ -9,7 +9,7 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from gan_dist.config.family import Family, Settings
-from gan_dist.objectives import Adversarial
+from gan_dist.train.losses import Adversarial
 
 
 class ToyResNetSettings(Settings):

@@ -24,14 +24,14 @@ from torchmetrics.functional.image import (
 
 from gan_dist.core.errors import GanDistError
 from gan_dist.core.pixels import to_unit
-from gan_dist.train.perceptual import PerceptualMetrics
-from gan_dist.train.swd import HoleSWD
+from gan_dist.metrics.perceptual import PerceptualMetrics
+from gan_dist.metrics.swd import HoleSWD
 
 if TYPE_CHECKING:  # the caller loads it: train/ never loads models from the registry
     from pathlib import Path
 
+    from gan_dist.metrics.perceptual import PerceptualWeights
     from gan_dist.models import RepairModel
-    from gan_dist.train.perceptual import PerceptualWeights
 
 # Wang et al. 2003's scale weights; small images use the finest scales that fit, renormalised
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)

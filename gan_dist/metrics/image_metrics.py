@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from gan_dist.train.evaluate import MIN_MSE, MS_SSIM_BETAS, SSIM_KERNEL, ms_ssim_scales
+from gan_dist.metrics.evaluate import MIN_MSE, MS_SSIM_BETAS, SSIM_KERNEL, ms_ssim_scales
 
 SIGMA = 1.5
 PAD = SSIM_KERNEL // 2
