@@ -42,12 +42,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gan_dist.cli.demo_flow import export_sample_photos
 from gan_dist.config.recipe import load_recipe, resolve_damage
 from gan_dist.data.damage import apply_damage, sample_rng
 from gan_dist.data.images import decode_png, read_image, to_channels, write_png_atomic
 from gan_dist.data.pack import PackOptions, crop_resize, pack_folder, sample_boxes
 from gan_dist.data.stream import StreamConfig, _to_tensor, make_stream
-from gan_dist.demo import export_sample_photos
 from gan_dist.train.flops import PEAK_BF16_FLOPS, train_step_flops
 
 H100_MFU = 0.4  # the share of peak a well-fed GPU reaches on these nets (the target)

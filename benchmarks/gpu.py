@@ -81,9 +81,9 @@ def repair_rates(args) -> dict:
     """Megapixels/s of tiled repair with the recipe's generator, bf16 and fp32."""
     import numpy as np
 
-    from gan_dist.models import RepairModel, spec_for
     from gan_dist.nets.build import build_generator
-    from gan_dist.repair import repair_array
+    from gan_dist.repair.model_file import RepairModel, spec_for
+    from gan_dist.repair.tiles import repair_array
 
     recipe = load_recipe(RECIPE, [f"data.image_size={args.size}"])
     side = args.repair_size

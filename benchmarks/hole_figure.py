@@ -68,8 +68,8 @@ def main() -> None:
     from gan_dist.core.exemplar import patchmatch_fill
     from gan_dist.core.prefill import fill_holes
     from gan_dist.data.images import picture_grid, read_image, write_png_atomic
-    from gan_dist.models import load_model
-    from gan_dist.repair import repair_array
+    from gan_dist.repair.model_file import load_model
+    from gan_dist.repair.tiles import repair_array
 
     photo, name = args.photo, args.photo and args.photo.name
     if photo is None:

@@ -54,8 +54,8 @@ def grey_model(folder: Path) -> Path:
     from safetensors.torch import save_file
 
     from gan_dist.config.recipe import load_recipe
-    from gan_dist.models import SPEC, WEIGHTS, spec_for
     from gan_dist.nets.build import build_generator
+    from gan_dist.repair.model_file import SPEC, WEIGHTS, spec_for
 
     recipe = load_recipe("quickstart", ["data.channels=1"])
     torch.manual_seed(0)

@@ -50,12 +50,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gan_dist.cli.demo_flow import export_sample_photos
 from gan_dist.config.recipe import Recipe, resolve_damage
 from gan_dist.core.prefill import fill_holes
 from gan_dist.data.images import read_image, resize, write_png_atomic
 from gan_dist.data.pack import PackOptions, pack_folder
 from gan_dist.data.stream import StreamConfig, make_stream
-from gan_dist.demo import export_sample_photos
 from gan_dist.metrics.evaluate import repair_metrics
 from gan_dist.metrics.swd import HoleSWD
 from gan_dist.nets.build import build_generator

@@ -34,9 +34,9 @@ from unittest import mock
 
 import numpy as np
 
+from gan_dist.cli.demo_flow import export_sample_photos
 from gan_dist.data.damage import draw_mask
 from gan_dist.data.images import read_image, resize, write_png_atomic
-from gan_dist.demo import export_sample_photos
 
 
 def quick_model(work: Path, seconds: float) -> str:
@@ -76,8 +76,8 @@ def test_image(work: Path, size: int, seed: int = 0) -> tuple[Path, Path, float]
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from gan_dist.models import load_model
-from gan_dist.repair_files import plan, repair_files
+from gan_dist.repair.model_file import load_model
+from gan_dist.repair.files import plan, repair_files
 
 def high_water_mb():  # VmHWM: this process's own peak (ru_maxrss keeps the parent's at fork)
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -108,8 +108,8 @@ def run_repair(model: str, image: Path, mask: Path, out: Path, tile: int) -> dic
 def seams(model: str, work: Path, size: int, box: tuple[int, int] | None = None) -> dict:
     """Untiled vs tiled on one image: where do they differ? `box`: one (width, height) hole
     across the first tile junction instead of brush strokes."""
-    from gan_dist.models import load_model
-    from gan_dist.repair import _starts, repair_array
+    from gan_dist.repair.model_file import load_model
+    from gan_dist.repair.tiles import _starts, repair_array
 
     tile, overlap = 256, 32
     repair_model = load_model(model)
@@ -138,7 +138,7 @@ def seams(model: str, work: Path, size: int, box: tuple[int, int] | None = None)
         }
 
     # before: every tile solved the prefill of its own part of the hole
-    with mock.patch("gan_dist.repair._hole_fills", return_value=[]):
+    with mock.patch("gan_dist.repair.tiles._hole_fills", return_value=[]):
         per_tile = against_untiled()
     return {
         "hole_pixels": int(mask.sum()),
@@ -152,8 +152,8 @@ def precisions(model: str, work: Path, size: int, tile: int, repeats: int = 3) -
     import time
 
     from gan_dist.core.precision import cpu_bf16
-    from gan_dist.models import load_model
-    from gan_dist.repair import repair_array
+    from gan_dist.repair.model_file import load_model
+    from gan_dist.repair.tiles import repair_array
 
     image, mask_path, _ = test_image(work, size, seed=2)
     img = read_image(image).pixels

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import torch
 
+from gan_dist.cli.demo_flow import export_sample_photos
 from gan_dist.config.recipe import resolve_damage
 from gan_dist.data.pack import PackOptions, pack_folder
-from gan_dist.demo import export_sample_photos
 
 PACKS = {"one": 1000, "many": 8}  # samples per shard: one shard of 104, or 13 of 8
 

@@ -298,8 +298,8 @@ def make_model(folder: Path, *settings: str, train: bool = True) -> Path:
     from safetensors.torch import save_file
 
     from gan_dist.config.recipe import load_recipe
-    from gan_dist.models import SPEC, WEIGHTS, spec_for
     from gan_dist.nets.build import build_generator
+    from gan_dist.repair.model_file import SPEC, WEIGHTS, spec_for
 
     recipe = load_recipe(
         "quickstart",

@@ -27,7 +27,7 @@ def test_repair_and_the_served_model_share_their_defaults():
     import inspect
 
     from gan_dist.cli.repair import repair
-    from gan_dist.repair_files import BATCH, OVERLAP, TILE
+    from gan_dist.repair.files import BATCH, OVERLAP, TILE
 
     options = inspect.signature(repair).parameters
     defaults = {name: options[name].default.default for name in ("tile", "overlap", "batch")}

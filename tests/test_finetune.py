@@ -12,8 +12,8 @@ import torch
 
 from conftest import run_cli, tiny, train_quickstart
 from gan_dist.config.recipe import load_recipe
-from gan_dist.models import load_model
 from gan_dist.nets.build import build_generator
+from gan_dist.repair.model_file import load_model
 from gan_dist.run import checkpoint
 
 pytestmark = pytest.mark.integration
@@ -122,7 +122,7 @@ def test_an_alias_moves_only_to_a_version_that_scores_as_well(tmp_path):
     """The demo moved @champion to every new version, a worse one too."""
     from mlflow import MlflowClient
 
-    from gan_dist.models import promote_if_as_good
+    from gan_dist.repair.publish import promote_if_as_good
     from gan_dist.tracking.stores import open_store
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"

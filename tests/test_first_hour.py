@@ -96,7 +96,7 @@ def test_a_wrong_data_path_is_named_and_leaves_no_run_folder(given, said, tmp_pa
 def test_a_wrong_model_uri_lists_what_is_registered(demo, uri, said, tmp_path):
     """It said only "Registered Model with name=... not found"."""
     from gan_dist.core.errors import GanDistError
-    from gan_dist.models import initial_weights, load_model
+    from gan_dist.repair.model_file import initial_weights, load_model
 
     assert demo[0].returncode == 0, demo[0].stderr
     with pytest.raises(GanDistError) as caught:

@@ -21,7 +21,7 @@ from gan_dist.config.recipe import load_recipe
 from gan_dist.core.errors import GanDistError, RecipeError
 from gan_dist.core.textfiles import MAX_TEXT_BYTES
 from gan_dist.data.stream import StreamConfig, make_stream
-from gan_dist.models import SPEC, WEIGHTS, load_model
+from gan_dist.repair.model_file import SPEC, WEIGHTS, load_model
 
 
 def alias_bomb(field: str) -> str:

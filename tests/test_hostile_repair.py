@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import hole, make_model, run_cli
 from gan_dist.core.errors import GanDistError
 from gan_dist.data.images import decode_png, encode_png, read_image
-from gan_dist.repair_files import plan, read_mask
+from gan_dist.repair.files import plan, read_mask
 
 
 @pytest.fixture(scope="module")
@@ -377,8 +377,8 @@ def test_a_size_the_output_format_cannot_hold_fails_before_computing(
 ):
     """JPEG holds at most 65,535 px a side and WebP 16,383: such an image used to be
     repaired whole and fail in the encoder, at the very end."""
-    from gan_dist.models import load_model
-    from gan_dist.repair_files import repair_files
+    from gan_dist.repair.files import repair_files
+    from gan_dist.repair.model_file import load_model
 
     Image.fromarray(np.zeros((2, width, 3), np.uint8) + 90).save(tmp_path / "wide.png")
     Image.fromarray(np.full((2, width), 255, np.uint8)).save(tmp_path / "m.png")
@@ -564,8 +564,8 @@ def astronaut(h: int = 96, w: int = 128) -> np.ndarray:
 
 
 def repaired(model: Path, image: Path, out: Path, mask: Path):
-    from gan_dist.models import load_model
-    from gan_dist.repair_files import repair_files
+    from gan_dist.repair.files import repair_files
+    from gan_dist.repair.model_file import load_model
 
     (job,) = plan(image, out, mask)
     (result,) = repair_files(lambda: load_model(str(model)), [job], 32, 8, 4, False)
@@ -716,8 +716,8 @@ def test_png_text_survives_a_second_repair(model, tmp_path):
 def test_the_served_model_keeps_what_a_jpeg_says_about_itself(model, tmp_path):
     import io
 
-    from gan_dist.models import load_model
-    from gan_dist.repair_files import repair_bytes
+    from gan_dist.repair.files import repair_bytes
+    from gan_dist.repair.model_file import load_model
 
     buf = io.BytesIO()
     Image.fromarray(astronaut(40, 48)).save(buf, "JPEG", exif=camera_exif(), icc_profile=srgb())

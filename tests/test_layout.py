@@ -1,6 +1,7 @@
-"""The house's shape (issue 16, Build 5): no import cycles between gan-dist's modules, the
-training package never loads models from the registry (the command that trains registers
-and resolves `model.init`), and the CLI starts without heavy modules (test_cli.py)."""
+"""The house's shape (issues 16 and 26): layers you can see in `ls gan_dist/`, every import
+pointing down them (so training never loads models from the registry: the command that
+trains registers and resolves `model.init`), no import cycle, and the CLI starts without
+heavy modules (test_cli.py)."""
 
 from __future__ import annotations
 
@@ -49,18 +50,63 @@ def imports() -> dict[str, set[str]]:
     return {name: {m for m in deps if m in graph and m != name} for name, deps in graph.items()}
 
 
-def test_training_never_imports_the_model_registry():
+# Layers from the bottom up: a module may import from its own layer and those below it.
+LAYERS = (
+    "gan_dist",  # the package root: __version__ only
+    "core",  # leaves: errors, files, pixels, text, precision, filters, classical prefills
+    "run",  # the run-directory protocol: status, run lock, signals, checkpoints
+    "config",  # recipes and the families they name
+    "data",
+    "nets",
+    "metrics",
+    "tracking",
+    "train",
+    "repair",  # model files, the model registry, tiles, files, serving
+    "launch",
+    "cli",
+    "__main__",
+)
+# few-line re-exports kept at the root for plugins and registered models that import the
+# names from before the layers (issue 26); nothing inside gan_dist may import them
+COMPAT = {"registry", "objectives", "models", "repair_files", "serving"}
+
+
+def layer(module: str) -> int:
+    """Index in LAYERS of a gan_dist module's layer."""
+    parts = module.split(".")
+    return LAYERS.index(parts[1] if len(parts) > 1 else "gan_dist")
+
+
+def test_the_root_holds_only_packages_and_the_kept_re_exports():
+    found = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
+    assert found <= COMPAT, f"modules at the root of gan_dist/: {sorted(found - COMPAT)}"
+    for name in found:
+        lines = (PACKAGE / f"{name}.py").read_text().strip().splitlines()
+        assert len(lines) <= 12, f"gan_dist/{name}.py is more than a re-export"
+    layers = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert layers == set(LAYERS) - {"gan_dist", "__main__"}, sorted(layers)
+
+
+def test_every_import_points_down_the_layers():
+    """At the top of a module or inside a function: a lazy import upwards is still an arrow
+    that makes a layer depend on the one above it."""
+    wrong = []
+    for name, deps in imports().items():
+        if name.split(".")[-1] in COMPAT and name.count(".") == 1:
+            continue
+        for dep in deps:
+            if dep.count(".") == 1 and dep.split(".")[1] in COMPAT:
+                wrong.append(f"{name} imports the re-export {dep}")
+            elif layer(dep) > layer(name):
+                wrong.append(f"{name} ({LAYERS[layer(name)]}) imports {dep}")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_the_modules_have_no_import_cycle():
+    """Function-level imports included: a cycle through a lazy import is still two modules
+    that cannot be understood, or moved, one without the other."""
     graph = imports()
-    for name, deps in graph.items():
-        if name.startswith("gan_dist.train"):
-            assert "gan_dist.models" not in deps, f"{name} imports gan_dist.models"
-
-
-def test_the_module_top_levels_have_no_import_cycle():
-    """Top-level imports only: a function may import lazily what imports its module."""
-    graph = {name: imported(tree.body) for name, tree in modules().items()}
-    graph = {n: {d for d in deps if d in graph and d != n} for n, deps in graph.items()}
-
+    graph = {n: {d for d in deps if d in graph} for n, deps in graph.items()}
     state: dict[str, int] = {}
 
     def visit(node: str, trail: list[str]) -> None:

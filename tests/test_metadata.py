@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from gan_dist.data import metadata
-from gan_dist.data.images import Storage, encode_png
-from gan_dist.data.metadata import EXIF_HEAD, neutral_exif, png_storage, png_with_metadata
+from gan_dist.data.images import encode_png
+from gan_dist.data.metadata import EXIF_HEAD, Storage, neutral_exif, png_storage, png_with_metadata
 
 MAKER_NOTE = bytes(range(40, 72))  # vendor bytes, with offsets of their own: never moved
 

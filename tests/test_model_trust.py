@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import hole, make_model, run_cli, train_quickstart
 from gan_dist.core.errors import GanDistError
-from gan_dist.models import initial_weights, load_model
+from gan_dist.repair.model_file import initial_weights, load_model
 
 ZEN = "Beautiful is better than ugly"
 
@@ -92,8 +92,8 @@ def test_a_reference_that_an_installed_entry_point_declares_still_loads(toy_plug
     from safetensors.torch import save_file
 
     from gan_dist.config.recipe import load_recipe
-    from gan_dist.models import spec_for
     from gan_dist.nets.build import build_generator
+    from gan_dist.repair.model_file import spec_for
 
     reference = "gan_dist_toy:generator"
     recipe = load_recipe(
@@ -173,7 +173,8 @@ def test_a_checkpoint_naming_a_module_is_refused_everywhere_it_is_read(planted, 
     """A run folder's checkpoint: repair, export (models register), model.init and eval
     read its recipe; none imports the module its generator, discriminator or objective
     names."""
-    from gan_dist.models import export_checkpoint, register
+    from gan_dist.repair.model_file import export_checkpoint
+    from gan_dist.repair.publish import register
     from gan_dist.run import checkpoint
 
     name, marker = planted

@@ -272,8 +272,8 @@ def test_eval_of_a_restoration_model_damages_each_whole_image(tmp_path):
     from gan_dist.config.recipe import DamageStep, damage_preset
     from gan_dist.data.damage import damage_image, sample_rng
     from gan_dist.metrics.image_metrics import score_image
-    from gan_dist.models import load_model
-    from gan_dist.repair import repair_array
+    from gan_dist.repair.model_file import load_model
+    from gan_dist.repair.tiles import repair_array
 
     settings = ("model.composite=false", "data.damage=denoise", "model.prefill=none")
     model = make_model(tmp_path / "denoise", *settings, "objective.mask_aware=false")

@@ -460,8 +460,8 @@ def test_a_plugin_net_that_exits_during_repair_fails_the_command(site, tmp_path)
     from safetensors.torch import save_file
 
     from conftest import hole
-    from gan_dist.models import spec_for
     from gan_dist.nets.build import build_generator
+    from gan_dist.repair.model_file import spec_for
 
     install(
         site, "faulty-nets", "0.1", {"faulty_nets": NETS},

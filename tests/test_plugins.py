@@ -142,7 +142,7 @@ def test_train_register_and_repair_with_plugin_families(toy_plugin, packed, tmp_
 
 def test_a_model_whose_plugin_is_missing_says_what_to_install(toy_plugin, tmp_path):
     from conftest import make_model
-    from gan_dist.models import load_model
+    from gan_dist.repair.model_file import load_model
 
     folder = make_model(tmp_path / "model")
     spec = json.loads((folder / "spec.json").read_text())
@@ -186,8 +186,8 @@ def test_an_installed_plugin_of_another_version_is_named_as_such(toy_plugin, tmp
     the family, and blamed the files when it was installed at another version."""
     from safetensors.torch import save_file
 
-    from gan_dist.models import load_model, spec_for
     from gan_dist.nets.build import build_generator
+    from gan_dist.repair.model_file import load_model, spec_for
 
     recipe = toy_recipe(*[f"{k}={v}" for k, v in TOY.items() if v is not None])
     folder = tmp_path / "model"
@@ -201,7 +201,7 @@ def test_an_installed_plugin_of_another_version_is_named_as_such(toy_plugin, tmp
     }  # fmt: skip
     spec["families"]["generator"]["version"] = "0.0.1"  # trained with an older release
     (folder / "spec.json").write_text(json.dumps(spec))
-    with caplog.at_level("WARNING", logger="gan_dist.models"):
+    with caplog.at_level("WARNING", logger="gan_dist.repair.model_file"):
         load_model(str(folder))  # same settings and shapes: it loads, with a warning
     assert f"gan-dist-toy 0.0.1, and gan-dist-toy {toy_plugin} is installed here" in caplog.text
 

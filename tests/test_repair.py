@@ -13,9 +13,9 @@ from PIL import Image
 from conftest import blank_dicom, gradient16, hole, make_model, run_cli
 from gan_dist.core.precision import inference_precision
 from gan_dist.data.images import decode_png, encode_png, read_image
-from gan_dist.models import load_model
-from gan_dist.repair import band_work, repair_array, repair_rows
-from gan_dist.repair_files import plan, repair_files
+from gan_dist.repair.files import plan, repair_files
+from gan_dist.repair.model_file import load_model
+from gan_dist.repair.tiles import band_work, repair_array, repair_rows
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_band_work_is_what_repair_runs_through_the_net(
     """The served model's time budget counts the pixels the net will run before any is
     run: band by band, exactly what `repair_rows` feeds the net (an inpainting model only
     its tiles with a hole pixel; a restoration model every tile)."""
-    from gan_dist.models import RepairModel
+    from gan_dist.repair.model_file import RepairModel
 
     folder = inpaint if composite else make_model(tmp_path, "model.composite=false")
     loaded = load_model(str(folder))
@@ -373,8 +373,8 @@ def test_eval_shows_what_the_net_adds_to_its_prefill(inpaint, packed, photo_dir)
     plugin net, and nothing said whether the net added anything to its prefill. Eval scores
     the prefill alone on the same holes beside the model; an untrained net (a zero
     correction) scores exactly its prefill."""
-    from gan_dist.eval_files import evaluate_data
-    from gan_dist.models import load_model
+    from gan_dist.repair.evaluate import evaluate_data
+    from gan_dist.repair.model_file import load_model
 
     for data in (packed, photo_dir):
         report = json.loads(

@@ -62,10 +62,10 @@ def no_cli_flags(rows: pd.DataFrame | list[dict]) -> None:
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory) -> str:
     """A small inpainting model without a prefill (its time is its tiles), saved as the
-    registry stores it (`models.pyfunc_arguments`): a local MLflow model folder."""
+    registry stores it (`publish.pyfunc_arguments`): a local MLflow model folder."""
     import mlflow
 
-    from gan_dist.models import pyfunc_arguments
+    from gan_dist.repair.publish import pyfunc_arguments
 
     folder = tmp_path_factory.mktemp("pyfunc")
     files = make_model(folder / "files", "model.prefill=none")
@@ -139,7 +139,7 @@ def test_a_cell_of_any_type_fails_only_its_own_row(saved_model):
 def test_a_served_detail_names_the_request_params_never_a_cli_flag(saved_model, tmp_path):
     """JPEG output's note, a float TIFF asked for as PNG, settings out of range: each says
     `params.format` (or `params.tile`), where the command's rows say `--format`."""
-    from gan_dist.repair_files import Job, repair_files
+    from gan_dist.repair.files import Job, repair_files
 
     model = load(saved_model)
     floats = io.BytesIO()

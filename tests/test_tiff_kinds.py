@@ -16,8 +16,8 @@ import tifffile
 from conftest import gradient16, make_model
 from gan_dist.core.errors import GanDistError
 from gan_dist.data.images import ImageReadError, probe, raw_from_levels, read_image
-from gan_dist.models import load_model
-from gan_dist.repair_files import Job, plan, read_mask, repair_files
+from gan_dist.repair.files import Job, plan, read_mask, repair_files
+from gan_dist.repair.model_file import load_model
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,12 @@ import pytest
 import tifffile
 
 from conftest import gradient16, make_model
-from gan_dist.data.images import Storage, encode_png, read_image
+from gan_dist.data.images import encode_png, read_image
+from gan_dist.data.metadata import Storage
 from gan_dist.data.tiff_stream import CLASSIC_LIMIT, needs_bigtiff, open_tiff, write_tiff
-from gan_dist.models import load_model
-from gan_dist.repair import repair_array
-from gan_dist.repair_files import Job, read_mask, repair_files
+from gan_dist.repair.files import Job, read_mask, repair_files
+from gan_dist.repair.model_file import load_model
+from gan_dist.repair.tiles import repair_array
 
 
 @pytest.fixture(scope="module")

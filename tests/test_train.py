@@ -402,7 +402,7 @@ def test_checkpoints_with_compiled_names_from_older_versions_still_load(shards, 
 def _uses_a_compiled_runs_checkpoint(source: Path, tmp_path: Path, shards: Path) -> None:
     """The model exported from `source` loads, registers, and starts a fine-tune with both
     its nets."""
-    from gan_dist.models import load_model
+    from gan_dist.repair.model_file import load_model
 
     assert load_model(str(source)).net is not None
     registered = run_cli("models", "register", str(source), "--name", "from-compiled")

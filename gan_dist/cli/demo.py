@@ -16,7 +16,7 @@ def demo(
     """The whole product in one command, offline: pack scikit-image's sample photos, train
     the quickstart recipe, register and promote the model in MLflow, repair held-out
     photos with it and draw a before/after grid."""
-    from gan_dist.demo import run_demo
+    from gan_dist.cli.demo_flow import run_demo
     from gan_dist.tracking.experiments import ui_path
 
     with user_errors():

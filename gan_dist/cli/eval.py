@@ -64,9 +64,9 @@ def eval_(
     from rich.table import Table
 
     from gan_dist.core.errors import GanDistError
-    from gan_dist.eval_files import evaluate_data
     from gan_dist.metrics.perceptual import PerceptualWeights
-    from gan_dist.models import load_model
+    from gan_dist.repair.evaluate import evaluate_data
+    from gan_dist.repair.model_file import load_model
 
     with user_errors():
         if precision not in ("auto", "bf16", "fp32"):

@@ -23,8 +23,8 @@ def register(
     tracking_uri: str = typer.Option(None, help=URI_HELP),
 ) -> None:
     """Register the EMA generator of a checkpoint as a new model version."""
-    from gan_dist.models import promote
-    from gan_dist.models import register as do_register
+    from gan_dist.repair.publish import promote
+    from gan_dist.repair.publish import register as do_register
     from gan_dist.tracking.stores import quiet_mlflow
     from gan_dist.tracking.stores import tracking_uri as default_uri
 
@@ -50,7 +50,7 @@ def list_(
 
     from rich.table import Table
 
-    from gan_dist.models import list_versions
+    from gan_dist.repair.publish import list_versions
     from gan_dist.tracking.stores import quiet_mlflow
     from gan_dist.tracking.stores import tracking_uri as default_uri
 
@@ -85,7 +85,7 @@ def promote(
     tracking_uri: str = typer.Option(None, help=READ_URI_HELP),
 ) -> None:
     """Point an alias at a version: `gan-dist repair --model models:/NAME@ALIAS` follows it."""
-    from gan_dist.models import promote as do_promote
+    from gan_dist.repair.publish import promote as do_promote
     from gan_dist.tracking.stores import quiet_mlflow
     from gan_dist.tracking.stores import tracking_uri as default_uri
 

@@ -68,8 +68,8 @@ def repair(
 
     from gan_dist.core.errors import GanDistError
     from gan_dist.core.precision import inference_precision
-    from gan_dist.models import load_model
-    from gan_dist.repair_files import STATUSES, plan, repair_files
+    from gan_dist.repair.files import STATUSES, plan, repair_files
+    from gan_dist.repair.model_file import load_model
 
     _stop_on_sigterm()
     with user_errors():

@@ -76,7 +76,7 @@ def _where_to_look(loaded: Recipe, outcome: Outcome) -> None:
 def _register(loaded: Recipe, checkpoint: Path | None, earlier: bool = False) -> None:
     """The finished run's model, as `tracking.register_as` asks (rank 0 only); `earlier`:
     the checkpoint was written by an earlier command, which is said."""
-    from gan_dist.models import promote_if_as_good, register_completed
+    from gan_dist.repair.publish import promote_if_as_good, register_completed
     from gan_dist.tracking.stores import tracking_uri
 
     if checkpoint is None:
@@ -108,7 +108,7 @@ def _run(
         if loaded.model.init:  # resolved only if there is no checkpoint to resume
             from functools import partial
 
-            from gan_dist.models import initial_weights
+            from gan_dist.repair.model_file import initial_weights
             from gan_dist.tracking.stores import tracking_uri
 
             initial = partial(initial_weights, loaded.model.init, tracking_uri(loaded))

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 from gan_dist.core.errors import GanDistError
 from gan_dist.core.files import write_bytes_atomic
+from gan_dist.data.metadata import Storage
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from gan_dist.data.metadata import JpegCoding
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom"}
 DEFAULT_MAX_PIXELS = 10_000 * 10_000
@@ -27,27 +27,6 @@ DEFAULT_MAX_PIXELS = 10_000 * 10_000
 
 class ImageReadError(GanDistError):
     """A file that cannot be used as an image; the message is the reason shown to the user."""
-
-
-@dataclass(frozen=True)
-class Storage:
-    """How a file stored its samples and what it says about its picture, so that repair
-    writes them back the same way (`gan_dist.data.metadata`). TIFF: grey as min-is-white
-    (0 = white), the alpha sample's kind (ExtraSamples: `assocalpha` for premultiplied
-    colours, `unassalpha`, or `unspecified`), BigTIFF; JPEG: its coding."""
-
-    min_is_white: bool = False
-    alpha: str = "unassalpha"
-    # what a file says about its picture, written back unchanged where the output holds it
-    resolution: tuple[float, float] | None = None  # pixels per `resolution_unit`
-    resolution_unit: int | None = None  # TIFF ResolutionUnit: 2 inch, 3 centimetre
-    description: str | None = None  # TIFF ImageDescription, a JPEG comment
-    icc: bytes | None = None  # the colour profile (ICC)
-    tags: tuple[tuple[int, str, int, object, bool], ...] = ()  # tifffile `extratags`
-    text: tuple[tuple[str, str], ...] = ()  # PNG text chunks (keyword, text)
-    bigtiff: bool = False  # the file was a BigTIFF: so is its repair
-    exif: bytes | None = None  # `Exif\0\0` and EXIF as kept (`metadata.neutral_exif`)
-    jpeg: JpegCoding | None = None  # a JPEG's tables and subsampling, to encode its repair alike
 
 
 @dataclass(frozen=True)

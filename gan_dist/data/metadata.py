@@ -17,10 +17,6 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from gan_dist.data.images import Storage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EXIF_HEAD = b"Exif\x00\x00"
@@ -48,13 +44,32 @@ class JpegCoding:
     progressive: bool
 
 
+@dataclass(frozen=True)
+class Storage:
+    """How a file stored its samples and what it says about its picture, so that repair
+    writes them back the same way (`gan_dist.data.metadata`). TIFF: grey as min-is-white
+    (0 = white), the alpha sample's kind (ExtraSamples: `assocalpha` for premultiplied
+    colours, `unassalpha`, or `unspecified`), BigTIFF; JPEG: its coding."""
+
+    min_is_white: bool = False
+    alpha: str = "unassalpha"
+    # what a file says about its picture, written back unchanged where the output holds it
+    resolution: tuple[float, float] | None = None  # pixels per `resolution_unit`
+    resolution_unit: int | None = None  # TIFF ResolutionUnit: 2 inch, 3 centimetre
+    description: str | None = None  # TIFF ImageDescription, a JPEG comment
+    icc: bytes | None = None  # the colour profile (ICC)
+    tags: tuple[tuple[int, str, int, object, bool], ...] = ()  # tifffile `extratags`
+    text: tuple[tuple[str, str], ...] = ()  # PNG text chunks (keyword, text)
+    bigtiff: bool = False  # the file was a BigTIFF: so is its repair
+    exif: bytes | None = None  # `Exif\0\0` and EXIF as kept (`metadata.neutral_exif`)
+    jpeg: JpegCoding | None = None  # a JPEG's tables and subsampling, to encode its repair alike
+
+
 def png_storage(path: Path, turned: int = 1) -> tuple[Storage, list[str]]:
     """What a PNG file says about its picture: ICC profile, EXIF (orientation patched where
     the reader applied `turned`, an EXIF orientation 2-8), resolution (pHYs, kept as pixels
     per centimetre) and text chunks. The notes name chunks that could not be read (they
     are not kept)."""
-    from gan_dist.data.images import Storage
-
     icc = exif = resolution = None
     text: list[tuple[str, str]] = []
     notes: list[str] = []
@@ -88,8 +103,6 @@ def pillow_storage(info: dict, turned: int, coding: JpegCoding | None) -> tuple[
     file as opened (before any turning): ICC profile, EXIF (see `neutral_exif`), resolution
     (dpi, swapped where `turned` turned the picture a quarter), a JPEG comment as the
     description, and `coding`."""
-    from gan_dist.data.images import Storage
-
     notes = []
     exif = neutral_exif(info.get("exif"), turned)
     if info.get("exif") and exif is None:

@@ -18,7 +18,8 @@ from typing import IO
 
 import numpy as np
 
-from gan_dist.data.images import ImageReadError, Storage, probe, tiff_form, tiff_storage
+from gan_dist.data.images import ImageReadError, probe, tiff_form, tiff_storage
+from gan_dist.data.metadata import Storage
 
 MAX_SEGMENT_ROWS = 1024  # a taller compressed strip is decoded whole for every band read
 BAND_ROWS = 256  # rows per read when a caller walks a whole file

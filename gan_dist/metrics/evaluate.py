@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # the caller loads it: train/ never loads models from the reg
     from pathlib import Path
 
     from gan_dist.metrics.perceptual import PerceptualWeights
-    from gan_dist.models import RepairModel
+    from gan_dist.repair.model_file import RepairModel
 
 # Wang et al. 2003's scale weights; small images use the finest scales that fit, renormalised
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -175,7 +175,7 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """`evaluate`'s metrics of a saved model (`gan-dist eval`) on packed shards (their val
     split, or train when there is none), as packed: crops of the pack's size with the
-    pack's holes (clean images are scored whole by `eval_files.evaluate_folder`). With
+    pack's holes (clean images are scored whole by `repair.evaluate.evaluate_folder`). With
     `weights`, FID, KID and LPIPS too (WeightsError for a bad file, before any image is
     read).
 

@@ -59,7 +59,7 @@ GRID_KEY = "grid/repair"  # damaged | repaired | original held-out samples; its 
 GRID_FILE = "repair_grid.png"  # the newest one, in the run dir and as the run's artifact
 
 if TYPE_CHECKING:  # given by the caller: train/ never loads models from the registry
-    from gan_dist.models import InitialWeights
+    from gan_dist.train.finetune import InitialWeights
 
 log = logging.getLogger("gan_dist.train")
 

@@ -2,7 +2,7 @@
 repaired exactly as `gan-dist repair` repairs it (LaMa's and MMagic's protocol).
 
 - Holes. With `--mask`, each image's holes are its own mask, matched as repair matches
-  masks (`repair_files.find_images`, the one matcher) and read by repair's rule
+  masks (`files.find_images`, the one matcher) and read by repair's rule
   (`read_mask`: white is a hole). An image without a mask, or with two, is skipped with
   the reason repair gives; it is never scored another way. Without `--mask`, the holes are
   drawn from the model's own damage steps at the image's own size (`damage.damage_image`:
@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from gan_dist.core.errors import GanDistError
 from gan_dist.data.images import DEFAULT_MAX_PIXELS
-from gan_dist.repair_files import BATCH, OVERLAP, TILE, Found, find_images, missing_mask
+from gan_dist.repair.files import BATCH, OVERLAP, TILE, Found, find_images, missing_mask
 
 if TYPE_CHECKING:
     import numpy as np
 
     from gan_dist.config.recipe import DamageStep
     from gan_dist.metrics.perceptual import PerceptualWeights
-    from gan_dist.models import RepairModel
+    from gan_dist.repair.model_file import RepairModel
 
 EVAL_SEED = 12345  # with each file's relative path: the holes a folder is scored on
 SHARD_BATCH = 16  # samples a pass on shards
@@ -198,8 +198,8 @@ def _score_one(
     from gan_dist.data.damage import damage_image, sample_rng
     from gan_dist.data.images import read_image
     from gan_dist.metrics.image_metrics import score_image
-    from gan_dist.repair import repair_array
-    from gan_dist.repair_files import read_mask
+    from gan_dist.repair.files import read_mask
+    from gan_dist.repair.tiles import repair_array
 
     if item.problem:
         raise GanDistError(item.problem)

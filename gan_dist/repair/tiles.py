@@ -1,5 +1,5 @@
 """Repairing images of any size with a trained model: tiles and blending (files in and out:
-`repair_files`).
+`files.repair_files`).
 
 Whole-image inference runs out of memory on real scans and photos, so the image is cut into
 overlapping tiles, run in batches, and blended with weights that ramp down towards each tile's
@@ -34,11 +34,8 @@ import torch
 from gan_dist.core.errors import GanDistError
 from gan_dist.core.pixels import to_signed, to_unit
 from gan_dist.core.prefill import prefill_parts
-from gan_dist.data.images import (
-    from_float,
-    to_channels,
-)
-from gan_dist.models import RepairModel
+from gan_dist.data.images import from_float, to_channels
+from gan_dist.repair.model_file import RepairModel
 
 T = TypeVar("T")
 

@@ -65,7 +65,7 @@ def run_demo(workdir: Path, minutes: float = 2.0, log: Callable[[str], None] = p
     from gan_dist.core.prefill import prefill_parts
     from gan_dist.data.inspect import inspect_shards
     from gan_dist.data.pack import PackOptions, pack_folder
-    from gan_dist.models import promote_if_as_good, register_completed
+    from gan_dist.repair.publish import promote_if_as_good, register_completed
     from gan_dist.tracking.experiments import experiment_id
     from gan_dist.tracking.stores import open_store, tracking_uri
     from gan_dist.train.trainer import train
@@ -140,8 +140,8 @@ def _repair_grid(model_uri: str, shards: Path, grid: Path, uri: str, rows: int =
     from gan_dist.data.images import picture_grid, sample_part, write_png_atomic
     from gan_dist.data.pack import read_manifest
     from gan_dist.data.stream import shard_urls
-    from gan_dist.models import load_model
-    from gan_dist.repair import repair_array
+    from gan_dist.repair.model_file import load_model
+    from gan_dist.repair.tiles import repair_array
 
     model = load_model(model_uri, tracking_uri=uri)
     split = "val" if read_manifest(shards)["counts"]["val"] else "train"
