@@ -29,7 +29,7 @@ from PIL import Image
 
 from conftest import make_model, run_cli, stop_group, train_quickstart
 
-README = Path(__file__).parents[1] / "README.md"
+README = Path(__file__).parents[1] / "docs" / "tracking.md"  # the serving commands
 TIMEOUT_VARIABLE = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
 
 

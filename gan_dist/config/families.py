@@ -92,7 +92,7 @@ class Registry:
                     f"{quoted} is a module reference, and a model file may name only built-in "
                     f"or installed {self.kind}s (a file can be altered; gan-dist imports no "
                     "module it names): install the package that provides it with a "
-                    f"gan_dist.{self.kind}s entry point (README: Plugins)"
+                    f"gan_dist.{self.kind}s entry point (docs/recipes.md: plugins)"
                 )
             provider = self.provider(name)
             label = f"{self.kind} {quoted} ({provider})"
