@@ -90,7 +90,7 @@ def trainer_step(recipe):
     from accelerate import Accelerator
 
     from gan_dist.core.precision import effective_precision
-    from gan_dist.train.trainer import train_step
+    from gan_dist.train.step import Nets, train_step
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precision, _ = effective_precision(recipe.train.mixed_precision, device)
@@ -100,11 +100,19 @@ def trainer_step(recipe):
     if recipe.train.compile:
         G, D = torch.compile(G), torch.compile(D)
     opt_g, opt_d = adam(G, recipe.optim.generator), adam(D, recipe.optim.discriminator)
-    G, D, opt_g, opt_d = acc.prepare(G, D, opt_g, opt_d)
+    prepared = Nets(*acc.prepare(G, D, opt_g, opt_d))
     batch = synthetic(recipe, acc.device)
 
     def step() -> bool:
-        losses = train_step(batch, G, D, opt_g, opt_d, recipe, acc, True)
+        losses = train_step(
+            batch,
+            prepared,
+            recipe.objective,
+            acc,
+            update_g=True,
+            grad_clip=recipe.optim.grad_clip,
+            channels_last=recipe.train.channels_last,
+        )
         # the trainer's once-a-step check: both loops sync once a step
         return torch.stack([torch.isfinite(v) for v in losses.values()]).all().item()
 

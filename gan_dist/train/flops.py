@@ -30,17 +30,20 @@ def train_step_flops(recipe: Recipe, batch: int = 2) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from gan_dist.nets.build import build_discriminator, build_generator
-    from gan_dist.train.trainer import _optimizer, train_step
+    from gan_dist.train.builder import optimizer
+    from gan_dist.train.step import Nets, train_step
 
     data = recipe.data
     accelerator = Accelerator(cpu=True)
     G = build_generator(recipe.model, data.channels, data.image_size)
     D = build_discriminator(recipe.model.discriminator, data.channels, data.image_size)
-    opt_g, opt_d = _optimizer(G, recipe.optim.generator), _optimizer(D, recipe.optim.discriminator)
+    nets = Nets(
+        G, D, optimizer(G, recipe.optim.generator), optimizer(D, recipe.optim.discriminator)
+    )
     s = data.image_size
     mask = (torch.rand(batch, 1, s, s) > 0.7).float()
     clean = torch.rand(batch, data.channels, s, s) * 2 - 1
     sample = {"damaged": clean * (1 - mask), "clean": clean, "mask": mask}
     with FlopCounterMode(display=False) as counter:
-        train_step(sample, G, D, opt_g, opt_d, recipe, accelerator, update_g=True)
+        train_step(sample, nets, recipe.objective, accelerator, update_g=True)
     return counter.get_total_flops() / batch

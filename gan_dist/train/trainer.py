@@ -1,7 +1,8 @@
 """The training loop: one code path for 1 process, N processes and N nodes (Accelerate).
 
-Read `train` from the top: set-up, resume, then the loop, whose body is `train_step` just
-below it. Every rank runs this file; only rank 0 prints and writes shared files.
+Read `train` from the top: set-up (`_Run.start`, with the nets, optimisers and streams from
+`builder.py`), resume, then the loop (`_Run.loop`), whose body is `step.train_step`. Every
+rank runs this file; only rank 0 prints and writes shared files.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,30 +32,21 @@ from gan_dist.core.prefill import prefill_parts
 from gan_dist.data.identity import data_identity
 from gan_dist.data.images import picture_grid
 from gan_dist.data.pack import MANIFEST
-from gan_dist.data.stream import Batch, StreamConfig, check_data, make_stream, pack_of
+from gan_dist.data.stream import StreamConfig, check_data, make_stream, pack_of
 from gan_dist.metrics.evaluate import evaluate
 from gan_dist.metrics.perceptual import PerceptualMetrics, PerceptualWeights
-from gan_dist.nets.build import build_discriminator, build_generator
 from gan_dist.nets.repair_net import prefill_only
 from gan_dist.run import checkpoint
 from gan_dist.run import status as run_status
 from gan_dist.run.runlock import RunDirBusy, RunLock
 from gan_dist.run.signals import EXIT_NONFINITE, EXIT_TRACKING, StopFlag, StopRequested
 from gan_dist.tracking.tracker import Tracker
+from gan_dist.train.builder import build_nets, optimizer, scheduler, stream_config
 from gan_dist.train.ema import EMA
-from gan_dist.train.losses import (
-    adversarial_for,
-    feature_matching,
-    generated_share,
-    gradient_penalty,
-    r1_penalty,
-    reconstruction,
-    structural_dissimilarity,
-    texture_swd,
-)
 from gan_dist.train.profile import PROFILE_DIR, DataWait, StepProfiler
 from gan_dist.train.progress import Progress
 from gan_dist.train.resume import Change, ChangedRun, as_ran, check_resume
+from gan_dist.train.step import Nets, train_step
 
 GRID_KEY = "grid/repair"  # damaged | repaired | original held-out samples; its section sorts first
 GRID_FILE = "repair_grid.png"  # the newest one, in the run dir and as the run's artifact
@@ -254,7 +247,7 @@ class _Run:
         from accelerate.utils import InitProcessGroupKwargs, set_seed
 
         recipe, run_dir = self.recipe, self.run_dir
-        cfg, data = recipe.train, recipe.data
+        asked, cfg, data = recipe, recipe.train, recipe.data  # as given, before a resume
         precision, precision_note = effective_precision(
             cfg.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu"
         )
@@ -281,31 +274,7 @@ class _Run:
         self.lock = _lock_run_dir(run_dir, accelerator, wait)
         ckpt = checkpoint.resolve(run_dir, resume)
         self.last_ckpt, self.step = (ckpt.path, ckpt.step) if ckpt else (None, 0)
-        changes: list[Change] = []
-        if ckpt is not None:  # every rank decides alike: the same files, the same recipe
-            recipe, changes = check_resume(
-                ckpt.state["recipe"],
-                recipe,
-                ckpt.path,
-                ckpt.step,
-                resume_changed,
-                lineage=ckpt.state.get("lineage"),
-                data_was=ckpt.state.get("data_identity"),
-                data_is=self.data_identity,
-            )
-            self.recipe = self.shown = recipe
-            self.resumes = list(ckpt.state.get("resumes", []))
-            # kept only when they score this run's prefill on this run's validation data
-            kept = ckpt.state.get("prefill_metrics") or {}
-            scored = (kept.get("kind"), kept.get("val"))
-            if scored == (recipe.model.prefill, self.data_identity.get("val")):
-                self.prefill_metrics = kept.get("metrics")
-            self.already_complete = cfg.max_steps is not None and ckpt.step >= cfg.max_steps
-            if self.already_complete:  # nothing trains: nothing changes but the tracking
-                self.shown, changes = as_ran(ckpt.state["recipe"], recipe), []
-            if changes:
-                record = {"step": ckpt.step, "changes": {c.path: c.values for c in changes}}
-                self.resumes.append(record)
+        recipe, changes = self._resume_from(ckpt, resume_changed) if ckpt else (recipe, [])
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
@@ -313,17 +282,11 @@ class _Run:
         # nets: identical initial weights on every rank, then per-rank randomness
         set_seed(recipe.seed)
         # the memory held: weights, gradients, two Adam moments (and the generator's EMA)
-        G = build_generator(recipe.model, data.channels, data.image_size, copies=5)
-        D = build_discriminator(
-            recipe.model.discriminator, data.channels, data.image_size, copies=4
-        )
-        if cfg.channels_last:
-            G = G.to(memory_format=torch.channels_last)
-            D = D.to(memory_format=torch.channels_last)
+        G, D = build_nets(recipe)
         self.ema = EMA(G, cfg.ema)
-        opt_g = _optimizer(G, recipe.optim.generator)
-        opt_d = _optimizer(D, recipe.optim.discriminator)
-        self.sched_g, self.sched_d = _scheduler(opt_g, recipe), _scheduler(opt_d, recipe)
+        opt_g = optimizer(G, recipe.optim.generator)
+        opt_d = optimizer(D, recipe.optim.discriminator)
+        self.sched_g, self.sched_d = scheduler(opt_g, recipe), scheduler(opt_d, recipe)
         saved = (
             _load(ckpt, recipe, G, D, self.ema, opt_g, opt_d, self.sched_g, self.sched_d)
             if ckpt
@@ -346,21 +309,13 @@ class _Run:
         rank_state = checkpoint.load_rank_state(ckpt, rank) if same else {}
         self.stream = make_stream(
             data.train,
-            StreamConfig(
-                data.batch_size,
-                data.channels,
-                train=True,
-                workers=data.workers,
-                shuffle_buffer=data.shuffle_buffer,
-                augment=data.augment,
-                fresh_damage=data.damage if data.fresh_damage else None,
-                seed=recipe.seed,
-                skip={int(k): v for k, v in rank_state.get("data_position", {}).items()},
-                prefill=stream_prefill(recipe.model.prefill, accelerator.device.type),
+            stream_config(
+                recipe,
+                "train",
                 rank=rank,
                 world=world,
-                stall_timeout_s=data.stall_timeout_s,
-                allow_shell=data.allow_shell,
+                skip={int(k): v for k, v in rank_state.get("data_position", {}).items()},
+                prefill=stream_prefill(recipe.model.prefill, accelerator.device.type),
             ),
         )
         weights = recipe.train.metric_weights
@@ -379,6 +334,26 @@ class _Run:
         self.progress = Progress(
             self.main, self.step, cfg.max_steps, data.batch_size * world * cfg.grad_accum
         )
+        self._announce(asked, ckpt, changes, precision_note, started_from)
+        self.tracker = Tracker(
+            self.shown,
+            run_dir,
+            ckpt.state.get("tracking_run_id") if ckpt else None,
+            enabled=self.main,
+            context={"world_size": world, "device": str(accelerator.device)},
+            tags={f"gan_dist.{k}": v for k, v in self.lineage.items()},
+            resume_tags=_resume_tags(self.resumes[-1], len(self.resumes)) if changes else None,
+        )
+
+    def _announce(
+        self, asked: Recipe, ckpt: checkpoint.Checkpoint | None, changes: list[Change],
+        precision_note: str, started_from: tuple[InitialWeights, str] | None,
+    ) -> None:  # fmt: skip
+        """What the start decided that a user should read before the first step: where the
+        validation data comes from, the prefill and precision used, the resume and what it
+        changed, a run already complete, the weights it starts from. `asked`: the recipe as
+        given, before a resume merged it with the checkpoint's."""
+        cfg, data = asked.train, asked.data
         self.progress.message(_validation_note(data.train, data.val, self.val))
         unpacked = _unpacked_prefill(data.train, self.recipe.model.prefill, self.stream.config)
         if unpacked:
@@ -409,15 +384,38 @@ class _Run:
             )
         if started_from is not None:
             self.progress.message(started_from[1])
-        self.tracker = Tracker(
-            self.shown,
-            run_dir,
-            ckpt.state.get("tracking_run_id") if ckpt else None,
-            enabled=self.main,
-            context={"world_size": world, "device": str(accelerator.device)},
-            tags={f"gan_dist.{k}": v for k, v in self.lineage.items()},
-            resume_tags=_resume_tags(self.resumes[-1], len(self.resumes)) if changes else None,
+
+    def _resume_from(
+        self, ckpt: checkpoint.Checkpoint, resume_changed: bool
+    ) -> tuple[Recipe, list[Change]]:
+        """The recipe a resume from `ckpt` trains on and what it changes (`resume.py`), with
+        the run's record of its resumes and the prefill's saved scores. Every rank decides
+        alike: the same files, the same recipe."""
+        recipe, cfg = self.recipe, self.recipe.train
+        recipe, changes = check_resume(
+            ckpt.state["recipe"],
+            recipe,
+            ckpt.path,
+            ckpt.step,
+            resume_changed,
+            lineage=ckpt.state.get("lineage"),
+            data_was=ckpt.state.get("data_identity"),
+            data_is=self.data_identity,
         )
+        self.recipe = self.shown = recipe
+        self.resumes = list(ckpt.state.get("resumes", []))
+        # kept only when they score this run's prefill on this run's validation data
+        kept = ckpt.state.get("prefill_metrics") or {}
+        scored = (kept.get("kind"), kept.get("val"))
+        if scored == (recipe.model.prefill, self.data_identity.get("val")):
+            self.prefill_metrics = kept.get("metrics")
+        self.already_complete = cfg.max_steps is not None and ckpt.step >= cfg.max_steps
+        if self.already_complete:  # nothing trains: nothing changes but the tracking
+            self.shown, changes = as_ran(ckpt.state["recipe"], recipe), []
+        if changes:
+            record = {"step": ckpt.step, "changes": {c.path: c.values for c in changes}}
+            self.resumes.append(record)
+        return recipe, changes
 
     def save_checkpoint(self, position: dict[int, int] | None = None) -> Path:
         """A checkpoint at the current step; `position`: the data stream's position to
@@ -480,6 +478,14 @@ class _Run:
             except StopRequested as exc:
                 return self.stopped(str(exc))
             region = self.profiler.region if self.profiler else _no_region
+            step_on = partial(
+                train_step,
+                nets=Nets(self.G, self.D, self.opt_g, self.opt_d),
+                objective=objective,
+                accelerator=accelerator,
+                grad_clip=recipe.optim.grad_clip,
+                channels_last=cfg.channels_last,
+            )
             self.waits = DataWait()
             while self.step < (cfg.max_steps or math.inf):
                 update_g = (self.step + 1) % objective.n_critic == 0
@@ -494,9 +500,8 @@ class _Run:
                         batches = [next(self.batches) for _ in range(cfg.grad_accum)]
                 except StopRequested as exc:
                     return self.stopped(str(exc), position)
-                nets = (self.G, self.D, self.opt_g, self.opt_d, recipe, accelerator)
                 with region("train_step"):  # every micro-batch's losses count, not the last
-                    losses = [train_step(b, *nets, update_g, r1_due) for b in batches]
+                    losses = [step_on(b, update_g=update_g, r1_due=r1_due) for b in batches]
                 if update_g:
                     self.ema.update(accelerator.unwrap_model(self.G))
                     self.sched_g.step()
@@ -776,129 +781,6 @@ class _Run:
             self.lock.release()
 
 
-def train_step(
-    batch: Batch,
-    G: nn.Module,
-    D: nn.Module,
-    opt_g,
-    opt_d,
-    recipe: Recipe,
-    accelerator,
-    update_g: bool,
-    r1_due: bool = False,
-) -> dict[str, torch.Tensor]:
-    """One batch: a discriminator update, then (every n_critic steps) a generator update.
-    `r1_due`: add the lazy R1 penalty to this discriminator step (objective.r1_weight)."""
-    obj = recipe.objective
-    adversarial = adversarial_for(obj)
-    fmt = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
-    damaged, clean, mask, start = (
-        batch[k].to(accelerator.device, non_blocking=True).contiguous(memory_format=fmt)
-        if k in batch
-        else None
-        for k in ("damaged", "clean", "mask", "start")
-    )
-    losses: dict[str, torch.Tensor] = {}
-    with accelerator.accumulate(G, D):
-        # 1. the repair; kept in the graph only when the generator learns from it this step
-        with torch.set_grad_enabled(update_g), accelerator.autocast():
-            fake = G(damaged, mask, start)
-
-        # 2. discriminator: real and repaired pairs in one forward (one DDP forward per
-        #    backward, and batch-norm statistics over both), plus interpolates for WGAN-GP
-        r1 = bool(obj.r1_weight) and r1_due
-        judged = clean.detach().requires_grad_(True) if r1 else clean
-        real_in = torch.cat([damaged, mask, judged], dim=1)
-        fake_in = torch.cat([damaged, mask, fake.detach()], dim=1)
-        parts = [real_in, fake_in]
-        if obj.critic:
-            eps = torch.rand(len(real_in), 1, 1, 1, device=real_in.device)
-            interp = (eps * real_in + (1 - eps) * fake_in).requires_grad_(True)
-            parts.append(interp)
-        with accelerator.autocast():
-            logits, feats = D(torch.cat(parts), features=True)
-        chunks = logits.float().chunk(len(parts))
-        real_logits, fake_logits = chunks[0], chunks[1]
-        generated = generated_share(mask, fake_logits) if obj.mask_aware else None
-        loss_d = adversarial.d(real_logits, fake_logits, generated)
-        losses["d_adv"] = loss_d.detach()
-        if r1:  # lazy regularisation: every r1_every steps, as many times the weight
-            penalty = r1_penalty(real_logits, judged)
-            loss_d = loss_d + 0.5 * obj.r1_weight * obj.r1_every * penalty
-            losses["d_r1"] = penalty.detach()
-        if obj.critic:
-            gp = gradient_penalty(chunks[2], interp)
-            loss_d = loss_d + obj.gp_weight * gp
-            losses["d_gp"] = gp.detach()
-        accelerator.backward(loss_d)
-        if recipe.optim.grad_clip and accelerator.sync_gradients:
-            accelerator.clip_grad_norm_(D.parameters(), recipe.optim.grad_clip)
-        opt_d.step()
-        opt_d.zero_grad(set_to_none=True)
-        losses["d_real"] = real_logits.detach().mean()
-        losses["d_fake"] = fake_logits.detach().mean()
-
-        # 3. generator: fool the (frozen) discriminator and stay close to the clean image
-        if update_g:
-            plain_d = accelerator.unwrap_model(D)
-            plain_d.requires_grad_(False)
-            with accelerator.autocast():
-                g_logits, g_feats = plain_d(torch.cat([damaged, mask, fake], dim=1), features=True)
-            g_adv = adversarial.g(g_logits.float()).mean()
-            g_rec = reconstruction(
-                fake, clean, mask, obj.l1_weight, obj.hole_l1_weight, obj.l1_lowpass_sigma
-            )
-            loss_g = obj.adversarial_weight * g_adv + g_rec
-            losses["g_adv"], losses["g_rec"] = g_adv.detach(), g_rec.detach()
-            if obj.feature_matching_weight:
-                real_feats = [f.chunk(len(parts))[0] for f in feats]
-                g_fm = feature_matching(real_feats, g_feats)
-                loss_g = loss_g + obj.feature_matching_weight * g_fm
-                losses["g_fm"] = g_fm.detach()
-            if obj.ssim_weight:
-                g_ssim = structural_dissimilarity(fake, clean)
-                loss_g = loss_g + obj.ssim_weight * g_ssim
-                losses["g_ssim"] = g_ssim.detach()
-            if obj.texture_weight:
-                g_texture = texture_swd(fake, clean, mask)
-                loss_g = loss_g + obj.texture_weight * g_texture
-                losses["g_texture"] = g_texture.detach()
-            accelerator.backward(loss_g)
-            plain_d.requires_grad_(True)
-            if recipe.optim.grad_clip and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(G.parameters(), recipe.optim.grad_clip)
-            opt_g.step()
-            opt_g.zero_grad(set_to_none=True)
-    losses["d_loss"] = loss_d.detach()
-    return losses
-
-
-def _optimizer(net: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return cls(net.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-
-
-def _scheduler(opt: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_scheduler.LambdaLR:
-    """Warm-up, then constant, linear decay to 0, or cosine to 0, over train.max_steps. Stepped
-    once per optimiser step by the loop (not by Accelerate, which would step it once per
-    process)."""
-    sched, total = recipe.optim.schedule, recipe.train.max_steps
-
-    def factor(step: int) -> float:
-        if step < sched.warmup_steps:
-            return (step + 1) / sched.warmup_steps
-        if total is None:  # a time budget only: the recipe allows a constant schedule alone
-            return 1.0
-        frac = (step - sched.warmup_steps) / max(1, total - sched.warmup_steps)
-        if sched.kind == "linear":
-            return max(0.0, 1.0 - frac)
-        if sched.kind == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
 def _initialise(
     start: InitialWeights, recipe: Recipe, G: nn.Module, D: nn.Module, ema: EMA
 ) -> tuple[InitialWeights, str]:
@@ -1031,20 +913,10 @@ def _validate(
     stop: StopFlag,
     perceptual: PerceptualMetrics | None = None,
 ) -> dict[str, float]:
-    data = recipe.data
-    stream = make_stream(
-        val,
-        StreamConfig(
-            data.batch_size,
-            data.channels,
-            train=False,
-            workers=0,
-            rank=accelerator.process_index,
-            world=accelerator.num_processes,
-            allow_shell=data.allow_shell,
-        ),
-        split="val",
+    config = stream_config(
+        recipe, "val", rank=accelerator.process_index, world=accelerator.num_processes
     )
+    stream = make_stream(val, config, split="val")
     generator.eval()
     return evaluate(
         generator,
@@ -1107,27 +979,14 @@ def _rates(images_per_s: float, sched_g, sched_d, schedule) -> dict[str, float]:
     return out
 
 
-GRID_POOL = 8  # the grid's samples are spread over this many times as many held-out ones
-
-
 def _fixed_samples(recipe: Recipe, val: str | None) -> dict[str, torch.Tensor] | None:
     """The same held-out samples every time, so the grids over steps show one repair
     improving. Validation samples when there are any, else the first training samples,
     evenly spaced over the first GRID_POOL x tracking.sample_count: a pack writes an
     image's crops one after another, so the first few would all be crops of one photo."""
-    data, count = recipe.data, recipe.tracking.sample_count
+    count = recipe.tracking.sample_count
     split = "val" if val else "train"
-    stream = make_stream(
-        val or data.train,
-        StreamConfig(
-            GRID_POOL * count,
-            data.channels,
-            train=False,
-            workers=0,
-            allow_shell=data.allow_shell,
-        ),
-        split=split,
-    )
+    stream = make_stream(val or recipe.data.train, stream_config(recipe, "grid"), split=split)
     with torch.random.fork_rng(devices=[]):  # a DataLoader draws its seed: keep resume exact
         pool = next(iter(stream), None)
     if pool is None:
