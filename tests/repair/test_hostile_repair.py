@@ -400,7 +400,9 @@ def test_odd_files_are_rows_and_the_folder_goes_on(model, tmp_path):
     Image.fromarray(np.zeros((60, 60, 3), np.uint8)).save(src / "big.png")  # over --max-pixels
     mask_file(masks / "ok.png")
     for name, (h, w) in {"line.png": (1, 3000), "tiny.png": (2, 2), "big.png": (60, 60)}.items():
-        (masks / name).write_bytes(encode_png(np.full((h, w, 1), 255, np.uint8)))
+        holes = np.full((h, w, 1), 255, np.uint8)
+        holes[0, 0] = 0  # one known pixel: a mask of all hole is refused
+        (masks / name).write_bytes(encode_png(holes))
     args = [str(src), str(tmp_path / "out"), "--mask", str(masks), "--max-pixels", "3000"]
     result = run_cli("repair", *args, "--model", str(model))
     assert result.returncode == 1, result.stdout + result.stderr  # big.png failed

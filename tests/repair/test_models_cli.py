@@ -95,7 +95,9 @@ def empty_cwd(tmp_path, monkeypatch) -> Path:
 def _picture(tmp_path: Path) -> tuple[Path, Path]:
     (tmp_path / "in").mkdir()
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "in" / "x.png")
-    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(tmp_path / "mask.png")
+    holes = np.full((32, 32), 255, np.uint8)
+    holes[0, 0] = 0  # one known pixel: a mask of all hole is refused
+    Image.fromarray(holes).save(tmp_path / "mask.png")
     return tmp_path / "in", tmp_path / "mask.png"
 
 

@@ -293,7 +293,9 @@ def test_a_tampered_registry_artifact_is_refused_without_running_it(packed, tmp_
     from PIL import Image
 
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "in" / "x.png")
-    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(tmp_path / "m.png")
+    holes = np.full((32, 32), 255, np.uint8)
+    holes[0, 0] = 0  # one known pixel: a mask of all hole is refused
+    Image.fromarray(holes).save(tmp_path / "m.png")
     repaired = run_cli(
         "repair",
         str(tmp_path / "in"),
