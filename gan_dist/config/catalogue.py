@@ -1,7 +1,7 @@
 """The generators, discriminators and adversarial objectives built into gan-dist, with their
 typed settings (the recipe keys beside `name`). Builders live in `nets/` and
-`objectives.py` and are imported only when a net is built, so validating a recipe never
-imports torch. Installed packages add their own families the same way (`registry.py`)."""
+`train/losses.py` and are imported only when a net is built, so validating a recipe never
+imports torch. Installed packages add their own families the same way (`families.py`)."""
 
 from __future__ import annotations
 

@@ -92,12 +92,13 @@ class Registry:
                     f"{quoted} is a module reference, and a model file may name only built-in "
                     f"or installed {self.kind}s (a file can be altered; gan-dist imports no "
                     "module it names): install the package that provides it with a "
-                    f"gan_dist.{self.kind}s entry point (docs/recipes.md: plugins)"
+                    f"gan_dist.{self.kind}s entry point (docs/recipes.md, "
+                    '"Your own nets: plugins")'
                 )
             provider = self.provider(name)
             label = f"{self.kind} {quoted} ({provider})"
             return self._plugin(lambda: resolve_reference(name), quoted, label)
-        raise UnknownFamily(self.unknown(name))
+        raise UnknownFamily(self.unknown(name, saved))
 
     def _plugin(self, load: Callable[[], Any], where: str, label: str) -> Family:
         found = import_plugin(load, where)
@@ -138,10 +139,20 @@ class Registry:
             return Provider(packages[0], installed_version(packages[0]))
         return Provider(None, None)
 
-    def unknown(self, name: str) -> str:
+    def unknown(self, name: str, saved: bool = False) -> str:
+        """Why `name` names no family, with the closest names. `saved`: the name was read
+        from a file gan-dist wrote, which may not name a module: the likely cause is that
+        the package providing the family is not installed here."""
         names = self.names()
         close = difflib.get_close_matches(name, names, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
+        if saved:
+            return (
+                f"{shown(name)} is not {article(self.kind)} {self.kind} installed here "
+                f"(available: {', '.join(names)}){hint}; install the package that provides "
+                f"it (the one the run was trained with), which declares it as a "
+                f"gan_dist.{self.kind}s entry point"
+            )
         return (
             f"{shown(name)} is not {article(self.kind)} {self.kind}{hint} (available: "
             f"{', '.join(names)}; or a package.module:name reference)"

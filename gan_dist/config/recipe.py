@@ -3,7 +3,7 @@
 A recipe is YAML validated against pydantic models that reject unknown keys, so a typo such as
 `bach_size` is an error with a hint instead of a silently ignored setting, and every error
 names its dotted path. The nets and the adversarial objective are families from the registry
-(`registry.py`: built in or from an installed plugin), each validating its own settings; a
+(`families.py`: built in or from an installed plugin), each validating its own settings; a
 saved recipe (a checkpoint's, a model's spec) is read back with the `SAVED` context.
 """
 
@@ -363,7 +363,7 @@ def _saved(info: ValidationInfo) -> bool:
 
 
 class _FamilyConfig(Section):
-    """`name` picks a family (`registry.py`: built in, installed, or `package.module:name`);
+    """`name` picks a family (`families.py`: built in, installed, or `package.module:name`);
     every other key is one of that family's typed settings, validated by the family. Saved
     models and checkpoints are read with `context={"saved": True}`: keys that an older
     gan-dist wrote for every family alike are dropped instead of refused."""

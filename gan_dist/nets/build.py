@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 def build_generator(
     model: ModelConfig, channels: int, image_size: int, copies: int = 1
 ) -> RepairNet:
-    """The recipe's generator family (`registry.py`), wrapped in RepairNet. `copies`: how
+    """The recipe's generator family (`config/families.py`), wrapped in RepairNet. `copies`: how
     many times its weights' size the caller will hold (1 to repair; training holds
     gradients, two Adam moments and the EMA too), checked against free memory before the
     net is allocated (see `contract.built`). Raises UnknownFamily when its family is

@@ -450,7 +450,8 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels, on_rows) -> F
             notes += [rule] if rule else []
             if composite and not mask.any():  # an inpainting model keeps every pixel
                 status = "no hole"
-                notes.insert(0, f"mask {job.mask} marks no pixel (white = hole): written unchanged")
+                said = f"mask {job.mask} marks no pixel (white = hole): its pixels kept as they are"
+                notes.insert(0, said)
             elif composite and mask.mean() == 1:  # nothing known: the net paints flat grey
                 raise GanDistError(
                     f"mask {job.mask} marks every pixel as hole (white = hole), so nothing is "

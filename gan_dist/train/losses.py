@@ -50,7 +50,7 @@ class Adversarial:
 
 
 def adversarial_for(objective: ObjectiveConfig) -> Adversarial:
-    """The recipe's adversarial family (`objective.adversarial`, `registry.py`) built with
+    """The recipe's adversarial family (`objective.adversarial`, `config/families.py`) built with
     its settings (`objective.adversarial_settings`); built once, not at every step."""
     return _adversarial(
         objective.adversarial, json.dumps(objective.adversarial_settings, sort_keys=True)

@@ -309,3 +309,21 @@ def test_a_damage_file_with_an_infinite_sigma_is_refused(tmp_path):
     assert any(
         p.startswith("damage[0].sigma[1]: Input should be a finite") for p in info.value.problems
     )
+
+
+def test_a_saved_recipe_naming_a_family_not_installed_says_to_install_it():
+    """A run folder whose plugin package is gone suggested a package.module:name reference,
+    which a file gan-dist wrote may not name (hostile pass, issue 26)."""
+    from gan_dist.config.recipe import SAVED
+
+    raw = load_recipe("quickstart").model_dump(mode="json")
+    raw["model"]["generator"] = {"name": "wide_from_a_gone_package"}
+    with pytest.raises(RecipeError) as caught:
+        validate_recipe(raw, source="state.json", context=SAVED)
+    [problem] = caught.value.problems
+    assert problem.startswith("model.generator.name: 'wide_from_a_gone_package' is not a")
+    assert "install the package that provides it" in problem
+    assert "package.module:name" not in problem
+    with pytest.raises(RecipeError) as caught:  # typed in a recipe, a reference is offered
+        validate_recipe(raw, source="mine.yaml")
+    assert "package.module:name reference" in caught.value.problems[0]
