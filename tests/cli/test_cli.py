@@ -12,6 +12,7 @@ from gan_dist import __version__
 from support import run_cli
 
 
+@pytest.mark.integration
 def test_cli_start_up_imports_no_heavy_module():
     code = (
         "import sys, gan_dist.cli; heavy = {'torch', 'mlflow', 'numpy', 'webdataset', "
@@ -34,6 +35,7 @@ def test_repair_and_the_served_model_share_their_defaults():
     assert defaults == {"tile": TILE, "overlap": OVERLAP, "batch": BATCH}
 
 
+@pytest.mark.integration
 def test_help_and_version():
     result = run_cli("--help")
     assert result.returncode == 0

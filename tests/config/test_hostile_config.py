@@ -56,6 +56,7 @@ def test_a_hostile_recipe_is_refused_quickly_with_one_line(tmp_path, case):
     assert expected in message and str(path) in message and len(message) < 400
 
 
+@pytest.mark.integration
 def test_the_reported_alias_bomb_through_the_commands(tmp_path):
     path = tmp_path / "bomb.yaml"
     path.write_text(alias_bomb("data.batch_size"))
@@ -79,6 +80,7 @@ def test_an_error_quotes_only_an_excerpt_of_a_huge_value(tmp_path):
 # --- no shell unless asked ---------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_the_reported_pipe_command_never_runs(packed, tmp_path):
     marker = tmp_path / "X"
     shard = sorted(packed.glob("train-*.tar"))[0]
@@ -96,6 +98,7 @@ def test_the_reported_pipe_command_never_runs(packed, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.integration
 def test_an_allowed_pipe_is_announced_and_runs(packed, tmp_path):
     shard = sorted(packed.glob("train-*.tar"))[0]
     settings = ["--set", f"data.train=pipe:cat {shard}", "--set", "data.allow_shell=true"]
@@ -110,6 +113,7 @@ def test_an_allowed_pipe_is_announced_and_runs(packed, tmp_path):
     assert sum(len(b["clean"]) for b in make_stream(f"pipe:cat {shard}", config)) == 4
 
 
+@pytest.mark.integration
 def test_shards_are_read_from_a_web_server_without_a_shell(packed, tmp_path):
     served = tmp_path / "served"
     served.mkdir()
@@ -194,6 +198,7 @@ def test_a_broken_spec_is_one_line_naming_spec_json(model_copy, case):
     assert SPEC in message and "\n" not in message and len(message) < 500
 
 
+@pytest.mark.integration
 def test_a_broken_spec_through_repair_has_no_traceback(model_copy, tmp_path):
     (model_copy / SPEC).write_text(json.dumps(_spec(model_copy) | {"tile_size": -5}))
     image = tmp_path / "a.png"
@@ -278,6 +283,7 @@ def test_integer_weights_are_refused(model_copy):
         load_model(str(model_copy))
 
 
+@pytest.mark.integration
 def test_the_slurm_job_runs_where_launch_ran(tmp_path):
     here = tmp_path / "project"
     here.mkdir()

@@ -296,6 +296,7 @@ def test_a_plugin_that_declares_a_built_in_name_is_named_and_the_built_in_kept(s
 # --- finding 8: plugin code that ends the process ---
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("how", "setting"),
     [
@@ -431,6 +432,7 @@ def test_a_net_too_large_for_memory_is_refused_before_it_is_allocated(site):
     assert psutil.Process().memory_info().rss - before < 2**30 and time.monotonic() - started < 30
 
 
+@pytest.mark.integration
 def test_the_command_exits_2_with_one_line(site, packed, tmp_path):
     install(
         site,

@@ -51,6 +51,7 @@ def test_ordinary_zstd_parts_still_decode_exactly():
         assert np.array_equal(decode_part("clean.npy.zst", encode_array(arr)), arr)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("size", ["8", "16", "31"])
 def test_pack_refuses_a_size_no_net_trains_on(photo_dir, tmp_path, size):
     result = pack_cli(str(photo_dir), str(tmp_path / "out"), "--size", size)
@@ -72,6 +73,7 @@ def test_an_exact_repair_scores_a_finite_psnr():
     assert torch.allclose(scores["hole_psnr"], torch.full((2,), MAX_PSNR))
 
 
+@pytest.mark.integration
 def test_eval_on_a_folder_names_what_it_skipped_and_prints_valid_json(tmp_path):
     model = make_model(tmp_path / "model")
     folder = tmp_path / "photos"
@@ -94,6 +96,7 @@ def test_eval_on_a_folder_names_what_it_skipped_and_prints_valid_json(tmp_path):
     assert [s["file"] for s in report["skipped"]] == ["thumb.png"]
 
 
+@pytest.mark.integration
 def test_eval_on_a_folder_with_nothing_scorable_names_the_files(tmp_path):
     model = make_model(tmp_path / "model")
     folder = tmp_path / "photos"

@@ -15,6 +15,7 @@ from gan_dist.data.pack import PackOptions, pack_folder, pack_pairs
 from support import gradient16, options, pack_cli, read_samples, save_pil
 
 
+@pytest.mark.integration
 def test_the_reported_case_a_users_backup_tar_survives_overwrite(photo_dir, tmp_path):
     out = tmp_path / "out"
     assert pack_cli(str(photo_dir), str(out), "--size", "32").exit_code == 0
@@ -62,6 +63,7 @@ def test_a_hostile_manifest_cannot_point_overwrite_outside_out(photo_dir, tmp_pa
     assert victim.read_text() == "keep me"
 
 
+@pytest.mark.integration
 def test_out_is_src_is_named(photo_dir, tmp_path):
     result = pack_cli(str(photo_dir), str(photo_dir), "--size", "32")
     assert result.exit_code == 1 and "OUT is SRC" in result.output
@@ -112,6 +114,7 @@ def test_a_file_name_that_is_not_utf8_is_packed_like_any_other(tmp_path):
     assert result.packed_images == 3
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args", [["--size", "100000"], ["--size", "10" * 20], ["--seed", "-1"]])
 def test_pack_options_out_of_range_are_one_line_refusals(photo_dir, tmp_path, args):
     result = pack_cli(str(photo_dir), str(tmp_path / "out"), "--size", "32", *args)

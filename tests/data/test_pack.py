@@ -21,6 +21,7 @@ from support import gradient16, options, pack_cli, read_samples, save_pil
 runner = CliRunner()
 
 
+@pytest.mark.integration
 def test_messy_folder_packs_what_it_can_and_lists_every_skip(messy_dir, tmp_path):
     out = tmp_path / "out"
     result = pack_cli(str(messy_dir), str(out), "--size", "48", "--val-fraction", "0")
@@ -45,6 +46,7 @@ def test_messy_folder_packs_what_it_can_and_lists_every_skip(messy_dir, tmp_path
     assert sources == ["alpha.png", "cmyk.jpg", "deep16.png", "sub/good.png"]
 
 
+@pytest.mark.integration
 def test_nothing_packable_fails_and_writes_nothing(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -57,6 +59,7 @@ def test_nothing_packable_fails_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["missing", "empty", "file"])
 def test_bad_src_is_refused_before_anything_is_written(tmp_path, kind):
     src = tmp_path / "src"
@@ -72,6 +75,7 @@ def test_bad_src_is_refused_before_anything_is_written(tmp_path, kind):
     assert not out.exists()
 
 
+@pytest.mark.integration
 def test_existing_shards_are_kept_unless_overwrite(photo_dir, tmp_path):
     out = tmp_path / "out"
     assert pack_cli(str(photo_dir), str(out), "--size", "32").exit_code == 0
@@ -84,6 +88,7 @@ def test_existing_shards_are_kept_unless_overwrite(photo_dir, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["image_size"] == 40
 
 
+@pytest.mark.integration
 def test_unwritable_out_is_a_clear_error(photo_dir, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -210,6 +215,7 @@ def test_a_bad_array_part_is_named_by_inspect_and_skipped_by_training(tmp_path, 
     check_shards(str(shard), 1, 32, "data.train")  # the next sample tells the shape
 
 
+@pytest.mark.integration
 def test_an_unknown_codec_is_refused_before_anything_is_written(photo_dir, tmp_path):
     result = pack_cli(str(photo_dir), str(tmp_path / "out"), "--codec", "jpeg")
     assert result.exit_code != 0 and "--codec must be auto, png or zstd" in result.output
@@ -336,6 +342,7 @@ def test_out_inside_src_is_not_read_as_input(photo_dir, tmp_path):
     assert again.skipped == [] and again.packed_images == 6
 
 
+@pytest.mark.integration
 def test_paired_mode_refuses_damage(tmp_path):
     result = pack_cli(
         "--clean",
@@ -349,6 +356,7 @@ def test_paired_mode_refuses_damage(tmp_path):
     assert result.exit_code == 1 and "--damage applies to clean images" in result.output
 
 
+@pytest.mark.integration
 def test_paired_mode_needs_both_folders(tmp_path):
     result = pack_cli("--clean", str(tmp_path), str(tmp_path / "out"))
     assert result.exit_code == 1 and "needs both --clean DIR and --damaged DIR" in result.output

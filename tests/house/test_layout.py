@@ -130,3 +130,28 @@ def test_the_tests_mirror_the_package():
     for path in tests.rglob("test_*.py"):
         where = path.relative_to(tests).parts
         assert len(where) == 2 and where[0] in allowed, f"tests/{'/'.join(where)}"
+
+
+SPAWNS = ("run_cli(", "pack_cli(", "train_quickstart(", "subprocess.", "Popen(")
+
+
+def test_a_test_that_starts_a_process_is_marked_integration():
+    """`pytest -m "not integration"` is the inner loop: a test that starts the CLI or any
+    other process in its own body belongs to the integration tests (issue 26)."""
+    unmarked = []
+    for path in sorted(Path(__file__).parents[1].rglob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        if any(
+            isinstance(n, ast.Assign)
+            and "pytestmark" in ast.unparse(n)
+            and "integration" in ast.unparse(n)
+            for n in tree.body
+        ):
+            continue
+        for node in tree.body:
+            if not (isinstance(node, ast.FunctionDef) and node.name.startswith("test_")):
+                continue
+            marked = any("integration" in ast.unparse(d) for d in node.decorator_list)
+            if not marked and any(s in ast.unparse(node) for s in SPAWNS):
+                unmarked.append(f"{path.name}::{node.name}")
+    assert not unmarked, "start a process but are not marked integration: " + ", ".join(unmarked)

@@ -36,6 +36,7 @@ def submit(packed: Path, steps: int, run_dir: Path, *extra: str, **settings: obj
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_dry_run_renders_a_multi_node_gpu_script(tmp_path):
     result = run_cli(
         "launch",
@@ -78,6 +79,7 @@ def test_dry_run_renders_a_multi_node_gpu_script(tmp_path):
     assert syntax.returncode == 0, syntax.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("recipe", ["medical", "quickstart"])
 def test_rendered_script_passes_shellcheck(tmp_path, recipe):
     result = run_cli("launch", recipe, "--slurm", "--dry-run", "--run-dir", str(tmp_path))
@@ -91,6 +93,7 @@ def test_rendered_script_passes_shellcheck(tmp_path, recipe):
     assert check.returncode == 0, check.stdout
 
 
+@pytest.mark.integration
 def test_dockerfile_lints_clean():
     root = Path(__file__).parents[2]
     check = subprocess.run(

@@ -49,6 +49,7 @@ def snapshot(*folders: Path) -> dict[Path, bytes]:
 # --- outputs never land on inputs or masks ---------------------------------------------------
 
 
+@pytest.mark.integration
 def test_the_reported_case_an_input_file_and_its_own_folder_as_output(model, tmp_path):
     original = photo(tmp_path / "photos" / "a.png")
     before = original.read_bytes()
@@ -127,6 +128,7 @@ def test_masks_match_by_exact_relative_path_and_full_stem(tmp_path, image, masks
     assert found == expected
 
 
+@pytest.mark.integration
 def test_two_masks_for_one_image_fail_that_image_naming_both(model, tmp_path):
     photo(tmp_path / "src" / "a.png")
     photo(tmp_path / "src" / "b.png")
@@ -191,6 +193,7 @@ def test_a_missing_mask_names_the_file_looked_for_and_the_masks_left_over(tmp_pa
     assert "masks/b/a does not exist" in {j.image.name: j for j in missing}["day.jpg"].no_mask
 
 
+@pytest.mark.integration
 def test_lama_layout_masks_beside_their_images_are_masks_not_images(model, tmp_path):
     """LaMa's eval folders keep `x.png` beside `x_mask000.png`: with the same folder as INPUT
     and --mask, the masks pair with their images and are never repaired themselves; an
@@ -268,6 +271,7 @@ def test_one_binarisation_rule_takes_0_1_masks_and_says_so(tmp_path, values, dty
     assert (rule in applied) if rule else applied == ""
 
 
+@pytest.mark.integration
 def test_a_0_1_mask_repairs_its_hole_and_an_empty_mask_is_its_own_status(model, tmp_path):
     photo(tmp_path / "src" / "ones.png")
     photo(tmp_path / "src" / "empty.png")
@@ -288,6 +292,7 @@ def test_a_0_1_mask_repairs_its_hole_and_an_empty_mask_is_its_own_status(model, 
     assert not np.array_equal(out[m], src[m]) and np.array_equal(out[~m], src[~m])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("high", [255, 1])
 def test_a_mask_of_all_hole_fails_saying_to_invert_it(model, tmp_path, high):
     """An inverted mask (black = hole) left nothing known: the net painted the whole image
@@ -308,6 +313,7 @@ def test_a_mask_of_all_hole_fails_saying_to_invert_it(model, tmp_path, high):
 # --- pixels kept exactly, or the user is told -------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_a_non_finite_pixel_fails_the_file_instead_of_blanking_it(grey, tmp_path, dtype, bad):
@@ -324,6 +330,7 @@ def test_a_non_finite_pixel_fails_the_file_instead_of_blanking_it(grey, tmp_path
     assert "NaN or infinite" in result.stdout and not (tmp_path / "out" / "scan.tif").exists()
 
 
+@pytest.mark.integration
 def test_lossless_webp_stays_lossless_and_jpeg_is_named(model, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -347,6 +354,7 @@ def test_lossless_webp_stays_lossless_and_jpeg_is_named(model, tmp_path):
     assert np.array_equal(read_image(tmp_path / "out" / "b.png").pixels[~m], decoded[~m])
 
 
+@pytest.mark.integration
 def test_16_bit_grey_alpha_keeps_depth_and_alpha(grey, tmp_path):
     rng = np.random.default_rng(1)
     arr = rng.integers(0, 65536, (40, 48, 2), dtype=np.uint16)
@@ -362,6 +370,7 @@ def test_16_bit_grey_alpha_keeps_depth_and_alpha(grey, tmp_path):
     assert np.array_equal(back[:, :, 0][~m], arr[:, :, 0][~m])
 
 
+@pytest.mark.integration
 def test_16_bit_into_a_format_that_cannot_hold_it_fails_before_computing(model, tmp_path):
     arr = np.random.default_rng(2).integers(0, 65536, (40, 48, 3), dtype=np.uint16)
     (tmp_path / "deep.png").write_bytes(encode_png(arr))
@@ -391,6 +400,7 @@ def test_a_size_the_output_format_cannot_hold_fails_before_computing(
 # --- one file never stops a folder; every file is named whole ---------------------------------
 
 
+@pytest.mark.integration
 def test_odd_files_are_rows_and_the_folder_goes_on(model, tmp_path):
     src = tmp_path / "a-rather-long-folder-name-that-a-table-would-cut" / "src"
     masks = tmp_path / "m"
@@ -416,6 +426,7 @@ def test_odd_files_are_rows_and_the_folder_goes_on(model, tmp_path):
     assert "3 repaired, 1 failed, 0 skipped" in result.stdout
 
 
+@pytest.mark.integration
 def test_every_table_names_each_cell_whole_outside_a_terminal():
     """`models list`, `data pack` and `repair` print through the same consoles: in a SLURM
     log or a pipe, neither a long file name nor a header may be cut to fit 80 columns."""
@@ -437,6 +448,7 @@ def test_every_table_names_each_cell_whole_outside_a_terminal():
     assert "…" not in done.stdout
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("dtype", [np.float32, np.int16, np.uint32, np.float64])
 def test_float_and_wide_tiffs_come_back_in_their_own_type_with_known_values_exact(
     grey, tmp_path, dtype
@@ -461,6 +473,7 @@ def test_float_and_wide_tiffs_come_back_in_their_own_type_with_known_values_exac
     assert arr.min() <= back[m].min() and back[m].max() <= arr.max()
 
 
+@pytest.mark.integration
 def test_a_multi_page_tiff_fails_instead_of_losing_pages(grey, tmp_path):
     import tifffile
 
@@ -481,6 +494,7 @@ def test_format_and_an_output_suffix_that_disagree_are_refused(tmp_path):
         plan(photo(tmp_path / "a.jpg"), tmp_path / "b.jpg", None, "png")
 
 
+@pytest.mark.integration
 def test_an_empty_mask_writes_the_image_unchanged_over_an_older_output(model, tmp_path):
     src = photo(tmp_path / "a.png")
     out = tmp_path / "out.png"
@@ -515,6 +529,7 @@ def test_a_float_tiff_bomb_is_refused_before_it_is_decoded(tmp_path):
     assert grown_mb < 100, f"peak RSS grew {grown_mb:.0f} MB"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("role", ["image", "mask"])
 def test_a_one_bit_min_is_white_tiff_is_read(grey, tmp_path, role):
     """tifffile writes bool pages as min-is-white 1-bit (the fax layout): read as 0/255,

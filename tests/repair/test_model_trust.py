@@ -67,6 +67,7 @@ def test_a_spec_naming_a_module_is_refused_without_importing_it(field, planted, 
     assert name not in sys.modules
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("reference", ["this:x", "mlflow.__main__:cli", "tifffile.__main__:main"])
 def test_repair_with_a_tampered_spec_runs_nothing(reference, tmp_path):
     """The issue's instances, through the command a user runs: the Zen of Python was

@@ -57,6 +57,7 @@ def test_bf16_repair_keeps_known_pixels_exact_and_holes_within_a_level(inpaint, 
     assert np.array_equal(auto, out[expected])
 
 
+@pytest.mark.integration
 def test_cli_precision_is_checked_and_reported(inpaint, tmp_path):
     Image.fromarray(np.zeros((40, 40, 3), np.uint8) + 90).save(tmp_path / "a.png")
     Image.fromarray(hole(40, 40).astype(np.uint8) * 255).save(tmp_path / "m.png")
@@ -170,6 +171,7 @@ def _photo() -> Path:
     return Path(skimage.data.__file__).parent / "astronaut.png"
 
 
+@pytest.mark.integration
 def test_cli_folder_repair_keeps_paths_depth_and_never_overwrites(inpaint, tmp_path):
     src, masks, out = tmp_path / "scans", tmp_path / "masks", tmp_path / "repaired"
     deep = gradient16(48, 40)
@@ -205,6 +207,7 @@ def test_cli_folder_repair_keeps_paths_depth_and_never_overwrites(inpaint, tmp_p
     assert before == {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
 
 
+@pytest.mark.integration
 def test_a_finished_folder_is_skipped_without_loading_the_model(inpaint, tmp_path):
     src, masks, out = tmp_path / "photos", tmp_path / "masks", tmp_path / "repaired"
     for folder in (src, masks):
@@ -227,6 +230,7 @@ def test_a_finished_folder_is_skipped_without_loading_the_model(inpaint, tmp_pat
     assert (out / "a.png").read_bytes() == written
 
 
+@pytest.mark.integration
 def test_dicom_in_gives_16_bit_png_out(inpaint, tmp_path):
     pydicom = pytest.importorskip("pydicom")
     ds = blank_dicom(tmp_path / "x.dcm", "1.2.840.10008.5.1.4.1.1.4")
@@ -277,6 +281,7 @@ def dicom(
     return path
 
 
+@pytest.mark.integration
 def test_dicom_modality_values_come_back_from_the_output_and_its_summary(inpaint, tmp_path):
     """Every DICOM kind is written as 16-bit levels of its own value range; the PNG's text
     chunks and the --json detail say how, and known pixels give back their modality values
@@ -352,6 +357,7 @@ def test_dicom_modality_values_come_back_from_the_output_and_its_summary(inpaint
     assert description == Image.open(tmp_path / "out" / "mono1.png").text["Description"]
 
 
+@pytest.mark.integration
 def test_eval_scores_shards_and_folders_of_clean_images(inpaint, packed, photo_dir):
     on_shards = run_cli("eval", "--model", str(inpaint), "--data", str(packed), "--json")
     assert on_shards.returncode == 0, on_shards.stderr
@@ -368,6 +374,7 @@ def test_eval_scores_shards_and_folders_of_clean_images(inpaint, packed, photo_d
     assert "its biharmonic prefill alone" in table.stdout
 
 
+@pytest.mark.integration
 def test_eval_shows_what_the_net_adds_to_its_prefill(inpaint, packed, photo_dir):
     """Issue 25: hole PSNR read the same at every step, after fine-tuning and for a tiny
     plugin net, and nothing said whether the net added anything to its prefill. Eval scores
@@ -394,6 +401,7 @@ def test_eval_shows_what_the_net_adds_to_its_prefill(inpaint, packed, photo_dir)
     assert missing.returncode == 1 and "nope" in missing.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["rgba.png", "la.png", "rgba16.png", "rgba.tif"])
 def test_alpha_comes_back_untouched(inpaint, tmp_path, name):
     import tifffile
