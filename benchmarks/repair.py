@@ -108,6 +108,7 @@ def run_repair(model: str, image: Path, mask: Path, out: Path, tile: int) -> dic
 def seams(model: str, work: Path, size: int, box: tuple[int, int] | None = None) -> dict:
     """Untiled vs tiled on one image: where do they differ? `box`: one (width, height) hole
     across the first tile junction instead of brush strokes."""
+    from gan_dist.repair import tiles
     from gan_dist.repair.model_file import load_model
     from gan_dist.repair.tiles import _starts, repair_array
 
@@ -137,8 +138,12 @@ def seams(model: str, work: Path, size: int, box: tuple[int, int] | None = None)
             "known_pixels_changed": int((diff[~mask] > 0).sum()),
         }
 
-    # before: every tile solved the prefill of its own part of the hole
-    with mock.patch("gan_dist.repair.tiles._hole_fills", return_value=[]):
+    # before: every tile solved the prefill of its own part of the hole (no groups of holes
+    # solved once: the net fills each tile's part itself)
+    whole_groups = tiles._Prefills
+    with mock.patch.object(
+        tiles, "_Prefills", lambda px, m, boxes, kind, ch: whole_groups(px, m, [], kind, ch)
+    ):
         per_tile = against_untiled()
     return {
         "hole_pixels": int(mask.sum()),
