@@ -448,11 +448,12 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels, on_rows) -> F
         if job.mask is not None:
             mask, rule = read_mask(job.mask, (height, width), max_pixels, stack)
             notes += [rule] if rule else []
-            if composite and not mask.any():  # an inpainting model keeps every pixel
+            share = float(mask.mean())  # of pixels in holes: one pass over a mask of any size
+            if composite and share == 0:  # an inpainting model keeps every pixel
                 status = "no hole"
                 said = f"mask {job.mask} marks no pixel (white = hole): its pixels kept as they are"
                 notes.insert(0, said)
-            elif composite and mask.mean() == 1:  # nothing known: the net paints flat grey
+            elif composite and share == 1:  # nothing known: the net paints flat grey
                 raise GanDistError(
                     f"mask {job.mask} marks every pixel as hole (white = hole), so nothing is "
                     "left to repair from; if black marks the holes, invert the mask"
@@ -480,7 +481,7 @@ def _repair_one(model, job: Job, tile, overlap, batch, max_pixels, on_rows) -> F
         elif picture.alpha is not None:
             rows = _with_alpha(rows, picture.alpha)
         notes += _write(job.target, suffix, rows, height, storage, mask)
-    holes = f"{mask.mean():.1%} of pixels" if mask is not None else "all pixels"
+    holes = f"{share:.1%} of pixels" if mask is not None else "all pixels"
     detail = "; ".join(notes if status == "no hole" else [holes, *notes])
     return FileResult(job.image, job.target, status, detail, 0, size)
 
