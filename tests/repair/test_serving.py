@@ -16,6 +16,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -168,6 +169,19 @@ def test_a_served_detail_names_the_request_params_never_a_cli_flag(saved_model, 
         lambda: model.unwrap_python_model().service.model, [job], 256, 32, 4, False
     )
     assert result.detail.endswith("(--format png keeps them exact)"), result.detail
+
+
+@pytest.fixture(autouse=True)
+def abandoned_rows_stop():
+    """A row answered for at the deadline goes on in its thread until its next band: each
+    test waits for those to stop (bounded), so that none still runs, and allocates, under a
+    later test's measurements."""
+    yield
+    deadline = time.monotonic() + 120
+    for worker in threading.enumerate():
+        if worker.name == "gan-dist-serve-row":
+            worker.join(max(deadline - time.monotonic(), 0))
+            assert not worker.is_alive(), "an abandoned row did not stop within 120 s"
 
 
 def test_a_row_that_cannot_finish_in_the_servers_time_is_not_started(saved_model, monkeypatch):
