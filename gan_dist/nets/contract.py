@@ -18,6 +18,7 @@ forward is not wrapped (no cost).
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import torch
@@ -144,6 +145,13 @@ def _hold_to_contract(family: Family, kind: str, net: nn.Module, dims: dict[str,
     net.forward = types.MethodType(forward, net)
 
 
+def _eager(refuse: Callable[..., NoReturn]) -> Callable[..., NoReturn]:
+    """`refuse` as torch.compile must run it, outside its graph (torch.compiler.disable);
+    wrapped only while compiling, because the wrapper imports torch._dynamo, 0.9 s of every
+    command's start that never compiles (a repair's included)."""
+    return torch.compiler.disable(refuse) if torch.compiler.is_compiling() else refuse
+
+
 # what the trainer, the objectives and RepairNet's compositing take without promoting (a
 # float64 image made the discriminator fail on its float32 weights)
 FLOATS = (torch.float32, torch.bfloat16, torch.float16)
@@ -155,13 +163,12 @@ def _generator_result(
     x = _input(args, kwargs)
     want = (len(x), dims["out_channels"], *x.shape[2:])
     if not (isinstance(out, torch.Tensor) and tuple(out.shape) == want and out.dtype in FLOATS):
-        _refuse_generator(family, x, want, out)
+        _eager(_refuse_generator)(family, x, want, out)
     if out.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
-        _refuse_generator(family, x, want, out)  # half precision asked for by nobody
+        _eager(_refuse_generator)(family, x, want, out)  # half precision asked for by nobody
     _check_place(family, net, x, out)
 
 
-@torch.compiler.disable
 def _refuse_generator(family: Family, x: torch.Tensor, want: tuple, out: Any) -> NoReturn:
     got = tuple(out.shape) if isinstance(out, torch.Tensor) else None
     if got != want:
@@ -194,11 +201,10 @@ def _discriminator_result(
         and all(isinstance(f, torch.Tensor) and f.shape[:1] == (n,) for f in maps)
     )
     if not fine:
-        _refuse_discriminator(family, x, bool(features), out, logits)
+        _eager(_refuse_discriminator)(family, x, bool(features), out, logits)
     _check_place(family, net, x, logits)
 
 
-@torch.compiler.disable
 def _refuse_discriminator(
     family: Family, x: torch.Tensor, features: bool, out: Any, logits: Any
 ) -> NoReturn:
@@ -225,10 +231,9 @@ def _check_place(family: Family, net: nn.Module, x: torch.Tensor, out: torch.Ten
         and (x.requires_grad or any(p.requires_grad for p in net.parameters()))
     )
     if out.device != x.device or detached:
-        _refuse_place(family, x, out)
+        _eager(_refuse_place)(family, x, out)
 
 
-@torch.compiler.disable
 def _refuse_place(family: Family, x: torch.Tensor, out: torch.Tensor) -> NoReturn:
     if out.device != x.device:
         raise PluginError(
