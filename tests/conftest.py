@@ -15,6 +15,29 @@ from PIL import Image
 from gan_dist.data.images import write_png_atomic
 from support import PLUGIN, gradient16, run_cli, save_pil
 
+# One thread per process, for the processes tests start too: tiny nets gain nothing from a
+# second, and with a test worker per core (pytest-xdist) every extra thread competes for the
+# cores; the same tests took twice as long with torch's default of one thread per core.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests run on as many workers as there are cores (pytest-xdist, `--dist loadgroup`).
+    Those that share something costly run on one worker, which makes it once: the SLURM
+    cluster, the demo, and a module's own fixtures (a trained model, an MLflow server)."""
+    for item in items:
+        defs = item._fixtureinfo.name2fixturedefs
+        if "slurm" in defs:
+            group = "slurm"
+        elif "demo" in defs:
+            group = "demo"
+        elif any(d[-1].scope == "module" for d in defs.values()):
+            group = item.nodeid.split("::")[0]
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def mlflow_store(tmp_path_factory) -> str:
@@ -161,21 +184,32 @@ def small_disk(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def toy_plugin() -> str:
+def toy_plugin(tmp_path_factory) -> str:
     """tests/fixtures/plugin (package gan-dist-toy) installed into this environment with pip, as a
-    user installs a plugin; its version. Reinstalled every session, so it follows the
-    source."""
+    user installs a plugin; its version. Reinstalled every test run, so it follows the source:
+    by the first worker that needs it, while the others wait (two pips at once in one
+    environment break it)."""
     import importlib
     import importlib.util
     from importlib import metadata
+
+    from filelock import FileLock
 
     from gan_dist.config import families as registry
 
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall"]
     if importlib.util.find_spec("setuptools"):  # else pip fetches it into an isolated build
         cmd.append("--no-build-isolation")
-    done = subprocess.run([*cmd, str(PLUGIN)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+    # the run's folder, shared by its workers; without workers, this session's own
+    run_root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_root = run_root.parent
+    installed = run_root / "toy-plugin-installed"
+    with FileLock(str(installed) + ".lock", timeout=600):
+        if not installed.exists():
+            done = subprocess.run([*cmd, str(PLUGIN)], capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stdout + done.stderr
+            installed.touch()
     importlib.invalidate_caches()
     registry._entry_points.cache_clear()
     return metadata.version("gan-dist-toy")

@@ -256,7 +256,7 @@ def test_slurm_job_trains_two_ranks_tracks_and_registers(slurm, server, packed, 
 
 @pytest.mark.integration
 def test_preempted_job_requeues_and_resumes_in_the_same_run(slurm, server, packed, tmp_path):
-    steps = 400
+    steps = 200  # at least 5 s of steps left after step 20, for the signal to arrive
     run_dir = tmp_path / "run"
     settings = {"tracking.experiment": "preempt", "train.checkpoint_every": 100000}
     result = submit(packed, steps, run_dir, **settings)

@@ -5,14 +5,21 @@ from __future__ import annotations
 import os
 import subprocess
 
+from filelock import FileLock
+
+# test workers (pytest-xdist) that each start a service install one at a time: a second
+# apt-get beside the first fails on dpkg's lock instead of waiting
+LOCK = "/tmp/gan-dist-tests-apt.lock"
+
 
 def apt_install(packages: tuple[str, ...]) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=300)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
-        check=True,
-        env=env,
-        timeout=600,
-        stdout=subprocess.DEVNULL,
-    )
+    with FileLock(LOCK, timeout=900):
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=300)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+            check=True,
+            env=env,
+            timeout=600,
+            stdout=subprocess.DEVNULL,
+        )

@@ -116,7 +116,7 @@ def test_a_crowd_of_registrations_on_a_fresh_store_all_get_their_version(trained
         first = next(iter(weights))
         weights[first] = weights[first] + i
         save_file(weights, copy / "ema.safetensors")
-    for trial in range(3):
+    for trial in range(2):  # the race broke nearly every trial; two catch it
         uri = f"sqlite:///{tmp_path / f'trial{trial}' / 'tracking' / 'mlflow.db'}"
         procs = [
             subprocess.Popen(
