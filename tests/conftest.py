@@ -17,8 +17,9 @@ from support import PLUGIN, gradient16, run_cli, save_pil
 
 # One thread per process, for the processes tests start too: tiny nets gain nothing from a
 # second, and with a test worker per core (pytest-xdist) every extra thread competes for the
-# cores; the same tests took twice as long with torch's default of one thread per core.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# cores; the same tests took twice as long with torch's default of one thread per core. Set
+# over a shell's own value too (SLURM jobs and HPC login shells often set one).
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups

@@ -15,6 +15,8 @@ LOCK = "/tmp/gan-dist-tests-apt.lock"
 def apt_install(packages: tuple[str, ...]) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     with FileLock(LOCK, timeout=900):
+        if _installed(packages):  # by the worker that held the lock before us
+            return
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=300)
         subprocess.run(
             ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
@@ -23,3 +25,13 @@ def apt_install(packages: tuple[str, ...]) -> None:
             timeout=600,
             stdout=subprocess.DEVNULL,
         )
+
+
+def _installed(packages: tuple[str, ...]) -> bool:
+    status = subprocess.run(
+        ["dpkg-query", "-W", "-f=${db:Status-Status}\n", *packages],
+        capture_output=True,
+        text=True,
+    )
+    lines = status.stdout.split()
+    return status.returncode == 0 and lines == ["installed"] * len(packages)
