@@ -16,11 +16,6 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torchmetrics.functional.image import (
-    multiscale_structural_similarity_index_measure,
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
 
 from gan_dist.core.errors import GanDistError
 from gan_dist.core.pixels import to_unit
@@ -59,6 +54,8 @@ def ms_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image MS-SSIM (Wang et al. 2003) of images in [0, 1], (B,) in [0, 1], over
     `ms_ssim_scales` scales (all five from 176 px), their weights renormalised; NaN below
     21 px."""
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+
     scales = ms_ssim_scales(min(pred.shape[-2:]))
     if not scales:
         return torch.full((len(pred),), float("nan"), device=pred.device)
@@ -80,6 +77,12 @@ def repair_metrics(
     hole_psnr (dB), hole_ssim (the SSIM map's mean over the hole) and hole_l1 over the masked
     pixels (NaN for an image without a hole). PSNR is capped at MAX_PSNR dB: an exact
     image has an infinite one, which JSON cannot hold and no mean survives."""
+    # torchmetrics pulls in torchvision and torch._dynamo (about 2 s): only where validation runs
+    from torchmetrics.functional.image import (
+        peak_signal_noise_ratio,
+        structural_similarity_index_measure,
+    )
+
     psnr = peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
     psnr = psnr.clamp(max=MAX_PSNR)
     ssim, ssim_map = structural_similarity_index_measure(

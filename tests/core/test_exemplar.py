@@ -189,18 +189,22 @@ def test_a_resume_that_changes_the_prefill_scores_the_new_one(packed, tmp_path):
 
     run = tmp_path / "run"
     first = train_quickstart(
-        packed, 2, run, **{"model.prefill": "patchmatch", "train.eval_every": 2}
+        packed, 2, run, **{"model.prefill": "patchmatch", "train.eval_every": 2, "data.val": packed}
     )
     assert first.returncode == 0, first.stderr
     said = re.findall(r"the (\S+) prefill alone: hole_psnr ([\d.]+)", first.stdout)
     assert said and said[0][0] == "patchmatch", first.stdout
-    extra = {"model.prefill": "biharmonic", "train.eval_every": 2}
+    extra = {"model.prefill": "biharmonic", "train.eval_every": 2, "data.val": packed}
     again = train_quickstart(packed, 4, run, "--resume-changed", **extra)
     assert again.returncode == 0, again.stderr
     (kind, value), *_ = re.findall(r"the (\S+) prefill alone: hole_psnr ([\d.]+)", again.stdout)
     assert kind == "biharmonic" and value != said[0][1], again.stdout
     last = train_quickstart(
-        packed, 6, run, "--resume-changed", **{"model.prefill": "none", "train.eval_every": 2}
+        packed,
+        6,
+        run,
+        "--resume-changed",
+        **{"model.prefill": "none", "train.eval_every": 2, "data.val": packed},
     )
     assert last.returncode == 0, last.stderr
     assert "step 6 validation" in last.stdout and "prefill alone" not in last.stdout

@@ -145,7 +145,7 @@ def test_two_nodes_on_loopback(packed, tmp_path):
         "127.0.0.1",
         "--main-port",
         port,
-        *tiny(packed, 4, **{"tracking.enabled": "false"}),
+        *tiny(packed, 4, **{"tracking.enabled": "false", "data.val": packed}),
         "--run-dir",
         str(tmp_path / "run"),
     ]

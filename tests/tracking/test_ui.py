@@ -41,7 +41,11 @@ def finished_run(packed, tmp_path_factory) -> tuple[Path, str]:
     in a store of its own: (its folder, the store's URI)."""
     folder = tmp_path_factory.mktemp("ui")
     store = f"sqlite:///{folder / 'mlflow.db'}"
-    settings = {"tracking.experiment": "ui-test", "train.log_every": 1}
+    settings = {
+        "tracking.experiment": "ui-test",
+        "train.log_every": 1,
+        "data.val": packed,
+    }
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MLFLOW_TRACKING_URI", store)  # it wins over the recipe's tracking.uri
         trained = run_cli(

@@ -44,7 +44,13 @@ class Trainer:
     """`gan-dist train quickstart` in its own process group, its output read as it comes."""
 
     def __init__(self, shards: Path, run_dir: Path, steps: int = 100000, env=None, **extra):
-        settings = {"train.checkpoint_every": 2, "data.workers": 1, **extra}
+        # untracked unless a test asks: MLflow's import and a fresh store cost 2 s a start
+        settings = {
+            "train.checkpoint_every": 2,
+            "data.workers": 1,
+            "tracking.enabled": "false",
+            **extra,
+        }
         self.run_dir = run_dir
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
@@ -137,6 +143,18 @@ def test_a_stop_signal_during_a_stall_checkpoints_and_exits(own_shards, tmp_path
     assert run.status["checkpoint"] == str(newest) and run.status["step"] == newest_step(newest)
 
 
+def catches_sigterm(pid: int, timeout: float = 60) -> None:
+    """Returns once process `pid` has a SIGTERM handler (its SigCgt mask in /proc), polled
+    every 10 ms: a fixed sleep lands after the first step on a fast machine."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:") and int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} caught no SIGTERM in {timeout} s")
+
+
 def newest_step(path: Path) -> int:
     return checkpoint.read(path).step
 
@@ -144,7 +162,7 @@ def newest_step(path: Path) -> int:
 def test_a_stop_signal_during_start_up_is_honoured(own_shards, tmp_path):
     """Finding 2: a signal before the first step must still end the run as preempted."""
     run = Trainer(own_shards, tmp_path / "run")
-    time.sleep(2.5)  # inside the imports and set-up, before any step
+    catches_sigterm(run.proc.pid)  # the first thing `train` does; imports and set-up follow
     run.signal(signal.SIGTERM)
     code, seconds = run.finish(timeout=60)
     assert seconds < 45
@@ -157,7 +175,7 @@ def test_a_stop_signal_during_start_up_is_honoured(own_shards, tmp_path):
 def test_ctrl_c_checkpoints_and_says_how_to_resume(own_shards, tmp_path, own_store):
     """Finding 8: SIGINT exited 130 in a second with no checkpoint, status.json stayed at
     `running` step 0 and the MLflow run was marked FAILED."""
-    run = Trainer(own_shards, tmp_path / "run", **{"data.workers": 2})
+    run = Trainer(own_shards, tmp_path / "run", **{"data.workers": 2, "tracking.enabled": "true"})
     run.wait_for("step 5/")
     assert run.status["status"] == "running" and run.status["step"] >= 4  # kept current
     run.signal(signal.SIGINT)  # Ctrl-C reaches the whole foreground group, workers too
@@ -187,6 +205,7 @@ def test_a_second_trainer_on_a_run_dir_is_refused_naming_the_holder(own_shards, 
     assert first.proc.poll() is None and first.status["status"] == "running"
 
     # a killed holder leaves no stale lock: the next trainer takes over and resumes
+    first.wait_for("step 4/")  # step 2's checkpoint is written before step 3 starts
     first.signal(signal.SIGKILL)
     first.proc.wait(timeout=30)
     third = Trainer(own_shards, tmp_path / "run", steps=newest_step_in(tmp_path / "run") + 2)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -18,14 +19,18 @@ from safetensors.torch import load_file
 from gan_dist.launch.local import Topology, node_command, per_node_args
 from gan_dist.run import checkpoint
 from gan_dist.run.signals import EXIT_NONFINITE, EXIT_PREEMPTED
-from support import run_cli, tiny, train_quickstart
+from support import TRACKED, run_cli, tiny, train_quickstart
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def shards(packed) -> Path:
     return packed
+
+
+# MLflow records what these runs are about (their runs, tags and versions)
+tracked_quickstart = partial(train_quickstart, **TRACKED)
 
 
 def weights(run_dir: Path, step: int, net: str = "generator") -> dict[str, torch.Tensor]:
@@ -41,7 +46,9 @@ def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
 @pytest.mark.parametrize("recipe", ["dcgan", "sngan", "wgan-gp", "quickstart"])
 def test_recipes_train_stably_on_real_photos(shards, tmp_path, recipe):
     run = tmp_path / "run"
-    extra = {"train.eval_every": 6} if recipe == "quickstart" else {}
+    # quickstart as users run it: validated, with its SSIM term (None: the recipe's weight)
+    extra = {"train.eval_every": 6, "data.val": str(shards), "objective.ssim_weight": None}
+    extra = extra if recipe == "quickstart" else {}
     result = run_cli("train", recipe, *tiny(shards, 6, **extra), "--run-dir", str(run))
     assert result.returncode == 0, result.stdout + result.stderr
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("step 6/6")]
@@ -164,7 +171,7 @@ def test_profile_steps_record_a_trace_and_the_data_wait_is_logged(shards, tmp_pa
     import mlflow
 
     run = tmp_path / "run"
-    result = train_quickstart(shards, 6, run, **{"train.profile_steps": 2})
+    result = tracked_quickstart(shards, 6, run, **{"train.profile_steps": 2})
     assert result.returncode == 0, result.stdout + result.stderr
     # steps 1 (start-up) and 2 (warm-up) are skipped, 3-4 recorded
     trace = run / "profile" / "rank0.steps3-4.pt.trace.json.gz"
@@ -188,7 +195,7 @@ def test_profile_steps_record_a_trace_and_the_data_wait_is_logged(shards, tmp_pa
     blocked = tmp_path / "blocked"
     blocked.mkdir()
     (blocked / "profile").write_text("not a folder")
-    result = train_quickstart(shards, 4, blocked, **{"train.profile_steps": 5})
+    result = tracked_quickstart(shards, 4, blocked, **{"train.profile_steps": 5})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "this run has 2 step(s) left to profile, not 5" in result.stdout
     assert "could not write the profile into" in result.stderr
@@ -196,7 +203,7 @@ def test_profile_steps_record_a_trace_and_the_data_wait_is_logged(shards, tmp_pa
 
 
 def test_two_ranks_stream_disjoint_shards_and_see_every_val_sample(shards, tmp_path):
-    args = tiny(shards, 2, **{"train.eval_every": 2})
+    args = tiny(shards, 2, **{"train.eval_every": 2, "data.val": str(shards)})
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "COLUMNS": "200"}
     port = str(30000 + os.getpid() % 500)
     result = subprocess.run(
@@ -244,7 +251,10 @@ def test_nan_stops_with_a_message_and_keeps_the_last_good_checkpoint(shards, tmp
 def test_time_budget_stops_with_a_checkpoint(shards, tmp_path):
     run = tmp_path / "run"
     result = train_quickstart(
-        shards, 100000, run, **{"train.max_minutes": 0.05, "train.log_every": 1000}
+        shards,
+        100000,
+        run,
+        **{"train.max_minutes": 0.05, "train.log_every": 1000, "data.val": str(shards)},
     )
     assert result.returncode == 0, result.stderr
     assert "time budget of 0.05 min spent at step" in result.stdout
@@ -441,12 +451,12 @@ def test_a_resume_may_change_how_the_run_goes_on_but_not_what_it_is(shards, tmp_
     """Finding 6: a resume with other data.* settings trained on other data with no word,
     and MLflow's params kept the old values."""
     run = tmp_path / "run"
-    assert train_quickstart(shards, 2, run).returncode == 0
+    assert tracked_quickstart(shards, 2, run).returncode == 0
     recipe_before = (run / "recipe.yaml").read_bytes()
     status_before = (run / "status.json").read_bytes()
 
     other = {"seed": 3, "data.augment": "true", "objective.l1_weight": 50}
-    refused = train_quickstart(shards, 3, run, **other)
+    refused = tracked_quickstart(shards, 3, run, **other)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
     line = refused.stderr.strip().splitlines()[-1]
     assert "seed 0 -> 3, data.augment false -> true, objective.l1_weight 100.0 -> 50.0" in line
@@ -457,7 +467,7 @@ def test_a_resume_may_change_how_the_run_goes_on_but_not_what_it_is(shards, tmp_
     assert (run / "status.json").read_bytes() == status_before
 
     # how it runs may change, and is recorded: in the checkpoint, MLflow and recipe.yaml
-    longer = train_quickstart(shards, 3, run, **{"train.log_every": 2})
+    longer = tracked_quickstart(shards, 3, run, **{"train.log_every": 2})
     assert longer.returncode == 0, longer.stdout + longer.stderr
     said = (
         "changed on resume (recorded in the checkpoint and recipe.yaml, and the MLflow tags "
@@ -475,7 +485,9 @@ def test_a_resume_may_change_how_the_run_goes_on_but_not_what_it_is(shards, tmp_
     )
 
     # asked for, what the run is changes too; later resumes compare with what ran
-    forced = train_quickstart(shards, 4, run, "--resume-changed", **other, **{"train.log_every": 2})
+    forced = tracked_quickstart(
+        shards, 4, run, "--resume-changed", **other, **{"train.log_every": 2}
+    )
     assert forced.returncode == 0, forced.stdout + forced.stderr
     state = checkpoint.read(run / "checkpoints" / "step-00000004").state
     assert [r["step"] for r in state["resumes"]] == [2, 3]
@@ -489,7 +501,7 @@ def test_a_resume_may_change_how_the_run_goes_on_but_not_what_it_is(shards, tmp_
     tags = _run_tags(run, 4)
     assert tags["resume.2.seed"] == "0 -> 3" and tags["resume.2.train.max_steps"] == "3 -> 4"
     assert tags["resume.1.train.max_steps"] == "2 -> 3"  # the history stays
-    again = train_quickstart(shards, 5, run, **other, **{"train.log_every": 2})
+    again = tracked_quickstart(shards, 5, run, **other, **{"train.log_every": 2})
     assert again.returncode == 0, again.stdout + again.stderr  # as it now runs: no change
 
 
@@ -514,7 +526,7 @@ def test_a_resume_compares_the_data_and_the_init_by_what_they_are(shards, photo_
     def train(cwd: Path, steps: int, *args: str, **extra: object):
         settings = {"data.train": "shards", "data.val": "auto"} | extra
         return run_cli(
-            "train", "quickstart", *tiny(shards, steps, **settings),
+            "train", "quickstart", *tiny(shards, steps, **TRACKED, **settings),
             "--set", "model.generator.base_channels=4", "--run-dir", str(run), *args, cwd=cwd,
         )  # fmt: skip
 
@@ -565,9 +577,9 @@ def test_a_finished_run_says_it_is_complete_and_what_it_registers(shards, tmp_pa
     import mlflow
 
     run = tmp_path / "run"
-    assert train_quickstart(shards, 2, run).returncode == 0
+    assert tracked_quickstart(shards, 2, run).returncode == 0
     recipe_before = (run / "recipe.yaml").read_text()
-    again = train_quickstart(
+    again = tracked_quickstart(
         shards, 1, run, **{"tracking.register_as": "finished-run", "train.log_every": 5}
     )
     assert again.returncode == 0, again.stdout + again.stderr
