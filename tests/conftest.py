@@ -31,6 +31,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         defs = item._fixtureinfo.name2fixturedefs
         if "slurm" in defs:
             group = "slurm"
+        elif "slurm_hosts" in defs:
+            group = "slurm-hosts"
         elif "demo" in defs:
             group = "demo"
         elif any(d[-1].scope == "module" for d in defs.values()):
@@ -150,6 +152,27 @@ def slurm(tmp_path_factory):
             pytest.fail(f"CI must run the SLURM tests: {why}")
         pytest.skip(why)
     cluster = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("SLURM_CONF", str(cluster.conf))
+            yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_hosts(tmp_path_factory):
+    """A real SLURM cluster of three hosts on this machine, each a network namespace with its
+    own address, hostname and slurmd (see slurm_hosts.py); SLURM_CONF points at it while the
+    session lasts. Skips where it cannot start, except under CI, where that fails."""
+    from support import slurm_hosts
+
+    why = slurm_hosts.unavailable()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the multi-host SLURM tests: {why}")
+        pytest.skip(why)
+    cluster = slurm_hosts.start(tmp_path_factory.mktemp("slurm-hosts"), nodes=3)
     try:
         with pytest.MonkeyPatch.context() as env:
             env.setenv("SLURM_CONF", str(cluster.conf))

@@ -5,7 +5,8 @@ Layout of `RUN_DIR/checkpoints/step-00000100/`:
   optimizers.pt      optimiser and grad-scaler state (tensors and numbers only; loaded with
                      torch.load(weights_only=True), which refuses arbitrary objects)
   rank-R.safetensors torch RNG states of rank R (CPU, and CUDA when present)
-  rank-R.json        Python/NumPy RNG state and data-stream position of rank R
+  rank-R.json        Python/NumPy RNG state, data-stream position, generator sha256 and
+                     host name of rank R
   state.json         step, schedulers, world size, resolved recipe, tracking run id, the
                      data's identity (data.identity), lineage, resumes
 

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -436,6 +437,7 @@ class _Run:
                 "data_position": stream.position if position is None else position,
                 "data_skipped": stream.skipped,
                 "generator_sha256": checkpoint.digest(G),
+                "host": socket.gethostname(),  # where the rank ran: node trouble is per host
             },
             state={
                 "world_size": accelerator.num_processes,

@@ -1,0 +1,140 @@
+"""gan-dist across hosts: SLURM jobs on a real cluster of three hosts on this machine, each a
+network namespace with its own address, hostname and slurmd (support/slurm_hosts.py), one
+rank per host talking over the hosts' links."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from support import run_cli, tiny
+
+pytestmark = pytest.mark.integration
+
+
+def submit(packed: Path, steps: int, run_dir: Path, *extra: str, **settings: object):
+    """quickstart as a SLURM job of one CPU rank on each of two hosts, on the tiny settings."""
+    args = tiny(packed, steps, **{"launch.nodes": 2, "launch.cpu_procs": 1, **settings})
+    return run_cli("launch", "quickstart", "--slurm", *args, "--run-dir", str(run_dir), *extra)
+
+
+def rank_files(checkpoint: Path) -> list[dict]:
+    return [json.loads((checkpoint / f"rank-{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_a_job_on_two_hosts_trains_one_rank_on_each_in_sync(
+    slurm_hosts, packed, tmp_path, mlflow_store
+):
+    from mlflow import MlflowClient
+
+    run_dir = tmp_path / "run"
+    settings = {"tracking.experiment": "two-hosts", "tracking.register_as": "two-hosts"}
+    result = submit(packed, 6, run_dir, "--follow", **settings)
+    assert result.returncode == 0, result.stdout + result.stderr
+    job_id = result.stdout.splitlines()[0].strip()
+    info = slurm_hosts.job(job_id)
+    assert info["JobState"] == "COMPLETED" and info["NodeList"] == "node[1-2]", info
+    log = (run_dir / f"slurm-{job_id}.log").read_text()
+    assert re.search(r"on node\[1-2\], rank 0 at node1:\d+, 2 rank\(s\)", log), log
+
+    ranks = rank_files(run_dir / "checkpoints" / "step-00000006")
+    assert [r["host"] for r in ranks] == ["node1", "node2"]  # a rank on each host
+    assert ranks[0]["generator_sha256"] == ranks[1]["generator_sha256"]  # in sync
+
+    client = MlflowClient(mlflow_store)
+    (run,) = client.search_runs([client.get_experiment_by_name("two-hosts").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
+    history = client.get_metric_history(run.info.run_id, "train/g_rec")
+    assert [m.step for m in history] == [1, 2, 3, 4, 5, 6]  # logged once, by rank 0
+    (version,) = client.search_model_versions("name='two-hosts'")
+    assert version.run_id == run.info.run_id
+
+
+def weights(run_dir: Path, step: int) -> dict[str, dict]:
+    from safetensors.torch import load_file
+
+    folder = run_dir / "checkpoints" / f"step-{step:08d}"
+    return {net: load_file(str(folder / f"{net}.safetensors")) for net in NETS}
+
+
+NETS = ("generator", "discriminator", "ema")
+
+
+def assert_same_weights(a: dict[str, dict], b: dict[str, dict]) -> None:
+    import torch
+
+    for net in NETS:
+        assert a[net].keys() == b[net].keys(), net
+        for key in a[net]:
+            assert torch.equal(a[net][key], b[net][key]), f"{net}: {key}"
+
+
+def test_a_preempted_job_requeued_onto_other_hosts_resumes_bit_identical(
+    slurm_hosts, packed, tmp_path, mlflow_store
+):
+    """scancel --signal=USR1 reaches the launcher on each host and every rank; rank 0 writes
+    the one checkpoint; the job requeues onto node2 and node3 (node1 drained meanwhile, so
+    node2, rank 1 before, is now the main node), resumes in the same MLflow run and ends with
+    the weights of a 2-host run that was never stopped."""
+    from mlflow import MlflowClient
+
+    from gan_dist.run import checkpoint
+
+    steps = 200  # seconds of steps after step 20, for the signal to arrive in
+    straight = submit(packed, steps, tmp_path / "straight", "--follow")
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+
+    run_dir = tmp_path / "run"
+    settings = {"tracking.experiment": "preempt-hosts", "train.checkpoint_every": 100000}
+    result = submit(packed, steps, run_dir, **settings)
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    log = run_dir / f"slurm-{job_id}.log"
+    wait_for(lambda: re.search(r"^step 20/", read(log), re.M), 120, f"step 20 in {log}")
+    assert slurm_hosts.run("scancel", "--signal=USR1", job_id).returncode == 0
+    drain = ["scontrol", "update", "nodename=node1", "state=drain", "reason=test"]
+    assert slurm_hosts.run(*drain).returncode == 0  # running on, but no new job lands there
+    try:
+        wait_for(lambda: slurm_hosts.job(job_id).get("Restarts") == "1", 90, "the requeue")
+        info = slurm_hosts.wait_for_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, 240)
+    finally:
+        slurm_hosts.run("scontrol", "update", "nodename=node1", "state=resume")
+    text = read(log)
+    assert info["NodeList"] == "node[2-3]", info
+    assert re.search(r"\(restart 1\) on node\[2-3\], rank 0 at node2:", text), text[-3000:]
+    assert info["JobState"] == "COMPLETED", text[-3000:]
+    assert text.count("gan-dist launcher: SIGUSR1 passed on to the ranks") == 2  # both hosts
+    assert "preempted with a checkpoint; requeueing" in text and "Traceback" not in text
+    stopped = int(re.search(r"resumed from \S+ at step (\d+)", text).group(1))
+    # one checkpoint at the stop, written once, and the final one
+    assert [checkpoint.read(c).step for c in checkpoint.list_checkpoints(run_dir)] == [
+        steps,
+        stopped,
+    ]
+    assert_same_weights(weights(run_dir, steps), weights(tmp_path / "straight", steps))
+
+    client = MlflowClient(mlflow_store)
+    (run,) = client.search_runs([client.get_experiment_by_name("preempt-hosts").experiment_id])
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "train/g_rec")
+    assert sorted(m.step for m in history) == list(range(1, steps + 1))
+
+
+def read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
