@@ -4,8 +4,11 @@ Launchers cannot tell a preempted run from a crashed one by exit code: Accelerat
 exits 1 whenever a signal reached it, whatever its ranks returned. So rank 0 writes the
 outcome here: `running` at start and at every log line with the current step (still there
 after the processes are gone means a crash), `preempted` once the checkpoint is safe,
-`completed` at the end, `failed` with the error when training stopped on one. The SLURM
-script requeues only on `preempted`. Only the trainer that holds the run dir's lock writes it.
+`completed` at the end, `failed` with the error when training stopped on one. A rank that
+lost contact with the others (a host died, a link is down) records `preempted` with the
+error and cause `lost`: nothing new was saved, and a requeue resumes from the last
+checkpoint. The SLURM script requeues only on `preempted`. Only the trainer that holds the
+run dir's lock writes it.
 """
 
 from __future__ import annotations

@@ -39,8 +39,15 @@ from gan_dist.metrics.perceptual import PerceptualMetrics, PerceptualWeights
 from gan_dist.nets.repair_net import prefill_only
 from gan_dist.run import checkpoint
 from gan_dist.run import status as run_status
+from gan_dist.run.heartbeat import Heartbeat, who_went_silent
 from gan_dist.run.runlock import RunDirBusy, RunLock
-from gan_dist.run.signals import EXIT_NONFINITE, EXIT_TRACKING, StopFlag, StopRequested
+from gan_dist.run.signals import (
+    EXIT_NONFINITE,
+    EXIT_PREEMPTED,
+    EXIT_TRACKING,
+    StopFlag,
+    StopRequested,
+)
 from gan_dist.tracking.tracker import Tracker
 from gan_dist.train.builder import build_nets, optimizer, scheduler, stream_config
 from gan_dist.train.ema import EMA
@@ -86,6 +93,27 @@ def _plugins_named(recipe: Recipe) -> str:
     if not plugins:
         return ""
     return f"; or check the plugin code it ran: {', '.join(f.label for f in plugins)}"
+
+
+class LostContact(GanDistError):
+    """A collective got no answer from another rank within `launch.rank_timeout_s`: its host
+    died, or the link to it is down. Exits as a preemption: a requeued job resumes."""
+
+    exit_code = EXIT_PREEMPTED
+
+
+def _timed_out_collective(exc: BaseException, world: int) -> bool:
+    """A collective that gave up waiting for another rank, as torch reports one: a DistError,
+    or gloo's plain RuntimeError ("Timed out waiting 30000ms for recv operation", "Application
+    timeout caused pair closure"). A rank that crashed on a live host closes its connections
+    at once instead ("Connection closed by peer"): a failure, not a lost host."""
+    if world < 2 or not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc).lower()
+    from_c10d = isinstance(exc, torch.distributed.DistError) or any(
+        word in text for word in ("gloo", "nccl", "pair closure")
+    )
+    return from_c10d and ("timed out" in text or "timeout" in text)
 
 
 class TrackingFailed(GanDistError):
@@ -166,9 +194,10 @@ def train(
     GanDistError for what the user must fix (RunDirBusy, ChangedRun, DataStalled,
     NonFiniteLoss, CheckpointWriteError, TrackingFailed, PluginError for a plugin family
     that broke its contract or called sys.exit), and for any other BaseException but
-    KeyboardInterrupt (re-raised as it is). Whatever ends it but a stop signal, rank 0
-    records `failed` in status.json, except for a refused resume, which leaves the run as
-    it was."""
+    KeyboardInterrupt (re-raised as it is); LostContact (exit 75) when another rank stopped
+    answering for `launch.rank_timeout_s`, recorded as `preempted` so that a requeue
+    resumes. Whatever else ends it but a stop signal, rank 0 records `failed` in
+    status.json, except for a refused resume, which leaves the run as it was."""
     with contextlib.ExitStack() as stack:
         if stop is None:
             stop = stack.enter_context(StopFlag())
@@ -181,6 +210,8 @@ def train(
         except StopRequested as exc:
             return run.stopped(str(exc))
         except Exception as exc:
+            if run.accelerator and _timed_out_collective(exc, run.accelerator.num_processes):
+                raise run.lost() from None
             run.failed(exc)
             raise
         except SystemExit as exc:  # code in a net or loss (a plugin's) must not end a run as done
@@ -218,6 +249,7 @@ class _Run:
         # the prefill alone on the validation data, scored once per run (val/prefill/*)
         self.prefill_metrics: dict[str, float] | None = None
         self.profiler: StepProfiler | None = None
+        self.heartbeat: Heartbeat | None = None  # with several ranks: who went silent
         self.perceptual: PerceptualMetrics | None = None
         self.lineage: dict[str, str] = {}  # model.init's source and parent, as tags
         self.grid: Path | None = None  # the newest repair grid written, RUN_DIR/GRID_FILE
@@ -489,6 +521,9 @@ class _Run:
                 channels_last=cfg.channels_last,
             )
             self.waits = DataWait()
+            if accelerator.num_processes > 1:
+                rank = accelerator.process_index
+                self.heartbeat = Heartbeat(self.run_dir, rank, lambda: self.step).start()
             while self.step < (cfg.max_steps or math.inf):
                 update_g = (self.step + 1) % objective.n_critic == 0
                 r1_due = self.step % objective.r1_every == 0
@@ -741,6 +776,23 @@ class _Run:
         )
         return Outcome("preempted", self.step, self.last_ckpt, self.metrics, {}, self.main)
 
+    def lost(self) -> LostContact:
+        """Another rank stopped answering (see `_timed_out_collective`): which one and where
+        (`heartbeat`), status `preempted` with that error (cause `lost`) as nothing new was
+        saved, so a requeued job resumes from the last checkpoint."""
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        error = LostContact(
+            f"rank {rank} on {socket.gethostname()} lost contact with the other ranks at step "
+            f"{self.step}: no answer for {self.recipe.launch.rank_timeout_s} s "
+            f"(launch.rank_timeout_s); {who_went_silent(self.run_dir, world, rank)}. Nothing "
+            f"after the last checkpoint ({self.last_ckpt or 'none'}) was saved; a requeued job "
+            "or the same command resumes from it"
+        )
+        if self.tracker is not None:
+            self.tracker.status = "KILLED"  # ended for now; the resumed job reopens the run
+        self._write_status("preempted", error=str(error), cause="lost")
+        return error
+
     def failed(self, exc: BaseException, error: str | None = None) -> None:
         """status.json says `failed`, with `error` (default: a GanDistError's first line; for
         a crash, often another rank's death seen in a collective, its kind too) and its
@@ -771,6 +823,8 @@ class _Run:
             log.warning("could not write %s: %s", self.run_dir / run_status.STATUS_FILE, exc)
 
     def close(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         if hasattr(self, "progress"):  # before the command prints how the run ended
             self.progress.close()
         if self.profiler is not None:

@@ -138,3 +138,55 @@ def wait_for(condition, timeout: float, what: str) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.mark.parametrize("fault", ["host dies", "link cut"])
+def test_a_lost_host_stops_the_others_in_bounded_time_and_the_requeued_job_resumes(
+    slurm_hosts, packed, tmp_path, fault
+):
+    """node2 dies (its link is cut and its processes killed: no connection is closed, as
+    when a machine loses power) or only its link is cut. Rank 0 used to sit in the
+    collective until the timeout and then print a traceback; now it stops within
+    launch.rank_timeout_s, says which rank on which host went silent, keeps the last good
+    checkpoint and exits as preempted; SLURM requeues the job onto node1 and node3 and it
+    resumes from that checkpoint to the end."""
+    timeout_s, steps = 15, 150
+    run_dir = tmp_path / "run"
+    settings = {"launch.rank_timeout_s": timeout_s, "train.checkpoint_every": 10}
+    result = submit(packed, steps, run_dir, **settings)
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    log = run_dir / f"slurm-{job_id}.log"
+    wait_for(lambda: re.search(r"^step 25/", read(log), re.M), 120, f"step 25 in {log}")
+    slurm_hosts.cut("node2")
+    if fault == "host dies":
+        slurm_hosts.kill_node("node2")
+    lost_at = time.monotonic()
+    try:
+        wait_for(lambda: "lost contact" in read(log), timeout_s + 30, "rank 0 to give up")
+        said = time.monotonic() - lost_at
+        info = slurm_hosts.wait_for_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, 300)
+    finally:
+        slurm_hosts.mend("node2")
+        if fault == "host dies":
+            slurm_hosts.start_node("node2")
+        else:
+            slurm_hosts.run("scontrol", "update", "nodename=node2", "state=resume")
+            slurm_hosts.wait_for_nodes("idle", ["node2"], timeout=90)
+    text = read(log)
+    assert said < timeout_s + 30, f"rank 0 took {said:.0f} s to give up"
+    line = next(ln for ln in text.splitlines() if "rank 0 on node1 lost contact" in ln)
+    if fault == "host dies":
+        assert "silent: rank 1 on node2 (last beat" in line, line
+    else:  # node2 lives on and still beats (the run dir here is not behind the cut link)
+        assert "every other rank still beats (on node2): the network" in line, line
+    kept = re.search(r"last checkpoint \((\S+)\)", line).group(1)
+    stopped = int(kept.rsplit("-", 1)[1])
+    assert 20 <= stopped < steps, line
+    first_job = text.split("(restart 1)")[0]
+    assert "Traceback" not in first_job, first_job[-3000:]  # lines that say it, no traceback
+    assert "gan-dist launcher: rank(s) 0 stopped with exit 75" in first_job
+    assert info["JobState"] == "COMPLETED", text[-3000:]
+    assert int(info["Restarts"]) >= 1
+    assert f"resumed from {kept} at step {stopped}" in text, text[-3000:]
+    assert "training completed" in text

@@ -1,0 +1,106 @@
+"""RUN_DIR/ranks/rank-R.json: each rank's host and step, rewritten every few seconds.
+
+A rank that hears nothing from the others for `launch.rank_timeout_s` (a collective times
+out) reads these to say which rank went silent and on which host. The file is written by a
+thread of its own, so a rank that is alive but waiting inside the same collective still
+beats: a host that died stops, and a cut link that leaves every host alive shows as every
+rank beating. The run dir is on storage every node shares, as a multi-node run's checkpoints
+need anyway; a beat that cannot be written is skipped, never an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gan_dist.core.files import write_bytes_atomic
+
+EVERY_S = 5.0
+RANKS_DIR = "ranks"
+
+
+@dataclass(frozen=True)
+class Beat:
+    rank: int
+    host: str
+    step: int
+    time: float  # time.time() of the beat, s
+
+
+class Heartbeat:
+    """This rank's beat, written every `every_s` seconds (s) by a daemon thread from
+    `start()` until `stop()`, with the step `step()` returns then."""
+
+    def __init__(
+        self, run_dir: Path, rank: int, step: Callable[[], int], every_s: float = EVERY_S
+    ) -> None:
+        self.path = run_dir / RANKS_DIR / f"rank-{rank}.json"
+        self.rank, self.step, self.every_s = rank, step, every_s
+        self.host = socket.gethostname()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gan-dist-heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._write()  # at once: a new job's ranks replace the beats an earlier job left
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.every_s + 5)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.every_s):
+            self._write()
+
+    def _write(self) -> None:
+        doc = {"rank": self.rank, "host": self.host, "step": self.step(), "time": time.time()}
+        with contextlib.suppress(OSError):  # a full or lost disk: the checkpoint says so
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(self.path, json.dumps(doc).encode())
+
+
+def beats(run_dir: Path, world: int) -> dict[int, Beat]:
+    """The last beat of each rank below `world` that left a readable one."""
+    found = {}
+    for rank in range(world):
+        try:
+            doc = json.loads((run_dir / RANKS_DIR / f"rank-{rank}.json").read_text())
+            found[rank] = Beat(rank, str(doc["host"]), int(doc["step"]), float(doc["time"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def who_went_silent(run_dir: Path, world: int, me: int, now: float | None = None) -> str:
+    """In words, which ranks other than `me` stopped beating (none for 3 beats), with their
+    host, last step and how long ago; or that every rank still beats, which points at the
+    network between the hosts."""
+    now = time.time() if now is None else now
+    found = beats(run_dir, world)
+    quiet = 3 * EVERY_S
+    silent = []
+    for rank in (r for r in range(world) if r != me):
+        beat = found.get(rank)
+        if beat is None:
+            silent.append(f"rank {rank} (no beat on record)")
+        elif now - beat.time > quiet:
+            silent.append(
+                f"rank {rank} on {beat.host} (last beat {now - beat.time:.0f} s ago, "
+                f"at step {beat.step})"
+            )
+    if silent:
+        return f"silent: {', '.join(silent)}; its host died or the link to it is down"
+    hosts = sorted({b.host for r, b in found.items() if r != me})
+    return (
+        f"every other rank still beats (on {', '.join(hosts) or 'no host on record'}): "
+        "the network between the hosts failed, e.g. a cut link, a firewall or the wrong "
+        "interface (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME)"
+    )

@@ -1,0 +1,82 @@
+"""Who went silent: each rank's beat file, and which collective failures mean a lost host."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from gan_dist.run.heartbeat import EVERY_S, Heartbeat, beats, who_went_silent
+from gan_dist.train.trainer import _timed_out_collective
+
+
+def beat(run_dir, rank: int, host: str, step: int, at: float) -> None:
+    path = run_dir / "ranks" / f"rank-{rank}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rank": rank, "host": host, "step": step, "time": at}))
+
+
+def test_a_rank_whose_beats_stopped_is_named_with_its_host_and_step(tmp_path):
+    now = time.time()
+    beat(tmp_path, 0, "node1", 40, now)
+    beat(tmp_path, 1, "node2", 35, now - 20)
+    beat(tmp_path, 2, "node3", 40, now - 1)
+    said = who_went_silent(tmp_path, 4, me=0, now=now)
+    assert said.startswith("silent: rank 1 on node2 (last beat 20 s ago, at step 35), ")
+    assert "rank 3 (no beat on record)" in said and "node3" not in said
+
+
+def test_every_rank_beating_points_at_the_network(tmp_path):
+    now = time.time()
+    for rank, host in enumerate(("node1", "node2", "node2")):
+        beat(tmp_path, rank, host, 7, now - EVERY_S)
+    said = who_went_silent(tmp_path, 3, me=0, now=now)
+    assert said.startswith("every other rank still beats (on node2): the network")
+
+
+def test_unreadable_beats_count_as_none(tmp_path):
+    (tmp_path / "ranks").mkdir()
+    (tmp_path / "ranks" / "rank-1.json").write_text("{half")
+    assert beats(tmp_path, 2) == {}
+    assert "rank 1 (no beat on record)" in who_went_silent(tmp_path, 2, me=0)
+
+
+def test_the_beat_thread_writes_the_current_step_until_stopped(tmp_path):
+    step = [3]
+    heart = Heartbeat(tmp_path, 1, lambda: step[0], every_s=0.05).start()
+    try:
+        assert beats(tmp_path, 2)[1].step == 3  # written at once on start
+        step[0] = 9
+        deadline = time.monotonic() + 10
+        while beats(tmp_path, 2)[1].step != 9:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        heart.stop()
+    assert not heart._thread.is_alive()
+
+
+def test_a_beat_that_cannot_be_written_is_skipped(tmp_path):
+    (tmp_path / "ranks").write_text("a file where the folder should be")
+    Heartbeat(tmp_path, 0, lambda: 1, every_s=0.05).start().stop()  # no error
+
+
+@pytest.mark.parametrize(
+    ("error", "world", "lost"),
+    [
+        (RuntimeError("[../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting "
+                      "30000ms for recv operation to complete"), 2, True),
+        (RuntimeError("Application timeout caused pair closure"), 2, True),
+        (RuntimeError("[Rank 1] Watchdog caught collective operation timeout: NCCL"), 8, True),
+        (RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer"), 2, False),
+        (RuntimeError("Timed out waiting 30000ms for recv operation"), 1, False),
+        (RuntimeError("DataLoader timed out after 30 seconds"), 2, False),
+        (ValueError("gloo timeout"), 2, False),
+    ],
+)  # fmt: skip
+def test_only_a_collective_that_timed_out_is_a_lost_host(error, world, lost):
+    """A rank that crashed on a live host closes its connections at once: a failure, which
+    must not requeue; a host that died or whose link is down answers nothing until the
+    timeout: a lost host, which requeues."""
+    assert _timed_out_collective(error, world) is lost
