@@ -25,6 +25,13 @@ EVERY_S = 5.0
 RANKS_DIR = "ranks"
 
 
+def beat_interval(timeout_s: float) -> float:
+    """Seconds between beats for a collective timeout of `timeout_s` s: every EVERY_S, or
+    often enough that a rank silent since the timeout began has missed three beats by its
+    end (at most every 0.5 s)."""
+    return max(0.5, min(EVERY_S, timeout_s / 6))
+
+
 @dataclass(frozen=True)
 class Beat:
     rank: int
@@ -79,13 +86,15 @@ def beats(run_dir: Path, world: int) -> dict[int, Beat]:
     return found
 
 
-def who_went_silent(run_dir: Path, world: int, me: int, now: float | None = None) -> str:
-    """In words, which ranks other than `me` stopped beating (none for 3 beats), with their
-    host, last step and how long ago; or that every rank still beats, which points at the
-    network between the hosts."""
+def who_went_silent(
+    run_dir: Path, world: int, me: int, every_s: float = EVERY_S, now: float | None = None
+) -> str:
+    """In words, which ranks other than `me` stopped beating (none for 3 beats of `every_s`
+    s), with their host, last step and how long ago; or that every rank still beats, which
+    points at the network between the hosts."""
     now = time.time() if now is None else now
     found = beats(run_dir, world)
-    quiet = 3 * EVERY_S
+    quiet = 3 * every_s
     silent = []
     for rank in (r for r in range(world) if r != me):
         beat = found.get(rank)

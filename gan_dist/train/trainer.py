@@ -39,7 +39,7 @@ from gan_dist.metrics.perceptual import PerceptualMetrics, PerceptualWeights
 from gan_dist.nets.repair_net import prefill_only
 from gan_dist.run import checkpoint
 from gan_dist.run import status as run_status
-from gan_dist.run.heartbeat import Heartbeat, who_went_silent
+from gan_dist.run.heartbeat import Heartbeat, beat_interval, who_went_silent
 from gan_dist.run.runlock import RunDirBusy, RunLock
 from gan_dist.run.signals import (
     EXIT_NONFINITE,
@@ -523,7 +523,8 @@ class _Run:
             self.waits = DataWait()
             if accelerator.num_processes > 1:
                 rank = accelerator.process_index
-                self.heartbeat = Heartbeat(self.run_dir, rank, lambda: self.step).start()
+                every = beat_interval(recipe.launch.rank_timeout_s)
+                self.heartbeat = Heartbeat(self.run_dir, rank, lambda: self.step, every).start()
             while self.step < (cfg.max_steps or math.inf):
                 update_g = (self.step + 1) % objective.n_critic == 0
                 r1_due = self.step % objective.r1_every == 0
@@ -781,10 +782,13 @@ class _Run:
         (`heartbeat`), status `preempted` with that error (cause `lost`) as nothing new was
         saved, so a requeued job resumes from the last checkpoint."""
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        silent = who_went_silent(
+            self.run_dir, world, rank, beat_interval(self.recipe.launch.rank_timeout_s)
+        )
         error = LostContact(
             f"rank {rank} on {socket.gethostname()} lost contact with the other ranks at step "
             f"{self.step}: no answer for {self.recipe.launch.rank_timeout_s} s "
-            f"(launch.rank_timeout_s); {who_went_silent(self.run_dir, world, rank)}. Nothing "
+            f"(launch.rank_timeout_s); {silent}. Nothing "
             f"after the last checkpoint ({self.last_ckpt or 'none'}) was saved; a requeued job "
             "or the same command resumes from it"
         )

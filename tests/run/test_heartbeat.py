@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gan_dist.run.heartbeat import EVERY_S, Heartbeat, beats, who_went_silent
+from gan_dist.run.heartbeat import EVERY_S, Heartbeat, beat_interval, beats, who_went_silent
 from gan_dist.train.trainer import _timed_out_collective
 
 
@@ -25,6 +25,16 @@ def test_a_rank_whose_beats_stopped_is_named_with_its_host_and_step(tmp_path):
     said = who_went_silent(tmp_path, 4, me=0, now=now)
     assert said.startswith("silent: rank 1 on node2 (last beat 20 s ago, at step 35), ")
     assert "rank 3 (no beat on record)" in said and "node3" not in said
+
+
+def test_a_short_timeout_beats_often_enough_to_tell_a_silent_rank(tmp_path):
+    """With launch.rank_timeout_s: 6, a rank that died as the timeout began is 6 s silent at
+    its end: at one beat every 5 s that read as still beating."""
+    every = beat_interval(6)
+    assert every == 1.0 and beat_interval(600) == EVERY_S and beat_interval(1) == 0.5
+    now = time.time()
+    beat(tmp_path, 1, "node2", 12, now - 6)
+    assert who_went_silent(tmp_path, 2, me=0, every_s=every, now=now).startswith("silent: ")
 
 
 def test_every_rank_beating_points_at_the_network(tmp_path):
