@@ -722,7 +722,10 @@ class LaunchConfig(Section):
         "rank-0 work such as evaluation must fit inside it",
     )
     main_port: int | None = Field(
-        None, ge=1024, le=65535, description="None: a free port (SLURM: from the job id)"
+        None,
+        ge=1024,
+        le=65535,
+        description="None: a free port (SLURM: the first free one from a port the job id gives)",
     )
     lock_wait_s: NonNegativeFloat | None = Field(
         None,

@@ -91,6 +91,11 @@ def render(recipe: Recipe, run_dir: Path) -> str:
         "srun_extra": srun_extra,
         "node_command": _node_command(topo),
         "max_requeues": str(slurm.max_requeues),
+        "port": (
+            f"{recipe.launch.main_port} --fixed"
+            if recipe.launch.main_port
+            else '"$((20000 + SLURM_JOB_ID % 40000))"'
+        ),
     }
     text = template_path().read_text()
     missing = set(re.findall(r"{{(\w+)}}", text)) - set(values)

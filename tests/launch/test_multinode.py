@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -190,3 +192,71 @@ def test_a_lost_host_stops_the_others_in_bounded_time_and_the_requeued_job_resum
     assert int(info["Restarts"]) >= 1
     assert f"resumed from {kept} at step {stopped}" in text, text[-3000:]
     assert "training completed" in text
+
+
+def test_a_main_port_in_use_on_the_main_node_is_skipped_or_refused(slurm_hosts, packed, tmp_path):
+    """The port the job id gives, held on node1 by another process: torch failed to bind it
+    on one node while the other waited for the timeout. Now the job takes the next free
+    port; a port the recipe fixes (launch.main_port) is refused in one line."""
+    probe = slurm_hosts.run("sbatch", "--parsable", "-o", "/dev/null", "--wrap", "true")
+    assert probe.returncode == 0, probe.stderr
+    next_job = int(probe.stdout.strip().split(";")[0]) + 1
+    busy = 20000 + next_job % 40000
+    hold = f"import socket, time; s = socket.socket(); s.bind(('0.0.0.0', {busy})); s.listen()"
+    holder = slurm_hosts.start_in_node("node1", sys.executable, "-c", f"{hold}; time.sleep(600)")
+    try:
+        wait_for(lambda: busy_on_node1(slurm_hosts, busy), 30, f"port {busy} held on node1")
+        untracked = {"tracking.enabled": "false"}
+        result = submit(packed, 3, tmp_path / "run", "--follow", **untracked)
+        assert result.returncode == 0, result.stdout + result.stderr
+        job_id = result.stdout.splitlines()[0].strip()
+        assert int(job_id) == next_job
+        log = read(tmp_path / "run" / f"slurm-{job_id}.log")
+        assert f"rank 0 at node1:{busy + 1}," in log and "training completed" in log, log
+
+        fixed = submit(packed, 3, tmp_path / "fixed", "--follow", **untracked, **{
+            "launch.main_port": busy,
+        })  # fmt: skip
+        assert fixed.returncode != 0, fixed.stdout + fixed.stderr
+        job_id = fixed.stdout.splitlines()[0].strip()
+        log = read(tmp_path / "fixed" / f"slurm-{job_id}.log")
+        assert f"gan-dist: launch.main_port {busy} is in use on node1, the main node" in log, log
+        assert "Traceback" not in log and "step 1/" not in log
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+def busy_on_node1(hosts, port: int) -> bool:
+    check = f"import sys; from gan_dist.launch.port import is_free; sys.exit(is_free({port}))"
+    return hosts.in_node("node1", sys.executable, "-c", check).returncode == 0
+
+
+def test_launch_without_slurm_on_two_hosts_trains_in_sync(slurm_hosts, packed, tmp_path):
+    """`gan-dist launch --local --nodes 2 --node-rank R --main-addr node1`, started on each
+    host as a user without SLURM does."""
+    run_dir = tmp_path / "run"
+    command = [
+        str(Path(sys.executable).with_name("gan-dist")),
+        *("launch", "quickstart", "--local", "--nodes", "2", "--main-addr", "node1"),
+        *("--main-port", "29555", *tiny(packed, 4, **{"launch.cpu_procs": 1})),
+        *("--run-dir", str(run_dir)),
+    ]
+    procs = [
+        slurm_hosts.start_in_node(
+            f"node{rank + 1}",
+            *command,
+            "--node-rank",
+            str(rank),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for proc, out in zip(procs, outs, strict=True):
+        assert proc.returncode == 0, out
+    ranks = rank_files(run_dir / "checkpoints" / "step-00000004")
+    assert [r["host"] for r in ranks] == ["node1", "node2"]
+    assert ranks[0]["generator_sha256"] == ranks[1]["generator_sha256"]

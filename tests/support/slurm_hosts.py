@@ -80,6 +80,10 @@ class Hosts(slurm_cluster.Cluster):
             check=False,
         )
 
+    def start_in_node(self, name: str, *cmd: str, **popen) -> subprocess.Popen:
+        """A process on that host, left running; the caller waits for it or stops it."""
+        return subprocess.Popen([*_enter(self.node(name), self.run_dir), *cmd], **popen)
+
     def shape(self, name: str, rate: str, delay: str) -> None:
         """Both directions of the node's link at `rate` (e.g. "1gbit") after `delay` ("0.5ms")."""
         node = self.node(name)

@@ -1,0 +1,64 @@
+"""Rank 0's port on the main node, as the SLURM script picks it.
+
+The script runs on the allocation's first node, where rank 0 runs, and hands the port to
+every node's launcher, so all agree on it. It starts from a port derived from the job id
+(two jobs on one node do not collide); a port already in use there (another job's rendezvous,
+a service, a job id that maps onto a busy port) failed only when torch bound it, with a
+traceback on one node and the others waiting for the timeout (Megatron-LM #1371,
+accelerate #2246). Here the first free port from there on is taken; a port the recipe fixes
+(`launch.main_port`) is checked and refused in one line if taken.
+
+`python -m gan_dist.launch.port BASE [--fixed]` prints the port or the error (exit 1).
+Nothing heavy is imported: the script runs it before every job.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+SEARCH = 100  # ports tried from BASE on
+
+
+def is_free(port: int) -> bool:
+    """Whether a listening socket can bind `port` on every address of this host now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick(base: int, fixed: bool) -> int:
+    """The first free port in [base, base + SEARCH), or `base` alone when `fixed`. Raises
+    ValueError saying which ports were taken and what to do."""
+    host = socket.gethostname()
+    if fixed:
+        if is_free(base):
+            return base
+        raise ValueError(
+            f"launch.main_port {base} is in use on {host}, the main node (another job or a "
+            "service holds it); choose another port, or leave launch.main_port unset and "
+            "the job picks a free one"
+        )
+    for port in range(base, min(base + SEARCH, 65536)):
+        if is_free(port):
+            return port
+    raise ValueError(
+        f"ports {base}-{base + SEARCH - 1} are all in use on {host}, the main node; set "
+        "launch.main_port to a free one"
+    )
+
+
+def main(argv: list[str]) -> int:
+    try:
+        print(pick(int(argv[0]), "--fixed" in argv[1:]))
+    except ValueError as exc:
+        print(f"gan-dist: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
