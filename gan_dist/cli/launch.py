@@ -100,6 +100,11 @@ def _slurm(recipe, run_dir: Path, dry_run: bool, follow: bool) -> int:
             f"submit with: sbatch {script}",
             markup=False,
         )
+        from gan_dist.launch.cluster_checks import cluster_checks
+
+        err.print("check on your cluster (slurm/README.md, Cluster notes):")
+        for line in cluster_checks(recipe, run_dir):
+            err.print(f"  {line}", markup=False)
         return 0
     if os.environ.get("SLURM_JOB_ID"):
         err.print(f"inside SLURM job {os.environ['SLURM_JOB_ID']}: running on this allocation")

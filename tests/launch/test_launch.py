@@ -63,6 +63,12 @@ def test_dry_run_renders_a_multi_node_gpu_script(tmp_path):
     ):
         assert line in script.splitlines(), line
     assert "--num_machines 4 --num_processes 32" in script
+    # what the script cannot check, said for this recipe: the GPUs' interface, the port,
+    # storage every node must see
+    checks = result.stderr.split("check on your cluster")[1]
+    assert "NCCL_SOCKET_IFNAME is not set" in checks
+    assert "port: rank 0 listens on the first free port from 20000 + job id" in checks
+    assert f"run dir {tmp_path / 'run'}: on " in checks and "data.train " in checks
     # the machine rank is expanded by each task's own shell, not once by the batch script
     assert (
         """bash -c 'exec "$0" -m gan_dist.launch.launcher --machine_rank "$SLURM_NODEID" "$@"'"""

@@ -1,0 +1,89 @@
+"""What a user must check on their own cluster before a SLURM job, for the recipe at hand:
+`gan-dist launch --slurm --dry-run` prints it under the script.
+
+What breaks first across nodes is not in the script: the network interface the ranks talk on
+(a node with an Ethernet and an InfiniBand address picks one by its host name, not
+necessarily the one the nodes share), the port rank 0 listens on, and storage that every
+node sees at the same path (run dir, shards, the Python environment). This machine can only
+say what it sees from here, and says so.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gan_dist.config.recipe import Recipe
+
+# file systems that several machines mount at once; anything else is local to one host
+SHARED_FS = {
+    "nfs", "nfs4", "lustre", "gpfs", "beegfs", "cephfs", "ceph", "glusterfs",
+    "fuse.glusterfs", "fuse.cephfs", "fuse.sshfs", "wekafs", "panfs", "fuse.juicefs",
+    "fuse.s3fs", "fuse.gcsfuse", "virtiofs", "9p", "cifs", "smb3",
+}  # fmt: skip
+
+
+def file_system(path: Path) -> str:
+    """The type of the file system `path` is on (or will be, when it is made), as
+    /proc/mounts names it ("nfs4", "ext4", ...); "unknown" where none matches."""
+    import psutil
+
+    real = os.path.realpath(path.absolute())  # symlinks followed as far as the path exists
+    best, kind = "", "unknown"
+    for part in psutil.disk_partitions(all=True):
+        mount = part.mountpoint.rstrip("/") or "/"
+        inside = real == mount or real.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, kind = mount, part.fstype
+    return kind
+
+
+def storage_line(what: str, where: str) -> str:
+    """Whether every node can read `where` (a path, an object-store or web URL, a pipe:)."""
+    if where.startswith("pipe:"):
+        return f"{what} {where}: a command every node runs; it must work on each of them"
+    if "://" in where:
+        return f"{what} {where}: read over the network by every node; give each its credentials"
+    path = Path(where.split("{", 1)[0] or ".")
+    kind = file_system(path)
+    if kind in SHARED_FS:
+        return f"{what} {where}: on {kind}, a shared file system: every node must mount it here too"
+    return (
+        f"{what} {where}: on {kind}, local to this machine as far as it shows: every node must "
+        "see it at this same path (put it on the cluster's shared file system)"
+    )
+
+
+def cluster_checks(recipe: Recipe, run_dir: Path) -> list[str]:
+    """One line per check: the network interface and rank 0's port when the job spans
+    nodes, and storage for the run dir, the shards and the Python environment."""
+    import sys
+
+    launch = recipe.launch
+    lines = []
+    if launch.nodes > 1:
+        variable = "NCCL_SOCKET_IFNAME" if launch.gpus_per_node else "GLOO_SOCKET_IFNAME"
+        chosen = os.environ.get(variable)
+        if chosen:
+            lines.append(f"network: {variable}={chosen} in this shell; sbatch passes it on")
+        else:
+            lines.append(
+                f"network: {variable} is not set: where nodes have several networks, set it "
+                "to the interface they share (`ip -br addr` on a node lists them, e.g. ib0) "
+                "in the shell you submit from; sbatch passes it on"
+            )
+        port = (
+            f"launch.main_port {launch.main_port}"
+            if launch.main_port
+            else "the first free port from 20000 + job id % 40000"
+        )
+        lines.append(
+            f"port: rank 0 listens on {port} on the job's first node; the other nodes must "
+            "reach it there (no firewall between the nodes)"
+        )
+    lines.append(storage_line("run dir", str(run_dir)))
+    lines.append(storage_line("data.train", recipe.data.train))
+    if recipe.data.val not in (None, "auto"):
+        lines.append(storage_line("data.val", recipe.data.val))
+    lines.append(storage_line("python", sys.prefix))
+    return lines
