@@ -146,18 +146,8 @@ def slurm(tmp_path_factory):
     the session lasts. Skips where it cannot start, except under CI, where that fails."""
     from support import slurm_cluster
 
-    why = slurm_cluster.unavailable()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the SLURM tests: {why}")
-        pytest.skip(why)
-    cluster = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
-    try:
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("SLURM_CONF", str(cluster.conf))
-            yield cluster
-    finally:
-        cluster.stop()
+    root = tmp_path_factory.mktemp("slurm")
+    yield from _cluster(slurm_cluster, lambda: slurm_cluster.start(root))
 
 
 @pytest.fixture(scope="session")
@@ -167,12 +157,19 @@ def slurm_hosts(tmp_path_factory):
     session lasts. Skips where it cannot start, except under CI, where that fails."""
     from support import slurm_hosts
 
-    why = slurm_hosts.unavailable()
+    root = tmp_path_factory.mktemp("slurm-hosts")
+    yield from _cluster(slurm_hosts, lambda: slurm_hosts.start(root, nodes=3))
+
+
+def _cluster(module, start):
+    """A test cluster from `start()`, with SLURM_CONF pointing at it until it is stopped;
+    a skip saying why where `module.unavailable()`, a failure under CI."""
+    why = module.unavailable()
     if why:
         if os.environ.get("CI"):
-            pytest.fail(f"CI must run the multi-host SLURM tests: {why}")
+            pytest.fail(f"CI must run the SLURM tests ({module.__name__}): {why}")
         pytest.skip(why)
-    cluster = slurm_hosts.start(tmp_path_factory.mktemp("slurm-hosts"), nodes=3)
+    cluster = start()
     try:
         with pytest.MonkeyPatch.context() as env:
             env.setenv("SLURM_CONF", str(cluster.conf))

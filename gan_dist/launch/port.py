@@ -21,8 +21,11 @@ SEARCH = 100  # ports tried from BASE on
 
 
 def is_free(port: int) -> bool:
-    """Whether a listening socket can bind `port` on every address of this host now."""
+    """Whether a listening socket can bind `port` on every address of this host now. Like
+    torch's store, with SO_REUSEADDR: a port whose last connection lingers in TIME_WAIT (the
+    previous job on this node, a minute ago) is free; a listener on it is not."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("0.0.0.0", port))
         except OSError:

@@ -91,17 +91,23 @@ def render(recipe: Recipe, run_dir: Path) -> str:
         "srun_extra": srun_extra,
         "node_command": _node_command(topo),
         "max_requeues": str(slurm.max_requeues),
-        "port": (
-            f"{recipe.launch.main_port} --fixed"
-            if recipe.launch.main_port
-            else '"$((20000 + SLURM_JOB_ID % 40000))"'
-        ),
+        "main_port": _main_port(recipe, topo),
     }
     text = template_path().read_text()
     missing = set(re.findall(r"{{(\w+)}}", text)) - set(values)
     if missing:
         raise GanDistError(f"{template_path()}: unknown placeholders {sorted(missing)}")
     return re.sub(r"{{(\w+)}}", lambda m: values[m.group(1)], text)
+
+
+def _main_port(recipe: Recipe, topo: Topology) -> str:
+    """The script's expression for rank 0's port: picked on the main node when there is a
+    rendezvous (see `port.py`); a single rank opens none."""
+    if topo.world == 1:
+        return "none  # a single rank: no rendezvous, no port"
+    base = recipe.launch.main_port
+    pick = f"{base} --fixed" if base else '"$((20000 + SLURM_JOB_ID % 40000))"'
+    return f'$("$PYTHON" -m gan_dist.launch.port {pick}) || exit 1'
 
 
 def _node_command(topo: Topology) -> str:

@@ -4,14 +4,18 @@ A rank that hears nothing from the others for `launch.rank_timeout_s` (a collect
 out) reads these to say which rank went silent and on which host. The file is written by a
 thread of its own, so a rank that is alive but waiting inside the same collective still
 beats: a host that died stops, and a cut link that leaves every host alive shows as every
-rank beating. The run dir is on storage every node shares, as a multi-node run's checkpoints
-need anyway; a beat that cannot be written is skipped, never an error.
+rank beating. A rank that gave up marks its file `lost` before it exits: another rank that
+then sees its connections close knows it was a lost host, not a crash. Beats older than
+this process are an earlier job's and do not count. The run dir is on storage every node
+shares, as a multi-node run's checkpoints need anyway; a beat that cannot be written is
+skipped, never an error.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import socket
 import threading
 import time
@@ -23,6 +27,7 @@ from gan_dist.core.files import write_bytes_atomic
 
 EVERY_S = 5.0
 RANKS_DIR = "ranks"
+CLOCK_SLACK_S = 5.0  # how far the clocks of a job's hosts may differ (NTP keeps them closer)
 
 
 def beat_interval(timeout_s: float) -> float:
@@ -38,6 +43,7 @@ class Beat:
     host: str
     step: int
     time: float  # time.time() of the beat, s
+    lost: bool = False  # the rank gave up on the others (see `Heartbeat.lost`)
 
 
 class Heartbeat:
@@ -63,43 +69,63 @@ class Heartbeat:
         if self._thread.is_alive():
             self._thread.join(timeout=self.every_s + 5)
 
+    def lost(self) -> None:
+        """The last beat, marked: this rank lost contact with the others and stops."""
+        self.stop()
+        self._write(lost=True)
+
     def _run(self) -> None:
         while not self._done.wait(self.every_s):
             self._write()
 
-    def _write(self) -> None:
+    def _write(self, lost: bool = False) -> None:
         doc = {"rank": self.rank, "host": self.host, "step": self.step(), "time": time.time()}
+        doc["lost"] = lost
         with contextlib.suppress(OSError):  # a full or lost disk: the checkpoint says so
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(self.path, json.dumps(doc).encode())
 
 
-def beats(run_dir: Path, world: int) -> dict[int, Beat]:
-    """The last beat of each rank below `world` that left a readable one."""
+def beats(run_dir: Path, world: int, since: float = 0.0) -> dict[int, Beat]:
+    """The last beat of each rank below `world` that left a readable one at or after
+    `since` (a time.time(), s, less CLOCK_SLACK_S): older ones are an earlier job's."""
     found = {}
     for rank in range(world):
         try:
             doc = json.loads((run_dir / RANKS_DIR / f"rank-{rank}.json").read_text())
-            found[rank] = Beat(rank, str(doc["host"]), int(doc["step"]), float(doc["time"]))
+            lost = doc.get("lost") is True
+            beat = Beat(rank, str(doc["host"]), int(doc["step"]), float(doc["time"]), lost)
         except (OSError, ValueError, KeyError, TypeError):
             continue
+        if math.isfinite(beat.time) and beat.time >= since - CLOCK_SLACK_S:
+            found[rank] = beat
     return found
 
 
+def gave_up(run_dir: Path, world: int, me: int, since: float = 0.0) -> list[Beat]:
+    """The other ranks that marked their beat `lost` (since `since`)."""
+    return [b for r, b in beats(run_dir, world, since).items() if r != me and b.lost]
+
+
 def who_went_silent(
-    run_dir: Path, world: int, me: int, every_s: float = EVERY_S, now: float | None = None
+    run_dir: Path,
+    world: int,
+    me: int,
+    every_s: float = EVERY_S,
+    since: float = 0.0,
+    now: float | None = None,
 ) -> str:
     """In words, which ranks other than `me` stopped beating (none for 3 beats of `every_s`
-    s), with their host, last step and how long ago; or that every rank still beats, which
-    points at the network between the hosts."""
+    s; none at all since `since`), with their host, last step and how long ago; or that
+    every rank still beats, which points at the network between the hosts."""
     now = time.time() if now is None else now
-    found = beats(run_dir, world)
+    found = beats(run_dir, world, since)
     quiet = 3 * every_s
     silent = []
     for rank in (r for r in range(world) if r != me):
         beat = found.get(rank)
         if beat is None:
-            silent.append(f"rank {rank} (no beat on record)")
+            silent.append(f"rank {rank} (no beat from this job)")
         elif now - beat.time > quiet:
             silent.append(
                 f"rank {rank} on {beat.host} (last beat {now - beat.time:.0f} s ago, "

@@ -39,7 +39,7 @@ from gan_dist.metrics.perceptual import PerceptualMetrics, PerceptualWeights
 from gan_dist.nets.repair_net import prefill_only
 from gan_dist.run import checkpoint
 from gan_dist.run import status as run_status
-from gan_dist.run.heartbeat import Heartbeat, beat_interval, who_went_silent
+from gan_dist.run.heartbeat import Heartbeat, beat_interval, gave_up, who_went_silent
 from gan_dist.run.runlock import RunDirBusy, RunLock
 from gan_dist.run.signals import (
     EXIT_NONFINITE,
@@ -102,18 +102,25 @@ class LostContact(GanDistError):
     exit_code = EXIT_PREEMPTED
 
 
-def _timed_out_collective(exc: BaseException, world: int) -> bool:
-    """A collective that gave up waiting for another rank, as torch reports one: a DistError,
-    or gloo's plain RuntimeError ("Timed out waiting 30000ms for recv operation", "Application
-    timeout caused pair closure"). A rank that crashed on a live host closes its connections
-    at once instead ("Connection closed by peer"): a failure, not a lost host."""
+def _collective_failure(exc: BaseException, world: int) -> str | None:
+    """How a collective failed, as torch reports it (a DistError, or gloo's plain
+    RuntimeError): "timeout" when it gave up waiting for another rank ("Timed out waiting
+    30000ms for recv operation", "Application timeout caused pair closure"), "closed" when a
+    peer's connection closed ("Connection closed by peer": the peer's process ended, a crash
+    or a rank that gave up itself); None for anything else."""
     if world < 2 or not isinstance(exc, RuntimeError):
-        return False
+        return None
     text = str(exc).lower()
     from_c10d = isinstance(exc, torch.distributed.DistError) or any(
         word in text for word in ("gloo", "nccl", "pair closure")
     )
-    return from_c10d and ("timed out" in text or "timeout" in text)
+    if not from_c10d:
+        return None
+    if "timed out" in text or "timeout" in text:
+        return "timeout"
+    if "connection closed" in text or "connection reset" in text or "broken pipe" in text:
+        return "closed"
+    return None
 
 
 class TrackingFailed(GanDistError):
@@ -210,7 +217,7 @@ def train(
         except StopRequested as exc:
             return run.stopped(str(exc))
         except Exception as exc:
-            if run.accelerator and _timed_out_collective(exc, run.accelerator.num_processes):
+            if run.lost_contact(exc):
                 raise run.lost() from None
             run.failed(exc)
             raise
@@ -777,14 +784,30 @@ class _Run:
         )
         return Outcome("preempted", self.step, self.last_ckpt, self.metrics, {}, self.main)
 
-    def lost(self) -> LostContact:
-        """Another rank stopped answering (see `_timed_out_collective`): which one and where
-        (`heartbeat`), status `preempted` with that error (cause `lost`) as nothing new was
-        saved, so a requeued job resumes from the last checkpoint."""
+    def lost_contact(self, exc: BaseException) -> bool:
+        """Whether `exc` is a lost host rather than a failure: a collective that timed out,
+        or one whose peer closed its connection after another rank gave up on a lost host
+        (its beat says so; with three or more ranks the first to give up closes on the
+        rest). A peer that closed on its own crashed: a failure."""
+        if self.accelerator is None:
+            return False
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        silent = who_went_silent(
-            self.run_dir, world, rank, beat_interval(self.recipe.launch.rank_timeout_s)
-        )
+        how = _collective_failure(exc, world)
+        if how == "closed":
+            time.sleep(2 * beat_interval(self.recipe.launch.rank_timeout_s))  # its last beat
+            return bool(gave_up(self.run_dir, world, rank, _started_at()))
+        return how == "timeout"
+
+    def lost(self) -> LostContact:
+        """Another rank stopped answering (see `lost_contact`): which one and where
+        (`heartbeat`), status `preempted` with that error (cause `lost`) as nothing new was
+        saved, so a requeued job resumes from the last checkpoint; this rank's beat is
+        marked lost for the others to read."""
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        every = beat_interval(self.recipe.launch.rank_timeout_s)
+        silent = who_went_silent(self.run_dir, world, rank, every, _started_at())
+        if self.heartbeat is not None:
+            self.heartbeat.lost()
         error = LostContact(
             f"rank {rank} on {socket.gethostname()} lost contact with the other ranks at step "
             f"{self.step}: no answer for {self.recipe.launch.rank_timeout_s} s "
@@ -794,6 +817,11 @@ class _Run:
         )
         if self.tracker is not None:
             self.tracker.status = "KILLED"  # ended for now; the resumed job reopens the run
+        if self.lock is None and self.main:  # lost in start-up, before it took the run dir
+            with contextlib.suppress(OSError):
+                run_status.write_if_free(
+                    self.run_dir, "preempted", self.step, self.last_ckpt, str(error), "lost"
+                )
         self._write_status("preempted", error=str(error), cause="lost")
         return error
 
@@ -1022,9 +1050,15 @@ def _validation_note(train: str, asked: str | None, val: str | None) -> str:
 
 def _since_start() -> float:
     """Seconds since this process started (launcher and imports included)."""
+    return time.time() - _started_at()
+
+
+def _started_at() -> float:
+    """When this process started (time.time(), s): every rank of a job beats after that,
+    as a rank beats only once all have met (see `heartbeat`)."""
     import psutil
 
-    return time.time() - psutil.Process().create_time()
+    return psutil.Process().create_time()
 
 
 def _rates(images_per_s: float, sched_g, sched_d, schedule) -> dict[str, float]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import MlflowServer, run_cli, tiny
+from support import MlflowServer, read_log, run_cli, tiny, wait_for
 
 TINY_CPU = ["--cpu-procs", "2"]
 
@@ -269,12 +269,12 @@ def test_preempted_job_requeues_and_resumes_in_the_same_run(slurm, server, packe
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip()
     log = run_dir / f"slurm-{job_id}.log"
-    _wait_for(lambda: re.search(r"^step 20/", _read(log), re.M), 120, f"step 20 in {log}")
+    wait_for(lambda: re.search(r"^step 20/", read_log(log), re.M), 120, f"step 20 in {log}")
 
     assert slurm.run("scancel", "--signal=USR1", job_id).returncode == 0
-    _wait_for(lambda: slurm.job(job_id).get("Restarts") == "1", 90, "the job to requeue")
+    wait_for(lambda: slurm.job(job_id).get("Restarts") == "1", 90, "the job to requeue")
     info = slurm.wait_for_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=240)
-    text = _read(log)
+    text = read_log(log)
     assert info["JobState"] == "COMPLETED", text[-3000:]
     assert "preempted with a checkpoint; requeueing" in text
     assert "gan-dist launcher: SIGUSR1 passed on to the ranks" in text
@@ -297,14 +297,14 @@ def test_a_killed_rank_fails_the_job_quickly_and_is_named(slurm, packed, tmp_pat
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip()
     log = run_dir / f"slurm-{job_id}.log"
-    _wait_for(lambda: re.search(r"^step 5/", _read(log), re.M), 120, f"step 5 in {log}")
+    wait_for(lambda: re.search(r"^step 5/", read_log(log), re.M), 120, f"step 5 in {log}")
 
     victim = _rank_pid(run_dir, rank=1)
     os.kill(victim, signal.SIGKILL)
     killed = time.monotonic()
     info = slurm.wait_for_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=150)
     elapsed = time.monotonic() - killed
-    text = _read(log)
+    text = read_log(log)
     assert info["JobState"] == "FAILED", text[-3000:]
     assert elapsed < 90, f"the job took {elapsed:.0f} s to notice a dead rank"
     assert re.search(r"rank\s*:\s*1 \(local_rank", text), text[
@@ -391,22 +391,6 @@ def _client(server: MlflowServer):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(server.url)
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
-
-
-def _wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _rank_pid(run_dir: Path, rank: int) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support import run_cli, tiny
+from support import read_log, run_cli, tiny, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +96,7 @@ def test_a_preempted_job_requeued_onto_other_hosts_resumes_bit_identical(
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip()
     log = run_dir / f"slurm-{job_id}.log"
-    wait_for(lambda: re.search(r"^step 20/", read(log), re.M), 120, f"step 20 in {log}")
+    wait_for(lambda: re.search(r"^step 20/", read_log(log), re.M), 120, f"step 20 in {log}")
     assert slurm_hosts.run("scancel", "--signal=USR1", job_id).returncode == 0
     drain = ["scontrol", "update", "nodename=node1", "state=drain", "reason=test"]
     assert slurm_hosts.run(*drain).returncode == 0  # running on, but no new job lands there
@@ -105,7 +105,7 @@ def test_a_preempted_job_requeued_onto_other_hosts_resumes_bit_identical(
         info = slurm_hosts.wait_for_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, 240)
     finally:
         slurm_hosts.run("scontrol", "update", "nodename=node1", "state=resume")
-    text = read(log)
+    text = read_log(log)
     assert info["NodeList"] == "node[2-3]", info
     assert re.search(r"\(restart 1\) on node\[2-3\], rank 0 at node2:", text), text[-3000:]
     assert info["JobState"] == "COMPLETED", text[-3000:]
@@ -126,22 +126,6 @@ def test_a_preempted_job_requeued_onto_other_hosts_resumes_bit_identical(
     assert sorted(m.step for m in history) == list(range(1, steps + 1))
 
 
-def read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 @pytest.mark.parametrize("fault", ["host dies", "link cut"])
 def test_a_lost_host_stops_the_others_in_bounded_time_and_the_requeued_job_resumes(
     slurm_hosts, packed, tmp_path, fault
@@ -159,13 +143,13 @@ def test_a_lost_host_stops_the_others_in_bounded_time_and_the_requeued_job_resum
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip()
     log = run_dir / f"slurm-{job_id}.log"
-    wait_for(lambda: re.search(r"^step 25/", read(log), re.M), 120, f"step 25 in {log}")
+    wait_for(lambda: re.search(r"^step 25/", read_log(log), re.M), 120, f"step 25 in {log}")
     slurm_hosts.cut("node2")
     if fault == "host dies":
         slurm_hosts.kill_node("node2")
     lost_at = time.monotonic()
     try:
-        wait_for(lambda: "lost contact" in read(log), timeout_s + 30, "rank 0 to give up")
+        wait_for(lambda: "lost contact" in read_log(log), timeout_s + 30, "rank 0 to give up")
         said = time.monotonic() - lost_at
         info = slurm_hosts.wait_for_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, 300)
     finally:
@@ -175,7 +159,7 @@ def test_a_lost_host_stops_the_others_in_bounded_time_and_the_requeued_job_resum
         else:
             slurm_hosts.run("scontrol", "update", "nodename=node2", "state=resume")
             slurm_hosts.wait_for_nodes("idle", ["node2"], timeout=90)
-    text = read(log)
+    text = read_log(log)
     assert said < timeout_s + 30, f"rank 0 took {said:.0f} s to give up"
     line = next(ln for ln in text.splitlines() if "rank 0 on node1 lost contact" in ln)
     if fault == "host dies":
@@ -211,7 +195,7 @@ def test_a_main_port_in_use_on_the_main_node_is_skipped_or_refused(slurm_hosts, 
         assert result.returncode == 0, result.stdout + result.stderr
         job_id = result.stdout.splitlines()[0].strip()
         assert int(job_id) == next_job
-        log = read(tmp_path / "run" / f"slurm-{job_id}.log")
+        log = read_log(tmp_path / "run" / f"slurm-{job_id}.log")
         assert f"rank 0 at node1:{busy + 1}," in log and "training completed" in log, log
 
         fixed = submit(packed, 3, tmp_path / "fixed", "--follow", **untracked, **{
@@ -219,7 +203,7 @@ def test_a_main_port_in_use_on_the_main_node_is_skipped_or_refused(slurm_hosts, 
         })  # fmt: skip
         assert fixed.returncode != 0, fixed.stdout + fixed.stderr
         job_id = fixed.stdout.splitlines()[0].strip()
-        log = read(tmp_path / "fixed" / f"slurm-{job_id}.log")
+        log = read_log(tmp_path / "fixed" / f"slurm-{job_id}.log")
         assert f"gan-dist: launch.main_port {busy} is in use on node1, the main node" in log, log
         assert "Traceback" not in log and "step 1/" not in log
     finally:

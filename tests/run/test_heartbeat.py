@@ -7,8 +7,15 @@ import time
 
 import pytest
 
-from gan_dist.run.heartbeat import EVERY_S, Heartbeat, beat_interval, beats, who_went_silent
-from gan_dist.train.trainer import _timed_out_collective
+from gan_dist.run.heartbeat import (
+    EVERY_S,
+    Heartbeat,
+    beat_interval,
+    beats,
+    gave_up,
+    who_went_silent,
+)
+from gan_dist.train.trainer import _collective_failure
 
 
 def beat(run_dir, rank: int, host: str, step: int, at: float) -> None:
@@ -24,7 +31,7 @@ def test_a_rank_whose_beats_stopped_is_named_with_its_host_and_step(tmp_path):
     beat(tmp_path, 2, "node3", 40, now - 1)
     said = who_went_silent(tmp_path, 4, me=0, now=now)
     assert said.startswith("silent: rank 1 on node2 (last beat 20 s ago, at step 35), ")
-    assert "rank 3 (no beat on record)" in said and "node3" not in said
+    assert "rank 3 (no beat from this job)" in said and "node3" not in said
 
 
 def test_a_short_timeout_beats_often_enough_to_tell_a_silent_rank(tmp_path):
@@ -49,7 +56,7 @@ def test_unreadable_beats_count_as_none(tmp_path):
     (tmp_path / "ranks").mkdir()
     (tmp_path / "ranks" / "rank-1.json").write_text("{half")
     assert beats(tmp_path, 2) == {}
-    assert "rank 1 (no beat on record)" in who_went_silent(tmp_path, 2, me=0)
+    assert "rank 1 (no beat from this job)" in who_went_silent(tmp_path, 2, me=0)
 
 
 def test_the_beat_thread_writes_the_current_step_until_stopped(tmp_path):
@@ -72,21 +79,45 @@ def test_a_beat_that_cannot_be_written_is_skipped(tmp_path):
     Heartbeat(tmp_path, 0, lambda: 1, every_s=0.05).start().stop()  # no error
 
 
+def test_an_earlier_jobs_beats_do_not_count(tmp_path):
+    """Hostile pass: a rank lost before its first beat was named by the host an earlier
+    job's file gave (a day old)."""
+    now = time.time()
+    beat(tmp_path, 1, "node7", 500, now - 86400)
+    said = who_went_silent(tmp_path, 2, me=0, since=now - 60, now=now)
+    assert said == (
+        "silent: rank 1 (no beat from this job); its host died or the link to it is down"
+    )
+    beat(tmp_path, 1, "node7", 500, float("nan"))
+    assert beats(tmp_path, 2) == {}
+
+
+def test_a_rank_that_gave_up_marks_its_last_beat(tmp_path):
+    heart = Heartbeat(tmp_path, 1, lambda: 12, every_s=0.05).start()
+    assert gave_up(tmp_path, 2, me=0) == []
+    heart.lost()
+    (marked,) = gave_up(tmp_path, 2, me=0)
+    assert (marked.rank, marked.step, marked.lost) == (1, 12, True)
+    assert gave_up(tmp_path, 2, me=1) == []  # its own mark is no news to itself
+
+
 @pytest.mark.parametrize(
-    ("error", "world", "lost"),
+    ("error", "world", "how"),
     [
         (RuntimeError("[../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting "
-                      "30000ms for recv operation to complete"), 2, True),
-        (RuntimeError("Application timeout caused pair closure"), 2, True),
-        (RuntimeError("[Rank 1] Watchdog caught collective operation timeout: NCCL"), 8, True),
-        (RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer"), 2, False),
-        (RuntimeError("Timed out waiting 30000ms for recv operation"), 1, False),
-        (RuntimeError("DataLoader timed out after 30 seconds"), 2, False),
-        (ValueError("gloo timeout"), 2, False),
+                      "30000ms for recv operation to complete"), 2, "timeout"),
+        (RuntimeError("Application timeout caused pair closure"), 2, "timeout"),
+        (RuntimeError("[Rank 1] Watchdog caught collective operation timeout: NCCL"), 8,
+         "timeout"),
+        (RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer"), 2,
+         "closed"),
+        (RuntimeError("Timed out waiting 30000ms for recv operation"), 1, None),
+        (RuntimeError("DataLoader timed out after 30 seconds"), 2, None),
+        (ValueError("gloo timeout"), 2, None),
     ],
 )  # fmt: skip
-def test_only_a_collective_that_timed_out_is_a_lost_host(error, world, lost):
-    """A rank that crashed on a live host closes its connections at once: a failure, which
-    must not requeue; a host that died or whose link is down answers nothing until the
-    timeout: a lost host, which requeues."""
-    assert _timed_out_collective(error, world) is lost
+def test_how_a_collective_failed(error, world, how):
+    """A host that died or whose link is down answers nothing until the timeout: a lost
+    host, which requeues. A peer whose connection closed ended its process: a crash, unless
+    its beat says it gave up on a lost host itself (`_Run.lost_contact`)."""
+    assert _collective_failure(error, world) == how

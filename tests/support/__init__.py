@@ -148,6 +148,24 @@ class MlflowServer:
             stop_group(self.proc)
 
 
+def read_log(path: Path) -> str:
+    """A log that a job may not have started yet: "" until it exists."""
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    """Polls `condition()` every 0.5 s; fails naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
 def stop_group(proc: subprocess.Popen) -> None:
     """SIGTERM to a server started with start_new_session (its workers too), SIGKILL if it
     has not stopped in 30 s."""

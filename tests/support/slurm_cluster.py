@@ -92,6 +92,35 @@ class Cluster:
                     os.kill(pid, signal.SIGKILL)
 
 
+def common_conf(root: Path, auth_info: str, node_files: str) -> list[str]:
+    """The slurm.conf lines every test cluster shares: root runs everything, munge signs,
+    no cgroups, accounting or MPI; state, spool, pid and log files under `root`, the slurmd
+    ones named with `node_files` ("" for one node, "-%n": one per node name)."""
+    return [
+        "SlurmUser=root",
+        "AuthType=auth/munge",
+        # a requeued job may start once its old credential expires (default 120 s)
+        auth_info,
+        "CredType=cred/munge",
+        "MpiDefault=none",
+        "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/none",
+        "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_Core",
+        "JobAcctGatherType=jobacct_gather/none",
+        "AccountingStorageType=accounting_storage/none",
+        "ReturnToService=2",
+        "KillWait=20",
+        "MinJobAge=600",
+        f"StateSaveLocation={root / 'state'}",
+        f"SlurmdSpoolDir={root / f'spool{node_files}'}",
+        f"SlurmctldPidFile={root / 'slurmctld.pid'}",
+        f"SlurmdPidFile={root / f'slurmd{node_files}.pid'}",
+        f"SlurmctldLogFile={root / 'log' / 'slurmctld.log'}",
+        f"SlurmdLogFile={root / 'log' / f'slurmd{node_files}.log'}",
+    ]
+
+
 def start(root: Path, cpus: int | None = None, timeout: float = 60) -> Cluster:
     install()
     root.mkdir(parents=True, exist_ok=True)
@@ -107,27 +136,7 @@ def start(root: Path, cpus: int | None = None, timeout: float = 60) -> Cluster:
                 "SlurmctldHost=localhost",
                 f"SlurmctldPort={_free_port()}",
                 f"SlurmdPort={_free_port()}",
-                "SlurmUser=root",
-                "AuthType=auth/munge",
-                # a requeued job may start once its old credential expires (default 120 s)
-                "AuthInfo=cred_expire=10",
-                "CredType=cred/munge",
-                "MpiDefault=none",
-                "ProctrackType=proctrack/linuxproc",
-                "TaskPlugin=task/none",
-                "SelectType=select/cons_tres",
-                "SelectTypeParameters=CR_Core",
-                "JobAcctGatherType=jobacct_gather/none",
-                "AccountingStorageType=accounting_storage/none",
-                "ReturnToService=2",
-                "KillWait=20",
-                "MinJobAge=600",
-                f"StateSaveLocation={root / 'state'}",
-                f"SlurmdSpoolDir={root / 'spool'}",
-                f"SlurmctldPidFile={root / 'slurmctld.pid'}",
-                f"SlurmdPidFile={root / 'slurmd.pid'}",
-                f"SlurmctldLogFile={root / 'log' / 'slurmctld.log'}",
-                f"SlurmdLogFile={root / 'log' / 'slurmd.log'}",
+                *common_conf(root, "AuthInfo=cred_expire=10", node_files=""),
                 f"NodeName=localhost CPUs={cpus} RealMemory=16000 State=UNKNOWN",
                 "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
                 "",
