@@ -203,10 +203,20 @@ def _remove(pid: int, bridge: str, netns: list[str], run_dir: Path | None) -> No
     if bridge:
         subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
     if run_dir is not None:
-        munged = run_dir / "munge" / "munged.pid"
-        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-            os.kill(int(munged.read_text().strip()), signal.SIGTERM)
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            munged = int((run_dir / "munge" / "munged.pid").read_text().strip())
+            _stop(munged)  # it writes its seed file as it exits: before the folder goes
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _stop(pid: int, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if `pid` is still there after `timeout` s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
 
 
 def _remove_stale() -> None:
@@ -214,7 +224,9 @@ def _remove_stale() -> None:
     names = [p.name for p in NETNS_DIR.glob(f"{PREFIX}*")] if NETNS_DIR.is_dir() else []
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     names += re.findall(rf"^\d+: ({PREFIX}\d+[a-z0-9-]*)[@:]", links, re.M)
-    for pid in {int(m[1]) for n in names if (m := re.match(rf"{PREFIX}(\d+)", n))}:
+    made = {int(m[1]) for n in names if (m := re.match(rf"{PREFIX}(\d+)", n))}
+    runs = {int(p.name) for p in RUN_ROOT.glob("*") if p.name.isdigit()}
+    for pid in made | runs:
         if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
             ns = [n for n in names if n.startswith(f"{PREFIX}{pid}-")]
             _remove(pid, f"{PREFIX}{pid}br", ns, RUN_ROOT / str(pid))
