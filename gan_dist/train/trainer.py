@@ -39,7 +39,7 @@ from gan_dist.metrics.perceptual import PerceptualMetrics, PerceptualWeights
 from gan_dist.nets.repair_net import prefill_only
 from gan_dist.run import checkpoint
 from gan_dist.run import status as run_status
-from gan_dist.run.heartbeat import Heartbeat, beat_interval, gave_up, who_went_silent
+from gan_dist.run.heartbeat import Beat, Heartbeat, beat_interval, gave_up, who_went_silent
 from gan_dist.run.runlock import RunDirBusy, RunLock
 from gan_dist.run.signals import (
     EXIT_NONFINITE,
@@ -257,6 +257,7 @@ class _Run:
         self.prefill_metrics: dict[str, float] | None = None
         self.profiler: StepProfiler | None = None
         self.heartbeat: Heartbeat | None = None  # with several ranks: who went silent
+        self.gave_up: list[Beat] = []  # ranks that gave up on a lost host and closed on us
         self.perceptual: PerceptualMetrics | None = None
         self.lineage: dict[str, str] = {}  # model.init's source and parent, as tags
         self.grid: Path | None = None  # the newest repair grid written, RUN_DIR/GRID_FILE
@@ -795,7 +796,8 @@ class _Run:
         how = _collective_failure(exc, world)
         if how == "closed":
             time.sleep(2 * beat_interval(self.recipe.launch.rank_timeout_s))  # its last beat
-            return bool(gave_up(self.run_dir, world, rank, _started_at()))
+            self.gave_up = gave_up(self.run_dir, world, rank, _started_at())
+            return bool(self.gave_up)
         return how == "timeout"
 
     def lost(self) -> LostContact:
@@ -808,10 +810,14 @@ class _Run:
         silent = who_went_silent(self.run_dir, world, rank, every, _started_at())
         if self.heartbeat is not None:
             self.heartbeat.lost()
+        if self.gave_up:  # closed on by ranks that had lost a host themselves
+            ranks = ", ".join(f"rank {b.rank} on {b.host}" for b in self.gave_up)
+            why = f"{ranks} gave up on a lost host and closed its connections; "
+        else:
+            why = f"no answer for {self.recipe.launch.rank_timeout_s} s (launch.rank_timeout_s); "
         error = LostContact(
             f"rank {rank} on {socket.gethostname()} lost contact with the other ranks at step "
-            f"{self.step}: no answer for {self.recipe.launch.rank_timeout_s} s "
-            f"(launch.rank_timeout_s); {silent}. Nothing "
+            f"{self.step}: {why}{silent}. Nothing "
             f"after the last checkpoint ({self.last_ckpt or 'none'}) was saved; a requeued job "
             "or the same command resumes from it"
         )
