@@ -11,6 +11,7 @@ say what it sees from here, and says so.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from gan_dist.config.recipe import Recipe
@@ -64,8 +65,14 @@ def cluster_checks(recipe: Recipe, run_dir: Path) -> list[str]:
     if launch.nodes > 1:
         variable = "NCCL_SOCKET_IFNAME" if launch.gpus_per_node else "GLOO_SOCKET_IFNAME"
         chosen = os.environ.get(variable)
-        if chosen:
+        if chosen and all(re.fullmatch(r"\^?[A-Za-z0-9_.:@-]{1,15}", n) for n in chosen.split(",")):
             lines.append(f"network: {variable}={chosen} in this shell; sbatch passes it on")
+        elif chosen is not None:
+            lines.append(
+                f"network: {variable}={chosen[:60]!r} in this shell is not a list of interface "
+                "names (up to 15 letters, digits or ._:@- each, comma-separated, e.g. ib0); "
+                "fix it before you submit: sbatch passes it on"
+            )
         else:
             lines.append(
                 f"network: {variable} is not set: where nodes have several networks, set it "
@@ -81,7 +88,7 @@ def cluster_checks(recipe: Recipe, run_dir: Path) -> list[str]:
             f"port: rank 0 listens on {port} on the job's first node; the other nodes must "
             "reach it there (no firewall between the nodes)"
         )
-    lines.append(storage_line("run dir", str(run_dir)))
+    lines.append(storage_line("run dir", str(run_dir.resolve())))  # as the script names it
     lines.append(storage_line("data.train", recipe.data.train))
     if recipe.data.val not in (None, "auto"):
         lines.append(storage_line("data.val", recipe.data.val))

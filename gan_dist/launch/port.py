@@ -45,18 +45,23 @@ def pick(base: int, fixed: bool) -> int:
             "service holds it); choose another port, or leave launch.main_port unset and "
             "the job picks a free one"
         )
-    for port in range(base, min(base + SEARCH, 65536)):
+    last = min(base + SEARCH, 65536) - 1
+    for port in range(base, last + 1):
         if is_free(port):
             return port
-    raise ValueError(
-        f"ports {base}-{base + SEARCH - 1} are all in use on {host}, the main node; set "
-        "launch.main_port to a free one"
-    )
+    tried = f"port {base} is" if last == base else f"ports {base}-{last} are all"
+    raise ValueError(f"{tried} in use on {host}, the main node; set launch.main_port to a free one")
 
 
 def main(argv: list[str]) -> int:
+    words = [a for a in argv if a != "--fixed"]
+    if len(words) != 1 or not words[0].isdigit() or not 1024 <= int(words[0]) <= 65535:
+        got = f"got {' '.join(map(repr, words))}" if words else "got no port"
+        print(f"usage: python -m gan_dist.launch.port PORT [--fixed], PORT 1024-65535 ({got})",
+              file=sys.stderr)  # fmt: skip
+        return 2
     try:
-        print(pick(int(argv[0]), "--fixed" in argv[1:]))
+        print(pick(int(words[0]), "--fixed" in argv))
     except ValueError as exc:
         print(f"gan-dist: {exc}", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import namedtuple
 
 import psutil
+import pytest
 
 from gan_dist.config.recipe import load_recipe
 from gan_dist.launch import cluster_checks
@@ -40,3 +41,36 @@ def test_one_node_needs_no_network_line_and_the_set_interface_is_shown(tmp_path,
     lines = cluster_checks.cluster_checks(two, tmp_path)
     assert "network: GLOO_SOCKET_IFNAME=eth1 in this shell; sbatch passes it on" in lines
     assert any(line.startswith("port: rank 0 listens on launch.main_port 29555") for line in lines)
+
+
+def test_the_port_picker_refuses_what_is_not_a_port(capsys):
+    """The script's port helper: a bad argument is a usage line and exit 2, no traceback."""
+    from gan_dist.launch.port import main
+
+    for argv in ([], ["abc"], ["70000"], ["-5"], ["1023"], ["2000", "3000"]):
+        assert main(argv) == 2, argv
+        assert capsys.readouterr().err.startswith("usage: python -m gan_dist.launch.port")
+    assert main(["--fixed", "29555"]) in (0, 1)
+
+
+def test_an_interface_variable_that_names_no_interface_is_said(tmp_path, monkeypatch):
+    """Hostile pass: 'eth0; rm -rf /', a newline, or "" were echoed as if fine."""
+    two = load_recipe("quickstart", ["launch.nodes=2"])
+    for value in ("eth0; rm -rf /", "eth0\nFAKE LINE", "", "x" * 5000):
+        monkeypatch.setenv("GLOO_SOCKET_IFNAME", value)
+        (line,) = [n for n in cluster_checks.cluster_checks(two, tmp_path) if "network" in n]
+        assert "is not a list of interface names" in line and "\n" not in line, value
+        assert len(line) < 300
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth0,^docker0")
+    (line,) = [n for n in cluster_checks.cluster_checks(two, tmp_path) if "network" in n]
+    assert line.startswith("network: GLOO_SOCKET_IFNAME=eth0,^docker0 in this shell")
+
+
+def test_the_last_ports_are_said_as_tried(monkeypatch):
+    from gan_dist.launch import port
+
+    monkeypatch.setattr(port, "is_free", lambda p: False)
+    with pytest.raises(ValueError, match=r"^port 65535 is in use on "):
+        port.pick(65535, fixed=False)
+    with pytest.raises(ValueError, match=r"^ports 65530-65535 are all in use on "):
+        port.pick(65530, fixed=False)
