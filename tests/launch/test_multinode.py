@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support import read_log, run_cli, tiny, wait_for
+from support import EXACT, read_log, run_cli, tiny, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -87,11 +87,11 @@ def test_a_preempted_job_requeued_onto_other_hosts_resumes_bit_identical(
     from gan_dist.run import checkpoint
 
     steps = 200  # seconds of steps after step 20, for the signal to arrive in
-    straight = submit(packed, steps, tmp_path / "straight", "--follow")
+    straight = submit(packed, steps, tmp_path / "straight", "--follow", **EXACT)
     assert straight.returncode == 0, straight.stdout + straight.stderr
 
     run_dir = tmp_path / "run"
-    settings = {"tracking.experiment": "preempt-hosts", "train.checkpoint_every": 100000}
+    settings = {"tracking.experiment": "preempt-hosts", "train.checkpoint_every": 100000, **EXACT}
     result = submit(packed, steps, run_dir, **settings)
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip()

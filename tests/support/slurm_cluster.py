@@ -51,6 +51,7 @@ class Cluster:
     root: Path
     conf: Path
     pids: list[int] = field(default_factory=list)
+    munged: int | None = None  # the machine's munged where this cluster started it
 
     @property
     def env(self) -> dict[str, str]:
@@ -79,17 +80,34 @@ class Cluster:
     def stop(self) -> None:
         self.run("scancel", "--full", "--user", "root", timeout=20)
         self.run("scontrol", "shutdown", timeout=20)
-        deadline = time.monotonic() + 20
-        for pid in self.pids:
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.2)
-            else:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        _wait_gone(self.pids, timeout=20)
+        if self.munged is not None:  # `scontrol shutdown` leaves it running
+            stop_pid(self.munged)
+
+
+def _wait_gone(pids: list[int], timeout: float) -> None:
+    """Wait for `pids` to exit; SIGKILL those still there after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def stop_pid(pid: int, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if `pid` is still there after `timeout` s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
 
 
 def common_conf(root: Path, auth_info: str, node_files: str) -> list[str]:
@@ -111,6 +129,9 @@ def common_conf(root: Path, auth_info: str, node_files: str) -> list[str]:
         "AccountingStorageType=accounting_storage/none",
         "ReturnToService=2",
         "KillWait=20",
+        # a requeued job becomes eligible after cred_expire; by default only the backfill pass
+        # (every 30 s) or the main loop (every 60 s) would then start it
+        "SchedulerParameters=bf_interval=1,sched_interval=2",
         "MinJobAge=600",
         f"StateSaveLocation={root / 'state'}",
         f"SlurmdSpoolDir={root / f'spool{node_files}'}",
@@ -125,7 +146,7 @@ def start(root: Path, cpus: int | None = None, timeout: float = 60) -> Cluster:
     install()
     root.mkdir(parents=True, exist_ok=True)
     cpus = cpus or os.cpu_count() or 2
-    pids = _start_munge(root)
+    munged = _start_munge(root)
     for d in ("state", "spool", "log"):
         (root / d).mkdir(exist_ok=True)
     conf = root / "slurm.conf"
@@ -143,7 +164,7 @@ def start(root: Path, cpus: int | None = None, timeout: float = 60) -> Cluster:
             ]
         )
     )
-    cluster = Cluster(root, conf, pids)
+    cluster = Cluster(root, conf, munged=munged)
     for cmd, pidfile in (
         (["slurmctld", "-f", str(conf)], "slurmctld.pid"),
         (["slurmd", "-f", str(conf), "-N", "localhost"], "slurmd.pid"),
@@ -161,12 +182,13 @@ def start(root: Path, cpus: int | None = None, timeout: float = 60) -> Cluster:
     raise RuntimeError(f"SLURM node never became idle (last state {state!r}):\n{log}")
 
 
-def _start_munge(root: Path) -> list[int]:
-    """One munged per machine serves every cluster; reuse a running one."""
+def _start_munge(root: Path) -> int | None:
+    """The pid of the machine's munged where it had to be started; None where one runs
+    already (it serves every cluster)."""
     if MUNGE_SOCKET.exists():
         probe = subprocess.run(["munge", "-n"], capture_output=True, timeout=10, check=False)
         if probe.returncode == 0:
-            return []
+            return None
     MUNGE_SOCKET.parent.mkdir(parents=True, exist_ok=True)
     shutil.chown(MUNGE_SOCKET.parent, "munge", "munge")
     if not Path("/etc/munge/munge.key").exists():
@@ -174,7 +196,7 @@ def _start_munge(root: Path) -> list[int]:
     pidfile = MUNGE_SOCKET.parent / "munged.pid"
     pidfile.unlink(missing_ok=True)
     subprocess.run(["runuser", "-u", "munge", "--", "munged", "--force"], check=True, timeout=30)
-    return [_read_pid(pidfile, timeout=10)]
+    return _read_pid(pidfile, timeout=10)
 
 
 def _read_pid(path: Path, timeout: float) -> int:

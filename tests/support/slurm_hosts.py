@@ -7,12 +7,12 @@ every node), running its own slurmd. One slurmctld and one munged of the cluster
 serve them from this machine's side of the bridge, which is where `sbatch` runs: the login
 node. The file system is shared, as a cluster's is.
 
-The links are real: `shape` gives a node's link a bandwidth and a latency (`tc netem`),
-`cut` drops it and `kill_node` kills a node's slurmd and every process in its namespace.
-`stop` removes the namespaces, the bridge and the daemons, also after a failed test; names
-carry the pid of the process that made them, so a cluster left by a killed test run is
-removed by the next one. Needs root and `ip`, `tc`, `nsenter` and `unshare` (iproute2 and
-util-linux); `unavailable()` says why not.
+The links are real: `cut` drops a node's link and `kill_node` kills a node's slurmd and
+every process in its namespace. `stop` removes the namespaces, the bridge and the daemons,
+also after a failed test; names carry the pid of the process that made them, so a cluster
+left by a killed test run is removed by the next one. Needs root and `ip`, `nsenter` and
+`unshare` (iproute2 and util-linux); `unavailable()` says why not. (No link shaping: this
+machine's kernel has no `sch_netem`; benchmarks/multinode.py limits rates with `tbf`.)
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def unavailable() -> str | None:
     why = slurm_cluster.unavailable()
     if why:
         return why
-    missing = [t for t in ("ip", "tc", "nsenter", "unshare") if not shutil.which(t)]
+    missing = [t for t in ("ip", "nsenter", "unshare") if not shutil.which(t)]
     if missing and not shutil.which("apt-get"):
         return f"{', '.join(missing)} missing and no apt-get to install iproute2"
     return None
@@ -54,7 +54,7 @@ class Node:
     name: str  # SLURM node name and hostname
     addr: str  # its address on the cluster's bridge
     netns: str
-    link: str  # this machine's end of its veth pair: where `cut` and `shape` act
+    link: str  # this machine's end of its veth pair: where `cut` acts
 
 
 @dataclass
@@ -83,22 +83,6 @@ class Hosts(slurm_cluster.Cluster):
     def start_in_node(self, name: str, *cmd: str, **popen) -> subprocess.Popen:
         """A process on that host, left running; the caller waits for it or stops it."""
         return subprocess.Popen([*_enter(self.node(name), self.run_dir), *cmd], **popen)
-
-    def shape(self, name: str, rate: str, delay: str) -> None:
-        """Both directions of the node's link at `rate` (e.g. "1gbit") after `delay` ("0.5ms")."""
-        node = self.node(name)
-        netem = ["netem", "rate", rate, "delay", delay, "limit", "100000"]
-        _run("tc", "qdisc", "replace", "dev", node.link, "root", *netem)
-        inside = ["ip", "netns", "exec", node.netns, "tc", "qdisc", "replace", "dev", "eth0"]
-        _run(*inside, "root", *netem)
-
-    def unshape(self, name: str) -> None:
-        node = self.node(name)
-        for cmd in (
-            ["tc", "qdisc", "del", "dev", node.link, "root"],
-            ["ip", "netns", "exec", node.netns, "tc", "qdisc", "del", "dev", "eth0", "root"],
-        ):
-            subprocess.run(cmd, capture_output=True, check=False)
 
     def cut(self, name: str) -> None:
         """The node's link goes down: nothing reaches it or leaves it; its processes live on."""
@@ -205,18 +189,9 @@ def _remove(pid: int, bridge: str, netns: list[str], run_dir: Path | None) -> No
     if run_dir is not None:
         with contextlib.suppress(FileNotFoundError, ValueError):
             munged = int((run_dir / "munge" / "munged.pid").read_text().strip())
-            _stop(munged)  # it writes its seed file as it exits: before the folder goes
+            # it writes its seed file as it exits: before the folder goes
+            slurm_cluster.stop_pid(munged)
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _stop(pid: int, timeout: float = 10) -> None:
-    """SIGTERM, then SIGKILL if `pid` is still there after `timeout` s."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
 
 
 def _remove_stale() -> None:
@@ -257,7 +232,7 @@ def _start_munge(run_dir: Path) -> Path:
 def start(root: Path, nodes: int = 2, cpus: int = 2, timeout: float = 60) -> Hosts:
     """`nodes` hosts named node1, node2, ... with `cpus` CPUs each, all idle on return."""
     slurm_cluster.install()
-    if not all(shutil.which(t) for t in ("ip", "tc", "nsenter", "unshare")):
+    if not all(shutil.which(t) for t in ("ip", "nsenter", "unshare")):
         apt_install(("iproute2", "util-linux"))
     _remove_stale()
     pid = os.getpid()
@@ -325,8 +300,10 @@ def _conf(root: Path, hosts: Hosts, socket: Path, cpus: int) -> str:
             *slurm_cluster.common_conf(
                 root, f"AuthInfo=socket={socket},cred_expire=10", node_files="-%n"
             ),
-            # a node that stops answering is DOWN after this long, its job requeued or failed
-            "SlurmdTimeout=30",
+            # a node that stops answering is DOWN after this long, its job requeued or failed;
+            # above the lost-host tests' launch.rank_timeout_s (15 s), so that the ranks give
+            # up first and say so, rather than SLURM killing them (30 s made each wait longer)
+            "SlurmdTimeout=25",
             *node_lines,
             f"PartitionName=debug Nodes={names} Default=YES MaxTime=INFINITE State=UP",
             "",

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from gan_dist.launch.local import Topology, node_command, per_node_args
 from gan_dist.run import checkpoint
 from gan_dist.run.signals import EXIT_NONFINITE, EXIT_PREEMPTED
-from support import TRACKED, run_cli, tiny, train_quickstart
+from support import EXACT, TRACKED, run_cli, tiny, train_quickstart
 
 pytestmark = pytest.mark.integration
 
@@ -120,6 +120,7 @@ def test_preempted_and_resumed_run_is_bit_identical(shards, tmp_path, processes,
         "objective.texture_weight": 1,
         "train.mixed_precision": precision,
         "train.channels_last": str(precision == "bf16").lower(),
+        **EXACT,
     }
     args = tiny(shards, 10, **extra)
     launcher = None
