@@ -732,6 +732,19 @@ class LaunchConfig(Section):
         description="a requeued SLURM job waits this long for the old job to release the "
         "run dir (None: half of rank_timeout_s); any other second trainer fails at once",
     )
+    bucket_mb: int = Field(
+        25,
+        ge=1,
+        le=4096,
+        description="DDP gradient bucket size, MB: larger buckets send fewer, larger "
+        "messages (a link with high latency), smaller ones start sending earlier in the "
+        "backward pass (docs/training.md, scaling across nodes)",
+    )
+    grad_compression: Literal["none", "bf16"] = Field(
+        "none",
+        description="bf16: gradients are all-reduced in bf16, half the bytes of fp32, for "
+        "slow links (the optimiser still steps in fp32)",
+    )
     slurm: SlurmConfig | None = None
 
 

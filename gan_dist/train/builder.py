@@ -5,18 +5,56 @@ reads (training, validation, the repair grid's samples), each built in one place
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
+from gan_dist.core.precision import effective_precision
 from gan_dist.data.stream import StreamConfig
 from gan_dist.nets.build import build_discriminator, build_generator
 
 if TYPE_CHECKING:
+    from accelerate import Accelerator
+
     from gan_dist.config.recipe import OptimizerConfig, Recipe
 
 GRID_POOL = 8  # the grid's samples are spread over this many times as many held-out ones
+
+
+def accelerator_for(recipe: Recipe) -> tuple[Accelerator, str]:
+    """The Accelerate state a run trains under, and a note ("" for none) where the device
+    cannot take the recipe's `train.mixed_precision`: gradient accumulation
+    (`train.grad_accum`: DDP all-reduces on the last micro-batch only), DDP's gradient
+    buckets (`launch.bucket_mb`, MB) and their all-reduce in bf16
+    (`launch.grad_compression`: half the bytes, PyTorch's `bf16_compress_hook`), and the
+    collective timeout (`launch.rank_timeout_s`, s: a dead or hung rank fails the
+    collective on the others after this long). The bucket and compression settings are
+    what the scaling model in benchmarks/multinode.py weighs."""
+    from accelerate import Accelerator
+    from accelerate.utils import (
+        DDPCommunicationHookType,
+        DistributedDataParallelKwargs,
+        InitProcessGroupKwargs,
+    )
+
+    cuda = torch.cuda.is_available()
+    launch = recipe.launch
+    precision, note = effective_precision(recipe.train.mixed_precision, "cuda" if cuda else "cpu")
+    hook = {"none": DDPCommunicationHookType.NO, "bf16": DDPCommunicationHookType.BF16}
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=recipe.train.grad_accum,
+        cpu=not cuda,
+        kwargs_handlers=[
+            InitProcessGroupKwargs(timeout=timedelta(seconds=launch.rank_timeout_s)),
+            DistributedDataParallelKwargs(
+                bucket_cap_mb=launch.bucket_mb, comm_hook=hook[launch.grad_compression]
+            ),
+        ],
+    )
+    return accelerator, note
 
 
 def build_nets(recipe: Recipe) -> tuple[nn.Module, nn.Module]:

@@ -15,7 +15,6 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +27,6 @@ from gan_dist.config.family import PluginError
 from gan_dist.config.recipe import OptimizerConfig, Recipe, recipe_to_yaml
 from gan_dist.core.errors import GanDistError
 from gan_dist.core.pixels import to_uint8
-from gan_dist.core.precision import effective_precision
 from gan_dist.core.prefill import prefill_parts
 from gan_dist.data.identity import data_identity
 from gan_dist.data.images import picture_grid
@@ -49,7 +47,13 @@ from gan_dist.run.signals import (
     StopRequested,
 )
 from gan_dist.tracking.tracker import Tracker
-from gan_dist.train.builder import build_nets, optimizer, scheduler, stream_config
+from gan_dist.train.builder import (
+    accelerator_for,
+    build_nets,
+    optimizer,
+    scheduler,
+    stream_config,
+)
 from gan_dist.train.ema import EMA
 from gan_dist.train.profile import PROFILE_DIR, DataWait, StepProfiler
 from gan_dist.train.progress import Progress
@@ -284,23 +288,12 @@ class _Run:
     def start(
         self, resume: str, initial: Callable[[], InitialWeights] | None, resume_changed: bool
     ) -> None:
-        from accelerate import Accelerator
-        from accelerate.utils import InitProcessGroupKwargs, set_seed
+        from accelerate.utils import set_seed
 
         recipe, run_dir = self.recipe, self.run_dir
         asked, cfg, data = recipe, recipe.train, recipe.data  # as given, before a resume
-        precision, precision_note = effective_precision(
-            cfg.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu"
-        )
-        self.accelerator = accelerator = Accelerator(
-            mixed_precision=precision,
-            gradient_accumulation_steps=cfg.grad_accum,
-            cpu=not torch.cuda.is_available(),
-            # a dead or hung rank fails the collective on the others after this long
-            kwargs_handlers=[
-                InitProcessGroupKwargs(timeout=timedelta(seconds=recipe.launch.rank_timeout_s))
-            ],
-        )
+        self.accelerator, precision_note = accelerator_for(asked)
+        accelerator = self.accelerator
         rank, world = accelerator.process_index, accelerator.num_processes
         # the data first: a wrong path must not leave a run folder behind
         self.val = check_data(data, world * max(1, data.workers))

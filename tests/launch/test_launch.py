@@ -139,8 +139,11 @@ def test_values_that_are_not_slurm_values_are_refused(tmp_path, setting, field):
 @pytest.mark.integration
 def test_two_nodes_on_loopback(packed, tmp_path):
     """`--nodes 2 --node-rank R --main-addr` as on a cluster without SLURM: one launcher per
-    "node", one rank each, world size 2, parameters in sync (checked by the checkpoint)."""
+    "node", one rank each, world size 2, parameters in sync (checked by the checkpoint),
+    with the gradients all-reduced in bf16 in 1 MB buckets (launch.grad_compression,
+    launch.bucket_mb: what benchmarks/multinode.py advises for slow links)."""
     port = str(_free_port())
+    gradients = {"data.val": packed, "launch.grad_compression": "bf16", "launch.bucket_mb": 1}
     args = [
         "--local",
         "--nodes",
@@ -151,7 +154,7 @@ def test_two_nodes_on_loopback(packed, tmp_path):
         "127.0.0.1",
         "--main-port",
         port,
-        *tiny(packed, 4, **{"tracking.enabled": "false", "data.val": packed}),
+        *tiny(packed, 4, **gradients),
         "--run-dir",
         str(tmp_path / "run"),
     ]
@@ -169,7 +172,9 @@ def test_two_nodes_on_loopback(packed, tmp_path):
     assert [p.returncode for p in nodes] == [0, 0], outs
     assert "--num_machines 2 --num_processes 2" in outs[0]
     assert re.search(r"validation: samples 8\b", outs[0]), outs[0]  # both ranks' val shards
-    assert (tmp_path / "run" / "checkpoints" / "step-00000004").is_dir()
+    final = tmp_path / "run" / "checkpoints" / "step-00000004"
+    ranks = [json.loads((final / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["generator_sha256"] == ranks[1]["generator_sha256"]
 
 
 @pytest.mark.integration
