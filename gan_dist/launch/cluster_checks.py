@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from gan_dist.config.recipe import Recipe
+from gan_dist.launch import port
 
 # file systems that several machines mount at once; anything else is local to one host
 SHARED_FS = {
@@ -79,13 +80,9 @@ def cluster_checks(recipe: Recipe, run_dir: Path) -> list[str]:
                 "to the interface they share (`ip -br addr` on a node lists them, e.g. ib0) "
                 "in the shell you submit from; sbatch passes it on"
             )
-        port = (
-            f"launch.main_port {launch.main_port}"
-            if launch.main_port
-            else "the first free port from 20000 + job id % 40000"
-        )
+        listens = f"launch.main_port {launch.main_port}" if launch.main_port else port.FROM_JOB_ID
         lines.append(
-            f"port: rank 0 listens on {port} on the job's first node; the other nodes must "
+            f"port: rank 0 listens on {listens} on the job's first node; the other nodes must "
             "reach it there (no firewall between the nodes)"
         )
     lines.append(storage_line("run dir", str(run_dir.resolve())))  # as the script names it

@@ -18,6 +18,10 @@ import socket
 import sys
 
 SEARCH = 100  # ports tried from BASE on
+# the base a job's id gives: BASE + job id % SPAN, so two jobs on one node rarely share it
+BASE, SPAN = 20000, 40000
+FROM_JOB_ID = f"the first free port from {BASE} + job id % {SPAN}"  # as the docs say it
+JOB_BASE_SHELL = f'"$(({BASE} + SLURM_JOB_ID % {SPAN}))"'  # as the sbatch script computes it
 
 
 def is_free(port: int) -> bool:

@@ -21,6 +21,7 @@ from gan_dist import __version__
 from gan_dist.config.recipe import Recipe, SlurmConfig
 from gan_dist.core.errors import GanDistError
 from gan_dist.core.files import write_bytes_atomic
+from gan_dist.launch import port
 from gan_dist.launch.local import (
     DEFAULT_SHUTDOWN_S,
     LAUNCHER,
@@ -106,7 +107,7 @@ def _main_port(recipe: Recipe, topo: Topology) -> str:
     if topo.world == 1:
         return "none  # a single rank: no rendezvous, no port"
     base = recipe.launch.main_port
-    pick = f"{base} --fixed" if base else '"$((20000 + SLURM_JOB_ID % 40000))"'
+    pick = f"{base} --fixed" if base else port.JOB_BASE_SHELL
     return f'$("$PYTHON" -m gan_dist.launch.port {pick}) || exit 1'
 
 

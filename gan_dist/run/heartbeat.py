@@ -114,28 +114,57 @@ def who_went_silent(
     every_s: float = EVERY_S,
     since: float = 0.0,
     now: float | None = None,
+    slurm_job: str | None = None,
 ) -> str:
     """In words, which ranks other than `me` stopped beating (none for 3 beats of `every_s`
-    s; none at all since `since`), with their host, last step and how long ago; or that
-    every rank still beats, which points at the network between the hosts."""
+    s; none at all since `since`), grouped by host, with each host's last beat and step; or
+    that every rank still beats, which points at the network between the hosts. `slurm_job`
+    (a SLURM job id): add how to see whether SLURM saw the hosts fail and how to keep the
+    job's requeue off them."""
     now = time.time() if now is None else now
     found = beats(run_dir, world, since)
     quiet = 3 * every_s
-    silent = []
+    by_host: dict[str, list[Beat]] = {}
+    unheard = []
     for rank in (r for r in range(world) if r != me):
         beat = found.get(rank)
         if beat is None:
-            silent.append(f"rank {rank} (no beat from this job)")
+            unheard.append(rank)
         elif now - beat.time > quiet:
-            silent.append(
-                f"rank {rank} on {beat.host} (last beat {now - beat.time:.0f} s ago, "
-                f"at step {beat.step})"
-            )
+            by_host.setdefault(beat.host, []).append(beat)
+    silent = [
+        f"{_ranks([b.rank for b in group])} on {host} (last beat "
+        f"{now - max(b.time for b in group):.0f} s ago, at step {max(b.step for b in group)})"
+        for host, group in by_host.items()
+    ]
+    if unheard:
+        silent.append(f"{_ranks(unheard)} (no beat from this job)")
     if silent:
-        return f"silent: {', '.join(silent)}; its host died or the link to it is down"
+        them = "its host" if len(by_host) + bool(unheard) == 1 else "their hosts"
+        said = f"silent: {', '.join(silent)}; {them} died or the link to it is down"
+        if slurm_job and by_host:
+            hosts = ",".join(by_host)
+            said += (
+                f" (`sinfo -R -n {hosts}` says whether SLURM saw it fail; `scontrol update "
+                f"jobid={slurm_job} excnodelist={hosts}` keeps the requeue off it)"
+            )
+        return said
     hosts = sorted({b.host for r, b in found.items() if r != me})
     return (
         f"every other rank still beats (on {', '.join(hosts) or 'no host on record'}): "
         "the network between the hosts failed, e.g. a cut link, a firewall or the wrong "
         "interface (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME)"
     )
+
+
+def _ranks(ranks: list[int]) -> str:
+    """ "rank 3", "ranks 8-15" or "ranks 1, 3": runs of consecutive ranks joined."""
+    if len(ranks) == 1:
+        return f"rank {ranks[0]}"
+    runs: list[list[int]] = []
+    for r in sorted(ranks):
+        if runs and r == runs[-1][-1] + 1:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    return "ranks " + ", ".join(f"{x[0]}-{x[-1]}" if len(x) > 1 else str(x[0]) for x in runs)

@@ -800,7 +800,8 @@ class _Run:
         marked lost for the others to read."""
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         every = beat_interval(self.recipe.launch.rank_timeout_s)
-        silent = who_went_silent(self.run_dir, world, rank, every, _started_at())
+        job = os.environ.get("SLURM_JOB_ID")
+        silent = who_went_silent(self.run_dir, world, rank, every, _started_at(), slurm_job=job)
         if self.heartbeat is not None:
             self.heartbeat.lost()
         if self.gave_up:  # closed on by ranks that had lost a host themselves

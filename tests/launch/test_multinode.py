@@ -164,6 +164,7 @@ def test_a_lost_host_stops_the_others_in_bounded_time_and_the_requeued_job_resum
     line = next(ln for ln in text.splitlines() if "rank 0 on node1 lost contact" in ln)
     if fault == "host dies":
         assert "silent: rank 1 on node2 (last beat" in line, line
+        assert f"scontrol update jobid={job_id} excnodelist=node2` keeps" in line, line
     else:  # node2 lives on and still beats (the run dir here is not behind the cut link)
         assert "every other rank still beats (on node2): the network" in line, line
     kept = re.search(r"last checkpoint \((\S+)\)", line).group(1)

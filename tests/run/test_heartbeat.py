@@ -121,3 +121,20 @@ def test_how_a_collective_failed(error, world, how):
     host, which requeues. A peer whose connection closed ended its process: a crash, unless
     its beat says it gave up on a lost host itself (`_Run.lost_contact`)."""
     assert _collective_failure(error, world) == how
+
+
+def test_the_ranks_of_a_lost_host_are_one_entry_with_what_to_do_under_slurm(tmp_path):
+    """A dead node of 8 GPUs: its 8 ranks were 8 entries; now one, with the SLURM commands
+    that show whether SLURM saw it fail and keep the requeue off it."""
+    now = time.time()
+    for rank in range(16):
+        host = "node1" if rank < 8 else "node2"
+        beat(tmp_path, rank, host, 40 if rank < 8 else 35 + rank % 3, now - (1 if rank < 8 else 30))
+    said = who_went_silent(tmp_path, 16, me=0, now=now, slurm_job="4711")
+    assert said.startswith(
+        "silent: ranks 8-15 on node2 (last beat 30 s ago, at step 37); its host died or the link"
+    ), said
+    assert "`sinfo -R -n node2`" in said and "scontrol update jobid=4711 excnodelist=node2" in said
+    assert "node1" not in said
+    apart = who_went_silent(tmp_path, 16, me=9, now=now)  # rank 9's view: node1 beats
+    assert apart.startswith("silent: ranks 8, 10-15 on node2") and "sinfo" not in apart
