@@ -126,6 +126,41 @@ def test_a_preempted_job_requeued_onto_other_hosts_resumes_bit_identical(
     assert sorted(m.step for m in history) == list(range(1, steps + 1))
 
 
+def test_the_time_limits_warning_signal_stops_both_hosts_and_the_job_resumes(
+    slurm_hosts, packed, tmp_path
+):
+    """The job's time limit, brought near (`scontrol update TimeLimit=1`): slurmctld sends
+    the script's `--signal=USR1@180` to the launcher on each host by itself, every rank
+    stops, one checkpoint is written, and the job requeues and resumes from it."""
+    from gan_dist.run import checkpoint
+
+    run_dir = tmp_path / "run"
+    settings = {"train.checkpoint_every": 100000}
+    result = submit(packed, 100000, run_dir, **settings)
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    log = run_dir / f"slurm-{job_id}.log"
+    wait_for(lambda: re.search(r"^step 20/", read_log(log), re.M), 120, f"step 20 in {log}")
+    near = slurm_hosts.run("scontrol", "update", f"jobid={job_id}", "TimeLimit=1")
+    assert near.returncode == 0, near.stderr
+    try:
+        # slurmctld checks time limits every 30 s; the requeued job waits 10 s (cred_expire)
+        wait_for(lambda: slurm_hosts.job(job_id).get("Restarts") == "1", 120, "the requeue")
+        more = slurm_hosts.run("scontrol", "update", f"jobid={job_id}", "TimeLimit=30")
+        assert more.returncode == 0, more.stderr
+        wait_for(lambda: "resumed from" in read_log(log), 120, f"the resume in {log}")
+        kept = [checkpoint.read(c).step for c in checkpoint.list_checkpoints(run_dir)]
+    finally:  # the cancel's SIGTERM checkpoints too, as a preemption does
+        slurm_hosts.run("scancel", job_id)
+        slurm_hosts.wait_for_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, 120)
+    text = read_log(log)
+    first = text.split("(restart 1)")[0]
+    assert first.count("gan-dist launcher: SIGUSR1 passed on to the ranks") == 2, first[-3000:]
+    assert "preempted with a checkpoint; requeueing" in first and "Traceback" not in first
+    stopped = int(re.search(r"resumed from \S+ at step (\d+)", text).group(1))
+    assert stopped > 20 and kept == [stopped]  # one checkpoint, written once
+
+
 @pytest.mark.parametrize("fault", ["host dies", "link cut"])
 def test_a_lost_host_stops_the_others_in_bounded_time_and_the_requeued_job_resumes(
     slurm_hosts, packed, tmp_path, fault
