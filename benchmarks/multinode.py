@@ -21,18 +21,22 @@ The link's delay is not shaped: this machine's kernel has no `sch_netem` (`tc` a
 
 Fitted, per recipe: the all-reduce as `buckets * message_s + bytes / (rate * efficiency)`
 (least squares over the rates set), and the share of the backward pass the all-reduce
-hides behind (`overlap`), from `step_s - compute_s = max(allreduce_s - overlap *
+hides behind (`overlap`), from `step_s - compute_s = fixed + max(allreduce_s - overlap *
 backward_s, last_bucket_s)` with `backward_s = 2/3 compute_s` (the backward pass does twice
-the forward's FLOPs).
+the forward's FLOPs) and `fixed` DDP's own work beside the all-reduce (bucket copies, buffer
+broadcasts: on a CPU; left out on GPUs). A simplification: the step has two all-reduces,
+D's then G's, each of which can hide only behind its own net's backward pass; the model
+takes them as one, with one overlap share and G's last bucket last.
 
 Predicted, for the recipe's own image size and per-GPU batch on H100 nodes of 8 GPUs (NVLink
 within a node, one network port per node between nodes), weak scaling (the per-GPU batch
 fixed): compute from the step's FLOPs (train/flops.py) at an assumed model-FLOP
 utilisation; the all-reduce inside each node, then across nodes, each node sending and
 receiving 2 (N-1)/N of the gradient bytes, with 2 log2(N) latencies per bucket (NCCL's
-tree), at the bandwidths and latencies in ASSUMED; the overlap fitted above. Efficiency = compute /
-(compute + exposed all-reduce), shown for the recipe as it is, with
-`launch.grad_compression: bf16`, and with `train.grad_accum: 4`.
+tree), at the bandwidths and latencies in ASSUMED; the overlap fitted above. Efficiency =
+compute / (compute + exposed all-reduce): a GPU's images/s against one GPU alone (weak
+scaling), shown for the recipe as it is, with `launch.grad_compression: bf16`, with
+`train.grad_accum: 4`, and with both.
 
     sudo python benchmarks/multinode.py [--recipes quickstart,medical] [--steps 8]
         [--rates none,10,2.5,1] [--out measured.json] [--plot docs/multinode-scaling.png]
@@ -50,6 +54,7 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -62,6 +67,7 @@ RATES = [None, 10.0, 2.5, 1.0]  # Gbit/s of the link in each direction; None: th
 # image size px (the recipe's: a U-Net's depth, so its gradient bytes, follow the size), batch
 MEASURE = {"quickstart": (128, 2), "medical": (256, 1)}
 NODES = [1, 2, 4, 8, 16, 32, 64]
+ACCUMS = (1, 2, 4, 8, 16, 32, 64)  # train.grad_accum values the prediction tries
 PREDICTED = "medical"  # quickstart's nets are too small for FLOPs to give a GPU step time
 GPUS_PER_NODE = 8
 ASSUMED = {
@@ -200,7 +206,8 @@ def worker(args: argparse.Namespace) -> None:
             times.append(time.perf_counter() - start)
     out = {"step_s": statistics.median(times), "steps": len(times)}
     if args.world > 1:
-        buckets = _bucket_bytes(nets.G) + _bucket_bytes(nets.D)
+        # the step all-reduces D's gradients (before D's optimiser step), then G's
+        buckets = _bucket_bytes(nets.D) + _bucket_bytes(nets.G)
         dtype = torch.bfloat16 if recipe.launch.grad_compression == "bf16" else torch.float32
         tensors = [torch.zeros(b // 4, dtype=dtype) for b in buckets]
         rounds = []
@@ -219,6 +226,7 @@ def worker(args: argparse.Namespace) -> None:
             "allreduce_s": statistics.median(rounds),
             "message_s": statistics.median(messages),
             "bucket_bytes": buckets,
+            "sent_bytes": sum(t.nelement() * t.element_size() for t in tensors),
         }
         dist.barrier()  # neither rank tears the group down while the other still sends
     Path(args.out_file).write_text(json.dumps(out))
@@ -248,7 +256,7 @@ def measure(
         for rate in rates:
             hosts.shape(rate)
             rank0 = _ranks(recipe, hosts, steps, extra, Path(tmp), world=2)[0]
-            keys = ("step_s", "allreduce_s", "message_s", "bucket_bytes")
+            keys = ("step_s", "allreduce_s", "message_s", "bucket_bytes", "sent_bytes")
             points.append({"rate_gbit": rate, "compute_s": compute_s} | {k: rank0[k] for k in keys})
             print(json.dumps({"recipe": recipe, **points[-1]}), file=sys.stderr)
         hosts.shape(None)
@@ -293,7 +301,7 @@ def fit(points: list[dict]) -> dict:
     [0, 1]."""
     shaped = [p for p in points if p["rate_gbit"] is not None]
     # allreduce_s - buckets * message_s = bytes / rate * (1 / efficiency)
-    x = [sum(p["bucket_bytes"]) / (p["rate_gbit"] * 1e9 / 8) for p in shaped]
+    x = [p["sent_bytes"] / (p["rate_gbit"] * 1e9 / 8) for p in shaped]
     y = [p["allreduce_s"] - len(p["bucket_bytes"]) * p["message_s"] for p in shaped]
     inv_eff = sum(a * b for a, b in zip(x, y, strict=True)) / sum(a * a for a in x)
     bare = [p for p in points if p["rate_gbit"] is None]
@@ -310,6 +318,17 @@ def fit(points: list[dict]) -> dict:
         return sum((x - statistics.mean(r)) ** 2 for x in r)
 
     overlap = min((i / 100 for i in range(101)), key=error)
+    fixed_s = statistics.mean(residuals(overlap))
+    doubts = [
+        f"{p['rate_gbit'] or 'bare'}: the 2-host step ({p['step_s']:.3f} s) is faster than "
+        f"the step alone ({p['compute_s']:.3f} s)"
+        for p in points
+        if p["step_s"] < p["compute_s"]
+    ]
+    if not 0.3 < 1 / inv_eff < 1.2:
+        doubts.append(f"a link efficiency of {1 / inv_eff:.2f} of the set rate")
+    if fixed_s < 0:
+        doubts.append(f"DDP's own work fitted at {fixed_s:.3f} s, below 0")
     return {
         "link_efficiency": round(1 / inv_eff, 3),
         "bare_link_gbit": [
@@ -319,27 +338,32 @@ def fit(points: list[dict]) -> dict:
         "overlap": overlap,
         # DDP's own work per step beside the all-reduce: gradients copied into buckets and
         # back, buffers broadcast before each forward
-        "ddp_fixed_s": statistics.mean(residuals(overlap)),
+        "ddp_fixed_s": fixed_s,
         "rms_error_s": (error(overlap) / len(points)) ** 0.5,
+        # measurements the model cannot explain: noise (more --steps) or a busy machine
+        "doubts": doubts,
     }
 
 
 def _bits(point: dict) -> int:
-    return sum(point["bucket_bytes"]) * 8
+    return point["sent_bytes"] * 8
 
 
-def predict(recipe_name: str, bucket_bytes: list[int], overlap: float) -> dict:
+def predict(
+    recipe_name: str, bucket_bytes: list[int], overlap: float, overrides: list[str]
+) -> dict:
     """Efficiency on 1-64 nodes of 8 H100s for each network in ASSUMED and each setting in
-    SETTINGS, at the recipe's image size and per-GPU batch, for the gradient buckets DDP
-    made of its nets (`bucket_bytes`, in the order it sends them)."""
+    SETTINGS, at the recipe's (with `overrides`) image size and per-GPU batch, for the fp32
+    gradient buckets DDP made of its nets (`bucket_bytes`, in the order it sends them)."""
     from gan_dist.config.recipe import load_recipe
     from gan_dist.train.flops import train_step_flops
 
-    recipe = load_recipe(recipe_name, ["data.train=unused"])
+    recipe = load_recipe(recipe_name, ["data.train=unused", *overrides])
     flops_per_image = train_step_flops(recipe, batch=1)
     compute_s = (
         flops_per_image * recipe.data.batch_size / (ASSUMED["peak_bf16_flops"] * ASSUMED["mfu"])
     )
+    bf16, accum = recipe.launch.grad_compression == "bf16", recipe.train.grad_accum
     total = sum(bucket_bytes)
     out = {
         "image_size": recipe.data.image_size,
@@ -352,24 +376,18 @@ def predict(recipe_name: str, bucket_bytes: list[int], overlap: float) -> dict:
         "grad_accum_for_90": {},
     }
     for net, link in ASSUMED["networks"].items():
+
+        def efficiency(nodes: int, share: float, k: int, link: dict = link) -> float:
+            return _efficiency(compute_s, bucket_bytes, overlap, nodes, link, share, k)
+
         for setting, change in SETTINGS.items():
+            share, k = (0.5 if bf16 else change["bytes"]), accum * change["accum"]
             out["efficiency"][f"{net}, {setting}"] = {
-                nodes: round(
-                    _efficiency(compute_s, bucket_bytes, overlap, nodes, link, **change), 3
-                )
-                for nodes in NODES
+                nodes: round(efficiency(nodes, share, k), 3) for nodes in NODES
             }
-        for compression, share in (("", 1.0), (" with grad_compression bf16", 0.5)):
-            out["grad_accum_for_90"][net + compression] = {
-                nodes: next(
-                    (
-                        k
-                        for k in (1, 2, 4, 8, 16, 32, 64)
-                        if _efficiency(compute_s, bucket_bytes, overlap, nodes, link, share, k)
-                        >= 0.9
-                    ),
-                    None,
-                )
+        for label, share in (("", 0.5 if bf16 else 1.0), (" with grad_compression bf16", 0.5)):
+            out["grad_accum_for_90"][net + label] = {
+                nodes: next((k for k in ACCUMS if efficiency(nodes, share, k) >= 0.9), None)
                 for nodes in NODES
             }
     return out
@@ -422,10 +440,10 @@ def plot(prediction: dict, path: Path) -> None:
     ax.set_xticks(NODES, [str(n) for n in NODES])
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("nodes of 8 H100 GPUs")
-    ax.set_ylabel("scaling efficiency (predicted)")
+    ax.set_ylabel("images/s per GPU vs one GPU alone")
     ax.set_title(
-        f"medical recipe ({prediction['image_size']} px, {prediction['batch_per_gpu']} images "
-        "per GPU): gradient all-reduce cost"
+        f"medical, {prediction['image_size']} px, {prediction['batch_per_gpu']} images per GPU "
+        "(predicted)"
     )
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
@@ -434,69 +452,149 @@ def plot(prediction: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipes", default="quickstart,medical")
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--recipes", type=_recipes, default=list(MEASURE))
+    parser.add_argument("--steps", type=_positive_int, default=8, help="timed steps per run")
     parser.add_argument(
         "--rates",
         type=_rates,
         default=RATES,
-        help="link rates in Gbit/s, comma-separated; 'none' for the bare veth",
+        help="link rates in Gbit/s, comma-separated, at least one; 'none' adds the bare veth",
     )
-    parser.add_argument("--measured", type=Path, help="reuse these measurements, measure none")
-    parser.add_argument("--out", type=Path, help="also write the measurements here")
-    parser.add_argument("--plot", type=Path)
+    parser.add_argument("--set", action="append", default=[], help="a recipe --set, each run")
+    parser.add_argument("--measured", type=Path, help="reuse this output's measurements")
+    parser.add_argument("--out", type=Path, help="also write the output here")
+    parser.add_argument("--plot", type=Path, help="the prediction's plot (PNG)")
     parser.add_argument(
         "--mfu",
-        type=float,
+        type=_share,
         default=ASSUMED["mfu"],
-        help="the step's share of the H100's bf16 peak, where a GPU run has measured it",
+        help="the step's share of the H100's bf16 peak, in (0, 1], where a GPU measured it",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for name, kind in (("recipe", str), ("rank", int), ("world", int), ("addr", str),
                        ("port", int), ("ifname", str), ("out-file", str)):  # fmt: skip
         parser.add_argument(f"--{name}", type=kind, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=2, help=argparse.SUPPRESS)
-    parser.add_argument("--set", action="append", default=[], help="a recipe --set, each run")
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    for path in (args.out, args.plot):
+        if path is not None and not path.parent.is_dir():
+            parser.error(f"{path}: no folder {path.parent} to write it in")
     if args.measured:
-        measured = json.loads(args.measured.read_text())["measured"]
+        given = [f"--{a}" for a in ("recipes", "steps", "rates", "set")
+                 if getattr(args, a) != parser.get_default(a)]  # fmt: skip
+        if given:
+            parser.error(f"{', '.join(given)}: not used with --measured (what was measured is)")
+        setup, measured = _read_measured(args.measured, parser)
     else:
+        if args.plot and PREDICTED not in args.recipes:
+            parser.error(f"--plot: the plot is of {PREDICTED}'s prediction; measure it too")
         if os.geteuid() != 0:
             sys.exit("benchmarks/multinode.py: measuring makes network namespaces; run as root")
-        hosts = TwoHosts()
-        try:
-            measured = {
-                r: measure(r, hosts, args.steps, args.set, args.rates)
-                for r in args.recipes.split(",")
-            }
-        finally:
-            hosts.close()
+        setup = {
+            "date": time.strftime("%Y-%m-%d"),
+            "cpu": _cpu_name(),
+            "steps": args.steps,
+            "rates_gbit": args.rates,
+            "set": args.set,
+            "size_and_batch": {r: MEASURE[r] for r in args.recipes},
+        }
+        measured = _measure_all(args)
     fits = {r: fit(points) for r, points in measured.items()}
-    prediction = None
+    for r, f in fits.items():
+        for doubt in f["doubts"]:
+            print(f"benchmarks/multinode.py: {r}: {doubt}; measure again", file=sys.stderr)
     ASSUMED["mfu"] = args.mfu
+    prediction = None
     if PREDICTED in measured:
         buckets = measured[PREDICTED][0]["bucket_bytes"]
-        prediction = predict(PREDICTED, buckets, fits[PREDICTED]["overlap"])
+        prediction = predict(PREDICTED, buckets, fits[PREDICTED]["overlap"], setup["set"])
     doc = {
-        "date": time.strftime("%Y-%m-%d"),
-        "cpu": _cpu_name(),
-        "measured_at": {r: {"image_size": s, "batch_per_rank": b} for r, (s, b) in MEASURE.items()},
+        "measurement": setup,
+        "predicted_on": time.strftime("%Y-%m-%d"),
         "measured": measured,
         "fit": fits,
         "assumed": ASSUMED,
         "prediction": prediction,
     }
+    text = json.dumps(doc, indent=1)
     if args.out:
-        args.out.write_text(json.dumps(doc, indent=1))
-    if args.plot and prediction:
+        args.out.write_text(text)
+    print(text)
+    if args.plot:
+        if prediction is None:
+            sys.exit(f"benchmarks/multinode.py: {args.measured} has no {PREDICTED}: no plot")
         plot(prediction, args.plot)
-    print(json.dumps(doc, indent=1))
+
+
+def _measure_all(args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Every recipe at every rate on two fresh hosts, removed at the end whatever ends it
+    (SIGTERM and SIGHUP too, which would otherwise skip the clean-up)."""
+
+    def stop(signum: int, _frame) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+    hosts = TwoHosts()
+    try:
+        return {r: measure(r, hosts, args.steps, args.set, args.rates) for r in args.recipes}
+    except KeyboardInterrupt as stopped:
+        hosts.close()
+        sys.exit(f"benchmarks/multinode.py: stopped ({stopped or 'SIGINT'}); hosts removed")
+    finally:
+        hosts.close()
+
+
+def _read_measured(path: Path, parser: argparse.ArgumentParser) -> tuple[dict, dict]:
+    """The measurement and its set-up from an earlier output of this script."""
+    try:
+        doc = json.loads(path.read_text())
+        return doc["measurement"], doc["measured"]
+    except OSError as exc:
+        parser.error(f"--measured {path}: {exc.strerror}")
+    except (ValueError, KeyError, TypeError):
+        parser.error(f"--measured {path}: not an output of benchmarks/multinode.py")
+
+
+def _recipes(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MEASURE]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{unknown or text!r}: measured are {list(MEASURE)}")
+    return names
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share in (0, 1], e.g. 0.35")
+    return value
 
 
 def _rates(text: str) -> list[float | None]:
-    return [None if r.strip() == "none" else float(r) for r in text.split(",")]
+    rates: list[float | None] = []
+    for item in (i.strip() for i in text.split(",")):
+        try:
+            rate = None if item == "none" else float(item)
+        except ValueError:
+            rate = math.nan
+        if rate is not None and not 0 < rate < 1000:
+            raise argparse.ArgumentTypeError(f"{item!r}: a rate in Gbit/s above 0, or none")
+        rates.append(rate)
+    if not any(r is not None for r in rates):
+        raise argparse.ArgumentTypeError("at least one rate to fit the link's efficiency at")
+    return rates
 
 
 def _cpu_name() -> str:

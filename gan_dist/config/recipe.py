@@ -736,6 +736,7 @@ class LaunchConfig(Section):
         25,
         ge=1,
         le=4096,
+        strict=True,  # `true` is not 1 MB
         description="DDP gradient bucket size, MB: larger buckets send fewer, larger "
         "messages (a link with high latency), smaller ones start sending earlier in the "
         "backward pass (docs/training.md, scaling across nodes)",

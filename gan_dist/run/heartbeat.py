@@ -140,13 +140,17 @@ def who_went_silent(
     if unheard:
         silent.append(f"{_ranks(unheard)} (no beat from this job)")
     if silent:
-        them = "its host" if len(by_host) + bool(unheard) == 1 else "their hosts"
-        said = f"silent: {', '.join(silent)}; {them} died or the link to it is down"
+        one = len(by_host) + bool(unheard) == 1
+        said = f"silent: {', '.join(silent)}; " + (
+            "its host died or the link to it is down"
+            if one
+            else "their hosts died or the links to them are down"
+        )
         if slurm_job and by_host:
-            hosts = ",".join(by_host)
+            hosts, it = ",".join(by_host), "it" if len(by_host) == 1 else "them"
             said += (
-                f" (`sinfo -R -n {hosts}` says whether SLURM saw it fail; `scontrol update "
-                f"jobid={slurm_job} excnodelist={hosts}` keeps the requeue off it)"
+                f" (`sinfo -R -n {hosts}` says whether SLURM saw {it} fail; `scontrol update "
+                f"jobid={slurm_job} excnodelist={hosts}` keeps the requeue off {it})"
             )
         return said
     hosts = sorted({b.host for r, b in found.items() if r != me})
@@ -158,7 +162,7 @@ def who_went_silent(
 
 
 def _ranks(ranks: list[int]) -> str:
-    """ "rank 3", "ranks 8-15" or "ranks 1, 3": runs of consecutive ranks joined."""
+    """Ranks in words: 'rank 3', 'ranks 8-15' or 'ranks 1, 3' (runs joined)."""
     if len(ranks) == 1:
         return f"rank {ranks[0]}"
     runs: list[list[int]] = []

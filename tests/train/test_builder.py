@@ -36,7 +36,11 @@ def test_the_recipe_sets_ddps_buckets_and_gradient_compression(
 
 @pytest.mark.parametrize(
     ("value", "said"),
-    [("launch.bucket_mb=0", "launch.bucket_mb"), ("launch.grad_compression=fp8", "'bf16'")],
+    [
+        ("launch.bucket_mb=0", "launch.bucket_mb"),
+        ("launch.bucket_mb=true", "launch.bucket_mb"),  # not 1 MB
+        ("launch.grad_compression=fp8", "'bf16'"),
+    ],
 )
 def test_a_wrong_gradient_setting_is_named(value, said):
     from gan_dist.core.errors import RecipeError
