@@ -6,7 +6,9 @@ every node's launcher, so all agree on it. It starts from a port derived from th
 a service, a job id that maps onto a busy port) failed only when torch bound it, with a
 traceback on one node and the others waiting for the timeout (Megatron-LM #1371,
 accelerate #2246). Here the first free port from there on is taken; a port the recipe fixes
-(`launch.main_port`) is checked and refused in one line if taken.
+(`launch.main_port`) is checked and refused in one line if taken. A check, not a lock: a
+process that takes the port in the seconds between this check and torch's bind still fails
+the rendezvous as before (the race NVIDIA's mlperf-common PR #9 works around).
 
 `python -m gan_dist.launch.port BASE [--fixed]` prints the port or the error (exit 1).
 Nothing heavy is imported: the script runs it before every job.
