@@ -129,9 +129,11 @@ def test_a_preempted_job_requeued_onto_other_hosts_resumes_bit_identical(
 def test_the_time_limits_warning_signal_stops_both_hosts_and_the_job_resumes(
     slurm_hosts, packed, tmp_path
 ):
-    """The job's time limit, brought near (`scontrol update TimeLimit=1`): slurmctld sends
-    the script's `--signal=USR1@180` to the launcher on each host by itself, every rank
-    stops, one checkpoint is written, and the job requeues and resumes from it."""
+    """The job's time limit, brought near (`scontrol update TimeLimit=2`, minutes: inside the
+    script's 180 s of warning, with room for slurmctld's 30 s check and the checkpoint
+    before the limit itself): slurmctld sends the script's `--signal=USR1@180` to the
+    launcher on each host by itself, every rank stops, one checkpoint is written, and the
+    job requeues and resumes from it."""
     from gan_dist.run import checkpoint
 
     run_dir = tmp_path / "run"
@@ -141,7 +143,7 @@ def test_the_time_limits_warning_signal_stops_both_hosts_and_the_job_resumes(
     job_id = result.stdout.strip()
     log = run_dir / f"slurm-{job_id}.log"
     wait_for(lambda: re.search(r"^step 20/", read_log(log), re.M), 120, f"step 20 in {log}")
-    near = slurm_hosts.run("scontrol", "update", f"jobid={job_id}", "TimeLimit=1")
+    near = slurm_hosts.run("scontrol", "update", f"jobid={job_id}", "TimeLimit=2")
     assert near.returncode == 0, near.stderr
     try:
         # slurmctld checks time limits every 30 s; the requeued job waits 10 s (cred_expire)
