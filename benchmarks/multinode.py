@@ -55,7 +55,6 @@ import math
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -103,10 +102,12 @@ class TwoHosts:
         self.addr = {"a": str(net[1]), "b": str(net[2])}
         try:
             for side in "ab":
-                _ip("netns", "add", self.ns[side])
-            _ip("link", "add", self.dev["a"], "type", "veth", "peer", "name", self.dev["b"])
+                _check(["ip", "netns", "add", self.ns[side]])
+            _check(
+                ["ip", "link", "add", self.dev["a"], "type", "veth", "peer", "name", self.dev["b"]]
+            )
             for side in "ab":
-                _ip("link", "set", self.dev[side], "netns", self.ns[side])
+                _check(["ip", "link", "set", self.dev[side], "netns", self.ns[side]])
                 self.run(side, "ip", "addr", "add", f"{self.addr[side]}/30", "dev", self.dev[side])
                 self.run(side, "ip", "link", "set", self.dev[side], "up")
                 self.run(side, "ip", "link", "set", "lo", "up")
@@ -115,7 +116,7 @@ class TwoHosts:
             raise
 
     def run(self, side: str, *cmd: str) -> None:
-        _check(["ip", "netns", "exec", self.ns[side], *cmd])
+        _check([*self.prefix(side), *cmd])
 
     def prefix(self, side: str) -> list[str]:
         return ["ip", "netns", "exec", self.ns[side]]
@@ -139,10 +140,6 @@ class TwoHosts:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
-def _ip(*args: str) -> None:
-    _check(["ip", *args])
-
-
 def _check(cmd: list[str]) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     if done.returncode:
@@ -163,7 +160,7 @@ def _free_subnet() -> ipaddress.IPv4Network:
 
 def worker(args: argparse.Namespace) -> None:
     """One rank: time `train_step` on synthetic batches, then (with 2 ranks) the all-reduce of
-    DDP's buckets alone; write the medians to `args.out`."""
+    DDP's buckets alone; write the medians to `args.out_file`."""
     os.environ["OMP_NUM_THREADS"] = "1"  # else Accelerate gives a CPU rank 2 threads
     import torch
 
@@ -265,7 +262,9 @@ def measure(
 
 def _ranks(recipe, hosts, steps, extra, tmp: Path, world: int) -> list[dict]:
     """Rank 0 on host a and rank 1 on host b (world 2), or a 1-rank run on each (world 1)."""
-    port = _free_port()
+    from gan_dist.launch.local import free_port
+
+    port = free_port()
     procs = []
     for rank, side in enumerate("ab"):
         out = tmp / f"{side}.json"
@@ -286,12 +285,6 @@ def _ranks(recipe, hosts, steps, extra, tmp: Path, world: int) -> list[dict]:
     return results
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # -- the model ------------------------------------------------------------------------------
 
 
@@ -300,11 +293,11 @@ def fit(points: list[dict]) -> dict:
     no set rate; its effective rate is reported), then the overlap by a grid search over
     [0, 1]."""
     shaped = [p for p in points if p["rate_gbit"] is not None]
-    # allreduce_s - buckets * message_s = bytes / rate * (1 / efficiency)
+    # the bytes' share of the all-reduce = bytes / rate * (1 / efficiency)
     x = [p["sent_bytes"] / (p["rate_gbit"] * 1e9 / 8) for p in shaped]
-    y = [p["allreduce_s"] - len(p["bucket_bytes"]) * p["message_s"] for p in shaped]
+    y = [_payload_s(p) for p in shaped]
     inv_eff = sum(a * b for a, b in zip(x, y, strict=True)) / sum(a * a for a in x)
-    bare = [p for p in points if p["rate_gbit"] is None]
+    efficiency = 1 / inv_eff if inv_eff > 0 else math.inf
 
     def exposed(p: dict, overlap: float) -> float:
         last = p["allreduce_s"] * p["bucket_bytes"][-1] / sum(p["bucket_bytes"])
@@ -325,15 +318,16 @@ def fit(points: list[dict]) -> dict:
         for p in points
         if p["step_s"] < p["compute_s"]
     ]
-    if not 0.3 < 1 / inv_eff < 1.2:
-        doubts.append(f"a link efficiency of {1 / inv_eff:.2f} of the set rate")
+    if not 0.3 < efficiency < 1.2:
+        doubts.append(f"a link efficiency of {efficiency:.2f} of the set rate")
     if fixed_s < 0:
         doubts.append(f"DDP's own work fitted at {fixed_s:.3f} s, below 0")
     return {
-        "link_efficiency": round(1 / inv_eff, 3),
+        "link_efficiency": round(efficiency, 3),
         "bare_link_gbit": [
-            round(_bits(p) / 1e9 / (p["allreduce_s"] - len(p["bucket_bytes"]) * p["message_s"]), 2)
-            for p in bare
+            round(p["sent_bytes"] * 8 / 1e9 / _payload_s(p), 2)
+            for p in points
+            if p["rate_gbit"] is None
         ],
         "overlap": overlap,
         # DDP's own work per step beside the all-reduce: gradients copied into buckets and
@@ -345,8 +339,9 @@ def fit(points: list[dict]) -> dict:
     }
 
 
-def _bits(point: dict) -> int:
-    return point["sent_bytes"] * 8
+def _payload_s(point: dict) -> float:
+    """The all-reduce's time less what its messages cost empty: what its bytes took, s."""
+    return point["allreduce_s"] - len(point["bucket_bytes"]) * point["message_s"]
 
 
 def predict(

@@ -292,8 +292,8 @@ class _Run:
 
         recipe, run_dir = self.recipe, self.run_dir
         asked, cfg, data = recipe, recipe.train, recipe.data  # as given, before a resume
-        self.accelerator, precision_note = accelerator_for(asked)
-        accelerator = self.accelerator
+        accelerator, precision_note = accelerator_for(asked)
+        self.accelerator = accelerator
         rank, world = accelerator.process_index, accelerator.num_processes
         # the data first: a wrong path must not leave a run folder behind
         self.val = check_data(data, world * max(1, data.workers))

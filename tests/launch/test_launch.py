@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import MlflowServer, read_log, run_cli, tiny, wait_for
+from support import MlflowServer, job_at_step, read_log, run_cli, tiny, wait_for
 
 TINY_CPU = ["--cpu-procs", "2"]
 
@@ -271,10 +271,7 @@ def test_preempted_job_requeues_and_resumes_in_the_same_run(slurm, server, packe
     run_dir = tmp_path / "run"
     settings = {"tracking.experiment": "preempt", "train.checkpoint_every": 100000}
     result = submit(packed, steps, run_dir, **settings)
-    assert result.returncode == 0, result.stderr
-    job_id = result.stdout.strip()
-    log = run_dir / f"slurm-{job_id}.log"
-    wait_for(lambda: re.search(r"^step 20/", read_log(log), re.M), 120, f"step 20 in {log}")
+    job_id, log = job_at_step(result, run_dir, 20)
 
     assert slurm.run("scancel", "--signal=USR1", job_id).returncode == 0
     wait_for(lambda: slurm.job(job_id).get("Restarts") == "1", 90, "the job to requeue")
@@ -299,10 +296,7 @@ def test_a_killed_rank_fails_the_job_quickly_and_is_named(slurm, packed, tmp_pat
     run_dir = tmp_path / "run"
     settings = {"tracking.enabled": "false", "launch.rank_timeout_s": 30}
     result = submit(packed, 100000, run_dir, **settings)
-    assert result.returncode == 0, result.stderr
-    job_id = result.stdout.strip()
-    log = run_dir / f"slurm-{job_id}.log"
-    wait_for(lambda: re.search(r"^step 5/", read_log(log), re.M), 120, f"step 5 in {log}")
+    job_id, log = job_at_step(result, run_dir, 5)
 
     victim = _rank_pid(run_dir, rank=1)
     os.kill(victim, signal.SIGKILL)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support import EXACT, read_log, run_cli, tiny, wait_for
+from support import EXACT, job_at_step, read_log, run_cli, tiny, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -93,10 +93,7 @@ def test_a_preempted_job_requeued_onto_other_hosts_resumes_bit_identical(
     run_dir = tmp_path / "run"
     settings = {"tracking.experiment": "preempt-hosts", "train.checkpoint_every": 100000, **EXACT}
     result = submit(packed, steps, run_dir, **settings)
-    assert result.returncode == 0, result.stderr
-    job_id = result.stdout.strip()
-    log = run_dir / f"slurm-{job_id}.log"
-    wait_for(lambda: re.search(r"^step 20/", read_log(log), re.M), 120, f"step 20 in {log}")
+    job_id, log = job_at_step(result, run_dir, 20)
     assert slurm_hosts.run("scancel", "--signal=USR1", job_id).returncode == 0
     drain = ["scontrol", "update", "nodename=node1", "state=drain", "reason=test"]
     assert slurm_hosts.run(*drain).returncode == 0  # running on, but no new job lands there
@@ -139,10 +136,7 @@ def test_the_time_limits_warning_signal_stops_both_hosts_and_the_job_resumes(
     run_dir = tmp_path / "run"
     settings = {"train.checkpoint_every": 100000}
     result = submit(packed, 100000, run_dir, **settings)
-    assert result.returncode == 0, result.stderr
-    job_id = result.stdout.strip()
-    log = run_dir / f"slurm-{job_id}.log"
-    wait_for(lambda: re.search(r"^step 20/", read_log(log), re.M), 120, f"step 20 in {log}")
+    job_id, log = job_at_step(result, run_dir, 20)
     near = slurm_hosts.run("scontrol", "update", f"jobid={job_id}", "TimeLimit=2")
     assert near.returncode == 0, near.stderr
     try:
@@ -177,10 +171,7 @@ def test_a_lost_host_stops_the_others_in_bounded_time_and_the_requeued_job_resum
     run_dir = tmp_path / "run"
     settings = {"launch.rank_timeout_s": timeout_s, "train.checkpoint_every": 10}
     result = submit(packed, steps, run_dir, **settings)
-    assert result.returncode == 0, result.stderr
-    job_id = result.stdout.strip()
-    log = run_dir / f"slurm-{job_id}.log"
-    wait_for(lambda: re.search(r"^step 25/", read_log(log), re.M), 120, f"step 25 in {log}")
+    job_id, log = job_at_step(result, run_dir, 25)
     slurm_hosts.cut("node2")
     if fault == "host dies":
         slurm_hosts.kill_node("node2")

@@ -4,6 +4,7 @@ conftest.py."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -167,6 +168,20 @@ def wait_for(condition, timeout: float, what: str) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def job_at_step(
+    submitted: subprocess.CompletedProcess, run_dir: Path, step: int
+) -> tuple[str, Path]:
+    """The job id that `gan-dist launch --slurm` printed and the job's log in `run_dir`, once
+    the log shows training step `step` (120 s at most)."""
+    if submitted.returncode:
+        raise AssertionError(f"the job was not submitted: {submitted.stderr}")
+    job_id = submitted.stdout.strip()
+    log = run_dir / f"slurm-{job_id}.log"
+    started = re.compile(rf"^step {step}/", re.M)
+    wait_for(lambda: started.search(read_log(log)), 120, f"step {step} in {log}")
+    return job_id, log
 
 
 def stop_group(proc: subprocess.Popen) -> None:
