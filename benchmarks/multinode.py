@@ -35,7 +35,7 @@ utilisation; the all-reduce inside each node, then across nodes, each node sendi
 receiving 2 (N-1)/N of the gradient bytes, with 2 log2(N) latencies per bucket (NCCL's
 tree), at the bandwidths and latencies in ASSUMED; the overlap fitted above. Efficiency =
 compute / (compute + exposed all-reduce): a GPU's images/s against one GPU alone (weak
-scaling), shown for the recipe as it is, with `launch.grad_compression: bf16`, with
+scaling), shown for the recipe as shipped, with `launch.grad_compression: bf16`, with
 `train.grad_accum: 4`, and with both.
 
     sudo python benchmarks/multinode.py [--recipes quickstart,medical] [--steps 8]
@@ -80,7 +80,7 @@ ASSUMED = {
     },
 }
 SETTINGS = {  # what a user can set, and how it changes the model's inputs
-    "as is": {"bytes": 1.0, "accum": 1},
+    "as shipped": {"bytes": 1.0, "accum": 1},
     "grad_compression bf16": {"bytes": 0.5, "accum": 1},
     "grad_accum 4": {"bytes": 1.0, "accum": 4},
     "bf16 + grad_accum 4": {"bytes": 0.5, "accum": 4},
@@ -427,8 +427,8 @@ def plot(prediction: dict, path: Path) -> None:
     colours = dict(zip(SETTINGS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     for label, row in prediction["efficiency"].items():
         net, setting = label.split(", ", 1)
-        style = "-" if "InfiniBand" in net else "--"
-        ax.plot(list(map(int, row)), list(row.values()), style, marker="o", ms=3,
+        style, marker = ("-", "o") if "InfiniBand" in net else (":", "s")
+        ax.plot(list(map(int, row)), list(row.values()), style, marker=marker, ms=4,
                 color=colours[setting], label=label)  # fmt: skip
     ax.axhline(0.9, color="grey", lw=0.8)
     ax.set_xscale("log", base=2)
@@ -440,7 +440,7 @@ def plot(prediction: dict, path: Path) -> None:
         f"medical, {prediction['image_size']} px, {prediction['batch_per_gpu']} images per GPU "
         "(predicted)"
     )
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), handlelength=3)
     fig.tight_layout()
     fig.savefig(path)
 

@@ -718,6 +718,7 @@ class LaunchConfig(Section):
     cpu_procs: PositiveInt = Field(1, le=1024, description="processes on a machine without GPUs")
     rank_timeout_s: PositiveInt = Field(
         600,
+        strict=True,  # `true` is not 1 s
         description="a rank silent this long (dead, hung) fails the job on every rank; "
         "rank-0 work such as evaluation must fit inside it",
     )

@@ -39,6 +39,7 @@ def test_the_recipe_sets_ddps_buckets_and_gradient_compression(
     [
         ("launch.bucket_mb=0", "launch.bucket_mb"),
         ("launch.bucket_mb=true", "launch.bucket_mb"),  # not 1 MB
+        ("launch.rank_timeout_s=true", "launch.rank_timeout_s"),  # not a 1 s timeout
         ("launch.grad_compression=fp8", "'bf16'"),
     ],
 )
