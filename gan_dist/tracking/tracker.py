@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gan_dist.tracking.tracker")
 
 MAX_QUEUED_IMAGES = 32  # sample grids are large; metrics are small and always kept
+MAX_BATCH = 1000  # metrics in one log_batch request: MLflow's own limit
 BACKOFF_S = (1, 2, 5, 10, 30)
 START = "run start"  # the first job of every tracker
 
@@ -56,6 +57,8 @@ class _Job:
     kind: str  # "metrics" | "image" | "other"
     run: Callable[[], None]
     what: str
+    metrics: list[tuple[str, float, int, int]] = field(default_factory=list)  # key, value, ms, step
+    batches: int = 1  # the trainer's log_metrics calls this job sends
 
 
 @dataclass
@@ -120,14 +123,31 @@ class Tracker:
         if not self.enabled or not metrics:
             return
         stamp = int(time.time() * 1000)
+        batch = [(k, float(v), stamp, step) for k, v in metrics.items()]
+        job = _Job("metrics", lambda: self._send_metrics(job), f"metrics at step {step}", batch)
+        self._queue.put(job)
 
-        def send() -> None:
-            from mlflow.entities import Metric
+    def _send_metrics(self, job: _Job) -> None:
+        """One request for this job and the metrics queued right behind it (up to MLflow's
+        limit): after an outage, the steps kept meanwhile go in a few requests, not one
+        request a step, so they arrive within `flush_timeout_s` on a slow server too."""
+        with self._queue.mutex:  # the queue's own lock: take only what sits at its head
+            waiting = self._queue.queue
+            while (
+                waiting
+                and waiting[0] is not None
+                and waiting[0].kind == "metrics"
+                and len(job.metrics) + len(waiting[0].metrics) <= MAX_BATCH
+            ):
+                behind = waiting.popleft()
+                job.metrics += behind.metrics
+                job.batches += behind.batches
+        if job.batches > 1:
+            job.what = f"metrics at steps {job.metrics[0][3]}-{job.metrics[-1][3]}"
+        from mlflow.entities import Metric
 
-            batch = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
-            self._mlflow().log_batch(self.run_id, metrics=batch, synchronous=True)
-
-        self._submit("metrics", send, f"metrics at step {step}")
+        batch = [Metric(*metric) for metric in job.metrics]
+        self._mlflow().log_batch(self.run_id, metrics=batch, synchronous=True)
 
     def log_image(
         self, image: np.ndarray, key: str, step: int, newest: str = "", about: str = ""
@@ -297,7 +317,7 @@ class Tracker:
 
     def _count_dropped(self, job: _Job) -> None:
         if job.kind == "metrics":
-            self.dropped.metrics += 1
+            self.dropped.metrics += job.batches
         elif job.kind == "image":
             self.dropped.images += 1
         else:

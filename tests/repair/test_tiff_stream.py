@@ -17,7 +17,7 @@ from gan_dist.data.tiff_stream import CLASSIC_LIMIT, needs_bigtiff, open_tiff, w
 from gan_dist.repair.files import Job, read_mask, repair_files
 from gan_dist.repair.model_file import load_model
 from gan_dist.repair.tiles import repair_array
-from support import gradient16, make_model
+from support import cli_command, gradient16, make_model
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +298,6 @@ def test_sigterm_mid_write_leaves_no_partial_file(model, tmp_path):
     import os
     import signal
     import subprocess
-    import sys
     import time
 
     h, w = 6000, 1500
@@ -308,7 +307,7 @@ def test_sigterm_mid_write_leaves_no_partial_file(model, tmp_path):
     mask[:, ::97] = 255  # a hole in every tile: the repair takes a while
     tifffile.imwrite(tmp_path / "mask.tif", mask, rowsperstrip=64)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "gan_dist", "repair", str(image), str(out / "scan.tif")]
+    cmd = [*cli_command(), "repair", str(image), str(out / "scan.tif")]
     cmd += ["--model", str(model), "--mask", str(tmp_path / "mask.tif"), "--tile", "64"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120

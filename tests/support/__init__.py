@@ -3,6 +3,7 @@ conftest.py."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import signal
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+from support.warm_cli import WarmCli
 
 if TYPE_CHECKING:
     from gan_dist.data.pack import PackOptions
@@ -34,14 +37,30 @@ def gradient16(height: int = 64, width: int = 64, channels: int = 1, seed: int =
     return rng.integers(0, 65536, size=(height, width, channels), dtype=np.uint16)
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    """The real console script in its own process, as a user runs it."""
-    exe = Path(sys.executable).with_name("gan-dist")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "gan_dist"]
+def cli_command(env: dict[str, str] | None = None, cold: bool = False) -> list[str]:
+    """The argv that runs `gan-dist` in its own process with `env` (default: this one's):
+    forked from a server that has imported torch and MLflow already (see warm_cli.py), or
+    the console script itself where `cold` or where a fork would differ from it."""
+    return _warm.command(dict(os.environ) if env is None else env, cold)
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: int = 240, cold: bool = False
+) -> subprocess.CompletedProcess:
+    """`gan-dist ARGS` in its own process, as a user runs it (see `cli_command`)."""
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run(
-        [*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+        [*cli_command(env, cold), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
+
+
+_warm = WarmCli()
+atexit.register(_warm.stop)
 
 
 TRACKED = {"tracking.enabled": "true"}  # `tiny(..., **TRACKED)`: a run MLflow tracks
@@ -134,6 +153,8 @@ class MlflowServer:
             stdout=open(self.root / "server.log", "ab"),  # noqa: SIM115 - lives with the server
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # MLflow 3's job runner (scorers, the AI gateway): processes gan-dist never uses
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -10,18 +10,15 @@ import os
 import pickle
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from support import TRACKED, MlflowServer, run_cli, tiny, train_quickstart
+from support import TRACKED, MlflowServer, cli_command, run_cli, tiny, train_quickstart
 
 pytestmark = pytest.mark.integration
-
-TRAIN = [sys.executable, "-m", "gan_dist", "train", "quickstart"]
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +49,9 @@ def env_with(uri: str) -> dict[str, str]:
 
 def train_into(uri: str, shards: Path, steps: int, run_dir: Path, settings: dict):
     """`gan-dist train quickstart` (tiny) tracking into `uri`."""
+    settings = tiny(shards, steps, **TRACKED, **settings)
     return subprocess.run(
-        [*TRAIN, *tiny(shards, steps, **TRACKED, **settings), "--run-dir", str(run_dir)],
+        [*cli_command(), "train", "quickstart", *settings, "--run-dir", str(run_dir)],
         capture_output=True,
         text=True,
         env=env_with(uri),
@@ -187,9 +185,7 @@ def test_an_outage_mid_run_loses_nothing_once_the_server_is_back(packed, tmp_pat
         steps = 150
         proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "gan_dist",
+                *cli_command(),
                 "train",
                 "quickstart",
                 *tiny(packed, steps, **TRACKED),

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from gan_dist.core.errors import GanDistError
 from gan_dist.run import checkpoint
-from support import TRACKED, MlflowServer, run_cli, tiny, train_quickstart
+from support import TRACKED, MlflowServer, cli_command, run_cli, tiny, train_quickstart
 
 pytestmark = pytest.mark.integration
 
@@ -32,9 +31,8 @@ STEPS = 3
 
 def start_crowd(packed: Path, cwd: Path, uri: str, experiment: str, n: int = JOBS):
     """N `gan-dist train` processes started at once, each with its own run directory."""
-    exe = Path(sys.executable).with_name("gan-dist")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "gan_dist"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "COLUMNS": "200"}
+    cmd = cli_command(env)
     settings = tiny(packed, STEPS, **TRACKED, **{"tracking.experiment": experiment})
     return [
         subprocess.Popen(
@@ -105,8 +103,6 @@ def test_a_crowd_of_registrations_on_a_fresh_store_all_get_their_version(trained
     whose processes reach the store most nearly together (each only imports MLflow first),
     so MLflow's unlocked migration of a fresh store used to break it in nearly every trial.
     The store's folder does not exist yet either."""
-    exe = Path(sys.executable).with_name("gan-dist")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "gan_dist"]
     newest = checkpoint.list_checkpoints(trained_run)[0]
     copies = [shutil.copytree(newest, tmp_path / "copies" / f"job{i}") for i in range(JOBS)]
     # other weights for all but the last, whose weights are job0's: the same weights are one
@@ -120,7 +116,7 @@ def test_a_crowd_of_registrations_on_a_fresh_store_all_get_their_version(trained
         uri = f"sqlite:///{tmp_path / f'trial{trial}' / 'tracking' / 'mlflow.db'}"
         procs = [
             subprocess.Popen(
-                [*cmd, "models", "register", str(copy), "--name", "crowd"],
+                [*cli_command(), "models", "register", str(copy), "--name", "crowd"],
                 env={**os.environ, "MLFLOW_TRACKING_URI": uri, "COLUMNS": "200"},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

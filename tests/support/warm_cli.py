@@ -1,0 +1,288 @@
+"""`gan-dist` in its own process without paying its imports each time: a fork server.
+
+Most of a tiny `gan-dist train` in the tests is Python importing torch, torch._dynamo (which
+any optimiser's constructor pulls in), MLflow and torchmetrics: 4-7 s of CPU of a 7 s run on
+this machine, and the suite starts a few hundred. A server imports them once per test
+process; `command()` gives the argv that runs `gan-dist` through it:
+
+    python warm_cli.py --client SOCKET ARGS...
+
+That client is a small process (no torch) that hands its working directory, environment and
+stdin/stdout/stderr to the server, which forks a process that runs `gan_dist.cli.main()` on
+them. The client forwards the signals it gets to that process and leaves as it left: the
+same exit code, or death by the same signal; if the client is killed outright (SIGKILL, a
+`subprocess` timeout), the server kills the command too. So a test drives it like the
+console script, with `subprocess.run` or `Popen`, pipes, signals and timeouts. The command
+is its own process: its own pid, signal handlers, open files, exit status and memory. Its
+pid is not the client's: tests that compare pids start the console script itself.
+
+What a fork cannot give is a cold start, so `command()` gives the console script itself when
+a test asks (`cold=True`: start-up and import checks) and when the environment differs from
+the server's in a variable read at import time (PYTHON*, OMP_*, LD_*, torch's, CUDA's,
+the terminal's); and the client execs the console script itself on a terminal, where rich
+would set its consoles up otherwise than for the server's pipes.
+
+This is a preloading fork server, as Python's `multiprocessing.forkserver` and Android's
+zygote are. Each request forks a monitor, which forks the command and reports its wait
+status, so the server never waits and a command's own children get an ordinary SIGCHLD.
+The server runs no Python thread; the native threads its imports start (torch's, pyarrow's
+jemalloc) sit idle, as they do when a DataLoader forks its workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# read when a module is imported, not when used: by Python itself, torch, and rich's consoles
+# that gan_dist.cli makes at import (their width is fixed there for a pipe: not COLUMNS)
+IMPORT_TIME = ("PYTHON", "OMP_", "MKL_", "KMP_", "LD_", "TORCH", "CUDA", "NCCL", "PYTORCH")
+IMPORT_TIME += ("TERM", "NO_COLOR", "FORCE_COLOR", "COLORTERM", "TTY_")
+# what the client passes on to the command; SIGKILL and SIGSTOP cannot be caught
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+FORWARDED += (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGCONT)
+
+
+# read when used, so a fork honours them: PYTHONPATH (see _python_path), and the cache
+# folder that torch itself writes into the environment of a process that compiles
+READ_WHEN_USED = ("PYTHONPATH", "TORCHINDUCTOR_CACHE_DIR")
+
+
+def _read_at_import(env: dict[str, str]) -> dict[str, str]:
+    """The variables a fork cannot honour."""
+    return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME) and k not in READ_WHEN_USED}
+
+
+def _python_path(env: dict[str, str], cwd: str) -> list[str]:
+    """What $PYTHONPATH puts on sys.path at start-up: each entry, an empty one meaning the
+    working directory."""
+    given = env.get("PYTHONPATH")
+    return [os.path.join(cwd, entry) for entry in given.split(os.pathsep)] if given else []
+
+
+def _lines(conn: socket.socket):
+    """The newline-ended messages arriving on `conn`, one at a time."""
+    buffer = b""
+    while True:
+        while b"\n" not in buffer:
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise ConnectionError("the warm gan-dist server closed the connection")
+            buffer += chunk
+        line, buffer = buffer.split(b"\n", 1)
+        yield line
+
+
+class WarmCli:
+    """One fork server for this test process, started on first use, stopped at exit."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._socket = ""
+        self._env: dict[str, str] = {}
+
+    def command(self, env: dict[str, str], cold: bool = False) -> list[str]:
+        """The argv prefix that runs `gan-dist` with `env`: through the server, or the
+        console script itself where `cold` or the environment differs at import time."""
+        if not cold:
+            self._start(env)
+            if _read_at_import(env) == _read_at_import(self._env):
+                return [sys.executable, __file__, "--client", self._socket]
+        exe = Path(sys.executable).with_name("gan-dist")
+        return [str(exe)] if exe.exists() else [sys.executable, "-m", "gan_dist"]
+
+    def _start(self, env: dict[str, str]) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        self._socket = os.path.join(tempfile.mkdtemp(prefix="warm-cli-"), "socket")
+        self._env = dict(env)
+        # stdin stays a pipe from this process: the server exits when it reads EOF, so it
+        # never outlives the tests, however they end
+        self._proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", self._socket],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=self._env,
+        )
+        deadline = time.monotonic() + 180
+        while not os.path.exists(self._socket):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the warm gan-dist server did not start ({self._socket})")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.stdin.close()
+            self._proc.wait(timeout=30)
+
+
+# --- the client: `python warm_cli.py --client SOCKET ARGS...` ---
+
+
+def _client(path: str, args: list[str]) -> None:
+    if any(os.isatty(fd) for fd in (0, 1, 2)):  # rich set its consoles up for a pipe
+        exe = Path(sys.executable).with_name("gan-dist")
+        os.execv(exe, [str(exe), *args])
+    # held until the command's pid is known, then forwarded: none is lost in between
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+    conn = socket.socket(socket.AF_UNIX)
+    conn.connect(path)
+    request = {"args": args, "cwd": os.getcwd(), "env": dict(os.environ)}
+    socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [0, 1, 2])
+    replies = _lines(conn)
+    pid = json.loads(next(replies))["pid"]
+    for sig in FORWARDED:
+        signal.signal(sig, lambda sig, _frame: os.kill(pid, sig))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+    code = os.waitstatus_to_exitcode(json.loads(next(replies))["status"])
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [-code])
+        os.kill(os.getpid(), -code)
+    sys.exit(code)
+
+
+# --- the server: `python warm_cli.py --serve SOCKET` ---
+
+
+PRELOAD = ("torch", "torchmetrics", "mlflow", "accelerate", "webdataset", "safetensors.torch")
+PRELOAD += ("pydantic", "PIL.Image", "scipy", "pandas", "yaml", "typer", "rich")
+
+
+def _preload() -> None:
+    """The third-party packages the commands import, imported once, and the optimiser path
+    that pulls in torch._dynamo. Not gan_dist itself (0.4 s): each command imports it as a
+    cold process does, so its module-level state (the plugin entry points it has read, the
+    CLI's consoles) starts as a cold process's does."""
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    import torch
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+
+
+def _command(request: dict, fds: list[int]) -> None:
+    """In the forked command: become `gan-dist ARGS` and exit as its process would."""
+    import atexit
+    import importlib
+    import threading
+    import traceback
+
+    for sig in FORWARDED:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    console_script = Path(sys.executable).with_name("gan-dist")
+    sys.argv = [str(console_script), *request["args"]]
+    sys.path[:] = [str(console_script.parent), *_python_path(request["env"], request["cwd"])]
+    sys.path += BASE_PATH
+    importlib.invalidate_caches()  # plugins pip-installed since the server started
+    import numpy as np
+
+    np.random.seed()  # numpy's global generator would otherwise repeat the server's
+    try:
+        from gan_dist.cli import main
+
+        main()
+        code = 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code = -signal.SIGINT
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    # the interpreter's own shutdown, in its order: threads, exit handlers, buffers
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    if code < 0:  # Python re-raises an uncaught Ctrl-C as death by SIGINT
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code & 0xFF)
+
+
+def _monitor(conn: socket.socket, request: dict, fds: list[int]) -> None:
+    """In the forked monitor: fork the command, report its pid and then its wait status;
+    kill it if the client goes (killed outright, or a timeout's kill)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    pid = os.fork()
+    if pid == 0:
+        conn.close()
+        _command(request, fds)
+    for fd in fds:
+        os.close(fd)
+    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    exited = os.pidfd_open(pid)
+    ready, _, _ = select.select([conn, exited], [], [])
+    if exited not in ready:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    with contextlib.suppress(OSError):  # the client may be gone
+        conn.sendall(json.dumps({"status": status}).encode() + b"\n")
+
+
+BASE_PATH: list[str] = []  # the server's sys.path after the script's folder and PYTHONPATH
+
+
+def _serve(path: str) -> None:
+    own = _python_path(dict(os.environ), os.getcwd())
+    BASE_PATH.extend(entry for entry in sys.path[1:] if entry not in own)
+    _preload()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # monitors reap themselves
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path + ".new")
+    listener.listen(64)
+    os.rename(path + ".new", path)  # the client waits for the name: it exists once bound
+    while True:
+        ready, _, _ = select.select([listener, sys.stdin], [], [])
+        if sys.stdin in ready:  # the tests' process closed its end, or died
+            os.unlink(path)
+            return
+        conn, _ = listener.accept()
+        message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+        while message and not message.endswith(b"\n"):
+            message += conn.recv(1 << 20) or b"\0"  # a client gone mid-message: dropped
+        if message.endswith(b"\n") and len(fds) == 3:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if os.fork() == 0:
+                listener.close()
+                try:
+                    _monitor(conn, json.loads(message), fds)
+                finally:
+                    os._exit(0)
+        conn.close()
+        for fd in fds:
+            os.close(fd)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--client":
+        _client(sys.argv[2], sys.argv[3:])
+    else:
+        _serve(sys.argv[2])
