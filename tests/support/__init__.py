@@ -47,10 +47,11 @@ def cli_command(env: dict[str, str] | None = None, cold: bool = False) -> list[s
 def run_cli(
     *args: str, cwd: Path | None = None, timeout: int = 240, cold: bool = False
 ) -> subprocess.CompletedProcess:
-    """`gan-dist ARGS` in its own process, as a user runs it (see `cli_command`)."""
+    """`gan-dist ARGS` in its own process, as a user runs it (see `cli_command`); cold for
+    runs compared bit for bit (see `EXACT`)."""
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run(
-        [*cli_command(env, cold), *args],
+        [*cli_command(env, cold or exact(args)), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -65,6 +66,12 @@ atexit.register(_warm.stop)
 
 TRACKED = {"tracking.enabled": "true"}  # `tiny(..., **TRACKED)`: a run MLflow tracks
 EXACT = {"train.deterministic": "true"}  # `tiny(..., **EXACT)`: runs compared bit for bit
+
+
+def exact(args: list[str] | tuple[str, ...]) -> bool:
+    """Whether a command's arguments make a run that a test compares bit for bit: it starts
+    cold, with a hash seed of its own as every user's run has, never the fork server's."""
+    return "train.deterministic=true" in args
 
 
 def tiny(shards: Path, steps: int, **extra: object) -> list[str]:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from gan_dist.launch.local import Topology, node_command, per_node_args
 from gan_dist.run import checkpoint
 from gan_dist.run.signals import EXIT_NONFINITE, EXIT_PREEMPTED
-from support import EXACT, TRACKED, cli_command, run_cli, tiny, train_quickstart
+from support import EXACT, TRACKED, cli_command, exact, run_cli, tiny, train_quickstart
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ def test_recipes_train_stably_on_real_photos(shards, tmp_path, recipe):
 
 
 def start_train(args: list[str], cwd: Path | None = None, launcher: list[str] | None = None):
-    cmd = [*launcher, "-m", "gan_dist"] if launcher else cli_command()
+    cmd = [*launcher, "-m", "gan_dist"] if launcher else cli_command(cold=exact(args))
     return subprocess.Popen(
         [*cmd, "train", "quickstart", *args],
         stdout=subprocess.PIPE,
