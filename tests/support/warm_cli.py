@@ -194,6 +194,7 @@ def _preload() -> None:
     that pulls in torch._dynamo. Not gan_dist itself (0.4 s): each command imports it as a
     cold process does, so its module-level state (the plugin entry points it has read, the
     CLI's consoles) starts as a cold process's does."""
+    import gc
     import importlib
 
     for name in PRELOAD:
@@ -201,6 +202,10 @@ def _preload() -> None:
     import torch
 
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    # the preloaded half-million objects out of the collector's sight (gc.freeze's own use
+    # case): a command's collections, and the full one at its exit, would walk them all,
+    # 2 s a command here, and copy every page they touch
+    gc.freeze()
 
 
 def _become(request: dict, fds: list[int]) -> None:
