@@ -45,16 +45,16 @@ def launch(
     Exit codes: 0 completed (or submitted), 75 preempted (rerun to resume), other: failed."""
     from gan_dist.config.recipe import load_recipe
 
-    flags = {
-        "launch.nodes": nodes,
-        "launch.gpus_per_node": gpus_per_node,
-        "launch.cpu_procs": cpu_procs,
-        "launch.main_port": main_port,
+    given = {
+        "launch.nodes": ("--nodes", nodes),
+        "launch.gpus_per_node": ("--gpus-per-node", gpus_per_node),
+        "launch.cpu_procs": ("--cpu-procs", cpu_procs),
+        "launch.main_port": ("--main-port", main_port),
     }
-    overrides = [*set_, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
+    flags = {f"{k}={v}": f"{flag} {v}" for k, (flag, v) in given.items() if v is not None}
     started = time.time()
     with user_errors():
-        loaded = load_recipe(recipe, overrides)
+        loaded = load_recipe(recipe, [*set_, *flags], flags)
         announce_shell(loaded)
         if not dry_run:  # a dry run renders commands for data that may live elsewhere
             from gan_dist.data.stream import check_data
@@ -89,17 +89,24 @@ def _slurm(recipe, run_dir: Path, dry_run: bool, follow: bool) -> int:
     from gan_dist.launch import slurm
 
     if dry_run:  # the script reads the frozen recipe: write both, so it can be submitted
-        from gan_dist.launch.local import frozen_recipe
+        import shlex
+
+        from gan_dist.launch.local import frozen_recipe, kept_for_dry_run
         from gan_dist.run.runlock import check_free
 
         check_free(run_dir)
-        script = slurm.write_script(recipe, run_dir)
-        out.print(script.read_text(), markup=False, highlight=False, end="")
-        err.print(
-            f"wrote {script} and the recipe it reads, {frozen_recipe(run_dir)}; "
-            f"submit with: sbatch {script}",
-            markup=False,
-        )
+        kept = kept_for_dry_run(recipe, run_dir)
+        if kept:
+            out.print(slurm.render(recipe, run_dir), markup=False, highlight=False, end="")
+            err.print(kept, markup=False)
+        else:
+            script = slurm.write_script(recipe, run_dir)
+            out.print(script.read_text(), markup=False, highlight=False, end="")
+            err.print(
+                f"wrote {script} and the recipe it reads, {frozen_recipe(run_dir)}; "
+                f"submit with: sbatch {shlex.quote(str(script))}",
+                markup=False,
+            )
         from gan_dist.launch.cluster_checks import cluster_checks
 
         err.print("check on your cluster (slurm/README.md, Cluster notes):")

@@ -861,10 +861,19 @@ def resolve_recipe_path(name_or_path: str) -> Path:
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b=c` -> (["a", "b"], typed c); the value is read as YAML so 32, 1e-4, true, [1, 2]
-    arrive typed and a quoted value stays a string."""
+    arrive typed and a quoted value stays a string. An empty value is refused, whatever the
+    field: YAML would read it as null, and `data.train=$SHARDS` with the variable unset
+    would then be a default, or a message about None, instead of the mistake it is."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
         raise RecipeError([f"--set {text}: expected dotted.key=value, e.g. data.batch_size=8"])
+    if not raw.strip():
+        raise RecipeError(
+            [
+                f"--set {text}: no value (an unset shell variable gives none); write "
+                f"{key.strip()}=null to clear the field"
+            ]
+        )
     return key.strip().split("."), parse_yaml(raw, f"--set {key}")
 
 
@@ -884,8 +893,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def load_recipe(source: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Load, override and validate; every problem is reported at once as `dotted.path: msg`."""
+def load_recipe(
+    source: str | Path, overrides: list[str] | None = None, flags: dict[str, str] | None = None
+) -> Recipe:
+    """Load, override and validate; every problem is reported at once as `dotted.path: msg`,
+    ending with the `--set` it came from, or the command-line flag where `flags` maps that
+    override to one (`{"launch.main_port=99999": "--main-port 99999"}`)."""
     path = resolve_recipe_path(str(source))
     raw = read_yaml_file(path)
     if raw is None:
@@ -901,17 +914,19 @@ def load_recipe(source: str | Path, overrides: list[str] | None = None) -> Recip
     try:
         return validate_recipe(raw, source=label)
     except RecipeError as exc:
-        problems = _blame_overrides(exc.problems, overrides or [])
-        # the recipe itself is fine when every problem is a --set's: say so
-        blamed = all(p.endswith(")") and " (from --set " in p for p in problems)
-        heading = f"--set does not fit {label}:" if blamed else None
-        raise RecipeError(problems, exc.source, heading) from None
+        problems = _blame_overrides(exc.problems, overrides or [], flags or {})
+        # the recipe itself is fine when every problem is the command line's: say so
+        if all(p.endswith(")") and " (from -" in p for p in problems):
+            given = "--set" if all(" (from --set " in p for p in problems) else "the command line"
+            raise RecipeError(problems, exc.source, f"{given} does not fit {label}:") from None
+        raise RecipeError(problems, exc.source) from None
 
 
-def _blame_overrides(problems: list[str], overrides: list[str]) -> list[str]:
+def _blame_overrides(problems: list[str], overrides: list[str], flags: dict[str, str]) -> list[str]:
     """Each `dotted.path: message` on a path a --set gave, above it (a misspelt section:
     `trian.max_steps=3` is reported as `trian: unknown key`) or under it ends by naming that
-    --set: the typo is on the command line, not in the recipe file."""
+    --set, or the flag `flags` says gave it: the typo is on the command line, not in the
+    recipe file."""
 
     def related(key: str, where: str) -> bool:
         return key == where or where.startswith(key + ".") or key.startswith(where + ".")
@@ -920,7 +935,9 @@ def _blame_overrides(problems: list[str], overrides: list[str]) -> list[str]:
     for problem in problems:
         where = problem.split(": ", 1)[0]
         given = [text for text in overrides if related(text.partition("=")[0].strip(), where)]
-        out.append(f"{problem} (from --set {given[-1]})" if given else problem)
+        if given:
+            problem += f" (from {flags.get(given[-1]) or '--set ' + given[-1]})"
+        out.append(problem)
     return out
 
 

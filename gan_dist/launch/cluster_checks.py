@@ -40,13 +40,22 @@ def file_system(path: Path) -> str:
     return kind
 
 
-def storage_line(what: str, where: str) -> str:
-    """Whether every node can read `where` (a path, an object-store or web URL, a pipe:)."""
+def storage_line(what: str, where: str, made_by_the_job: bool = False) -> str:
+    """Whether every node can read `where` (a path, an object-store or web URL, a pipe:, a
+    brace pattern of shards). A path the job reads but that is not here is said to be
+    missing, not given the file system of whatever folder holds its name; one the job
+    makes (`made_by_the_job`, the run dir) is judged where it will be made."""
     if where.startswith("pipe:"):
         return f"{what} {where}: a command every node runs; it must work on each of them"
     if "://" in where:
         return f"{what} {where}: read over the network by every node; give each its credentials"
-    path = Path(where.split("{", 1)[0] or ".")
+    # a brace pattern's folder: what comes before its first "{" up to the last "/"
+    path = Path(where.split("{", 1)[0] + "x").parent if "{" in where else Path(where)
+    if not (path.exists() or made_by_the_job):
+        return (
+            f"{what} {where}: not found on this machine; every node must see it at this same "
+            "path when the job runs (pack it there, or fix the path)"
+        )
     kind = file_system(path)
     if kind in SHARED_FS:
         return f"{what} {where}: on {kind}, a shared file system: every node must mount it here too"
@@ -85,7 +94,7 @@ def cluster_checks(recipe: Recipe, run_dir: Path) -> list[str]:
             f"port: rank 0 listens on {listens} on the job's first node; the other nodes must "
             "reach it there (no firewall between the nodes)"
         )
-    lines.append(storage_line("run dir", str(run_dir.resolve())))  # as the script names it
+    lines.append(storage_line("run dir", str(run_dir.resolve()), made_by_the_job=True))
     lines.append(storage_line("data.train", recipe.data.train))
     if recipe.data.val not in (None, "auto"):
         lines.append(storage_line("data.val", recipe.data.val))

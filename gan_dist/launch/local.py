@@ -123,6 +123,20 @@ def freeze_recipe(recipe: Recipe, run_dir: Path) -> None:
     write_bytes_atomic(frozen_recipe(run_dir), recipe_to_yaml(recipe).encode())
 
 
+def kept_for_dry_run(recipe: Recipe, run_dir: Path) -> str | None:
+    """Why a dry run must not write its files into `run_dir`, or None where it may: there
+    the frozen recipe is another one, that of the run in it, which a requeued SLURM job
+    reads again. Only a real launch replaces it (and the resume check compares it)."""
+    path = frozen_recipe(run_dir)
+    if not path.is_file() or path.read_bytes() == recipe_to_yaml(recipe).encode():
+        return None
+    return (
+        f"dry run: wrote nothing: {path} holds another recipe, that of the run in "
+        f"{run_dir}, which its requeued job reads; a launch without --dry-run replaces it "
+        "(and resumes that run where the change allows), another --run-dir starts a new run"
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -157,10 +171,12 @@ def run_local(
     cmd = node_command(topology, per_node, train_args(frozen_recipe(run_dir), run_dir))
     env = launch_env(topology)
     check_free(run_dir)  # before the frozen recipe of a running job is replaced
-    freeze_recipe(recipe, run_dir)  # the command reads it, so a dry run writes it too
+    kept = kept_for_dry_run(recipe, run_dir) if dry_run else None
+    if kept is None:
+        freeze_recipe(recipe, run_dir)  # the command reads it, so a dry run writes it too
     announce("running " + shlex.join([*(f"{k}={v}" for k, v in env.items()), *cmd]))
     if dry_run:
-        announce(f"dry run: wrote {frozen_recipe(run_dir)}, which that command reads")
+        announce(kept or f"dry run: wrote {frozen_recipe(run_dir)}, which that command reads")
         return 0
     before = run_status.read(run_dir)
     started = time.time()

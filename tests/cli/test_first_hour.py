@@ -33,6 +33,43 @@ def test_a_misspelt_section_in_a_set_is_blamed_on_the_set(given):
     assert problem.endswith(f"(from --set {given})"), problem
 
 
+@pytest.mark.parametrize(
+    "given", ["data.train=", "tracking.uri=", "train.max_steps= ", "launch.main_port="]
+)
+def test_a_set_with_no_value_is_refused_whatever_the_field(given):
+    """`data.train=$SHARDS` with the variable unset: YAML read the empty value as null, so a
+    field that may be null quietly took it (the default store, training without a step
+    limit) and the others said `got None` (hostile pass)."""
+    with pytest.raises(RecipeError) as caught:
+        load_recipe("quickstart", [given])
+    key = given.split("=")[0]
+    assert caught.value.problems == [
+        f"--set {given}: no value (an unset shell variable gives none); write {key}=null to "
+        "clear the field"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "blamed"),
+    [
+        (["--main-port", "99999"], "(from --main-port 99999)"),
+        (["--nodes", "2", "--gpus-per-node", "70000"], "(from --gpus-per-node 70000)"),
+        (["--set", "launch.main_port=1", "--main-port", "99999"], "(from --main-port 99999)"),
+        (["--set", "launch.main_port=99999"], "(from --set launch.main_port=99999)"),
+    ],
+)
+def test_a_launch_flag_out_of_range_is_blamed_on_that_flag(tmp_path, flags, blamed):
+    """`--main-port 99999` was reported as `from --set launch.main_port=99999`, a --set the
+    user never typed (hostile pass)."""
+    result = run_cli(
+        "launch", "quickstart", "--local", "--dry-run", *flags, "--run-dir", str(tmp_path)
+    )
+    assert result.returncode == 2, result.stderr
+    assert blamed in result.stderr
+    heading = "--set does not fit" if "--set" in blamed else "the command line does not fit"
+    assert f"error: {heading} the built-in recipe quickstart:" in result.stderr
+
+
 def test_a_problem_in_the_file_itself_names_the_file(tmp_path):
     recipe = tmp_path / "mine.yaml"
     recipe.write_text("name: mine\ndata: {train: shards, bach_size: 3}\n")

@@ -19,13 +19,25 @@ def test_the_nearest_mount_decides_and_a_shared_one_is_said_to_be(tmp_path, monk
     monkeypatch.setattr(psutil, "disk_partitions", lambda all=True: parts)
     assert file_system(tmp_path) == "ext4"
     assert file_system(tmp_path.parent / "scratch-not") == "ext4"  # a prefix is not a mount
-    shared = storage_line("run dir", "/scratch/me/runs/q/not-made-yet")
+    shared = storage_line("run dir", "/scratch/me/runs/q/not-made-yet", made_by_the_job=True)
     assert shared == (
         "run dir /scratch/me/runs/q/not-made-yet: on nfs4, a shared file system: every node "
         "must mount it here too"
     )
-    local = storage_line("data.train", "/data/shards/train-{000000..000031}.tar")
+    (tmp_path / "shards").mkdir()
+    local = storage_line("data.train", f"{tmp_path}/shards/train-{{000000..000031}}.tar")
     assert "on ext4, local to this machine as far as it shows" in local
+
+
+@pytest.mark.parametrize(
+    "where", ["/nowhere/shards", "/nowhere/shards/train-{000000..000031}.tar", "gone/{a,b}.tar"]
+)
+def test_data_that_is_not_here_is_said_to_be_missing_not_given_a_file_system(where):
+    line = storage_line("data.train", where)
+    assert line == (
+        f"data.train {where}: not found on this machine; every node must see it at this same "
+        "path when the job runs (pack it there, or fix the path)"
+    )
 
 
 def test_urls_and_commands_are_not_paths():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -114,6 +115,37 @@ def test_local_dry_run_prints_the_cpu_command(tmp_path):
     assert "ACCELERATE_USE_CPU=1" in result.stderr
     assert "--multi_gpu" in result.stderr and "--num_processes 2" in result.stderr
     assert (tmp_path / "r" / "launch" / "recipe.yaml").is_file()  # the command reads it
+
+
+@pytest.mark.parametrize("where", ["--slurm", "--local"])
+def test_a_dry_run_never_rewrites_the_recipe_of_the_run_in_its_run_dir(tmp_path, where):
+    """A requeued SLURM job reads RUN_DIR/launch/recipe.yaml again: a dry run with other
+    settings into that run dir must leave it, and the script beside it, as they are."""
+    run = tmp_path / "run"
+    first = launch(where, *TINY_CPU, "--dry-run", "--run-dir", str(run))
+    assert first.returncode == 0, first.stderr
+    frozen = {p: p.read_bytes() for p in (run / "launch").iterdir()}
+    assert run / "launch" / "recipe.yaml" in frozen
+    other = launch(
+        where, *TINY_CPU, "--dry-run", "--set", "train.max_steps=7", "--run-dir", str(run)
+    )
+    assert other.returncode == 0, other.stderr
+    assert "dry run: wrote nothing" in other.stderr and "holds another recipe" in other.stderr
+    assert {p: p.read_bytes() for p in (run / "launch").iterdir()} == frozen
+    if where == "--slurm":  # the script it would write is still shown
+        assert "#SBATCH --requeue" in other.stdout and "submit with" not in other.stderr
+    again = launch(where, *TINY_CPU, "--dry-run", "--run-dir", str(run))  # the same recipe
+    assert again.returncode == 0 and "wrote nothing" not in again.stderr, again.stderr
+
+
+def test_the_submit_hint_quotes_a_run_dir_the_shell_would_split(tmp_path):
+    run = tmp_path / "runs" / "a;b(c)"
+    result = launch("--slurm", "--dry-run", "--run-dir", str(run))
+    assert result.returncode == 0, result.stderr
+    hint = result.stderr.split("submit with: ", 1)[1].splitlines()[0]
+    as_a_shell_reads_it = shlex.shlex(hint, posix=True, punctuation_chars=True)
+    as_a_shell_reads_it.whitespace_split = True
+    assert list(as_a_shell_reads_it) == ["sbatch", str(run / "launch" / "job.sbatch")]
 
 
 @pytest.mark.parametrize(
