@@ -70,6 +70,22 @@ def _tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     return state
 
 
+class _FeaturesOnce(torch.nn.Module):
+    """Inception-v3 run once for a batch that FID and KID both take: each metric calls its
+    network on every update, so sharing the module alone still ran it twice an image. The
+    last batch (held, so its identity cannot be reused) and its features are kept."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self._last is None or self._last[0] is not images:
+            self._last = (images, self.net(images))
+        return self._last[1]
+
+
 class PerceptualMetrics:
     """Accumulates (repaired, original) pairs and computes `fid`, `kid` (x1e3, the mean over
     subsets) and `lpips` (mean over images; lower is better for all three).
@@ -111,7 +127,8 @@ class PerceptualMetrics:
         except RuntimeError as exc:  # load_state_dict: keys or shapes of another net
             raise WeightsError(f"{path}: not torch-fidelity's Inception-v3 weights") from exc
         self.fid.set_dtype(torch.float64)
-        # KID reuses FID's network (one weights file) and keeps every feature
+        # KID reuses FID's network (one weights file), and each batch's features: see _update
+        self.fid.inception = _FeaturesOnce(self.fid.inception)
         self.kid = KernelInceptionDistance(feature=self.fid.inception, subset_size=2).to(
             self.device
         )
@@ -157,10 +174,7 @@ class PerceptualMetrics:
         self.samples += len(pred)
         if self.fid is not None:
             fake8, real8 = ((t * 255).round().to(torch.uint8) for t in (pred, target))
-            self.fid.update(real8, real=True)
-            self.fid.update(fake8, real=False)
-            self.kid.update(real8, real=True)
-            self.kid.update(fake8, real=False)
+            self._update(fake8, real8)
         if self.lpips is not None:
             self.lpips.update(pred, target)
 
@@ -181,11 +195,7 @@ class PerceptualMetrics:
             side = INCEPTION_SIDE
             small = [to_bit_depth(resize(x, side, side), 8) for x in (pred, target)]
             fake8, real8 = (_rgb(torch.from_numpy(np.array(x)))[None] for x in small)
-            fake8, real8 = fake8.to(self.device), real8.to(self.device)
-            self.fid.update(real8, real=True)
-            self.fid.update(fake8, real=False)
-            self.kid.update(real8, real=True)
-            self.kid.update(fake8, real=False)
+            self._update(fake8.to(self.device), real8.to(self.device))
         if self.lpips is None:
             return
         top = float(np.iinfo(target.dtype).max)
@@ -206,6 +216,13 @@ class PerceptualMetrics:
             )
             total += float(self.lpips(fake, real)) * len(chunk)  # this chunk's mean
         self.image_lpips.append(total / len(corners))
+
+    def _update(self, fake8: torch.Tensor, real8: torch.Tensor) -> None:
+        """FID and KID on one batch, (B, 3, H, W) uint8: each batch goes to both metrics in
+        turn, so `_FeaturesOnce` runs Inception once for it."""
+        for images, real in ((real8, True), (fake8, False)):
+            self.fid.update(images, real=real)
+            self.kid.update(images, real=real)
 
     def compute(self) -> dict[str, float]:
         """{} before any sample; FID/KID need at least two samples."""

@@ -49,6 +49,7 @@ def test_a_set_with_no_value_is_refused_whatever_the_field(given):
     ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("flags", "blamed"),
     [

@@ -148,10 +148,23 @@ def test_a_test_that_starts_a_process_is_marked_integration():
             for n in tree.body
         ):
             continue
-        for node in tree.body:
-            if not (isinstance(node, ast.FunctionDef) and node.name.startswith("test_")):
+        functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+        helpers = [  # fixtures are not called by name: a test takes them as arguments
+            f
+            for f in functions
+            if not f.name.startswith("test_")
+            and not any("fixture" in ast.unparse(d) for d in f.decorator_list)
+        ]
+        spawns = set(SPAWNS)
+        while True:  # the file's own helpers that start one (`launch(...)`), to a fixed point
+            more = {f"{f.name}(" for f in helpers if any(s in ast.unparse(f) for s in spawns)}
+            if more <= spawns:
+                break
+            spawns |= more
+        for node in functions:
+            if not node.name.startswith("test_"):
                 continue
             marked = any("integration" in ast.unparse(d) for d in node.decorator_list)
-            if not marked and any(s in ast.unparse(node) for s in SPAWNS):
+            if not marked and any(s in ast.unparse(node) for s in spawns):
                 unmarked.append(f"{path.name}::{node.name}")
     assert not unmarked, "start a process but are not marked integration: " + ", ".join(unmarked)

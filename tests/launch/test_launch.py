@@ -109,6 +109,7 @@ def test_dockerfile_lints_clean():
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+@pytest.mark.integration
 def test_local_dry_run_prints_the_cpu_command(tmp_path):
     result = launch("--local", *TINY_CPU, "--dry-run", "--run-dir", str(tmp_path / "r"))
     assert result.returncode == 0, result.stderr
@@ -117,6 +118,7 @@ def test_local_dry_run_prints_the_cpu_command(tmp_path):
     assert (tmp_path / "r" / "launch" / "recipe.yaml").is_file()  # the command reads it
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("where", ["--slurm", "--local"])
 def test_a_dry_run_never_rewrites_the_recipe_of_the_run_in_its_run_dir(tmp_path, where):
     """A requeued SLURM job reads RUN_DIR/launch/recipe.yaml again: a dry run with other
@@ -138,6 +140,7 @@ def test_a_dry_run_never_rewrites_the_recipe_of_the_run_in_its_run_dir(tmp_path,
     assert again.returncode == 0 and "wrote nothing" not in again.stderr, again.stderr
 
 
+@pytest.mark.integration
 def test_the_submit_hint_quotes_a_run_dir_the_shell_would_split(tmp_path):
     run = tmp_path / "runs" / "a;b(c)"
     result = launch("--slurm", "--dry-run", "--run-dir", str(run))
@@ -148,6 +151,7 @@ def test_the_submit_hint_quotes_a_run_dir_the_shell_would_split(tmp_path):
     assert list(as_a_shell_reads_it) == ["sbatch", str(run / "launch" / "job.sbatch")]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("setting", "field"),
     [

@@ -52,12 +52,36 @@ def test_metrics_from_given_files_without_a_download(weights):
     assert set(scores) == {"fid", "kid", "lpips"}
     assert scores["lpips"] == pytest.approx(0.0, abs=1e-6)
     assert abs(scores["fid"]) < 1e-3 and abs(scores["kid"]) < 1e-3
-    other = PerceptualMetrics(weights)
+    other = PerceptualMetrics(PerceptualWeights(lpips=weights.lpips, lpips_net="squeeze"))
     other.add(images, torch.rand(4, 3, 48, 48))
     assert other.compute()["lpips"] > 0.01
     grey = PerceptualMetrics(PerceptualWeights(lpips=weights.lpips, lpips_net="squeeze"))
     grey.add(images[:, :1], images[:, :1].flip(-1))  # greyscale is repeated to RGB
     assert set(grey.compute()) == {"lpips"}
+
+
+def test_fid_and_kid_take_one_inception_pass_a_batch_and_score_as_before(weights, monkeypatch):
+    """Each metric ran Inception itself on every batch (twice an image, the cost of eval).
+    Now one pass serves both, and each metric holds what separate passes gave it."""
+    from gan_dist.metrics import perceptual
+
+    torch.manual_seed(2)
+    real, fake = torch.rand(2, 3, 40, 40), torch.rand(2, 3, 40, 40)
+    shared = PerceptualMetrics(PerceptualWeights(inception=weights.inception))
+    net, calls = shared.fid.inception.net, []
+    forward = net.forward
+    monkeypatch.setattr(net, "forward", lambda x: calls.append(len(x)) or forward(x))
+    shared.add(fake, real)
+    assert calls == [2, 2]  # the originals, then the repairs: once each
+    monkeypatch.setattr(perceptual._FeaturesOnce, "forward", lambda self, x: self.net(x))
+    separate = PerceptualMetrics(PerceptualWeights(inception=weights.inception))
+    separate.add(fake, real)
+    for a, b in ((shared.fid, separate.fid), (shared.kid, separate.kid)):  # what they sum
+        for name in a._defaults:
+            mine, theirs = getattr(a, name), getattr(b, name)
+            if isinstance(mine, list):
+                mine, theirs = torch.cat(mine), torch.cat(theirs)
+            assert torch.equal(mine, theirs), name
 
 
 def test_reset_starts_a_new_pass(weights):
