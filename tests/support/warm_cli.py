@@ -33,7 +33,10 @@ This is a preloading fork server, as Python's `multiprocessing.forkserver` and A
 zygote are. Each request forks a monitor, which forks the command and reports its wait
 status, so the server never waits and a command's own children get an ordinary SIGCHLD.
 The server runs no Python thread; the native threads its imports start (torch's, pyarrow's
-jemalloc) sit idle, as they do when a DataLoader forks its workers.
+jemalloc) sit idle, as they do when a DataLoader forks its workers. What it imported is
+frozen (`gc.freeze`) before it serves: a command's collections, the one at its exit
+included, pass over those objects (and do not copy their pages), so cyclic garbage among
+them is never collected in a command, as it would rarely be in a short cold one.
 """
 
 from __future__ import annotations
