@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from gan_dist.cli._common import SET_HELP, announce_shell, err, out, user_errors
+from gan_dist.core.errors import GanDistError
 from gan_dist.run.signals import EXIT_PREEMPTED
 
 
@@ -62,6 +63,12 @@ def launch(
             check_data(loaded.data)  # before the run folder is made: a wrong path leaves none
         directory = (run_dir or Path("runs") / loaded.name).absolute()
         use_slurm = slurm if slurm is not None else loaded.launch.slurm is not None
+        if use_slurm and (node_rank or main_addr != "127.0.0.1"):
+            raise GanDistError(
+                "--node-rank and --main-addr are for launches without SLURM: a SLURM job gives "
+                "each node its rank and the address of rank 0's node; leave them out, or "
+                "launch with --local"
+            )
         if use_slurm:
             code = _slurm(loaded, directory, dry_run, follow)
         else:

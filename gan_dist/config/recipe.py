@@ -861,20 +861,23 @@ def resolve_recipe_path(name_or_path: str) -> Path:
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b=c` -> (["a", "b"], typed c); the value is read as YAML so 32, 1e-4, true, [1, 2]
-    arrive typed and a quoted value stays a string. An empty value is refused, whatever the
-    field: YAML would read it as null, and `data.train=$SHARDS` with the variable unset
-    would then be a default, or a message about None, instead of the mistake it is."""
+    arrive typed and a quoted value stays a string. A value that is not there is refused,
+    whatever the field: empty (`data.train=$SHARDS` with the variable unset) or a YAML
+    comment (`#...`) would be read as null, then taken as a default or reported as None
+    instead of the mistake it is; null is said as null."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
         raise RecipeError([f"--set {text}: expected dotted.key=value, e.g. data.batch_size=8"])
-    if not raw.strip():
+    value = parse_yaml(raw, f"--set {key}")
+    if value is None and raw.strip() not in ("null", "Null", "NULL", "~"):
         raise RecipeError(
             [
-                f"--set {text}: no value (an unset shell variable gives none); write "
-                f"{key.strip()}=null to clear the field"
+                f"--set {text}: no value (an unset shell variable gives none, and YAML reads "
+                f"from # on as a comment): give one, or {key.strip()}=null where the field "
+                "may be empty"
             ]
         )
-    return key.strip().split("."), parse_yaml(raw, f"--set {key}")
+    return key.strip().split("."), value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -41,21 +41,30 @@ def file_system(path: Path) -> str:
 
 
 def storage_line(what: str, where: str, made_by_the_job: bool = False) -> str:
-    """Whether every node can read `where` (a path, an object-store or web URL, a pipe:, a
-    brace pattern of shards). A path the job reads but that is not here is said to be
-    missing, not given the file system of whatever folder holds its name; one the job
-    makes (`made_by_the_job`, the run dir) is judged where it will be made."""
+    """Whether every node can read `where`: a path, a brace pattern of shards, a `file:`,
+    object-store or web URL, a pipe:. Shards the job reads but that are not here (as a real
+    launch checks them: `shard_urls`) are said to be missing, not given the file system of
+    the folder that would hold them; what the job makes (`made_by_the_job`, the run dir) is
+    judged where it will be made."""
+    from gan_dist.core.errors import GanDistError
+    from gan_dist.data.stream import shard_urls
+
     if where.startswith("pipe:"):
         return f"{what} {where}: a command every node runs; it must work on each of them"
-    if "://" in where:
+    local = where.removeprefix("file://") if where.startswith("file://") else where
+    if "://" in local:
         return f"{what} {where}: read over the network by every node; give each its credentials"
+    if not made_by_the_job and not Path(local).is_dir():
+        try:
+            shard_urls(local)
+        except GanDistError as exc:
+            reason = str(exc).removeprefix(f"{local}: ")
+            return (
+                f"{what} {where}: not found on this machine: {reason}; every node must see it "
+                "at this same path when the job runs"
+            )
     # a brace pattern's folder: what comes before its first "{" up to the last "/"
-    path = Path(where.split("{", 1)[0] + "x").parent if "{" in where else Path(where)
-    if not (path.exists() or made_by_the_job):
-        return (
-            f"{what} {where}: not found on this machine; every node must see it at this same "
-            "path when the job runs (pack it there, or fix the path)"
-        )
+    path = Path(local.split("{", 1)[0] + "x").parent if "{" in local else Path(local)
     kind = file_system(path)
     if kind in SHARED_FS:
         return f"{what} {where}: on {kind}, a shared file system: every node must mount it here too"

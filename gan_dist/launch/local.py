@@ -120,20 +120,39 @@ def freeze_recipe(recipe: Recipe, run_dir: Path) -> None:
     """The resolved recipe (overrides applied) goes to the run dir and the ranks read that
     file: no recipe value is ever put on a command line, and a requeued job trains exactly
     what was submitted even if the original file changed since."""
-    write_bytes_atomic(frozen_recipe(run_dir), recipe_to_yaml(recipe).encode())
+    write_launch_file(frozen_recipe(run_dir), recipe_to_yaml(recipe).encode())
+
+
+def write_launch_file(path: Path, data: bytes) -> None:
+    """One of RUN_DIR/launch/'s files, whole or not at all; raises GanDistError naming the
+    path where it cannot be written (a folder or a file in the way, no permission)."""
+    try:
+        write_bytes_atomic(path, data)
+    except OSError as exc:
+        raise GanDistError(
+            f"{path}: cannot write it ({exc.strerror or exc}); a launch keeps its frozen "
+            "recipe and script in RUN_DIR/launch/: clear the way there, or give another "
+            "--run-dir"
+        ) from None
 
 
 def kept_for_dry_run(recipe: Recipe, run_dir: Path) -> str | None:
-    """Why a dry run must not write its files into `run_dir`, or None where it may: there
-    the frozen recipe is another one, that of the run in it, which a requeued SLURM job
-    reads again. Only a real launch replaces it (and the resume check compares it)."""
-    path = frozen_recipe(run_dir)
-    if not path.is_file() or path.read_bytes() == recipe_to_yaml(recipe).encode():
+    """Why a dry run must not write its files into `run_dir`, or None where it may (a new
+    run dir, or the launch of this same recipe): it holds a run, whose frozen recipe a
+    requeued SLURM job reads again. Only a real launch replaces it, and resumes that run
+    where the change allows."""
+    frozen = frozen_recipe(run_dir)
+    if frozen.exists() or frozen.is_symlink():
+        if frozen.is_file() and frozen.read_bytes() == recipe_to_yaml(recipe).encode():
+            return None
+        holds = f"{frozen} is another recipe, that a requeued job of the run reads"
+    elif (run_dir / "recipe.yaml").exists() or checkpoint.list_checkpoints(run_dir):
+        holds = "a run trained there"
+    else:
         return None
     return (
-        f"dry run: wrote nothing: {path} holds another recipe, that of the run in "
-        f"{run_dir}, which its requeued job reads; a launch without --dry-run replaces it "
-        "(and resumes that run where the change allows), another --run-dir starts a new run"
+        f"dry run: wrote nothing: {run_dir} holds a run ({holds}); a launch without "
+        "--dry-run resumes it where the recipe allows, another --run-dir starts a new run"
     )
 
 

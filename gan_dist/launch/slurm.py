@@ -20,7 +20,6 @@ from pathlib import Path
 from gan_dist import __version__
 from gan_dist.config.recipe import Recipe, SlurmConfig
 from gan_dist.core.errors import GanDistError
-from gan_dist.core.files import write_bytes_atomic
 from gan_dist.launch import port
 from gan_dist.launch.local import (
     DEFAULT_SHUTDOWN_S,
@@ -29,6 +28,7 @@ from gan_dist.launch.local import (
     accelerate_options,
     freeze_recipe,
     launch_env,
+    write_launch_file,
 )
 
 CPUS_PER_GPU = 8
@@ -149,7 +149,7 @@ def write_script(recipe: Recipe, run_dir: Path) -> Path:
     text = render(recipe, run_dir)
     freeze_recipe(recipe, run_dir)
     script = run_dir / "launch" / "job.sbatch"
-    write_bytes_atomic(script, text.encode())
+    write_launch_file(script, text.encode())
     return script
 
 

@@ -73,11 +73,16 @@ class Dropped:
     def __str__(self) -> str:
         parts = []
         if self.metrics:
-            parts.append(f"{self.metrics} metric batches")
+            # one a log_metrics call: a logged step's losses, or a validation's scores
+            parts.append(f"{_count(self.metrics, 'set')} of metrics")
         if self.images:
-            parts.append(f"{self.images} sample grids")
+            parts.append(_count(self.images, "sample grid"))
         parts += self.other
         return ", ".join(parts)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 class Tracker:

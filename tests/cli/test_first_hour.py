@@ -34,7 +34,15 @@ def test_a_misspelt_section_in_a_set_is_blamed_on_the_set(given):
 
 
 @pytest.mark.parametrize(
-    "given", ["data.train=", "tracking.uri=", "train.max_steps= ", "launch.main_port="]
+    "given",
+    [
+        "data.train=",
+        "tracking.uri=",
+        "train.max_steps= ",
+        "launch.main_port=",
+        "data.val=#c",
+        "seed= #",
+    ],
 )
 def test_a_set_with_no_value_is_refused_whatever_the_field(given):
     """`data.train=$SHARDS` with the variable unset: YAML read the empty value as null, so a
@@ -44,9 +52,14 @@ def test_a_set_with_no_value_is_refused_whatever_the_field(given):
         load_recipe("quickstart", [given])
     key = given.split("=")[0]
     assert caught.value.problems == [
-        f"--set {given}: no value (an unset shell variable gives none); write {key}=null to "
-        "clear the field"
+        f"--set {given}: no value (an unset shell variable gives none, and YAML reads from # "
+        f"on as a comment): give one, or {key}=null where the field may be empty"
     ]
+
+
+@pytest.mark.parametrize("given", ["data.val=null", "data.val=~", "tracking.uri=Null"])
+def test_null_said_as_null_still_clears_a_field(given):
+    assert load_recipe("quickstart", [given]) is not None
 
 
 @pytest.mark.integration

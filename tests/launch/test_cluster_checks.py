@@ -25,19 +25,38 @@ def test_the_nearest_mount_decides_and_a_shared_one_is_said_to_be(tmp_path, monk
         "must mount it here too"
     )
     (tmp_path / "shards").mkdir()
-    local = storage_line("data.train", f"{tmp_path}/shards/train-{{000000..000031}}.tar")
+    for i in range(2):
+        (tmp_path / "shards" / f"train-{i:06d}.tar").write_bytes(b"")
+    local = storage_line("data.train", f"{tmp_path}/shards/train-{{000000..000001}}.tar")
     assert "on ext4, local to this machine as far as it shows" in local
 
 
 @pytest.mark.parametrize(
-    "where", ["/nowhere/shards", "/nowhere/shards/train-{000000..000031}.tar", "gone/{a,b}.tar"]
+    ("where", "why"),
+    [
+        ("/nowhere/shards", "no such folder of packed shards"),
+        ("gone/{a,b}.tar", "2 of the 2 shards it names do not exist (first: gone/a.tar)"),
+        # the pattern's folder is here, its shards are not (hostile pass)
+        ("shards/train-{000000..000003}.tar", "4 of the 4 shards it names do not exist"),
+        ("train-{0..1}.tar", "2 of the 2 shards it names do not exist"),
+        ("file:///nowhere/x.tar", "no such shard file"),
+    ],
 )
-def test_data_that_is_not_here_is_said_to_be_missing_not_given_a_file_system(where):
+def test_data_that_is_not_here_is_said_to_be_missing_not_given_a_file_system(
+    tmp_path, monkeypatch, where, why
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shards").mkdir()
     line = storage_line("data.train", where)
-    assert line == (
-        f"data.train {where}: not found on this machine; every node must see it at this same "
-        "path when the job runs (pack it there, or fix the path)"
+    assert line.startswith(f"data.train {where}: not found on this machine: "), line
+    assert why in line and line.endswith(
+        "every node must see it at this same path when the job runs"
     )
+
+
+def test_a_file_url_is_a_path_on_this_machine(tmp_path):
+    (tmp_path / "x.tar").write_bytes(b"")
+    assert "local to this machine" in storage_line("data.train", f"file://{tmp_path}/x.tar")
 
 
 def test_urls_and_commands_are_not_paths():

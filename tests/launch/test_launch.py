@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import MlflowServer, job_at_step, read_log, run_cli, tiny, wait_for
+from support import MlflowServer, job_at_step, read_log, run_cli, tiny, train_quickstart, wait_for
 
 TINY_CPU = ["--cpu-procs", "2"]
 
@@ -132,12 +132,60 @@ def test_a_dry_run_never_rewrites_the_recipe_of_the_run_in_its_run_dir(tmp_path,
         where, *TINY_CPU, "--dry-run", "--set", "train.max_steps=7", "--run-dir", str(run)
     )
     assert other.returncode == 0, other.stderr
-    assert "dry run: wrote nothing" in other.stderr and "holds another recipe" in other.stderr
+    assert "dry run: wrote nothing" in other.stderr and "is another recipe" in other.stderr
     assert {p: p.read_bytes() for p in (run / "launch").iterdir()} == frozen
     if where == "--slurm":  # the script it would write is still shown
         assert "#SBATCH --requeue" in other.stdout and "submit with" not in other.stderr
     again = launch(where, *TINY_CPU, "--dry-run", "--run-dir", str(run))  # the same recipe
     assert again.returncode == 0 and "wrote nothing" not in again.stderr, again.stderr
+
+
+@pytest.mark.integration
+def test_a_dry_run_writes_nothing_into_a_run_that_gan_dist_train_made(packed, tmp_path):
+    """A run trained with `gan-dist train` has its recipe at RUN_DIR/recipe.yaml, not under
+    launch/: a dry run with other settings wrote launch/ into it, and the next dry run with
+    the run's own settings was then refused as 'another recipe' (hostile pass)."""
+    run = tmp_path / "run"
+    assert train_quickstart(packed, 1, run).returncode == 0
+    for settings in (tiny(packed, 7), tiny(packed, 1)):
+        for where in ("--slurm", "--local"):
+            result = launch(where, *settings, "--dry-run", "--run-dir", str(run))
+            assert result.returncode == 0, result.stderr
+            assert (
+                "dry run: wrote nothing" in result.stderr and "a run trained there" in result.stderr
+            )
+            assert not (run / "launch").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("in_the_way", ["a folder named recipe.yaml", "a file named launch"])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_what_stands_where_the_launch_files_go_is_one_line(packed, tmp_path, in_the_way, dry_run):
+    """launch/recipe.yaml a folder, or launch a file: a traceback (hostile pass)."""
+    run = tmp_path / "run"
+    if in_the_way == "a file named launch":
+        run.mkdir()
+        (run / "launch").write_text("x")
+    else:
+        (run / "launch" / "recipe.yaml").mkdir(parents=True)
+    args = ["--dry-run"] if dry_run else []
+    for where in ("--slurm", "--local") if dry_run else ("--local",):
+        result = launch(where, *TINY_CPU, *tiny(packed, 1), *args, "--run-dir", str(run))
+        if dry_run and in_the_way == "a folder named recipe.yaml":  # a run's: left alone
+            assert result.returncode == 0 and "wrote nothing" in result.stderr, result.stderr
+            continue
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "error: " in result.stderr and "cannot write it" in result.stderr
+        assert "clear the way there, or give another --run-dir" in result.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("flag", [["--node-rank", "1"], ["--main-addr", "10.0.0.1"]])
+def test_flags_for_launches_without_slurm_are_refused_with_slurm(tmp_path, flag):
+    """`--slurm --node-rank 5` was silently ignored (hostile pass)."""
+    result = launch("--slurm", *flag, "--dry-run", "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 1 and "are for launches without SLURM" in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.integration
