@@ -238,10 +238,17 @@ class Tracker:
                 + (f" (last error: {self._last_error})" if self._last_error else "")
             )
         if self.dropped:
+            # MLflow shows a run it never heard end as RUNNING, for ever: say so, and how
+            unended = "run status" in self.dropped.other and self.run_id is not None
             log.warning(
-                "MLflow (%s) did not receive: %s. Training itself was not affected.",
+                "MLflow (%s) did not receive: %s. Training itself was not affected.%s",
                 self.uri,
                 self.dropped,
+                f" MLflow shows run {self.run_id} as RUNNING until it is ended; once the server"
+                f' answers: python -c "from mlflow import MlflowClient; MlflowClient('
+                f"'{self.uri}').set_terminated('{self.run_id}', '{status}')\""
+                if unended
+                else "",
             )
         return self.dropped
 

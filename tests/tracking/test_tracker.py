@@ -39,3 +39,22 @@ def test_metrics_kept_while_the_store_is_away_go_in_few_requests(tmp_path: Path,
     assert [n for n in sizes if n] == [MAX_BATCH, MAX_BATCH, steps * per_step - 2 * MAX_BATCH]
     history = MlflowClient(uri).get_metric_history(tracker.run_id, "train/m3")
     assert [(m.step, m.value) for m in history] == [(s, s + 3) for s in range(1, steps + 1)]
+
+
+def test_a_run_the_store_never_heard_end_is_said_to_stay_running(tmp_path, monkeypatch, caplog):
+    """A server gone before the end: MLflow shows the run RUNNING for ever, which the
+    end-of-run warning did not say (hostile pass); it now says so, and how to end it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recipe = load_recipe("quickstart", [f"tracking.uri={uri}"])
+    tracker = Tracker(recipe, tmp_path / "run", None, enabled=True)
+    assert tracker.wait_for_run_id(60)
+    gone = threading.Event()
+    tracker._submit("other", gone.wait, "the store away")  # never back before the close
+    tracker.log_metrics({"train/g_rec": 1.0}, 1)
+    dropped = tracker.close("KILLED", 0.5)
+    gone.set()
+    assert dropped.metrics == 1 and "run status" in dropped.other
+    (said,) = [r.getMessage() for r in caplog.records if "did not receive" in r.getMessage()]
+    assert "1 set of metrics" in said and f"shows run {tracker.run_id} as RUNNING" in said
+    assert f"MlflowClient('{uri}').set_terminated('{tracker.run_id}', 'KILLED')" in said
