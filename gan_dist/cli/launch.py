@@ -55,7 +55,7 @@ def launch(
     flags = {f"{k}={v}": f"{flag} {v}" for k, (flag, v) in given.items() if v is not None}
     started = time.time()
     with user_errors():
-        loaded = load_recipe(recipe, [*set_, *flags], flags)
+        loaded = load_recipe(recipe, set_, flags)
         announce_shell(loaded)
         if not dry_run:  # a dry run renders commands for data that may live elsewhere
             from gan_dist.data.stream import check_data

@@ -900,16 +900,19 @@ def load_recipe(
     source: str | Path, overrides: list[str] | None = None, flags: dict[str, str] | None = None
 ) -> Recipe:
     """Load, override and validate; every problem is reported at once as `dotted.path: msg`,
-    ending with the `--set` it came from, or the command-line flag where `flags` maps that
-    override to one (`{"launch.main_port=99999": "--main-port 99999"}`)."""
+    ending with the `--set` it came from, or the command-line flag it came from: `flags`
+    maps overrides applied after `overrides` to their flags (`{"launch.main_port=99999":
+    "--main-port 99999"}`)."""
+    flags = flags or {}
+    overrides = [*(overrides or []), *flags]
     path = resolve_recipe_path(str(source))
     raw = read_yaml_file(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise RecipeError([f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}"])
-    raw = apply_overrides(raw, overrides or [])
-    _switch_families(raw, {tuple(parse_override(text)[0]) for text in overrides or []})
+    raw = apply_overrides(raw, overrides)
+    _switch_families(raw, {tuple(parse_override(text)[0]) for text in overrides})
     shipped = not Path(
         str(source)
     ).is_file()  # a built-in recipe's name: its own file is not the user's
@@ -917,7 +920,7 @@ def load_recipe(
     try:
         return validate_recipe(raw, source=label)
     except RecipeError as exc:
-        problems = _blame_overrides(exc.problems, overrides or [], flags or {})
+        problems = _blame_overrides(exc.problems, overrides, flags)
         # the recipe itself is fine when every problem is the command line's: say so
         if all(p.endswith(")") and " (from -" in p for p in problems):
             given = "--set" if all(" (from --set " in p for p in problems) else "the command line"

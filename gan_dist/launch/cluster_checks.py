@@ -51,7 +51,7 @@ def storage_line(what: str, where: str, made_by_the_job: bool = False) -> str:
 
     if where.startswith("pipe:"):
         return f"{what} {where}: a command every node runs; it must work on each of them"
-    local = where.removeprefix("file://") if where.startswith("file://") else where
+    local = where.removeprefix("file://")
     if "://" in local:
         return f"{what} {where}: read over the network by every node; give each its credentials"
     if not made_by_the_job and not Path(local).is_dir():

@@ -239,16 +239,18 @@ class Tracker:
             )
         if self.dropped:
             # MLflow shows a run it never heard end as RUNNING, for ever: say so, and how
-            unended = "run status" in self.dropped.other and self.run_id is not None
+            unended = ""
+            if "run status" in self.dropped.other and self.run_id is not None:
+                unended = (
+                    f" MLflow shows run {self.run_id} as RUNNING until it is ended; once the "
+                    f'server answers: python -c "from mlflow import MlflowClient; MlflowClient('
+                    f"'{self.uri}').set_terminated('{self.run_id}', '{status}')\""
+                )
             log.warning(
                 "MLflow (%s) did not receive: %s. Training itself was not affected.%s",
                 self.uri,
                 self.dropped,
-                f" MLflow shows run {self.run_id} as RUNNING until it is ended; once the server"
-                f' answers: python -c "from mlflow import MlflowClient; MlflowClient('
-                f"'{self.uri}').set_terminated('{self.run_id}', '{status}')\""
-                if unended
-                else "",
+                unended,
             )
         return self.dropped
 

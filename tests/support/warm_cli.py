@@ -102,13 +102,14 @@ class WarmCli:
         self._proc: subprocess.Popen | None = None
         self._folder = self._socket = ""
         self._env: dict[str, str] = {}
+        self._at_import: dict[str, str] = {}  # the server's, which a command must match
 
     def command(self, env: dict[str, str], cold: bool = False) -> list[str]:
         """The argv prefix that runs `gan-dist` with `env`: through the server, or the
         console script itself where `cold` or the environment differs at import time."""
         if not cold:
             self._start(env)
-            if _read_at_import(env) == _read_at_import(self._env):
+            if _read_at_import(env) == self._at_import:
                 return [sys.executable, __file__, "--client", self._socket]
         exe = Path(sys.executable).with_name("gan-dist")
         return [str(exe)] if exe.exists() else [sys.executable, "-m", "gan_dist"]
@@ -119,6 +120,7 @@ class WarmCli:
         self._folder = tempfile.mkdtemp(prefix="warm-cli-")
         self._socket = os.path.join(self._folder, "socket")
         self._env = dict(env)
+        self._at_import = _read_at_import(self._env)
         # stdin stays a pipe from this process: the server exits when it reads EOF, so it
         # never outlives the tests, however they end
         self._proc = subprocess.Popen(
