@@ -86,14 +86,15 @@ def test_a_preempted_job_requeued_onto_other_hosts_resumes_bit_identical(
 
     from gan_dist.run import checkpoint
 
-    steps = 200  # seconds of steps after step 20, for the signal to arrive in
+    steps = 60  # 50 steps after step 10 (over 5 s on the fastest CPU) for the signal, which
+    # reaches the ranks within a step or two
     straight = submit(packed, steps, tmp_path / "straight", "--follow", **EXACT)
     assert straight.returncode == 0, straight.stdout + straight.stderr
 
     run_dir = tmp_path / "run"
     settings = {"tracking.experiment": "preempt-hosts", "train.checkpoint_every": 100000, **EXACT}
     result = submit(packed, steps, run_dir, **settings)
-    job_id, log = job_at_step(result, run_dir, 20)
+    job_id, log = job_at_step(result, run_dir, 10)
     assert slurm_hosts.run("scancel", "--signal=USR1", job_id).returncode == 0
     drain = ["scontrol", "update", "nodename=node1", "state=drain", "reason=test"]
     assert slurm_hosts.run(*drain).returncode == 0  # running on, but no new job lands there
@@ -167,7 +168,7 @@ def test_a_lost_host_stops_the_others_in_bounded_time_and_the_requeued_job_resum
     launch.rank_timeout_s, says which rank on which host went silent, keeps the last good
     checkpoint and exits as preempted; SLURM requeues the job onto node1 and node3 and it
     resumes from that checkpoint to the end."""
-    timeout_s, steps = 15, 150
+    timeout_s, steps = 15, 80  # 55 steps after the fault at step 25: it comes within a step
     run_dir = tmp_path / "run"
     settings = {"launch.rank_timeout_s": timeout_s, "train.checkpoint_every": 10}
     result = submit(packed, steps, run_dir, **settings)
