@@ -216,8 +216,6 @@ def toy_plugin(tmp_path_factory) -> str:
 
     from filelock import FileLock
 
-    from gan_dist.config import families as registry
-
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall"]
     if importlib.util.find_spec("setuptools"):  # else pip fetches it into an isolated build
         cmd.append("--no-build-isolation")
@@ -232,5 +230,4 @@ def toy_plugin(tmp_path_factory) -> str:
             assert done.returncode == 0, done.stdout + done.stderr
             installed.touch()
     importlib.invalidate_caches()
-    registry._entry_points.cache_clear()
     return metadata.version("gan-dist-toy")

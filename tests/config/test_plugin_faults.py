@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gan_dist.config import families
 from gan_dist.config.family import PluginError
 from gan_dist.config.recipe import load_recipe
 from gan_dist.core.errors import RecipeError
@@ -227,6 +228,10 @@ def install(root: Path, dist: str, version: str, modules: dict[str, str], points
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
     (info / "entry_points.txt").write_text(points)
     (info / "RECORD").write_text("".join(f"{name}.py,,\n" for name in modules))
+    # the lookups' caches are keyed on the folder's mtime, which an install in the same
+    # clock tick as the last lookup leaves as it was (importlib.invalidate_caches' case)
+    families._entry_points_at.cache_clear()
+    families._packages_at.cache_clear()
 
 
 @pytest.fixture()
@@ -239,10 +244,8 @@ def site(tmp_path, monkeypatch) -> Path:
     root.mkdir()
     monkeypatch.syspath_prepend(str(root))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-    registry._entry_points.cache_clear()
     registry._warn_shadowed.cache_clear()
     yield root
-    registry._entry_points.cache_clear()
     for name in [m for m in sys.modules if m.startswith(("faulty_", "twin_", "quit_"))]:
         del sys.modules[name]
 
@@ -291,6 +294,35 @@ def test_a_plugin_that_declares_a_built_in_name_is_named_and_the_built_in_kept(s
     assert (
         "the built-in family is used; faulty-unet 2.0 (faulty_unet:fine) also declares" in warned[0]
     )
+
+
+def test_a_plugin_installed_after_the_first_lookup_is_found_and_its_provider_read_once(
+    site, monkeypatch
+):
+    """A process that was told to install the plugin (a notebook) was refused it until it
+    restarted: the entry points were read once per process. And every lookup of a
+    `module:attribute` family read every installed package's file list (0.4 s each, several
+    a recipe)."""
+    with pytest.raises(RecipeError, match="'late' is not a generator"):
+        recipe("model.generator.name=late")
+    time.sleep(0.05)  # past the file system's clock tick: the install is seen by its mtime
+    (site / "late_nets.py").write_text(NETS)
+    info = site / "late_nets-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: late-nets\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[gan_dist.generators]\nlate = late_nets:fine\n")
+    (info / "RECORD").write_text("late_nets.py,,\n")
+    assert recipe("model.generator.name=late").model.generator.name == "late"
+
+    reads = []
+    real = families.metadata.packages_distributions
+    monkeypatch.setattr(
+        families.metadata, "packages_distributions", lambda: reads.append(1) or real()
+    )
+    for _ in range(2):
+        got = families.registry("generator").provider("late_nets:fine")
+        recipe("model.generator.name=late_nets:fine")
+    assert (got.package, got.version) == ("late-nets", "1.0") and len(reads) == 1, reads
 
 
 # --- finding 8: plugin code that ends the process ---
