@@ -66,6 +66,7 @@ class Dropped:
     metrics: int = 0
     images: int = 0
     other: list[str] = field(default_factory=list)
+    steps: set[int] = field(default_factory=set)  # of the metrics: where the curves have gaps
 
     def __bool__(self) -> bool:
         return bool(self.metrics or self.images or self.other)
@@ -74,7 +75,8 @@ class Dropped:
         parts = []
         if self.metrics:
             # one a log_metrics call: a logged step's losses, or a validation's scores
-            parts.append(f"{_count(self.metrics, 'set')} of metrics")
+            where = f" ({_spans(self.steps)})" if self.steps else ""
+            parts.append(f"{_count(self.metrics, 'set')} of metrics{where}")
         if self.images:
             parts.append(_count(self.images, "sample grid"))
         parts += self.other
@@ -83,6 +85,20 @@ class Dropped:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _spans(steps: set[int], most: int = 4) -> str:
+    """{3, 4, 5, 9} -> "steps 3-5, 9"; past `most` spans, how many more there are."""
+    runs: list[list[int]] = []
+    for step in sorted(steps):
+        if runs and step == runs[-1][1] + 1:
+            runs[-1][1] = step
+        else:
+            runs.append([step, step])
+    shown = [f"{a}-{b}" if a != b else str(a) for a, b in runs[:most]]
+    if len(runs) > most:
+        shown.append(f"{_count(len(runs) - most, 'span')} more")
+    return ("step " if len(steps) == 1 else "steps ") + ", ".join(shown)
 
 
 class Tracker:
@@ -113,6 +129,9 @@ class Tracker:
         # MLflow's own HTTP retries wait minutes by default; ours are in the worker instead.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        # urllib3 warns at each of them ("Retrying (Retry(total=0, ...)"), a line per request
+        # while a server is away; the worker says an outage once, and when it ends
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         self._client = None
         self._thread = threading.Thread(target=self._work, name="mlflow-tracker", daemon=True)
         self._thread.start()
@@ -332,6 +351,7 @@ class Tracker:
     def _count_dropped(self, job: _Job) -> None:
         if job.kind == "metrics":
             self.dropped.metrics += job.batches
+            self.dropped.steps.update(step for *_, step in job.metrics)
         elif job.kind == "image":
             self.dropped.images += 1
         else:

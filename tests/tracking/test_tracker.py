@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 from gan_dist.config.recipe import load_recipe
-from gan_dist.tracking.tracker import MAX_BATCH, Tracker
+from gan_dist.tracking.tracker import MAX_BATCH, Dropped, Tracker
 
 
 def test_metrics_kept_while_the_store_is_away_go_in_few_requests(tmp_path: Path, monkeypatch):
@@ -41,6 +41,12 @@ def test_metrics_kept_while_the_store_is_away_go_in_few_requests(tmp_path: Path,
     assert [(m.step, m.value) for m in history] == [(s, s + 3) for s in range(1, steps + 1)]
 
 
+def test_what_was_not_sent_is_counted_in_the_words_a_user_reads():
+    assert str(Dropped(metrics=1, steps={5})) == "1 set of metrics (step 5)"
+    many = Dropped(metrics=7, images=1, steps={1, 3, 5, 7, 9, 10, 11})
+    assert str(many) == "7 sets of metrics (steps 1, 3, 5, 7, 1 span more), 1 sample grid"
+
+
 def test_a_run_the_store_never_heard_end_is_said_to_stay_running(tmp_path, monkeypatch, caplog):
     """A server gone before the end: MLflow shows the run RUNNING for ever, which the
     end-of-run warning did not say (hostile pass); it now says so, and how to end it."""
@@ -51,10 +57,13 @@ def test_a_run_the_store_never_heard_end_is_said_to_stay_running(tmp_path, monke
     assert tracker.wait_for_run_id(60)
     gone = threading.Event()
     tracker._submit("other", gone.wait, "the store away")  # never back before the close
-    tracker.log_metrics({"train/g_rec": 1.0}, 1)
+    for step in (1, 2, 3, 7):
+        tracker.log_metrics({"train/g_rec": 1.0}, step)
     dropped = tracker.close("KILLED", 0.5)
     gone.set()
-    assert dropped.metrics == 1 and "run status" in dropped.other
+    assert dropped.metrics == 4 and "run status" in dropped.other
     (said,) = [r.getMessage() for r in caplog.records if "did not receive" in r.getMessage()]
-    assert "1 set of metrics" in said and f"shows run {tracker.run_id} as RUNNING" in said
+    # which steps the curves miss, not only how many (hostile pass)
+    assert "4 sets of metrics (steps 1-3, 7)" in said, said
+    assert f"shows run {tracker.run_id} as RUNNING" in said
     assert f"MlflowClient('{uri}').set_terminated('{tracker.run_id}', 'KILLED')" in said

@@ -216,6 +216,7 @@ def test_an_outage_mid_run_loses_nothing_once_the_server_is_back(packed, tmp_pat
         assert proc.returncode == 0, output
         assert "failed" in output and "retrying" in output
         assert "reachable again" in output
+        assert "Retrying (" not in output  # urllib3's line per request (hostile pass)
         run = only_run(srv.url)
         history = client(srv.url).get_metric_history(run.info.run_id, "train/g_rec")
         assert [m.step for m in history] == list(range(1, steps + 1))
