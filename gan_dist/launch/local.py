@@ -144,9 +144,12 @@ def kept_for_dry_run(recipe: Recipe, run_dir: Path) -> str | None:
     frozen = frozen_recipe(run_dir)
     if frozen.exists() or frozen.is_symlink():
         try:
-            if frozen.is_file() and frozen.read_bytes() == recipe_to_yaml(recipe).encode():
+            if not frozen.is_file():  # a dangling link, a folder, a FIFO (which would block)
+                holds = f"{frozen} is there, but is not a recipe file"
+            elif frozen.read_bytes() == recipe_to_yaml(recipe).encode():
                 return None
-            holds = f"{frozen} is another recipe, that a requeued job of the run reads"
+            else:
+                holds = f"{frozen} is another recipe, that a requeued job of the run reads"
         except OSError as exc:  # unreadable to us, perhaps not to the run's own user
             holds = f"{frozen} is there, but cannot be read ({exc.strerror or exc})"
     elif (run_dir / "recipe.yaml").exists() or checkpoint.list_checkpoints(run_dir):

@@ -174,6 +174,11 @@ def test_a_frozen_recipe_that_cannot_be_read_keeps_a_dry_run_out(tmp_path, monke
     why = kept_for_dry_run(recipe, run)
     assert why and why.startswith(f"dry run: wrote nothing: {run} holds a run"), why
     assert f"{frozen_recipe(run)} is there, but cannot be read (Permission denied)" in why
+    monkeypatch.undo()
+    frozen_recipe(run).unlink()
+    frozen_recipe(run).symlink_to(tmp_path / "gone")  # nor a link to nothing, or a FIFO
+    why = kept_for_dry_run(recipe, run)
+    assert why and f"{frozen_recipe(run)} is there, but is not a recipe file" in why, why
 
 
 @pytest.mark.integration
