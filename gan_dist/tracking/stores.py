@@ -248,6 +248,17 @@ def first_line(exc: BaseException) -> str:
     return (text.splitlines()[0][:300] if text else "") or type(exc).__name__
 
 
+# What a store answers to rows it already holds (sqlite, PostgreSQL, MySQL): a request that
+# timed out on our side may have landed all the same.
+DUPLICATE_ERRORS = ("unique constraint failed", "duplicate key value", "duplicate entry")
+
+
+def already_stored(exc: Exception) -> bool:
+    """The store refused rows it already holds: a re-sent request that had landed before."""
+    text = str(exc).lower()
+    return refused(exc) and any(duplicate in text for duplicate in DUPLICATE_ERRORS)
+
+
 def refused(exc: Exception) -> bool:
     """A 4xx answer (bad value, unknown run) as opposed to an unreachable or failing store,
     or a race lost to another writer (see RACE_ERRORS), which sending again gets through."""

@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gan_dist.tracking.experiments import experiment_id, run_exists
-from gan_dist.tracking.stores import first_line, open_store, refused, tracking_uri
+from gan_dist.tracking.stores import (
+    already_stored,
+    first_line,
+    open_store,
+    refused,
+    tracking_uri,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -59,6 +65,7 @@ class _Job:
     what: str
     metrics: list[tuple[str, float, int, int]] = field(default_factory=list)  # key, value, ms, step
     batches: int = 1  # the trainer's log_metrics calls this job sends
+    sent: bool = False  # tried once: its request may have landed, so it is re-sent unchanged
 
 
 @dataclass
@@ -88,7 +95,7 @@ def _count(n: int, noun: str) -> str:
 
 
 def _spans(steps: set[int], most: int = 4) -> str:
-    """{3, 4, 5, 9} -> "steps 3-5, 9"; past `most` spans, how many more there are."""
+    """{3, 4, 5, 9} -> "steps 3-5, 9"; past `most` spans, how many more and the last step."""
     runs: list[list[int]] = []
     for step in sorted(steps):
         if runs and step == runs[-1][1] + 1:
@@ -96,9 +103,10 @@ def _spans(steps: set[int], most: int = 4) -> str:
         else:
             runs.append([step, step])
     shown = [f"{a}-{b}" if a != b else str(a) for a, b in runs[:most]]
+    more = ""
     if len(runs) > most:
-        shown.append(f"{_count(len(runs) - most, 'span')} more")
-    return ("step " if len(steps) == 1 else "steps ") + ", ".join(shown)
+        more = f" and {_count(len(runs) - most, 'span')} more, up to step {runs[-1][1]}"
+    return ("step " if len(steps) == 1 else "steps ") + ", ".join(shown) + more
 
 
 class Tracker:
@@ -158,7 +166,8 @@ class Tracker:
         with self._queue.mutex:  # the queue's own lock: take only what sits at its head
             waiting = self._queue.queue
             while (
-                waiting
+                not job.sent  # a re-send is the same request: a store that holds it says so
+                and waiting
                 and waiting[0] is not None
                 and waiting[0].kind == "metrics"
                 and len(job.metrics) + len(waiting[0].metrics) <= MAX_BATCH
@@ -171,6 +180,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         batch = [Metric(*metric) for metric in job.metrics]
+        job.sent = True
         self._mlflow().log_batch(self.run_id, metrics=batch, synchronous=True)
 
     def log_image(
@@ -300,29 +310,13 @@ class Tracker:
                 self._count_dropped(pending)
                 self._done(pending)
                 continue
+            resent = pending.sent
             try:
                 pending.run()
             except Exception as exc:  # whatever the store does, training goes on
-                if refused(exc):  # the store answered "no": sending again will not help
-                    log.warning("MLflow refused %s: %s", pending.what, str(exc)[:300])
-                    self._count_dropped(pending)
-                    if pending.what == START and self.run_id is None:
-                        self._start_failed = f"MLflow at {self.uri} refused: {first_line(exc)}"
-                    elif pending.what == START:  # the run exists; only its params were refused
-                        self._started = True
-                    self._done(pending)
+                if not (resent and already_stored(exc)):  # else: timed out here, landed there
+                    tries = self._failed(pending, exc, tries)
                     continue
-                self._last_error = f"{type(exc).__name__}: {first_line(exc)}"
-                if self._failing_since is None:
-                    self._failing_since = time.monotonic()
-                    log.warning(
-                        "MLflow at %s failed (%s); keeping unsent logs and retrying",
-                        self.uri,
-                        self._last_error[:300],
-                    )
-                time.sleep(BACKOFF_S[min(tries, len(BACKOFF_S) - 1)])
-                tries += 1
-                continue
             if self._failing_since is not None:
                 log.warning(
                     "MLflow at %s reachable again after %.0f s; sending what was kept",
@@ -331,6 +325,29 @@ class Tracker:
                 )
                 self._failing_since = None
             self._done(pending)
+
+    def _failed(self, pending: _Job, exc: Exception, tries: int) -> int:
+        """Drop a job the store refused, or wait to retry one it could not take; the
+        number of tries so far."""
+        if refused(exc):  # the store answered "no": sending again will not help
+            log.warning("MLflow refused %s: %s", pending.what, first_line(exc))
+            self._count_dropped(pending)
+            if pending.what == START and self.run_id is None:
+                self._start_failed = f"MLflow at {self.uri} refused: {first_line(exc)}"
+            elif pending.what == START:  # the run exists; only its params were refused
+                self._started = True
+            self._done(pending)
+            return tries
+        self._last_error = f"{type(exc).__name__}: {first_line(exc)}"
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.warning(
+                "MLflow at %s failed (%s); keeping unsent logs and retrying",
+                self.uri,
+                self._last_error,
+            )
+        time.sleep(BACKOFF_S[min(tries, len(BACKOFF_S) - 1)])
+        return tries + 1
 
     def _done(self, job: _Job) -> None:
         if job.kind == "image":
