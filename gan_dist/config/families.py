@@ -186,10 +186,11 @@ def _installed() -> tuple[tuple[str, int | None], ...]:
     looked, a notebook say, then finds it."""
     key = []
     for entry in sys.path:
+        where = os.path.abspath(entry or ".")  # '' and relative entries move with chdir
         try:
-            key.append((entry, os.stat(entry or ".").st_mtime_ns))
+            key.append((where, os.stat(where).st_mtime_ns))
         except OSError:
-            key.append((entry, None))
+            key.append((where, None))
     return tuple(key)
 
 

@@ -325,6 +325,28 @@ def test_a_plugin_installed_after_the_first_lookup_is_found_and_its_provider_rea
     assert (got.package, got.version) == ("late-nets", "1.0") and len(reads) == 1, reads
 
 
+def test_a_relative_path_entry_is_read_where_it_points_after_a_chdir(tmp_path, monkeypatch):
+    """'' on sys.path (the working folder) was keyed as written: after a chdir into a
+    folder of the same mtime (copied with cp -a, unpacked) the lookup kept the old answer
+    (hostile pass)."""
+    empty, plugins = tmp_path / "empty", tmp_path / "plugins"
+    empty.mkdir()
+    plugins.mkdir()
+    points = "[gan_dist.generators]\nhere = here_nets:fine\n"
+    install(plugins, "here-nets", "1.0", {"here_nets": NETS}, points)
+    mtime = plugins.stat().st_mtime_ns
+    os.utime(empty, ns=(mtime, mtime))
+    monkeypatch.syspath_prepend("")
+    monkeypatch.chdir(empty)
+    with pytest.raises(RecipeError, match="'here' is not a generator"):
+        recipe("model.generator.name=here")
+    monkeypatch.chdir(plugins)
+    try:
+        assert recipe("model.generator.name=here").model.generator.name == "here"
+    finally:
+        sys.modules.pop("here_nets", None)
+
+
 # --- finding 8: plugin code that ends the process ---
 
 
