@@ -119,8 +119,15 @@ def frozen_recipe(run_dir: Path) -> Path:
 def freeze_recipe(recipe: Recipe, run_dir: Path) -> None:
     """The resolved recipe (overrides applied) goes to the run dir and the ranks read that
     file: no recipe value is ever put on a command line, and a requeued job trains exactly
-    what was submitted even if the original file changed since."""
-    write_launch_file(frozen_recipe(run_dir), recipe_to_yaml(recipe).encode())
+    what was submitted even if the original file changed since. A frozen recipe that says
+    the same is left as it is (a link stays a link)."""
+    frozen, data = frozen_recipe(run_dir), recipe_to_yaml(recipe).encode()
+    try:
+        if frozen.is_file() and frozen.read_bytes() == data:
+            return
+    except OSError:  # unreadable: written over, or refused, below
+        pass
+    write_launch_file(frozen, data)
 
 
 def write_launch_file(path: Path, data: bytes) -> None:
@@ -145,11 +152,13 @@ def kept_for_dry_run(recipe: Recipe, run_dir: Path) -> str | None:
     if frozen.exists() or frozen.is_symlink():
         try:
             if not frozen.is_file():  # a dangling link, a folder, a FIFO (which would block)
-                holds = f"{frozen} is there, but is not a recipe file"
-            elif frozen.read_bytes() == recipe_to_yaml(recipe).encode():
+                return (
+                    f"dry run: wrote nothing: {frozen} is there, but is not a recipe file; "
+                    "move it away, or give another --run-dir"
+                )
+            if frozen.read_bytes() == recipe_to_yaml(recipe).encode():
                 return None
-            else:
-                holds = f"{frozen} is another recipe, that a requeued job of the run reads"
+            holds = f"{frozen} is another recipe, that a requeued job of the run reads"
         except OSError as exc:  # unreadable to us, perhaps not to the run's own user
             holds = f"{frozen} is there, but cannot be read ({exc.strerror or exc})"
     elif (run_dir / "recipe.yaml").exists() or checkpoint.list_checkpoints(run_dir):

@@ -179,6 +179,24 @@ def test_a_frozen_recipe_that_cannot_be_read_keeps_a_dry_run_out(tmp_path, monke
     frozen_recipe(run).symlink_to(tmp_path / "gone")  # nor a link to nothing, or a FIFO
     why = kept_for_dry_run(recipe, run)
     assert why and f"{frozen_recipe(run)} is there, but is not a recipe file" in why, why
+    assert why.endswith("move it away, or give another --run-dir")  # a launch cannot write
+
+
+def test_a_frozen_recipe_that_says_the_same_is_left_as_it_is(tmp_path):
+    """A dry run of the same recipe wrote the frozen one again, and a link to it became a
+    copy (hostile pass)."""
+    from gan_dist.config.recipe import load_recipe
+    from gan_dist.launch.local import freeze_recipe, frozen_recipe
+
+    recipe, run = load_recipe("quickstart"), tmp_path / "run"
+    freeze_recipe(recipe, run)
+    kept = tmp_path / "kept.yaml"
+    frozen_recipe(run).rename(kept)
+    frozen_recipe(run).symlink_to(kept)
+    freeze_recipe(recipe, run)
+    assert frozen_recipe(run).is_symlink()
+    freeze_recipe(load_recipe("quickstart", ["train.max_steps=7"]), run)  # another: replaced
+    assert not frozen_recipe(run).is_symlink() and "max_steps: 7" in frozen_recipe(run).read_text()
 
 
 @pytest.mark.integration
