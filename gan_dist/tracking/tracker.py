@@ -329,6 +329,8 @@ class Tracker:
     def _failed(self, pending: _Job, exc: Exception, tries: int) -> int:
         """Drop a job the store refused, or wait to retry one it could not take; the
         number of tries so far."""
+        if self._stopping:  # the close has counted it lost and said so: nothing more to say
+            return tries
         if refused(exc):  # the store answered "no": sending again will not help
             log.warning("MLflow refused %s: %s", pending.what, first_line(exc))
             self._count_dropped(pending)

@@ -102,12 +102,23 @@ def test_a_run_the_store_never_heard_end_is_said_to_stay_running(tmp_path, monke
     recipe = load_recipe("quickstart", [f"tracking.uri={uri}"])
     tracker = Tracker(recipe, tmp_path / "run", None, enabled=True)
     assert tracker.wait_for_run_id(60)
-    gone = threading.Event()
-    tracker._submit("other", gone.wait, "the store away")  # never back before the close
+    gone, in_flight = threading.Event(), threading.Event()
+
+    def request_in_flight():  # times out only after the close has given up on it
+        in_flight.set()
+        gone.wait()
+        raise ConnectionError("Read timed out. (read timeout=10)")
+
+    tracker._submit("other", request_in_flight, "the store away")  # never back in time
+    assert in_flight.wait(60)
     for step in (1, 2, 3, 7):
         tracker.log_metrics({"train/g_rec": 1.0}, step)
     dropped = tracker.close("KILLED", 0.5)
     gone.set()
+    tracker._thread.join(10)
+    # nothing after the end-of-run count: an outage line then said it kept and retried what
+    # was already counted lost (hostile pass)
+    assert "did not receive" in caplog.records[-1].getMessage(), caplog.records[-1].getMessage()
     assert dropped.metrics == 4 and "run status" in dropped.other
     (said,) = [r.getMessage() for r in caplog.records if "did not receive" in r.getMessage()]
     # which steps the curves miss, not only how many (hostile pass)
