@@ -161,13 +161,22 @@ def kept_for_dry_run(recipe: Recipe, run_dir: Path) -> str | None:
             holds = f"{frozen} is another recipe, that a requeued job of the run reads"
         except OSError as exc:  # unreadable to us, perhaps not to the run's own user
             holds = f"{frozen} is there, but cannot be read ({exc.strerror or exc})"
-    elif (run_dir / "recipe.yaml").exists() or checkpoint.list_checkpoints(run_dir):
+    elif _trained_in(run_dir):
         holds = "a run trained there"
     else:
         return None
     return (
         f"dry run: wrote nothing: {run_dir} holds a run ({holds}); a launch without "
         "--dry-run resumes it where the recipe allows, another --run-dir starts a new run"
+    )
+
+
+def _trained_in(run_dir: Path) -> bool:
+    """`gan-dist train` ran in `run_dir`: it leaves its recipe (even as a broken link), how
+    the run ended, or checkpoints."""
+    marks = (run_dir / "recipe.yaml", run_dir / run_status.STATUS_FILE)
+    return any(m.exists() or m.is_symlink() for m in marks) or bool(
+        checkpoint.list_checkpoints(run_dir)
     )
 
 

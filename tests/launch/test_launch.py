@@ -182,6 +182,22 @@ def test_a_frozen_recipe_that_cannot_be_read_keeps_a_dry_run_out(tmp_path, monke
     assert why.endswith("move it away, or give another --run-dir")  # a launch cannot write
 
 
+def test_a_run_whose_recipe_is_a_broken_link_is_still_a_run(tmp_path):
+    """A trained run with no checkpoint and a dangling recipe.yaml was taken for a new dir,
+    and a dry run wrote launch/ into it (hostile pass)."""
+    from gan_dist.config.recipe import load_recipe
+    from gan_dist.launch.local import kept_for_dry_run
+
+    recipe, run = load_recipe("quickstart"), tmp_path / "run"
+    run.mkdir()
+    assert kept_for_dry_run(recipe, run) is None  # a new dir
+    (run / "recipe.yaml").symlink_to(tmp_path / "gone")
+    assert "a run trained there" in kept_for_dry_run(recipe, run)
+    (run / "recipe.yaml").unlink()
+    (run / "status.json").write_text('{"status": "failed"}')  # it ended before a checkpoint
+    assert "a run trained there" in kept_for_dry_run(recipe, run)
+
+
 def test_a_frozen_recipe_that_says_the_same_is_left_as_it_is(tmp_path):
     """A dry run of the same recipe wrote the frozen one again, and a link to it became a
     copy (hostile pass)."""
