@@ -121,13 +121,18 @@ def freeze_recipe(recipe: Recipe, run_dir: Path) -> None:
     file: no recipe value is ever put on a command line, and a requeued job trains exactly
     what was submitted even if the original file changed since. A frozen recipe that says
     the same is left as it is (a link stays a link)."""
-    frozen, data = frozen_recipe(run_dir), recipe_to_yaml(recipe).encode()
+    frozen = frozen_recipe(run_dir)
     try:
-        if frozen.is_file() and frozen.read_bytes() == data:
+        if _says(frozen, recipe):
             return
     except OSError:  # unreadable: written over, or refused, below
         pass
-    write_launch_file(frozen, data)
+    write_launch_file(frozen, recipe_to_yaml(recipe).encode())
+
+
+def _says(frozen: Path, recipe: Recipe) -> bool:
+    """`frozen` is a file holding `recipe`; raises OSError where it cannot be read."""
+    return frozen.is_file() and frozen.read_bytes() == recipe_to_yaml(recipe).encode()
 
 
 def write_launch_file(path: Path, data: bytes) -> None:
@@ -156,7 +161,7 @@ def kept_for_dry_run(recipe: Recipe, run_dir: Path) -> str | None:
                     f"dry run: wrote nothing: {frozen} is there, but is not a recipe file; "
                     "move it away, or give another --run-dir"
                 )
-            if frozen.read_bytes() == recipe_to_yaml(recipe).encode():
+            if _says(frozen, recipe):
                 return None
             holds = f"{frozen} is another recipe, that a requeued job of the run reads"
         except OSError as exc:  # unreadable to us, perhaps not to the run's own user
@@ -174,7 +179,7 @@ def kept_for_dry_run(recipe: Recipe, run_dir: Path) -> str | None:
 def _trained_in(run_dir: Path) -> bool:
     """`gan-dist train` ran in `run_dir`: it leaves its recipe (even as a broken link), how
     the run ended, or checkpoints."""
-    marks = (run_dir / "recipe.yaml", run_dir / run_status.STATUS_FILE)
+    marks = (run_dir / checkpoint.RECIPE_FILE, run_dir / run_status.STATUS_FILE)
     return any(m.exists() or m.is_symlink() for m in marks) or bool(
         checkpoint.list_checkpoints(run_dir)
     )

@@ -325,7 +325,10 @@ def restore_rng(doc: dict[str, Any]) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+RECIPE_FILE = "recipe.yaml"  # in RUN_DIR: the recipe `gan-dist train` ran
+
+
 def write_recipe(run_dir: Path, text: str) -> Path:
-    path = run_dir / "recipe.yaml"
+    path = run_dir / RECIPE_FILE
     write_bytes_atomic(path, text.encode())
     return path
